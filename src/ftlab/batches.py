@@ -1,0 +1,139 @@
+"""Optimizer steps of micro-batches, in a fixed order given by the seed, resumable at any step.
+
+IFT: each epoch is a seeded permutation of the examples; step k takes the next `global_batch` of them.
+CPT: the packed stream is read in order; an epoch is one pass over it. Either way the position is a few
+numbers (plus the packer's state for CPT), saved with every resumable state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ftlab.config import RunConfig
+from ftlab.data import IGNORE, Example, PackedText, collate
+
+
+@dataclass
+class Plan:
+    """How long the run is, in optimizer steps, and where its checkpoints fall."""
+
+    total_steps: int
+    steps_per_epoch: int | None  # None: a CPT stream whose length was not counted (duration in tokens)
+    tokens_per_step: float  # expected input tokens per step (exact for CPT)
+    unit: str  # "epochs" or "tokens": the unit of train.epochs/tokens and train.checkpoints
+
+
+class IFTSteps:
+    def __init__(self, examples: list[Example], cfg: RunConfig, pad_id: int):
+        self.examples, self.cfg, self.pad_id = examples, cfg, pad_id
+        g = cfg.train.global_batch
+        self.steps_per_epoch = math.ceil(len(examples) / g)
+        self.epoch, self.index = 0, 0  # index: next step within the epoch
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.cfg.train.seed * 100_003 + epoch)
+        return torch.randperm(len(self.examples), generator=gen).tolist()
+
+    def tokens_per_epoch(self) -> int:
+        return sum(len(e.input_ids) for e in self.examples)
+
+    def next_step(self) -> list[dict[str, torch.Tensor]]:
+        if self.index == self.steps_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        g, mb = self.cfg.train.global_batch, self.cfg.train.micro_batch
+        chosen = [self.examples[i] for i in self._order[self.index * g:(self.index + 1) * g]]
+        self.index += 1
+        return [collate(chosen[i:i + mb], self.pad_id) for i in range(0, len(chosen), mb)]
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._order = self._permutation(self.epoch)
+
+
+class CPTSteps:
+    def __init__(self, packed: PackedText, cfg: RunConfig):
+        self.packed, self.cfg = packed, cfg
+        self.epoch = 0
+        self._it = iter(self.packed)
+
+    def _next_sequence(self) -> dict[str, torch.Tensor] | None:
+        try:
+            return next(self._it)
+        except StopIteration:
+            return None
+
+    def next_step(self) -> list[dict[str, torch.Tensor]]:
+        g, mb = self.cfg.train.global_batch, self.cfg.train.micro_batch
+        seqs = []
+        while len(seqs) < g:
+            seq = self._next_sequence()
+            if seq is None:
+                if seqs:  # an epoch ends with a partial step
+                    break
+                self.epoch += 1
+                self.packed.restart()
+                self._it = iter(self.packed)
+                seq = self._next_sequence()
+                if seq is None:
+                    raise RuntimeError("the CPT stream is empty")
+            seqs.append(seq)
+        return [{k: torch.stack([s[k] for s in seqs[i:i + mb]]) for k in seqs[0]} for i in range(0, len(seqs), mb)]
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "packer": self.packed.state()}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.packed.load_state(state["packer"])
+        self._it = iter(self.packed)
+
+
+def make_plan(cfg: RunConfig, steps) -> Plan:
+    t = cfg.train
+    if isinstance(steps, IFTSteps):
+        spe = steps.steps_per_epoch
+        per_step = steps.tokens_per_epoch() / spe
+    else:
+        per_step = float(t.global_batch * cfg.data.seq_len)
+        spe = math.ceil(steps.packed.count_sequences() / t.global_batch) if t.epochs is not None else None
+    if t.epochs is not None:
+        total = max(1, round(t.epochs * spe))
+        unit = "epochs"
+    else:
+        total = max(1, math.ceil(t.tokens / per_step))
+        unit = "tokens"
+    return Plan(total_steps=total, steps_per_epoch=spe, tokens_per_step=per_step, unit=unit)
+
+
+def checkpoint_due(cfg: RunConfig, plan: Plan, step: int, tokens_before: int, tokens_after: int) -> list[float]:
+    """The train.checkpoints values reached by finishing 1-based step `step` (tokens counted in inputs).
+
+    The last step takes every value not yet reached (an IFT token budget is met only on average).
+    """
+    last = step == plan.total_steps
+    due = []
+    for c in cfg.train.checkpoints:
+        if plan.unit == "epochs":
+            at = min(plan.total_steps, max(1, round(c * plan.steps_per_epoch)))
+            if at == step:
+                due.append(c)
+        elif tokens_before < c <= tokens_after or (last and c > tokens_before):
+            due.append(c)
+    return due
+
+
+def count_targets(micro: list[dict[str, torch.Tensor]]) -> int:
+    """Tokens that carry loss in one optimizer step (labels are shifted by one inside the loss)."""
+    return int(sum((b["labels"][:, 1:] != IGNORE).sum() for b in micro))
+
+
+def count_inputs(micro: list[dict[str, torch.Tensor]]) -> int:
+    return int(sum(b["attention_mask"].sum() for b in micro))

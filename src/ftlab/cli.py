@@ -1,0 +1,60 @@
+"""The `ftlab` command.
+
+    ftlab train CONFIG [key=value ...] --out DIR   train one run (resumes if DIR holds a killed run)
+    ftlab demo [--out DIR]                         full FT and LoRA side by side on the tiny example
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ftlab.errors import FtlabError, TrainingError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ftlab.config import load_config
+    from ftlab.train import train
+
+    cfg = load_config(args.config, args.overrides, out=args.out)
+    run = train(cfg)
+    print(f"ftlab: done; run directory {run}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ftlab.demo import run_demo
+
+    run_demo(args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ftlab", description="LoRA versus full finetuning, side by side.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one run from a YAML config plus dotted overrides")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method.rank=64 train.lr=2e-4")
+    p.add_argument("--out", required=True, help="run directory (created; a killed run there resumes)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("demo", help="full FT and LoRA side by side on the tiny example, with a summary")
+    p.add_argument("--out", default="demo-out", help="where the runs go (default: demo-out)")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FtlabError as e:
+        print(f"ftlab: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except TrainingError as e:
+        print(f"ftlab: training stopped: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("ftlab: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

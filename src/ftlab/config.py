@@ -1,0 +1,350 @@
+"""Typed run configuration: dataclasses <-> YAML, dotted command-line overrides, loud validation.
+
+    cfg = load_config("cfg.yaml", ["method.rank=64", "train.lr=2e-4"], out="runs/x")
+
+Every key is checked: unknown keys fail with a did-you-mean, wrong types and impossible values fail naming
+the dotted key, all before any model is loaded. `to_dict(cfg)` round-trips through `from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from ftlab.errors import ConfigError
+
+HUB_PREFIX = "hub:"  # data.path "hub:owner/name" reads a hub dataset through `datasets`
+
+
+@dataclass
+class TinyModelConfig:
+    """A Llama-architecture model built from scratch (tests, examples, the embedded default)."""
+
+    hidden_size: int = 64  # width d
+    layers: int = 2  # decoder blocks
+    heads: int = 4  # attention heads
+    kv_heads: int = 4  # key/value heads (GQA when < heads)
+    intermediate_size: int = 176  # MLP width (about 8/3 d)
+    max_position: int = 512  # longest sequence
+    tie_embeddings: bool = True  # share input embeddings and lm_head
+    seed: int = 0  # initialisation seed
+
+
+@dataclass
+class ModelConfig:
+    """Which causal LM to finetune and how to load it."""
+
+    name: str = "tiny"  # local model directory, hub id, or "tiny" (built from `tiny`)
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # used when name == "tiny"
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: fp32 on CPU; bf16 frozen base for LoRA on CUDA
+    trust_remote_code: bool = False  # run model code from the hub; only when you trust it
+    attention_dropout: float = 0.0  # dropout on attention probabilities (a regularizer in the paper)
+
+
+@dataclass
+class DataConfig:
+    """Training data: instruction pairs (IFT) or raw text (CPT)."""
+
+    regime: Literal["ift", "cpt"] = "ift"  # ift: prompt/response pairs, loss on responses; cpt: packed raw text
+    path: str = ""  # JSONL/text file, directory of them, or "hub:owner/name" (needs `datasets` and network)
+    format: Literal[
+        "auto", "prompt_completion", "messages", "alpaca", "metamath", "magicoder", "question_answer", "text"
+    ] = "auto"  # record shape; auto detects it from the first record's keys
+    hub_split: str = "train"  # split of a hub dataset
+    hub_config: str | None = None  # configuration name of a hub dataset
+    seq_len: int = 512  # tokens per sequence (IFT examples are truncated; CPT text is packed to it)
+    eval_path: str | None = None  # held-out data; if unset, eval_fraction of the training data is held out
+    eval_fraction: float = 0.05  # share held out when eval_path is unset
+    eval_max_examples: int = 256  # cap on held-out examples (IFT) or sequences (CPT) scored per evaluation
+    text_field: str = "text"  # JSONL key holding raw text (CPT)
+
+
+@dataclass
+class MethodConfig:
+    """Full finetuning or LoRA: which parameters train."""
+
+    name: Literal["full", "lora"] = "lora"
+    rank: int = 16  # LoRA rank r
+    alpha: float | None = None  # LoRA alpha; None means 2 * rank (the paper's setting)
+    dropout: float = 0.05  # LoRA dropout on the adapter input
+    targets: str | list[str] = "all"  # all | attn | mlp | list of module names
+    rslora: bool = False  # scale by alpha / sqrt(r) instead of alpha / r
+    dora: bool = False  # weight-decomposed LoRA
+    init: Literal["default", "gaussian", "pissa"] = "default"  # LoRA initialisation of A (B starts at 0)
+    loraplus_ratio: float | None = None  # LoRA+: lr of B = ratio * lr (e.g. 16)
+    freeze_embeddings: bool = False  # full FT: keep input embeddings and lm_head frozen
+
+
+@dataclass
+class TrainConfig:
+    """The one training loop: optimizer, schedule, batch, duration, checkpoints."""
+
+    optimizer: Literal["adamw", "lionw"] = "adamw"  # lionw: decoupled-weight-decay Lion (the paper's)
+    lr: float = 1e-4  # peak learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # (beta1, beta2)
+    weight_decay: float = 0.0  # decoupled weight decay
+    eps: float = 1e-8  # AdamW epsilon
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"  # wsd: warmup, stable, cooldown
+    warmup: float = 0.1  # warmup as a fraction of all steps (< 1) or a number of steps (>= 1)
+    min_lr_ratio: float = 0.01  # cosine and wsd decay to this fraction of the peak
+    cooldown: float = 0.2  # wsd: cooldown as a fraction of all steps
+    global_batch: int = 16  # sequences per optimizer step
+    micro_batch: int = 4  # sequences per forward pass; global_batch / micro_batch = accumulation steps
+    epochs: float | None = 1.0  # duration in passes over the data (set tokens to null)
+    tokens: int | None = None  # duration in training tokens (set epochs to null)
+    checkpoints: list[float] = field(default_factory=list)  # extra checkpoints, in the duration's unit
+    grad_clip: float = 1.0  # max global gradient norm (0 disables)
+    seed: int = 0  # makes data order, initialisation and dropout reproducible
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16-autocast"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    log_every: int = 1  # steps between metrics.jsonl lines
+    eval_every: int = 0  # steps between held-out loss evaluations (0: at checkpoints and the end)
+
+
+@dataclass
+class OutputConfig:
+    """Where the run writes and how often it saves resumable state."""
+
+    dir: str = ""  # run directory (set by --out)
+    resume_every: int = 50  # optimizer steps between resumable-state saves (a killed run loses at most this)
+    save_final: bool = True  # write the final model or adapter
+
+
+@dataclass
+class RunConfig:
+    """One training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def lora_alpha(self) -> float:
+        return self.method.alpha if self.method.alpha is not None else 2.0 * self.method.rank
+
+
+# ----------------------------------------------------------------------------- dict <-> dataclass
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, checking every key and type; `where` is the dotted prefix."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key '{dotted}'{_did_you_mean(str(key), names, where)}")
+        kwargs[key] = _coerce(hints[key], value, dotted)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _did_you_mean(key: str, names: list[str], where: str) -> str:
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+    if close:
+        return f" (did you mean '{where + '.' if where else ''}{close[0]}'?)"
+    return f"; valid keys{' under ' + where if where else ''}: {', '.join(names)}"
+
+
+def _coerce(tp: Any, value: Any, dotted: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, dotted)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise ConfigError(f"{dotted}: must not be null")
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, dotted)
+            except ConfigError as e:
+                errors.append(str(e).split(": ", 1)[-1])
+        raise ConfigError(f"{dotted}: {' or '.join(errors)}, got {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{dotted}: expected a list, got {value!r}")
+        return [_coerce(item, v, f"{dotted}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{dotted}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)  # 1e6 in YAML
+            if isinstance(value, str):
+                try:
+                    as_float = float(value)
+                    if as_float.is_integer():
+                        return int(as_float)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{dotted}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{dotted}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{dotted}: expected a number, got {value!r}")
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{dotted}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"config type {tp} for {dotted} is not supported")  # a bug in this file, not user input
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings to a nested dict; the value is parsed as YAML (`[16, 64]`, `null`, `2e-4`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. train.lr=2e-4")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{item}': '{'.'.join(parts[:depth + 1])}' is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), out: str | None = None) -> RunConfig:
+    """Read YAML (or start from defaults), apply overrides and --out, validate, and return the config."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = apply_overrides(data, list(overrides))
+    if out is not None:
+        data.setdefault("output", {})["dir"] = out
+    cfg = from_dict(RunConfig, data)
+    validate(cfg, base_dir=path.parent if path is not None else Path("."))
+    return cfg
+
+
+def resolve_path(value: str, base_dir: Path) -> str:
+    """Paths in a config file are relative to the working directory, else to the config file's folder."""
+    if value.startswith(HUB_PREFIX) or Path(value).is_absolute() or Path(value).exists():
+        return value
+    beside = base_dir / value
+    return str(beside) if beside.exists() else value
+
+
+def validate(cfg: RunConfig, base_dir: Path = Path(".")) -> None:
+    """Impossible values fail here, before any work, naming the key."""
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {msg}")
+
+    t, m, d, o = cfg.train, cfg.method, cfg.data, cfg.output
+    need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", f"expected two numbers in [0, 1), got {t.betas}")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    need(t.global_batch >= 1, "train.global_batch", "must be >= 1")
+    need(t.micro_batch >= 1, "train.micro_batch", "must be >= 1")
+    need(t.global_batch % t.micro_batch == 0, "train.global_batch",
+         f"must be a multiple of train.micro_batch ({t.micro_batch}), got {t.global_batch}")
+    need((t.epochs is None) != (t.tokens is None), "train.epochs",
+         "set exactly one of train.epochs and train.tokens (the other to null)")
+    need(t.epochs is None or t.epochs > 0, "train.epochs", f"must be > 0, got {t.epochs}")
+    need(t.tokens is None or t.tokens > 0, "train.tokens", f"must be > 0, got {t.tokens}")
+    total = t.epochs if t.epochs is not None else t.tokens
+    for i, c in enumerate(t.checkpoints):
+        need(0 < c <= total, f"train.checkpoints[{i}]", f"must be in (0, {total}] (the run's duration), got {c}")
+    need(t.warmup >= 0, "train.warmup", "must be >= 0")
+    need(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+    need(0 < t.cooldown <= 1, "train.cooldown", "must be in (0, 1]")
+    need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+    need(t.log_every >= 1, "train.log_every", "must be >= 1")
+    need(t.eval_every >= 0, "train.eval_every", "must be >= 0")
+    need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
+         f"expected auto, cpu, cuda or cuda:N, got {t.device!r}")
+
+    need(m.rank >= 1, "method.rank", f"must be >= 1, got {m.rank}")
+    need(m.alpha is None or m.alpha > 0, "method.alpha", "must be > 0")
+    need(0 <= m.dropout < 1, "method.dropout", "must be in [0, 1)")
+    need(m.loraplus_ratio is None or m.loraplus_ratio > 0, "method.loraplus_ratio", "must be > 0")
+    if isinstance(m.targets, str):
+        need(m.targets in ("all", "attn", "mlp"), "method.targets",
+             f"expected all, attn, mlp or a list of module names, got {m.targets!r}")
+    else:
+        need(len(m.targets) > 0, "method.targets", "the list of module names is empty")
+    if m.name == "lora" and cfg.model.name == "tiny":
+        tiny = cfg.model.tiny
+        smallest = min(tiny.hidden_size, tiny.hidden_size // tiny.heads * tiny.kv_heads, tiny.intermediate_size)
+        need(m.rank <= smallest, "method.rank", f"{m.rank} is larger than the smallest target layer allows ({smallest})")
+
+    tiny = cfg.model.tiny
+    need(tiny.hidden_size >= 1 and tiny.layers >= 1 and tiny.heads >= 1, "model.tiny", "sizes must be >= 1")
+    need(tiny.hidden_size % tiny.heads == 0, "model.tiny.heads", "must divide model.tiny.hidden_size")
+    need(tiny.heads % tiny.kv_heads == 0, "model.tiny.kv_heads", "must divide model.tiny.heads")
+    need(0 <= cfg.model.attention_dropout < 1, "model.attention_dropout", "must be in [0, 1)")
+    if cfg.model.name != "tiny" and not Path(cfg.model.name).exists():
+        looks_like_hub_id = cfg.model.name.count("/") == 1 and not cfg.model.name.startswith((".", "/"))
+        need(looks_like_hub_id, "model.name", f"{cfg.model.name!r} is neither a local directory nor a hub id (owner/name)")
+
+    need(d.seq_len >= 8, "data.seq_len", f"must be >= 8, got {d.seq_len}")
+    need(0 <= d.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
+    need(d.eval_max_examples >= 1, "data.eval_max_examples", "must be >= 1")
+    need(bool(d.path), "data.path", "is required (a JSONL or text file, a directory, or hub:owner/name)")
+    d.path = resolve_path(d.path, base_dir)
+    need(d.path.startswith(HUB_PREFIX) or Path(d.path).exists(), "data.path", f"{d.path} does not exist")
+    if d.eval_path is not None:
+        d.eval_path = resolve_path(d.eval_path, base_dir)
+        need(d.eval_path.startswith(HUB_PREFIX) or Path(d.eval_path).exists(), "data.eval_path", f"{d.eval_path} does not exist")
+    if d.regime == "cpt":
+        need(d.format in ("auto", "text"), "data.format", f"CPT reads raw text; got format {d.format!r}")
+    else:
+        need(d.format != "text", "data.format", "text is for data.regime=cpt; IFT needs prompt/response pairs")
+
+    need(bool(o.dir), "output.dir", "is required (pass --out DIR)")
+    need(o.resume_every >= 1, "output.resume_every", "must be >= 1")
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

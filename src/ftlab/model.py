@@ -1,0 +1,141 @@
+"""Load a causal LM and its tokenizer (a local directory or a hub id; safetensors only), or build a tiny one.
+
+The tiny model is a Llama-architecture network built from `TinyModelConfig` with a byte-level tokenizer
+(256 byte tokens + 3 specials): no download, no training, identical on every machine. It is saved as an
+ordinary Hugging Face model directory, so everything downstream treats it like any other model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import PreTrainedTokenizerFast
+
+from ftlab.config import ModelConfig, TinyModelConfig
+from ftlab.errors import ConfigError
+
+# A plain-text chat template for the byte tokenizer: "<|user|>\n...\n<|assistant|>\n...</s>\n".
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} asked for, but CUDA is not available here")
+    return torch.device(name)
+
+
+def resolve_dtype(cfg: ModelConfig, device: torch.device, trains_base: bool) -> torch.dtype:
+    """fp32 on CPU. On CUDA: fp32 master weights when they train (autocast does bf16), bf16 when frozen (LoRA)."""
+    if cfg.dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
+    if device.type == "cuda" and not trains_base:
+        return torch.bfloat16
+    return torch.float32
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer: every UTF-8 byte is one token, so any text round-trips exactly."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 printable stand-ins for bytes
+    specials = ["<pad>", "<s>", "</s>"]
+    vocab = {tok: i for i, tok in enumerate(specials + alphabet)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
+
+
+def build_tiny(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast | None = None,
+               attention_dropout: float = 0.0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A randomly initialised Llama of the given shape; the same seed gives the same weights everywhere."""
+    tokenizer = tokenizer or byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        max_position_embeddings=cfg.max_position,
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_dropout=attention_dropout,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(config)
+    return model, tokenizer
+
+
+def save_pretrained(model, tokenizer, directory: Path) -> None:
+    """Write a Hugging Face model directory (safetensors) atomically: a temporary name, then a rename."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if directory.exists():
+        import shutil
+
+        shutil.rmtree(directory)
+    tmp.rename(directory)
+
+
+def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name: str | None = None):
+    """(model, tokenizer) from a local directory or hub id, safetensors only, SDPA attention, on `device`."""
+    name = name or cfg.name
+    if name == "tiny":
+        raise ValueError("build the tiny model with build_tiny() and save it first; load_model reads directories")
+    local = Path(name).is_dir()
+    if local and not any(Path(name).glob("*.safetensors")):
+        raise ConfigError(f"model.name: {name} has no *.safetensors weights (ftlab never loads pickled .bin files)")
+    try:
+        hf_config = AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.name: cannot load a model config from {name!r}: {e}") from None
+    extra = {}
+    if cfg.attention_dropout:
+        if not hasattr(hf_config, "attention_dropout"):
+            raise ConfigError(f"model.attention_dropout: {type(hf_config).__name__} has no attention_dropout setting")
+        extra["attention_dropout"] = cfg.attention_dropout
+    model = AutoModelForCausalLM.from_pretrained(
+        name,
+        revision=cfg.revision,
+        trust_remote_code=cfg.trust_remote_code,
+        use_safetensors=True,
+        dtype=dtype,
+        attn_implementation="sdpa",
+        **extra,
+    ).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is always masked out of the loss
+    return model, tokenizer
+
+
+def prepare_base(cfg: ModelConfig, run_dir: Path) -> str:
+    """Where the base model lives: its own name, or for `tiny` a directory in the run built once and reused."""
+    if cfg.name != "tiny":
+        return cfg.name
+    base = Path(run_dir) / "base"
+    if not (base / "config.json").exists():
+        model, tokenizer = build_tiny(cfg.tiny)
+        save_pretrained(model, tokenizer, base)
+    return str(base.resolve())

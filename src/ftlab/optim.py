@@ -1,0 +1,83 @@
+"""Optimizers and learning-rate schedules: AdamW, decoupled LionW; cosine and warmup-stable-cooldown.
+
+The schedule is a pure function of the step, so a resumed run needs only the step to be back on it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ftlab.config import TrainConfig
+
+
+class LionW(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023) with decoupled weight decay as in llm-foundry's DecoupledLionW (the paper's).
+
+    update = sign(β1·m + (1-β1)·g);  p ← p·(1 - (lr/lr0)·wd) - lr·update;  m ← β2·m + (1-β2)·g
+    Weight decay is scaled by the schedule factor lr/lr0, not by lr itself: wd=1e-6 decays 1e-6 per step at peak.
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.95), weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+        for group in self.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
+            decay = 1 - (lr / group["initial_lr"]) * wd if wd else 1.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                m = state["exp_avg"]
+                if decay != 1.0:
+                    p.mul_(decay)
+                update = m.mul(beta1).add_(p.grad, alpha=1 - beta1).sign_()
+                p.add_(update, alpha=-lr)
+                m.mul_(beta2).add_(p.grad, alpha=1 - beta2)
+        return None
+
+
+def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    for g in groups:
+        g["initial_lr"] = g["lr"]  # the peak; the schedule scales it each step
+    if cfg.optimizer == "lionw":
+        return LionW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    fused = all(p.is_cuda for g in groups for p in g["params"]) or None
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, fused=fused)
+
+
+def warmup_steps(cfg: TrainConfig, total: int) -> int:
+    return int(cfg.warmup) if cfg.warmup >= 1 else round(cfg.warmup * total)
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Multiplier of the peak LR at 0-based optimizer step `step` of `total`."""
+    warm = warmup_steps(cfg, total)
+    if step < warm:
+        return (step + 1) / warm
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        progress = (step - warm) / max(1, total - warm)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    # wsd: flat at the peak, then a linear cooldown to the floor over the last `cooldown` share of steps
+    cool = max(1, round(cfg.cooldown * total))
+    start = total - cool
+    if step < start:
+        return 1.0
+    return 1.0 - (1 - floor) * (step - start + 1) / cool
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    return optimizer.param_groups[0]["lr"]

@@ -1,0 +1,262 @@
+"""The one training loop, for every method: set LR, accumulate micro-batches, clip, step, log, checkpoint.
+
+    ftlab train configs/examples/tiny-lora.yaml --out runs/tiny-lora train.lr=1e-3
+
+Full FT and LoRA differ only in which parameters `apply_method` leaves trainable. A run killed at any moment
+and started again with the same command resumes from its last saved state and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ftlab import checkpoint
+from ftlab.batches import CPTSteps, IFTSteps, Plan, checkpoint_due, count_inputs, count_targets, make_plan
+from ftlab.config import RunConfig, dump_yaml, from_dict, to_dict
+from ftlab.data import IGNORE, PackedText, collate, load_cpt_eval, load_ift
+from ftlab.errors import ConfigError, FtlabError, TrainingError
+from ftlab.methods import apply_method, count_params, param_groups
+from ftlab.model import load_model, prepare_base, resolve_device, resolve_dtype
+from ftlab.optim import lr_factor, make_optimizer, set_lr
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean loss per target token over the whole global batch
+    grad_norm: float
+    tokens: int  # input tokens (non-padding) in the step
+
+
+def autocast_for(cfg: RunConfig, device: torch.device):
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16-autocast" if device.type == "cuda" else "fp32"
+    if precision == "bf16-autocast":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over labelled positions of one micro-batch, and their count."""
+    with autocast:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    targets = batch["labels"][:, 1:]  # (B, T-1): token t predicts t+1
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, int((targets != IGNORE).sum())
+
+
+def train_step(model, micro: list[dict[str, torch.Tensor]], optimizer, params, grad_clip: float, autocast) -> StepResult:
+    """One optimizer step over the micro-batches of a global batch; the loss is normalised over all of it."""
+    n_targets = max(1, count_targets(micro))
+    total = 0.0
+    for batch in micro:
+        loss, _ = token_loss_sum(model, batch, autocast)
+        (loss / n_targets).backward()
+        total += loss.item()
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    if not (math.isfinite(total) and torch.isfinite(norm)):
+        raise TrainingError(f"non-finite loss or gradient (loss {total / n_targets}, grad norm {float(norm)}); "
+                            "the weights were not updated. Try a lower train.lr or more warmup.")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(total / n_targets, float(norm), count_inputs(micro))
+
+
+@torch.no_grad()
+def eval_loss(model, batches: list[dict[str, torch.Tensor]], autocast) -> float:
+    """Mean next-token loss per labelled token on held-out batches (dropout off)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        loss, n = token_loss_sum(model, batch, autocast)
+        total, count = total + loss.item(), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+class RunDir:
+    """The run directory: resolved config, lock, metrics log, checkpoints and resumable state."""
+
+    def __init__(self, cfg: RunConfig):
+        self.path = Path(cfg.output.dir)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / ".lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FtlabError(f"{self.path} is in use by another ftlab process; wait for it or choose another --out") from None
+        self._check_config(cfg)
+        self.metrics = self.path / "metrics.jsonl"
+        self.state = self.path / "state"
+        self.checkpoints = self.path / "checkpoints"
+
+    def _check_config(self, cfg: RunConfig) -> None:
+        saved = self.path / "config.yaml"
+        if saved.exists():
+            import yaml
+
+            old = to_dict(from_dict(RunConfig, yaml.safe_load(saved.read_text())))
+            new = to_dict(cfg)
+            old["output"]["dir"] = new["output"]["dir"]  # the same run may be reached by another path
+            if old != new:
+                key = _first_difference(old, new)
+                raise ConfigError(f"{self.path} holds a run with a different config ({key}: "
+                                  f"{_lookup(old, key)!r} there, {_lookup(new, key)!r} now); use another --out")
+        checkpoint.write_json_atomic(self.path / "config.json", to_dict(cfg))  # machine-readable twin
+        tmp = saved.with_name("config.yaml.tmp")
+        tmp.write_text(dump_yaml(cfg))
+        tmp.replace(saved)
+
+    def log(self, record: dict) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_log(self, step: int) -> None:
+        """Drop log lines after `step` (written before a kill, redone after the resume)."""
+        if not self.metrics.exists():
+            return
+        kept = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError):
+                pass  # a line cut short by the kill
+        tmp = self.metrics.with_name("metrics.jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(self.metrics)
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for key in a.keys() | b.keys():
+        va, vb = a.get(key), b.get(key)
+        if va != vb:
+            if isinstance(va, dict) and isinstance(vb, dict):
+                return _first_difference(va, vb, f"{prefix}{key}.")
+            return f"{prefix}{key}"
+    return prefix.rstrip(".")
+
+
+def _lookup(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def build_data(cfg: RunConfig, tokenizer):
+    """(step source, held-out micro-batches) for the regime."""
+    pad = tokenizer.pad_token_id
+    mb = cfg.train.micro_batch
+    if cfg.data.regime == "ift":
+        train, held_out = load_ift(cfg.data, tokenizer, cfg.train.seed)
+        eval_batches = [collate(held_out[i:i + mb], pad) for i in range(0, len(held_out), mb)]
+        return IFTSteps(train, cfg, pad), eval_batches
+    packed = PackedText(cfg.data, tokenizer, "train", cfg.train.seed)
+    seqs = load_cpt_eval(cfg.data, tokenizer, cfg.train.seed)
+    eval_batches = [{k: torch.stack([s[k] for s in seqs[i:i + mb]]) for k in seqs[0]} for i in range(0, len(seqs), mb)]
+    return CPTSteps(packed, cfg), eval_batches
+
+
+def to_device(micro: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in micro]
+
+
+def train(cfg: RunConfig) -> Path:
+    """Train one run to the end (resuming if the directory holds a state); returns the run directory."""
+    run = RunDir(cfg)
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    base_name = prepare_base(cfg.model, run.path)
+    model, tokenizer = load_model(cfg.model, device, resolve_dtype(cfg.model, device, cfg.method.name == "full"), base_name)
+    model = apply_method(model, cfg)
+    pissa_init = _save_pissa_init(model, run.path) if cfg.method.name == "lora" and cfg.method.init == "pissa" else None
+    print(f"ftlab: {describe(cfg)} | {count_params(model)}", flush=True)
+
+    steps, eval_batches = build_data(cfg, tokenizer)
+    plan = make_plan(cfg, steps)
+    groups = param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = make_optimizer(groups, cfg.train)
+    autocast = autocast_for(cfg, device)
+
+    step, tokens = 0, 0
+    saved = checkpoint.latest_state(run.state)
+    if saved is not None:
+        progress = checkpoint.load_state(saved, model, optimizer)
+        step, tokens = progress["step"], progress["tokens"]
+        steps.load_state(progress["loader"])
+        print(f"ftlab: resuming {run.path} at step {step}/{plan.total_steps} ({tokens:,} tokens)", flush=True)
+    run.truncate_log(step)
+    eval_batches = [b for b in to_device(eval_batches, device)]
+
+    def save(directory: Path, step: int) -> None:
+        info = {"step": step, "tokens": tokens, "epoch": step / plan.steps_per_epoch if plan.steps_per_epoch else None,
+                "method": cfg.method.name, "base": base_name}
+        checkpoint.save_checkpoint(model, tokenizer, directory, info, pissa_init)
+
+    print(f"ftlab: {plan.total_steps} steps of {cfg.train.global_batch} sequences "
+          f"(~{plan.tokens_per_step:,.0f} tokens each), {len(eval_batches)} held-out batches", flush=True)
+    model.train()
+    bar = tqdm(total=plan.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=None)
+    window_tokens, window_start = 0, time.perf_counter()
+    while step < plan.total_steps:
+        lr = set_lr(optimizer, lr_factor(step, plan.total_steps, cfg.train))
+        micro = to_device(steps.next_step(), device)
+        result = train_step(model, micro, optimizer, params, cfg.train.grad_clip, autocast)
+        tokens_before, tokens, step = tokens, tokens + result.tokens, step + 1
+        window_tokens += result.tokens
+        tok_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+        record = {"step": step, "tokens": tokens, "loss": round(result.loss, 6), "lr": lr,
+                  "grad_norm": round(result.grad_norm, 6), "tokens_per_s": round(tok_per_s, 1)}
+        due = checkpoint_due(cfg, plan, step, tokens_before, tokens)
+        last = step == plan.total_steps
+        if due or last or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
+            record["eval_loss"] = round(eval_loss(model, eval_batches, autocast), 6) if eval_batches else None
+        if step % cfg.train.log_every == 0 or "eval_loss" in record:
+            run.log(record)
+        bar.set_postfix(loss=f"{result.loss:.4f}", tok_s=f"{tok_per_s:,.0f}", refresh=False)
+        bar.update(1)
+        for value in due:
+            save(run.checkpoints / f"{plan.unit}-{value:g}", step)
+        if last and cfg.output.save_final:
+            save(run.path / "final", step)
+        if last or due or step % cfg.output.resume_every == 0:
+            checkpoint.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": steps.state()})
+            window_tokens, window_start = 0, time.perf_counter()  # saving time is not training time
+    bar.close()
+    return run.path
+
+
+def describe(cfg: RunConfig) -> str:
+    m = cfg.method
+    if m.name == "full":
+        return "full finetuning" + (" (embeddings frozen)" if m.freeze_embeddings else "")
+    extras = [x for x, on in (("rsLoRA", m.rslora), ("DoRA", m.dora), (f"init={m.init}", m.init != "default"),
+                              (f"LoRA+ x{m.loraplus_ratio:g}" if m.loraplus_ratio else "", bool(m.loraplus_ratio))) if on]
+    return f"LoRA r={m.rank} alpha={cfg.lora_alpha():g} dropout={m.dropout:g} targets={m.targets}" + (
+        f" ({', '.join(extras)})" if extras else "")
+
+
+def _save_pissa_init(model, run_path: Path) -> Path:
+    """PiSSA's starting adapter, needed to convert later checkpoints to adapters of the original base."""
+    directory = run_path / "pissa-init"
+    if not (directory / "adapter_model.safetensors").exists():
+        config = model.peft_config["default"]
+        original = config.init_lora_weights
+        config.init_lora_weights = True  # saved as a plain LoRA start, as PEFT's conversion expects
+        tmp = directory.with_name("pissa-init.tmp")
+        model.save_pretrained(tmp)
+        config.init_lora_weights = original
+        tmp.replace(directory)
+    return directory
