@@ -21,6 +21,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()  # our own bar is the progress; per-save shard bars are noise
 
 
 def _fresh_tmp(directory: Path) -> Path:

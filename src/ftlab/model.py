@@ -139,3 +139,18 @@ def prepare_base(cfg: ModelConfig, run_dir: Path) -> str:
         model, tokenizer = build_tiny(cfg.tiny)
         save_pretrained(model, tokenizer, base)
     return str(base.resolve())
+
+
+def load_trained(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a checkpoint: a full model directory, or a PEFT adapter on the base it names."""
+    directory = Path(directory)
+    adapter = directory / "adapter_config.json"
+    if not adapter.exists():
+        return load_model(ModelConfig(name=str(directory)), torch.device(device), dtype)
+    import json
+
+    from peft import PeftModel
+
+    base = json.loads(adapter.read_text())["base_model_name_or_path"]
+    model, tokenizer = load_model(ModelConfig(name=base), torch.device(device), dtype)
+    return PeftModel.from_pretrained(model, directory).eval(), tokenizer

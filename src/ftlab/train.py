@@ -163,8 +163,9 @@ def build_data(cfg: RunConfig, tokenizer):
         eval_batches = [collate(held_out[i:i + mb], pad) for i in range(0, len(held_out), mb)]
         return IFTSteps(train, cfg, pad), eval_batches
     packed = PackedText(cfg.data, tokenizer, "train", cfg.train.seed)
-    seqs = load_cpt_eval(cfg.data, tokenizer, cfg.train.seed)
-    eval_batches = [{k: torch.stack([s[k] for s in seqs[i:i + mb]]) for k in seqs[0]} for i in range(0, len(seqs), mb)]
+    seqs = load_cpt_eval(cfg.data, tokenizer, cfg.train.seed)  # may be empty: eval_fraction 0 or tiny data
+    eval_batches = [{k: torch.stack([s[k] for s in seqs[i:i + mb]]) for k in s} for i in range(0, len(seqs), mb)
+                    for s in seqs[i:i + 1]]
     return CPTSteps(packed, cfg), eval_batches
 
 
@@ -197,7 +198,7 @@ def train(cfg: RunConfig) -> Path:
         step, tokens = progress["step"], progress["tokens"]
         steps.load_state(progress["loader"])
         print(f"ftlab: resuming {run.path} at step {step}/{plan.total_steps} ({tokens:,} tokens)", flush=True)
-    run.truncate_log(step)
+    run.truncate_log(step if saved is not None else -1)  # a fresh start clears a log left by a killed run
     eval_batches = [b for b in to_device(eval_batches, device)]
 
     def save(directory: Path, step: int) -> None:
@@ -207,6 +208,8 @@ def train(cfg: RunConfig) -> Path:
 
     print(f"ftlab: {plan.total_steps} steps of {cfg.train.global_batch} sequences "
           f"(~{plan.tokens_per_step:,.0f} tokens each), {len(eval_batches)} held-out batches", flush=True)
+    if step == 0 and eval_batches:  # the base model's held-out loss, for comparison
+        run.log({"step": 0, "tokens": 0, "eval_loss": round(eval_loss(model, eval_batches, autocast), 6)})
     model.train()
     bar = tqdm(total=plan.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=None)
     window_tokens, window_start = 0, time.perf_counter()

@@ -1,0 +1,144 @@
+"""Training throughput and peak memory: ftlab's training step versus a plain Transformers + PEFT loop.
+
+Same model (random Llama weights; speed does not depend on them), same batch, same device, side by side.
+Each case runs in its own process so peak memory is its own.
+
+    python bench/train_throughput.py                       # CPU, tiny model (what CI can afford)
+    python bench/train_throughput.py --shape 1.1b --batch 8 --seq 2048 --steps 20   # one GPU
+
+Reference loop: `model(input_ids, labels=labels).loss.backward()`, clip 1.0, AdamW (fused on CUDA), PEFT defaults
+(fp32 adapters) for LoRA, fp32 master weights under bf16 autocast on CUDA. ftlab: `ftlab.train.train_step` with
+the optimizer and precision it would choose for a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+SHAPES = {  # hidden, layers, heads, kv heads, intermediate, vocab
+    "tiny": (256, 4, 4, 4, 688, 2048),
+    "small": (512, 8, 8, 8, 1376, 8192),
+    "1.1b": (2048, 22, 32, 4, 5632, 32000),
+    "7b": (4096, 32, 32, 32, 11008, 32000),
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def build(shape: str, device: torch.device, dtype: torch.dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    h, n, heads, kv, inter, vocab = SHAPES[shape]
+    config = LlamaConfig(hidden_size=h, num_hidden_layers=n, num_attention_heads=heads, num_key_value_heads=kv,
+                         intermediate_size=inter, vocab_size=vocab, max_position_embeddings=4096)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        return LlamaForCausalLM(config).to(dtype)
+
+
+def batch(shape: str, b: int, t: int, device: torch.device) -> dict[str, torch.Tensor]:
+    vocab = SHAPES[shape][-1]
+    ids = torch.randint(0, vocab, (b, t), generator=torch.Generator().manual_seed(1)).to(device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def run_case(impl: str, method: str, rank: int, args) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    frozen_dtype = torch.bfloat16 if cuda and method == "lora" and impl == "ftlab" else torch.float32
+    model = build(args.shape, device, frozen_dtype)
+    data = batch(args.shape, args.batch, args.seq, device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
+
+    if impl == "ftlab":
+        from ftlab.config import RunConfig
+        from ftlab.methods import apply_method, param_groups
+        from ftlab.optim import make_optimizer
+        from ftlab.train import train_step
+
+        cfg = RunConfig()
+        cfg.method.name, cfg.method.rank, cfg.train.lr = method, rank, 1e-5
+        model = apply_method(model, cfg)
+        groups = param_groups(model, cfg)
+        params = [p for g in groups for p in g["params"]]
+        opt = make_optimizer(groups, cfg.train)
+
+        def step():
+            train_step(model, [data], opt, params, 1.0, autocast)
+    else:
+        if method == "lora":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05,
+                                                     target_modules=TARGETS, task_type="CAUSAL_LM"))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-5, betas=(0.9, 0.95), fused=cuda or None)
+
+        def step():
+            with autocast:
+                loss = model(input_ids=data["input_ids"], attention_mask=data["attention_mask"], labels=data["labels"]).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    model.train()
+    for _ in range(args.warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"impl": impl, "method": method, "rank": rank, "tokens_per_s": args.batch * args.seq * args.steps / seconds,
+            "peak_gib": peak / 2**30, "peak_kind": "cuda allocated" if cuda else "process RSS"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="tiny", choices=SHAPES)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--ranks", default="16", help="comma-separated LoRA ranks")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # impl:method:rank, run in a child process
+    args = parser.parse_args()
+    if args.case:
+        impl, method, rank = args.case.split(":")
+        print(json.dumps(run_case(impl, method, int(rank), args)))
+        return
+
+    cases = [("full", 0)] + [("lora", int(r)) for r in args.ranks.split(",")]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"shape {args.shape}, batch {args.batch} x {args.seq}, {args.steps} timed steps, device {device}, "
+          f"torch {torch.__version__}")
+    print(f"{'method':<10} {'ftlab tok/s':>12} {'ref tok/s':>10} {'speed x':>8} {'ftlab GiB':>10} {'ref GiB':>8} {'mem x':>6}")
+    for method, rank in cases:
+        results = {}
+        for impl in ("ftlab", "reference"):
+            child = [sys.executable, __file__, "--case", f"{impl}:{method}:{rank}", "--shape", args.shape,
+                     "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps),
+                     "--warmup", str(args.warmup)]
+            out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+            results[impl] = json.loads(out.strip().splitlines()[-1])
+        f, r = results["ftlab"], results["reference"]
+        label = "full" if method == "full" else f"lora r={rank}"
+        print(f"{label:<10} {f['tokens_per_s']:>12,.0f} {r['tokens_per_s']:>10,.0f} {f['tokens_per_s'] / r['tokens_per_s']:>8.2f} "
+              f"{f['peak_gib']:>10.2f} {r['peak_gib']:>8.2f} {f['peak_gib'] / r['peak_gib']:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()

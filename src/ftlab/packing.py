@@ -1,0 +1,217 @@
+"""Reading data records, and raw text (CPT) packed into fixed-length sequences, streamed and resumable.
+
+    for source, line, record in read_records("data/", cfg): ...     # JSONL lines, whole .txt/.md files, hub rows
+    packed = PackedText(cfg, tokenizer, "train", seed)               # doc0 + eos + doc1 + eos ... cut every seq_len
+    state = packed.state()                                           # JSON-able; a new PackedText.load_state(state)
+                                                                     # yields exactly what this one would next
+
+A position in the data is (file index, byte offset of the next unread JSONL line, lines read so far), or for a
+hub dataset (0, rows read, rows read): resuming seeks there instead of re-reading what came before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import torch
+
+from ftlab.config import HUB_PREFIX, DataConfig
+from ftlab.errors import DataError
+
+IGNORE = -100  # label of a position that carries no loss (prompt or padding)
+
+JSONL_SUFFIXES = (".jsonl", ".json-lines")
+TEXT_SUFFIXES = (".txt", ".md")  # a whole file is one document
+
+
+@dataclass
+class Position:
+    """Where the next unread record is."""
+
+    file: int = 0  # index into the sorted list of sources
+    offset: int = 0  # JSONL: byte offset of the next unread line; hub: rows read
+    line: int = 0  # lines (rows) read so far in that source; the next record's line number is > line
+
+
+def list_sources(path: str) -> list[str]:
+    """The files `path` stands for: itself, every JSONL/text file under a directory (sorted), or a hub name."""
+    if path.startswith(HUB_PREFIX):
+        return [path]
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in JSONL_SUFFIXES + TEXT_SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: directory holds no {', '.join(JSONL_SUFFIXES + TEXT_SUFFIXES)} files")
+        return [str(f) for f in files]
+    if not p.is_file():
+        raise DataError(f"{path}: no such file or directory")
+    if p.suffix not in JSONL_SUFFIXES + TEXT_SUFFIXES:
+        raise DataError(f"{path}: unsupported file type; expected {', '.join(JSONL_SUFFIXES + TEXT_SUFFIXES)}, "
+                        f"a directory of them, or {HUB_PREFIX}owner/name")
+    return [str(p)]
+
+
+def _jsonl_rows(source: str, offset: int, line: int) -> Iterator[tuple[int, dict, int]]:
+    """(line number, record, byte offset after the line) from `offset` on; blank lines are skipped."""
+    with open(source, "rb") as fh:
+        fh.seek(offset)
+        while raw := fh.readline():
+            line += 1
+            if not raw.strip():
+                continue
+            where = f"{source}:{line}"
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); "
+                                "expected one JSON object per line") from None
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 ({e.reason}); expected one JSON object per line") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a JSON object per line, got a JSON {type(record).__name__}")
+            yield line, record, fh.tell()
+
+
+def _hub_rows(source: str, cfg: DataConfig, skip: int) -> Iterator[tuple[int, dict]]:
+    """(row index + 1, row) of a streamed hub dataset, after the first `skip` rows."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"{source}: reading hub datasets needs the `datasets` package: "
+                        "pip install 'ftlab[hub]'") from None
+    rows = datasets.load_dataset(source[len(HUB_PREFIX):], cfg.hub_config, split=cfg.hub_split, streaming=True)
+    if skip:
+        rows = rows.skip(skip)
+    for index, row in enumerate(rows, start=skip):
+        yield index + 1, dict(row)
+
+
+def _read_text(source: str) -> str:
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def records_from(sources: list[str], cfg: DataConfig, start: Position) -> Iterator[tuple[str, int, dict, Position]]:
+    """(source, line number, record, position after it) for every record from `start` on."""
+    for f in range(start.file, len(sources)):
+        source = sources[f]
+        offset, line = (start.offset, start.line) if f == start.file else (0, 0)
+        if source.startswith(HUB_PREFIX):
+            for row, record in _hub_rows(source, cfg, offset):
+                yield source, row, record, Position(f, row, row)
+        elif Path(source).suffix in TEXT_SUFFIXES:
+            yield source, 1, {cfg.text_field: _read_text(source)}, Position(f + 1, 0, 0)
+        else:
+            for row, record, end in _jsonl_rows(source, offset, line):
+                yield source, row, record, Position(f, end, row)
+
+
+def read_records(path: str, cfg: DataConfig) -> Iterator[tuple[str, int, dict]]:
+    """(source, line number, record) for every record under `path`; malformed lines fail naming FILE:LINE."""
+    for source, line, record, _ in records_from(list_sources(path), cfg, Position()):
+        yield source, line, record
+
+
+class PackedText:
+    """Documents of one split, tokenized and packed into sequences of exactly seq_len tokens (the last is padded).
+
+    Iterating continues from the current position (after load_state, where the saved reader stopped);
+    restart() goes back to the first document for the next epoch.
+    """
+
+    def __init__(self, cfg: DataConfig, tokenizer, split: Literal["train", "eval"], seed: int):
+        if split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if tokenizer.eos_token_id is None:
+            raise DataError(f"{cfg.path}: the tokenizer has no eos token to separate documents with")
+        self.cfg, self.tokenizer, self.split, self.seed = cfg, tokenizer, split, seed
+        self.path = cfg.eval_path if split == "eval" and cfg.eval_path else cfg.path
+        self._by_hash = not cfg.eval_path  # no separate eval data: each document's hash picks its split
+        self._sources = list_sources(self.path)
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.restart()
+
+    def restart(self) -> None:
+        self._pos = Position()  # after the last document read into the buffer
+        self._buffer: list[int] = []  # tokens read; those before _start were emitted already
+        self._start = 0
+
+    def _in_split(self, source: str, line: int) -> bool:
+        if not self._by_hash:
+            return True
+        digest = hashlib.sha256(f"{self.seed}\0{source}\0{line}".encode()).digest()
+        in_eval = int.from_bytes(digest[:8], "big") / 2**64 < self.cfg.eval_fraction
+        return in_eval == (self.split == "eval")
+
+    def _documents(self, start: Position) -> Iterator[tuple[list[int], Position]]:
+        """(tokens of a document + [eos], position after it) for this split's documents from `start` on."""
+        field = self.cfg.text_field
+        for source, line, record, after in records_from(self._sources, self.cfg, start):
+            if not self._in_split(source, line):
+                continue
+            text = record.get(field)
+            if not isinstance(text, str):
+                got = "it is missing" if field not in record else f"got {type(text).__name__}"
+                raise DataError(f"{source}:{line}: raw-text record needs a string field {field!r} "
+                                f"(data.text_field); {got}")
+            yield self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id], after
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        T = self.cfg.seq_len
+        docs = self._documents(self._pos)
+        while True:
+            while len(self._buffer) - self._start < T and (doc := next(docs, None)) is not None:
+                tokens, self._pos = doc
+                self._buffer, self._start = self._buffer[self._start:] + tokens, 0
+            if self._start == len(self._buffer):
+                return
+            chunk = self._buffer[self._start:self._start + T]
+            self._start += len(chunk)  # state() is exact at every yield
+            yield self._sequence(chunk)
+
+    def _sequence(self, chunk: list[int]) -> dict[str, torch.Tensor]:
+        T, n = self.cfg.seq_len, len(chunk)
+        input_ids = torch.full((T,), self._pad, dtype=torch.long)  # (T,)
+        input_ids[:n] = torch.tensor(chunk, dtype=torch.long)
+        attention_mask = torch.zeros(T, dtype=torch.long)  # (T,)
+        attention_mask[:n] = 1
+        labels = torch.full((T,), IGNORE, dtype=torch.long)  # (T,)
+        labels[:n] = input_ids[:n]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def state(self) -> dict:
+        """JSON-able: the next unread document's position and the tokens read but not yet emitted."""
+        p = self._pos
+        source = self._sources[p.file] if p.file < len(self._sources) else None
+        return {"path": self.path, "split": self.split, "seed": self.seed, "file": p.file, "source": source,
+                "offset": p.offset, "line": p.line, "buffer": self._buffer[self._start:]}
+
+    def load_state(self, state: dict) -> None:
+        saved = (state["path"], state["split"], state["seed"])
+        if saved != (self.path, self.split, self.seed):
+            raise DataError(f"resume: the saved data position is for {saved} (path, split, seed), "
+                            f"not {(self.path, self.split, self.seed)}")
+        f = state["file"]
+        if f < len(self._sources) and self._sources[f] != state["source"]:
+            raise DataError(f"resume: data file #{f} is now {self._sources[f]} but was {state['source']}; "
+                            f"the files under {self.path} changed since the state was saved")
+        self._pos = Position(f, state["offset"], state["line"])
+        self._buffer, self._start = list(state["buffer"]), 0
+
+    def count_sequences(self) -> int:
+        """Sequences in one full pass over this split (reads it all once; this reader's position is untouched)."""
+        tokens = sum(len(doc) for doc, _ in self._documents(Position()))
+        return math.ceil(tokens / self.cfg.seq_len)
+
+
+def load_cpt_eval(cfg: DataConfig, tokenizer, seed: int) -> list[dict[str, torch.Tensor]]:
+    """The first cfg.eval_max_examples sequences of the eval split (held-out loss)."""
+    return list(itertools.islice(PackedText(cfg, tokenizer, "eval", seed), cfg.eval_max_examples))

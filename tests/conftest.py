@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny data files and tiny run configs (a few seconds of CPU each)."""
+
+import json
+import random
+
+import pytest
+
+from ftlab.config import load_config
+
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "grass", "candle", "orbit"]
+
+
+def write_pairs(path, n=96, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            word = rng.choice(WORDS)
+            f.write(json.dumps({"prompt": f"Reverse: {word}\n", "completion": word[::-1]}) + "\n")
+    return path
+
+
+def write_text(path, n_docs=40, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n_docs):
+            f.write(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30)))}) + "\n")
+    return path
+
+
+TINY_MODEL = ["model.tiny.hidden_size=32", "model.tiny.layers=2", "model.tiny.heads=4", "model.tiny.kv_heads=2",
+              "model.tiny.intermediate_size=64", "model.tiny.max_position=64"]
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    return write_pairs(tmp_path / "pairs.jsonl")
+
+
+@pytest.fixture
+def text(tmp_path):
+    return write_text(tmp_path / "text.jsonl")
+
+
+def tiny_config(data_path, out, *overrides):
+    """A run on the tiny model: IFT on `data_path` unless overridden; 2 epochs of batch 16."""
+    base = TINY_MODEL + [f"data.path={data_path}", "data.seq_len=32", "data.eval_fraction=0.1",
+                         "train.global_batch=16", "train.micro_batch=8", "train.epochs=2", "train.lr=3e-3",
+                         "train.warmup=2", "output.resume_every=3"]
+    return load_config(None, base + list(overrides), out=str(out))

@@ -1,0 +1,153 @@
+"""The training loop end to end on a tiny model: loss falls, checkpoints load elsewhere, kill -9 resumes exactly."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import TINY_MODEL, tiny_config
+from ftlab.cli import main
+from ftlab.config import RunConfig, TrainConfig
+from ftlab.errors import ConfigError, FtlabError, TrainingError
+from ftlab.model import load_trained
+from ftlab.optim import LionW, lr_factor
+from ftlab.train import RunDir, build_data, eval_loss, train
+
+
+def metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", [["method.name=full", "train.lr=1e-2"], ["method.name=lora", "method.rank=4", "train.lr=3e-2"]])
+def test_short_run_lowers_the_loss_and_saves_loadable_checkpoints(pairs, tmp_path, method):
+    cfg = tiny_config(pairs, tmp_path / "run", "train.epochs=6", "train.checkpoints=[1]", *method)
+    run = train(cfg)
+    log = metrics(run)
+    evals = [r["eval_loss"] for r in log if "eval_loss" in r]
+    assert evals[-1] < evals[0] - 0.1, evals  # held-out loss (nats per token), base vs trained
+    train_losses = [r["loss"] for r in log if "loss" in r]
+    assert train_losses[-1] < train_losses[0]
+    assert {"step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s"} <= log[1].keys()
+    assert (run / "config.yaml").exists() and yaml.safe_load((run / "config.yaml").read_text())["method"]["name"] == cfg.method.name
+    assert (run / "checkpoints" / "epochs-1" / "ftlab.json").exists()
+
+    # the final checkpoint, loaded the way other tools load it, gives the logged held-out loss
+    model, tokenizer = load_trained(run / "final")
+    if cfg.method.name == "lora":
+        assert (run / "final" / "adapter_model.safetensors").exists()
+    _, held_out = build_data(cfg, tokenizer)
+    assert eval_loss(model, held_out, torch.autocast("cpu", enabled=False)) == pytest.approx(evals[-1], abs=1e-5)
+
+
+def test_cpt_run_with_token_duration_and_checkpoints(text, tmp_path):
+    cfg = tiny_config(text, tmp_path / "run", "data.regime=cpt", "train.epochs=null", "train.tokens=2000",
+                      "train.checkpoints=[1000, 2000]", "train.schedule=wsd", "train.optimizer=lionw", "train.lr=1e-3",
+                      "method.name=lora", "method.rank=2")
+    run = train(cfg)
+    log = metrics(run)
+    steps = [r for r in log if "loss" in r]
+    assert steps[-1]["tokens"] >= 2000 and steps[-1]["step"] == math.ceil(2000 / (16 * 32))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["tokens-1000", "tokens-2000"]
+
+
+def final_weights(run):
+    name = "adapter_model.safetensors" if (run / "final" / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(run / "final" / name)
+
+
+def cli_args(cfg_path, out):
+    return [sys.executable, "-m", "ftlab", "train", str(cfg_path), "--out", str(out)]
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_sigkill_and_resume_gives_identical_final_weights(pairs, tmp_path, method):
+    overrides = TINY_MODEL + [f"data.path={pairs}", "data.seq_len=32", "train.global_batch=8", "train.micro_batch=4",
+                              "train.epochs=4", "train.lr=3e-3", "output.resume_every=4", "train.checkpoints=[2]",
+                              f"method.name={method}", "method.rank=4", "method.dropout=0.1"]
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump({}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    reference = tmp_path / "uninterrupted"
+    subprocess.run(cli_args(cfg_path, reference) + overrides, check=True, capture_output=True, env=env)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cli_args(cfg_path, killed) + overrides, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once a resumable state exists and training has gone past it
+        log = killed / "metrics.jsonl"
+        if (killed / "state" / "LATEST").exists() and log.exists() and len(log.read_text().splitlines()) >= 7:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists(), "the run finished before it could be killed"
+
+    resumed = subprocess.run(cli_args(cfg_path, killed) + overrides, check=True, capture_output=True, text=True, env=env)
+    assert "resuming" in resumed.stdout
+    a, b = final_weights(reference), final_weights(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # the log has each step exactly once
+    steps = [r["step"] for r in metrics(killed) if "loss" in r]
+    assert steps == sorted(set(steps)) == list(range(1, steps[-1] + 1))
+
+
+def test_second_runner_and_changed_config_are_refused(pairs, tmp_path):
+    cfg = tiny_config(pairs, tmp_path / "run")
+    holder = RunDir(cfg)
+    with pytest.raises(FtlabError, match="in use by another ftlab process"):
+        RunDir(cfg)
+    del holder
+    other = tiny_config(pairs, tmp_path / "run", "train.lr=1e-4")
+    import gc
+
+    gc.collect()
+    with pytest.raises(ConfigError, match="different config \\(train.lr"):
+        RunDir(other)
+
+
+def test_non_finite_loss_stops_with_a_clear_error(pairs, tmp_path):
+    cfg = tiny_config(pairs, tmp_path / "run", "method.name=full", "train.optimizer=lionw", "train.lr=1e30",
+                      "train.warmup=0", "train.grad_clip=0")
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        train(cfg)
+
+
+def test_malformed_data_line_exits_2_naming_file_and_line(tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b"}\n{"prompt": "a"\n')
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"path": str(data)}}))
+    assert main(["train", str(cfg), *TINY_MODEL, "--out", str(tmp_path / "run")]) == 2
+    assert f"{data}:3" in capsys.readouterr().err
+
+
+def test_lionw_matches_the_update_rule():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    opt = LionW([p], lr=0.1, betas=(0.9, 0.95), weight_decay=0.5)
+    opt.state[p]["exp_avg"] = torch.tensor([0.5, 0.5, -0.5])
+    p.grad = torch.tensor([-10.0, 1.0, 1.0])
+    opt.step()
+    # c = 0.9*m + 0.1*g = [-0.55, 0.55, -0.35]; p = p*(1 - 1.0*0.5) - 0.1*sign(c)
+    torch.testing.assert_close(p.data, torch.tensor([0.6, -1.1, 1.6]))
+    torch.testing.assert_close(opt.state[p]["exp_avg"], torch.tensor([0.475 - 0.5, 0.525, -0.425]))
+
+
+def test_schedules():
+    cos = TrainConfig(schedule="cosine", warmup=0.1, min_lr_ratio=0.01)
+    f = [lr_factor(s, 100, cos) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0 and f[10] == 1.0
+    assert f[-1] == pytest.approx(0.01, abs=1e-3) and all(a >= b for a, b in zip(f[10:], f[11:]))
+    wsd = TrainConfig(schedule="wsd", warmup=10, cooldown=0.2, min_lr_ratio=0.01)
+    g = [lr_factor(s, 100, wsd) for s in range(100)]
+    assert g[10:80] == [1.0] * 70 and g[80] < 1.0 and g[-1] == pytest.approx(0.01)
