@@ -104,14 +104,10 @@ def test_sigkill_and_resume_gives_identical_final_weights(pairs, tmp_path, metho
 
 def test_second_runner_and_changed_config_are_refused(pairs, tmp_path):
     cfg = tiny_config(pairs, tmp_path / "run")
-    holder = RunDir(cfg)
-    with pytest.raises(FtlabError, match="in use by another ftlab process"):
-        RunDir(cfg)
-    del holder
+    with RunDir(cfg):
+        with pytest.raises(FtlabError, match="in use by another ftlab process"):
+            RunDir(cfg)
     other = tiny_config(pairs, tmp_path / "run", "train.lr=1e-4")
-    import gc
-
-    gc.collect()
     with pytest.raises(ConfigError, match="different config \\(train.lr"):
         RunDir(other)
 

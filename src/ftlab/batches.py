@@ -85,7 +85,7 @@ class CPTSteps:
                 if seq is None:
                     raise RuntimeError("the CPT stream is empty")
             seqs.append(seq)
-        return [{k: torch.stack([s[k] for s in seqs[i:i + mb]]) for k in seqs[0]} for i in range(0, len(seqs), mb)]
+        return [stack(seqs[i:i + mb]) for i in range(0, len(seqs), mb)]
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "packer": self.packed.state()}
@@ -94,6 +94,11 @@ class CPTSteps:
         self.epoch = state["epoch"]
         self.packed.load_state(state["packer"])
         self._it = iter(self.packed)
+
+
+def stack(seqs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Packed sequences, each (T,), into one micro-batch, each (B, T)."""
+    return {k: torch.stack([s[k] for s in seqs]) for k in seqs[0]}
 
 
 def make_plan(cfg: RunConfig, steps) -> Plan:

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,9 @@ def save_checkpoint(model: nn.Module, tokenizer, directory: Path, info: dict,
     tmp = _fresh_tmp(Path(directory))
     if pissa_init is not None:
         # PiSSA changes the base weights; converting makes an adapter that applies to the original base.
-        model.save_pretrained(tmp, path_initial_model_for_weight_conversion=str(pissa_init))
+        with warnings.catch_warnings():  # PEFT's advice to convert PiSSA to LoRA: this call is that conversion
+            warnings.filterwarnings("ignore", message="PiSSA changes the base weights", category=UserWarning)
+            model.save_pretrained(tmp, path_initial_model_for_weight_conversion=str(pissa_init))
     else:
         model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ftlab import checkpoint
-from ftlab.batches import CPTSteps, IFTSteps, Plan, checkpoint_due, count_inputs, count_targets, make_plan
+from ftlab.batches import CPTSteps, IFTSteps, checkpoint_due, count_inputs, count_targets, make_plan, stack
 from ftlab.config import RunConfig, dump_yaml, from_dict, to_dict
 from ftlab.data import IGNORE, PackedText, collate, load_cpt_eval, load_ift
 from ftlab.errors import ConfigError, FtlabError, TrainingError
 from ftlab.methods import apply_method, count_params, param_groups
 from ftlab.model import load_model, prepare_base, resolve_device, resolve_dtype
 from ftlab.optim import lr_factor, make_optimizer, set_lr
+from ftlab.progress import Progress
 
 
 @dataclass
@@ -96,7 +96,11 @@ class RunDir:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FtlabError(f"{self.path} is in use by another ftlab process; wait for it or choose another --out") from None
-        self._check_config(cfg)
+        try:
+            self._check_config(cfg)
+        except BaseException:
+            self._lock.close()
+            raise
         self.metrics = self.path / "metrics.jsonl"
         self.state = self.path / "state"
         self.checkpoints = self.path / "checkpoints"
@@ -117,6 +121,12 @@ class RunDir:
         tmp = saved.with_name("config.yaml.tmp")
         tmp.write_text(dump_yaml(cfg))
         tmp.replace(saved)
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.close()  # releases the lock
 
     def log(self, record: dict) -> None:
         with open(self.metrics, "a") as f:
@@ -164,8 +174,7 @@ def build_data(cfg: RunConfig, tokenizer):
         return IFTSteps(train, cfg, pad), eval_batches
     packed = PackedText(cfg.data, tokenizer, "train", cfg.train.seed)
     seqs = load_cpt_eval(cfg.data, tokenizer, cfg.train.seed)  # may be empty: eval_fraction 0 or tiny data
-    eval_batches = [{k: torch.stack([s[k] for s in seqs[i:i + mb]]) for k in s} for i in range(0, len(seqs), mb)
-                    for s in seqs[i:i + 1]]
+    eval_batches = [stack(seqs[i:i + mb]) for i in range(0, len(seqs), mb)]
     return CPTSteps(packed, cfg), eval_batches
 
 
@@ -175,7 +184,12 @@ def to_device(micro: list[dict[str, torch.Tensor]], device: torch.device) -> lis
 
 def train(cfg: RunConfig) -> Path:
     """Train one run to the end (resuming if the directory holds a state); returns the run directory."""
-    run = RunDir(cfg)
+    with RunDir(cfg) as run:
+        _train(cfg, run)
+    return run.path
+
+
+def _train(cfg: RunConfig, run: RunDir) -> None:
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     base_name = prepare_base(cfg.model, run.path)
@@ -211,7 +225,7 @@ def train(cfg: RunConfig) -> Path:
     if step == 0 and eval_batches:  # the base model's held-out loss, for comparison
         run.log({"step": 0, "tokens": 0, "eval_loss": round(eval_loss(model, eval_batches, autocast), 6)})
     model.train()
-    bar = tqdm(total=plan.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=None)
+    bar = Progress(plan.total_steps, initial=step)
     window_tokens, window_start = 0, time.perf_counter()
     while step < plan.total_steps:
         lr = set_lr(optimizer, lr_factor(step, plan.total_steps, cfg.train))
@@ -228,8 +242,7 @@ def train(cfg: RunConfig) -> Path:
             record["eval_loss"] = round(eval_loss(model, eval_batches, autocast), 6) if eval_batches else None
         if step % cfg.train.log_every == 0 or "eval_loss" in record:
             run.log(record)
-        bar.set_postfix(loss=f"{result.loss:.4f}", tok_s=f"{tok_per_s:,.0f}", refresh=False)
-        bar.update(1)
+        bar.update(loss=f"{result.loss:.4f}", tok_s=f"{tok_per_s:,.0f}")
         for value in due:
             save(run.checkpoints / f"{plan.unit}-{value:g}", step)
         if last and cfg.output.save_final:
@@ -238,7 +251,6 @@ def train(cfg: RunConfig) -> Path:
             checkpoint.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": steps.state()})
             window_tokens, window_start = 0, time.perf_counter()  # saving time is not training time
     bar.close()
-    return run.path
 
 
 def describe(cfg: RunConfig) -> str:

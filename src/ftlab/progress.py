@@ -1,0 +1,44 @@
+"""Progress of long work: a tqdm bar on a terminal, plain lines (at most every 30 s, and at the end) in a log."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+
+class Progress:
+    def __init__(self, total: int, initial: int = 0, unit: str = "step", every_s: float = 30.0):
+        self.total, self.done, self.unit, self.every_s = total, initial, unit, every_s
+        self.bar = tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True) if sys.stderr.isatty() else None
+        self.start, self.start_done = time.perf_counter(), initial
+        self.last_print = self.start
+
+    def update(self, **stats: str) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix(stats, refresh=False)
+            self.bar.update(1)
+            return
+        now = time.perf_counter()
+        if now - self.last_print >= self.every_s or self.done == self.total:
+            rate = (self.done - self.start_done) / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            shown = " ".join(f"{k} {v}" for k, v in stats.items())
+            print(f"ftlab: {self.unit} {self.done}/{self.total} | {shown} | ETA {format_seconds(eta)}",
+                  file=sys.stderr, flush=True)
+            self.last_print = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
