@@ -50,8 +50,9 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast) -> tuple[tor
     """Summed next-token cross-entropy over labelled positions of one micro-batch, and their count."""
     with autocast:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-    targets = batch["labels"][:, 1:]  # (B, T-1): token t predicts t+1
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+    # position t predicts token t+1: shift the labels, not the logits, so the (B, T, V) logits are never copied
+    targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # (B, T)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
     return loss, int((targets != IGNORE).sum())
 
 
