@@ -13,7 +13,6 @@ $(BIN)/python:
 # Reinstall when the package metadata changes. torch is pinned to a range (see pyproject.toml) so pip
 # takes the local CPU build here instead of a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

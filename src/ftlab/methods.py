@@ -12,7 +12,6 @@ adapter term is PEFT's own scaling·B@A (DoRA: the merged weight minus the base 
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -100,9 +99,7 @@ def apply_method(model: nn.Module, cfg: RunConfig) -> nn.Module:
         init_lora_weights={"default": True, "gaussian": "gaussian", "pissa": "pissa"}[m.init],
         task_type="CAUSAL_LM",
     )
-    with warnings.catch_warnings():  # transformers 5 deprecation raised inside PEFT, not ours to act on
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, lora)
+    return get_peft_model(model, lora)
 
 
 def count_params(model: nn.Module) -> ParamCounts:
