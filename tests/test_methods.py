@@ -167,3 +167,19 @@ def test_loraplus_gives_b_its_own_learning_rate():
     b_shapes = {tuple(p.shape) for p in groups[1]["params"]}
     assert (4, 32) in a_shapes and (32, 4) in b_shapes and (16, 4) in b_shapes
     assert len(groups[0]["params"]) == len(groups[1]["params"]) == TINY.layers * 7
+
+
+def test_other_architectures_map_all_to_every_linear_layer():
+    """An OPT-style model (q,k,v,out_proj, fc1, fc2): targets=all goes through PEFT's all-linear."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    model = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
+                                     num_attention_heads=2, max_position_embeddings=32, word_embed_proj_dim=16))
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    assert target_modules(model, "all") == "all-linear"
+    peft_model = apply_method(model, lora_cfg(rank=2))
+    randomize_lora(peft_model)
+    deltas = dict(delta_weights(peft_model, base.__getitem__))
+    assert len(deltas) == 2 * 6  # q, k, v, out_proj, fc1, fc2 per layer; never lm_head
+    assert all(int(torch.linalg.matrix_rank(d)) == 2 for d in deltas.values())

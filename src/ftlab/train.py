@@ -212,9 +212,10 @@ def _train(cfg: RunConfig, run: RunDir) -> None:
         progress = checkpoint.load_state(saved, model, optimizer)
         step, tokens = progress["step"], progress["tokens"]
         steps.load_state(progress["loader"])
-        print(f"ftlab: resuming {run.path} at step {step}/{plan.total_steps} ({tokens:,} tokens)", flush=True)
+        done = "already complete" if step >= plan.total_steps else "resuming"
+        print(f"ftlab: {done}: {run.path} at step {step}/{plan.total_steps} ({tokens:,} tokens)", flush=True)
     run.truncate_log(step if saved is not None else -1)  # a fresh start clears a log left by a killed run
-    eval_batches = [b for b in to_device(eval_batches, device)]
+    eval_batches = to_device(eval_batches, device)
 
     def save(directory: Path, step: int) -> None:
         info = {"step": step, "tokens": tokens, "epoch": step / plan.steps_per_epoch if plan.steps_per_epoch else None,
