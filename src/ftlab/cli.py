@@ -1,6 +1,7 @@
 """The `ftlab` command.
 
     ftlab train CONFIG [key=value ...] --out DIR   train one run (resumes if DIR holds a killed run)
+    ftlab eval MODEL_OR_RUN --tasks ...            evaluate a model, an adapter, or every checkpoint of a run
     ftlab demo [--out DIR]                         full FT and LoRA side by side on the tiny example
 """
 
@@ -22,6 +23,16 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from ftlab.evaluate.checkpoints import evaluate_target
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    written = evaluate_target(args.target, tasks, data_dir=args.data_dir, base=args.base, device=args.device,
+                              batch_size=args.batch_size, limit=args.limit)
+    print("ftlab eval: results in " + ", ".join(str(d / "eval.json") for d in written))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ftlab.demo import run_demo
 
@@ -38,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method.rank=64 train.lr=2e-4")
     p.add_argument("--out", required=True, help="run directory (created; a killed run there resumes)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="evaluate a model, an adapter, or every checkpoint of a run")
+    p.add_argument("target", help="model directory, adapter directory, or run directory")
+    p.add_argument("--tasks", default="builtin", help="comma-separated tasks or suites (builtin, paper, "
+                   "paper-forgetting, gsm8k, hellaswag, ..., lm_eval:<task>)")
+    p.add_argument("--data-dir", help="folder holding the paper suite's original files (see README)")
+    p.add_argument("--base", help="base model for an adapter (default: the one its adapter_config names)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, help="evaluate the first N documents of each task (a quick look)")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("demo", help="full FT and LoRA side by side on the tiny example, with a summary")
     p.add_argument("--out", default="demo-out", help="where the runs go (default: demo-out)")

@@ -1,0 +1,149 @@
+"""Evaluate models and checkpoints on tasks; write results next to each checkpoint.
+
+    ftlab eval runs/lora --tasks builtin            # the base once, then every checkpoint of the run
+    ftlab eval path/to/model --tasks gsm8k,hellaswag --data-dir benchmarks/
+    ftlab eval path/to/adapter --tasks lm_eval:arc_easy
+
+Results land in <checkpoint>/eval.json (task, version, metric, value, n, stderr; the forgetting score with the
+base model's value and the drop) and per-sample records in <checkpoint>/eval_samples/<task>.jsonl. A task whose
+result with the same version is already there is not run again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ftlab import __version__
+from ftlab.checkpoint import write_json_atomic
+from ftlab.errors import FtlabError
+from ftlab.evaluate.docs import Score
+from ftlab.evaluate.tasks import LM_EVAL_PREFIX, TaskSpec, expand, load_docs
+
+RESULTS = "eval.json"
+
+
+def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234) -> tuple[list[Score], list[dict]]:
+    """Scores and per-sample records of one task on one model."""
+    docs = load_docs(spec, data_dir)
+    if spec.kind == "choice":
+        from ftlab.evaluate.choice import score_choices
+
+        shots = load_docs(spec, data_dir, fewshot=True) if spec.num_fewshot else None
+        return score_choices(lm, docs, spec.name, spec.version, shots_docs=shots, num_fewshot=spec.num_fewshot,
+                             seed=seed), []
+    if spec.kind == "gsm8k":
+        from ftlab.evaluate.gsm8k import score_gsm8k
+
+        shots = load_docs(spec, data_dir, fewshot=True)
+        scores, samples = score_gsm8k(lm, docs, shots, num_fewshot=spec.num_fewshot,
+                                      max_new_tokens=spec.max_new_tokens, seed=seed)
+        return [_renamed(s, spec) for s in scores], samples
+    if spec.kind == "code":
+        from ftlab.evaluate.code import score_completions, truncate_completion
+
+        outs = lm.generate([d.prompt for d in docs], max_new_tokens=spec.max_new_tokens,
+                           stop=["\nclass", "\ndef", "\n#", "\nif", "\nprint"], temperature=spec.temperature,
+                           top_p=spec.top_p, n=spec.samples, seed=seed)
+        completions = [[truncate_completion(c) for c in row] for row in outs]
+        ks = tuple(k for k in spec.ks if k <= spec.samples)
+        scores, samples = score_completions(docs, completions, ks=ks)
+        return [_renamed(s, spec) for s in scores], samples
+    if spec.kind == "perplexity":
+        total, count = lm.token_loss([d.text for d in docs])
+        loss = total / max(count, 1)
+        return [Score(spec.name, spec.version, "loss", loss, count),
+                Score(spec.name, spec.version, "perplexity", float(torch.tensor(loss).exp()), count)], []
+    raise FtlabError(f"task {spec.name}: unknown kind {spec.kind!r}")
+
+
+def _renamed(score: Score, spec: TaskSpec) -> Score:
+    return Score(spec.name, spec.version, score.metric, score.value, score.n, score.stderr, score.extra)
+
+
+def run_lm_eval_task(model, tokenizer, name: str, limit: int | None) -> list[Score]:
+    """Any lm-evaluation-harness task, run by lm-eval itself on an already loaded model."""
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise FtlabError(f"task {LM_EVAL_PREFIX}{name}: lm-evaluation-harness is not installed "
+                         "(pip install 'ftlab[lm-eval]')") from None
+    out = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer), tasks=[name], limit=limit)
+    scores = []
+    for task, metrics in out["results"].items():
+        version = str(out.get("versions", {}).get(task, "?"))
+        for key, value in metrics.items():
+            if "," not in key or "stderr" in key or not isinstance(value, (int, float)):
+                continue
+            metric = key.split(",")[0] + ("" if key.endswith(",none") else "_" + key.split(",", 1)[1])
+            stderr = metrics.get(key.replace(",", "_stderr,", 1))
+            n = out.get("n-samples", {}).get(task, {}).get("effective", 0)
+            scores.append(Score(f"{LM_EVAL_PREFIX}{task}", version, metric, float(value), int(n),
+                                float(stderr) if isinstance(stderr, (int, float)) else None))
+    return scores
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def read_results(directory: Path) -> dict:
+    path = Path(directory) / RESULTS
+    return json.loads(path.read_text()) if path.exists() else {"scores": []}
+
+
+def evaluate_into(directory: Path, lm, model, tokenizer, specs: list, data_dir: str | None,
+                  base_results: dict | None) -> dict:
+    """Run the tasks not yet recorded in directory/eval.json, then rewrite it (atomically) with the summary."""
+    directory = Path(directory)
+    results = read_results(directory)
+    done = {(s["task"], s["version"]) for s in results["scores"]}
+    for spec in specs:
+        name, version = (spec, None) if isinstance(spec, str) else (spec.name, spec.version)
+        if any(t == name and (version is None or v == version) for t, v in done):
+            continue
+        start = time.perf_counter()
+        if isinstance(spec, str):
+            scores, samples = run_lm_eval_task(model, tokenizer, spec.removeprefix(LM_EVAL_PREFIX), None), []
+        else:
+            scores, samples = run_task(lm, spec, data_dir)
+        seconds = time.perf_counter() - start
+        headline = [s for s in scores if isinstance(spec, str) or s.metric == spec.metric]
+        shown = ", ".join(f"{s.metric} {s.value:.4f}" for s in headline[:2])
+        print(f"ftlab eval: {directory.name}: {name} {shown} ({seconds:.1f} s)", flush=True)
+        results["scores"] = [s for s in results["scores"] if s["task"] != name] + [asdict(s) for s in scores]
+        if samples:
+            sample_dir = directory / "eval_samples"
+            sample_dir.mkdir(exist_ok=True)
+            tmp = sample_dir / f"{name}.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in samples))
+            tmp.replace(sample_dir / f"{name}.jsonl")
+        results["forgetting"] = forgetting_score(results["scores"], [s for s in specs if not isinstance(s, str)],
+                                                 base_results)
+        results.update(ftlab_version=__version__, git_commit=git_commit())
+        write_json_atomic(directory / RESULTS, results)  # after every task: a kill loses at most one task
+    return results
+
+
+def forgetting_score(scores: list[dict], specs: list[TaskSpec], base: dict | None) -> dict | None:
+    """The unweighted mean of the forgetting tasks' headline metrics, with the base model's value and the drop."""
+    wanted = {s.name: s.metric for s in specs if s.role == "forgetting"}
+    values = {s["task"]: s["value"] for s in scores if wanted.get(s["task"]) == s["metric"]}
+    if not wanted or values.keys() != wanted.keys():
+        return None
+    score = {"tasks": sorted(values), "value": sum(values.values()) / len(values)}
+    base_score = (base or {}).get("forgetting")
+    if base_score and base_score.get("tasks") == score["tasks"]:
+        score["base"] = base_score["value"]
+        score["drop"] = base_score["value"] - score["value"]
+    return score
