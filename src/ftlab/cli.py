@@ -1,6 +1,7 @@
 """The `ftlab` command.
 
     ftlab train CONFIG [key=value ...] --out DIR   train one run (resumes if DIR holds a killed run)
+    ftlab pretrain CONFIG --out DIR                the embedded default's base model, reproducibly
     ftlab eval MODEL_OR_RUN --tasks ...            evaluate a model, an adapter, or every checkpoint of a run
     ftlab demo [--out DIR]                         full FT and LoRA side by side on the tiny example
 """
@@ -33,6 +34,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from ftlab.pretrain import pretrain
+
+    pretrain(args.config, args.overrides, args.out)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ftlab.demo import run_demo
 
@@ -49,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method.rank=64 train.lr=2e-4")
     p.add_argument("--out", required=True, help="run directory (created; a killed run there resumes)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("pretrain", help="make the embedded default's base model: tokenizer + tiny Llama")
+    p.add_argument("config", help="YAML config, e.g. configs/base-tiny.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides")
+    p.add_argument("--out", required=True, help="output directory (tokenizer/, run/, model/)")
+    p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("eval", help="evaluate a model, an adapter, or every checkpoint of a run")
     p.add_argument("target", help="model directory, adapter directory, or run directory")

@@ -21,6 +21,7 @@ import yaml
 from ftlab.errors import ConfigError
 
 HUB_PREFIX = "hub:"  # data.path "hub:owner/name" reads a hub dataset through `datasets`
+BUILTIN_PREFIX = "builtin:"  # data.path "builtin:math-ift" reads a built-in domain (ftlab.domains)
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TinyModelConfig:
     max_position: int = 512  # longest sequence
     tie_embeddings: bool = True  # share input embeddings and lm_head
     seed: int = 0  # initialisation seed
+    tokenizer: str | None = None  # tokenizer directory; None: the byte-level tokenizer (256 bytes + 3 specials)
 
 
 @dataclass
@@ -324,7 +326,14 @@ def validate(cfg: RunConfig, base_dir: Path = Path(".")) -> None:
     need(tiny.hidden_size % tiny.heads == 0, "model.tiny.heads", "must divide model.tiny.hidden_size")
     need(tiny.heads % tiny.kv_heads == 0, "model.tiny.kv_heads", "must divide model.tiny.heads")
     need(0 <= cfg.model.attention_dropout < 1, "model.attention_dropout", "must be in [0, 1)")
-    if cfg.model.name != "tiny" and not Path(cfg.model.name).exists():
+    if tiny.tokenizer is not None:
+        tiny.tokenizer = resolve_path(tiny.tokenizer, base_dir)
+        need(Path(tiny.tokenizer).is_dir(), "model.tiny.tokenizer", f"{tiny.tokenizer} is not a tokenizer directory")
+    if cfg.model.name.startswith(BUILTIN_PREFIX):
+        from ftlab.model import builtin_model_dir
+
+        builtin_model_dir(cfg.model.name)  # raises ConfigError naming model.name if unknown
+    elif cfg.model.name != "tiny" and not Path(cfg.model.name).exists():
         looks_like_hub_id = cfg.model.name.count("/") == 1 and not cfg.model.name.startswith((".", "/"))
         need(looks_like_hub_id, "model.name", f"{cfg.model.name!r} is neither a local directory nor a hub id (owner/name)")
 
@@ -333,7 +342,13 @@ def validate(cfg: RunConfig, base_dir: Path = Path(".")) -> None:
     need(d.eval_max_examples >= 1, "data.eval_max_examples", "must be >= 1")
     need(bool(d.path), "data.path", "is required (a JSONL or text file, a directory, or hub:owner/name)")
     d.path = resolve_path(d.path, base_dir)
-    need(d.path.startswith(HUB_PREFIX) or Path(d.path).exists(), "data.path", f"{d.path} does not exist")
+    if d.path.startswith(BUILTIN_PREFIX):
+        from ftlab.domains import KINDS
+
+        kind = d.path.removeprefix(BUILTIN_PREFIX)
+        need(kind in KINDS, "data.path", f"unknown built-in data {kind!r}; expected one of {', '.join(KINDS)}")
+    else:
+        need(d.path.startswith(HUB_PREFIX) or Path(d.path).exists(), "data.path", f"{d.path} does not exist")
     if d.eval_path is not None:
         d.eval_path = resolve_path(d.eval_path, base_dir)
         need(d.eval_path.startswith(HUB_PREFIX) or Path(d.eval_path).exists(), "data.eval_path", f"{d.eval_path} does not exist")

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers import PreTrainedTokenizerFast
 
-from ftlab.config import ModelConfig, TinyModelConfig
+from ftlab.config import BUILTIN_PREFIX, ModelConfig, TinyModelConfig
 from ftlab.errors import ConfigError
 
 # A plain-text chat template for the byte tokenizer: "<|user|>\n...\n<|assistant|>\n...</s>\n".
@@ -132,13 +132,29 @@ def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name:
 
 def prepare_base(cfg: ModelConfig, run_dir: Path) -> str:
     """Where the base model lives: its own name, or for `tiny` a directory in the run built once and reused."""
+    if cfg.name.startswith(BUILTIN_PREFIX):
+        return str(builtin_model_dir(cfg.name))
     if cfg.name != "tiny":
         return cfg.name
     base = Path(run_dir) / "base"
     if not (base / "config.json").exists():
-        model, tokenizer = build_tiny(cfg.tiny)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.tiny.tokenizer) if cfg.tiny.tokenizer else None
+        model, tokenizer = build_tiny(cfg.tiny, tokenizer)
         save_pretrained(model, tokenizer, base)
     return str(base.resolve())
+
+
+def builtin_model_dir(name: str) -> Path:
+    """The model directory a `builtin:<name>` model name stands for (shipped inside the package)."""
+    from importlib import resources
+
+    assets = Path(str(resources.files("ftlab") / "assets"))
+    key = name.removeprefix(BUILTIN_PREFIX)
+    directory = assets / key
+    if not (directory / "config.json").exists():
+        known = sorted(p.name for p in assets.iterdir() if (p / "config.json").exists()) if assets.exists() else []
+        raise ConfigError(f"model.name: no built-in model {key!r}; built-in models: {', '.join(known) or 'none'}")
+    return directory
 
 
 def load_trained(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):

@@ -13,7 +13,7 @@ import fcntl
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ftlab import checkpoint
 from ftlab.batches import CPTSteps, IFTSteps, checkpoint_due, count_inputs, count_targets, make_plan, stack
-from ftlab.config import RunConfig, dump_yaml, from_dict, to_dict
+from ftlab.config import BUILTIN_PREFIX, RunConfig, dump_yaml, from_dict, to_dict
 from ftlab.data import IGNORE, PackedText, collate, load_cpt_eval, load_ift
 from ftlab.errors import ConfigError, FtlabError, TrainingError
 from ftlab.methods import apply_method, count_params, param_groups
@@ -199,6 +199,7 @@ def _train(cfg: RunConfig, run: RunDir) -> None:
     pissa_init = _save_pissa_init(model, run.path) if cfg.method.name == "lora" and cfg.method.init == "pissa" else None
     print(f"ftlab: {describe(cfg)} | {count_params(model)}", flush=True)
 
+    cfg = _materialize_builtin_data(cfg, run.path)
     steps, eval_batches = build_data(cfg, tokenizer)
     plan = make_plan(cfg, steps)
     groups = param_groups(model, cfg)
@@ -253,6 +254,25 @@ def _train(cfg: RunConfig, run: RunDir) -> None:
             checkpoint.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": steps.state()})
             window_tokens, window_start = 0, time.perf_counter()  # saving time is not training time
     bar.close()
+
+
+def _materialize_builtin_data(cfg: RunConfig, run_path: Path) -> RunConfig:
+    """data.path builtin:<kind> -> JSONL files of that built-in domain in <run>/data (train and held-out)."""
+    if not cfg.data.path.startswith(BUILTIN_PREFIX):
+        return cfg
+    from ftlab import domains
+
+    kind = cfg.data.path.removeprefix(BUILTIN_PREFIX)
+    files = {}
+    for split in ("train", "heldout"):
+        files[split] = run_path / "data" / f"{kind}-{split}.jsonl"
+        if not files[split].exists():
+            files[split].parent.mkdir(parents=True, exist_ok=True)
+            tmp = files[split].with_name(files[split].name + ".tmp")
+            domains.write_jsonl(kind, split, tmp)
+            tmp.replace(files[split])
+    data = replace(cfg.data, path=str(files["train"]), eval_path=cfg.data.eval_path or str(files["heldout"]))
+    return replace(cfg, data=data)
 
 
 def describe(cfg: RunConfig) -> str:
