@@ -1,0 +1,204 @@
+"""The model interface every evaluator uses: log-likelihoods, generations and token losses, always batched.
+
+    lm = LM(model, tokenizer, batch_size=32)
+    lm.loglikelihood([("Question: 2+2?\nAnswer:", " 4")])   # [(log p(" 4" | context), is_greedy)]
+    lm.generate(["Question: 2+2?\nAnswer:"], max_new_tokens=32, stop=["Question:"])   # [[completion]]
+    lm.token_loss(["some held-out text"])                   # (summed NLL in nats, tokens scored)
+
+Semantics follow lm-evaluation-harness's HFLM (lm_eval/models/huggingface.py, v0.4.x) so scores match it:
+- Encoding: the tokenizer's own default for special tokens (a BOS for Llama-style tokenizers, nothing for the
+  byte tokenizer), and none when the text already starts with the prefix token's string.
+- A (context, continuation) pair: trailing whitespace of the context moves to the continuation; the whole string
+  is encoded once and the continuation is what follows the encoded context. An empty context is replaced by the
+  prefix token (BOS, else EOS).
+- Sequences longer than max_length + 1 lose tokens on the left; requests run longest first, right-padded.
+- Generation: prompts longest first, left-padded, greedy at temperature 0, cut at the first stop string.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import StoppingCriteria
+
+from ftlab.errors import FtlabError
+
+DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither the model config nor the tokenizer gives one
+
+
+class LM:
+    """A causal LM and its tokenizer, with batched scoring and generation. Puts the model in eval mode."""
+
+    def __init__(self, model, tokenizer, device: str | torch.device = "cpu", batch_size: int = 32,
+                 max_length: int | None = None):
+        if batch_size < 1:
+            raise FtlabError(f"LM: batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval()  # dropout off; the model must already be on `device`
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length or _model_max_length(model, tokenizer)
+        self.prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self._prefix_text = tokenizer.decode([self.prefix_token_id])
+        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    # ------------------------------------------------------------------------- encoding
+
+    def encode(self, text: str, add_special_tokens: bool | None = None) -> list[int]:
+        """Token ids as HFLM.tok_encode: the tokenizer's default specials unless the text starts with the prefix."""
+        if add_special_tokens is None:
+            add_special_tokens = not text.startswith(self._prefix_text)
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context ids, continuation ids) exactly as lm-eval's loglikelihood + _encode_pair split them."""
+        if context == "":
+            cont = self.encode(continuation, add_special_tokens=False)
+            if cont and cont[0] == self.prefix_token_id:
+                return cont[:1], cont[1:]
+            return [self.prefix_token_id], cont
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:  # "Answer: " + "4" scores " 4": word-boundary tokenizers put the space in the next token
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+        whole = self.encode(context + continuation)
+        context_ids = self.encode(context)
+        return context_ids, whole[len(context_ids):]
+
+    # ------------------------------------------------------------------------- scoring
+
+    @torch.inference_mode()
+    def loglikelihood(self, requests: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        """(sum of log p(continuation | context), continuation is the greedy argmax at every position), in order."""
+        encoded = []
+        for i, (context, continuation) in enumerate(requests):
+            context_ids, cont_ids = self.encode_pair(context, continuation)
+            if not context_ids or not cont_ids:
+                raise FtlabError(f"loglikelihood request {i}: context {context!r} and continuation "
+                                 f"{continuation!r} must both encode to at least one token")
+            if len(cont_ids) > self.max_length:
+                raise FtlabError(f"loglikelihood request {i}: continuation is {len(cont_ids)} tokens, longer than "
+                                 f"max_length {self.max_length}")
+            encoded.append((context_ids, cont_ids))
+        # Longest first (ties by the tokens themselves), as lm-eval orders them: equal batches, equal padding.
+        order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i][0] + encoded[i][1]),
+                                                           tuple(encoded[i][0] + encoded[i][1])))
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            # The last token is only a target; the window keeps at most max_length inputs, cut on the left.
+            windows = [(encoded[i][0] + encoded[i][1])[-(self.max_length + 1):][:-1] for i in chunk]
+            inputs = self._pad(windows, side="right")  # (B, T)
+            # No attention mask: padding sits after every real token, so causal attention never sees it.
+            logprobs = F.log_softmax(self.model(input_ids=inputs).logits.float(), dim=-1)  # (B, T, V)
+            for row, i in enumerate(chunk):
+                cont = torch.tensor(encoded[i][1], device=self.device)  # (C,)
+                end = len(windows[row])
+                cont_logprobs = logprobs[row, end - len(cont):end]  # (C, V): position t predicts token t+1
+                greedy = bool((cont_logprobs.argmax(dim=-1) == cont).all())
+                results[i] = (float(cont_logprobs.gather(-1, cont[:, None]).sum()), greedy)
+        return results
+
+    @torch.inference_mode()
+    def token_loss(self, texts: list[str]) -> tuple[float, int]:
+        """Summed next-token NLL (nats) over every token of every text after its first, and how many were scored.
+
+        Texts longer than max_length are cut into windows that overlap by one token, so each token is
+        predicted exactly once (with at most max_length - 1 tokens of context).
+        """
+        windows = []
+        for text in texts:
+            ids = self.encode(text)
+            step = self.max_length - 1
+            windows += [ids[s:s + self.max_length] for s in range(0, max(len(ids) - 1, 0), step)]
+        windows.sort(key=len, reverse=True)
+        total, count = 0.0, 0
+        for start in range(0, len(windows), self.batch_size):
+            chunk = windows[start:start + self.batch_size]
+            inputs = self._pad(chunk, side="right")  # (B, T)
+            lengths = torch.tensor([len(w) for w in chunk], device=self.device)  # (B,)
+            logits = self.model(input_ids=inputs).logits.float()  # (B, T, V)
+            targets = inputs[:, 1:]  # (B, T-1)
+            scored = torch.arange(targets.shape[1], device=self.device)[None, :] < (lengths[:, None] - 1)  # (B, T-1)
+            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")  # (B, T-1)
+            total += float(nll[scored].sum())
+            count += int(scored.sum())
+        return total, count
+
+    # ------------------------------------------------------------------------- generation
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str] | tuple[str, ...] = (),
+                 temperature: float = 0.0, top_p: float = 1.0, n: int = 1, seed: int = 0) -> list[list[str]]:
+        """n completions per prompt, each cut before its first stop string; temperature 0 is greedy.
+
+        Rows run in batches of batch_size, longest prompt first, left-padded, with the KV cache of
+        `model.generate`; a row ends at EOS or a stop string, a batch when all its rows have ended.
+        Prompts are left-truncated to max_length - max_new_tokens tokens. Deterministic for a seed.
+        """
+        if max_new_tokens >= self.max_length:
+            raise FtlabError(f"generate: max_new_tokens {max_new_tokens} leaves no room for the prompt within "
+                             f"max_length {self.max_length}")
+        if temperature < 0 or not 0 < top_p <= 1 or n < 1:
+            raise FtlabError(f"generate: need temperature >= 0, 0 < top_p <= 1, n >= 1; got {temperature}, "
+                             f"{top_p}, {n}")
+        rows = [p for p in prompts for _ in range(n)]  # row r is sample r % n of prompt r // n
+        encoded = [self.encode(p) for p in rows]
+        if any(not ids for ids in encoded):
+            raise FtlabError("generate: a prompt encodes to no tokens; give it some text (or a tokenizer with a BOS)")
+        order = sorted(range(len(rows)), key=lambda r: (-len(encoded[r]), rows[r]))  # lm-eval's order, before the cut
+        encoded = [ids[-(self.max_length - max_new_tokens):] for ids in encoded]
+        sampling = {"do_sample": False}
+        if temperature:  # top_k 0: nucleus sampling only, without transformers' default top-50 on top of it
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        outputs = [""] * len(rows)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                inputs = self._pad([encoded[r] for r in chunk], side="left")  # (B, P)
+                mask = self._pad([[1] * len(encoded[r]) for r in chunk], side="left", value=0)  # (B, P)
+                stopping = [_StopStrings(self.tokenizer, list(stop), inputs.shape[1])] if stop else None
+                out = self.model.generate(input_ids=inputs, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                          pad_token_id=self.pad_token_id, stopping_criteria=stopping,
+                                          **sampling)  # (B, P + new); ended rows are padded
+                new_tokens = out[:, inputs.shape[1]:]  # (B, new)
+                for row, r in enumerate(chunk):
+                    outputs[r] = _cut(self.tokenizer.decode(new_tokens[row], skip_special_tokens=True), stop)
+        return [outputs[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    # ------------------------------------------------------------------------- helpers
+
+    def _pad(self, seqs: list[list[int]], side: str, value: int | None = None) -> torch.Tensor:
+        width = max(len(s) for s in seqs)
+        pad = [[self.pad_token_id if value is None else value] * (width - len(s)) for s in seqs]
+        rows = [s + p if side == "right" else p + s for s, p in zip(seqs, pad)]
+        return torch.tensor(rows, dtype=torch.long, device=self.device)  # (B, width)
+
+
+class _StopStrings(StoppingCriteria):
+    """Marks a row done once its generated text contains a stop string (model.generate then pads that row)."""
+
+    def __init__(self, tokenizer, stop: list[str], prompt_len: int):
+        self.tokenizer, self.stop, self.prompt_len = tokenizer, stop, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:])  # B strings
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)  # (B,)
+
+
+def _cut(text: str, stop) -> str:
+    """The text before the first occurrence of any stop string."""
+    for s in stop:
+        if s:
+            text = text.split(s)[0]
+    return text
+
+
+def _model_max_length(model, tokenizer) -> int:
+    """lm-eval's rule: the config's n_positions / max_position_embeddings / n_ctx, else the tokenizer's limit."""
+    config = getattr(model.config, "text_config", None) or model.config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if getattr(config, attr, None) is not None:
+            return int(getattr(config, attr))
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if limit is not None and limit < 1e29 else DEFAULT_MAX_LENGTH

@@ -1,0 +1,63 @@
+"""Task registry, suites, local-file loading of the paper's formats, and the forgetting score."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ftlab.errors import DataError, FtlabError
+from ftlab.evaluate.runner import forgetting_score
+from ftlab.evaluate.tasks import PAPER_SUITE, REGISTRY, expand, get_task, load_docs, read_jsonl
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+
+
+def test_suites_expand_in_order_without_duplicates():
+    specs = expand(["paper-forgetting", "hellaswag", "gsm8k", "lm_eval:arc_easy"], limit=5)
+    assert [s if isinstance(s, str) else s.name for s in specs] == [
+        "hellaswag", "arc_challenge", "winogrande", "gsm8k", "lm_eval:arc_easy"]
+    assert all(s.limit == 5 for s in specs if not isinstance(s, str))
+
+
+def test_unknown_task_names_the_closest():
+    with pytest.raises(FtlabError, match="unknown task 'hellaswg' \\(did you mean 'hellaswag'\\?\\)"):
+        get_task("hellaswg")
+
+
+def test_paper_presets_follow_the_paper():
+    he, gsm = PAPER_SUITE["humaneval"], PAPER_SUITE["gsm8k"]
+    assert (he.samples, he.temperature, he.top_p, he.metric) == (50, 0.2, 0.95, "pass@1")
+    assert (gsm.num_fewshot, gsm.temperature, gsm.metric) == (5, 0.0, "exact_match_strict")
+    assert {n for n, s in REGISTRY.items() if s.role == "forgetting" and n in PAPER_SUITE} == {
+        "hellaswag", "arc_challenge", "winogrande"}
+
+
+def test_gsm8k_from_the_original_files():
+    if not (SHARED / "gsm8k" / "test.jsonl").exists():
+        pytest.skip("../shared/benchmarks is not here")
+    spec = get_task("gsm8k")
+    docs = load_docs(spec, data_dir=str(SHARED))
+    shots = load_docs(spec, data_dir=str(SHARED), fewshot=True)
+    assert len(docs) == 1319 and len(shots) == 7473
+    assert docs[0].answer == "18"  # Janet's ducks
+    assert "#### 18" in docs[0].target
+
+
+def test_bad_task_files_name_file_and_line(tmp_path):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\nnot json\n')
+    with pytest.raises(DataError, match="test.jsonl:2: not valid JSON"):
+        load_docs(get_task("gsm8k"), data_dir=str(tmp_path))
+    with pytest.raises(DataError, match="not found"):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_forgetting_score_is_the_mean_with_base_and_drop():
+    specs = [get_task(n) for n in ("hellaswag", "arc_challenge", "winogrande", "gsm8k")]
+    scores = [{"task": "hellaswag", "metric": "acc_norm", "value": 0.6}, {"task": "hellaswag", "metric": "acc", "value": 0.1},
+              {"task": "arc_challenge", "metric": "acc_norm", "value": 0.3}, {"task": "winogrande", "metric": "acc", "value": 0.6},
+              {"task": "gsm8k", "metric": "exact_match_strict", "value": 0.9}]
+    base = {"forgetting": {"tasks": ["arc_challenge", "hellaswag", "winogrande"], "value": 0.6}}
+    score = forgetting_score(scores, specs, base)
+    assert score["value"] == pytest.approx(0.5) and score["base"] == 0.6 and score["drop"] == pytest.approx(0.1)
+    assert forgetting_score(scores[:2], specs, base) is None  # incomplete: no score rather than a wrong one
