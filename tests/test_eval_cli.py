@@ -1,0 +1,34 @@
+"""`ftlab eval` on a run: the base once, every checkpoint with adapters swapped, results next to each."""
+
+import json
+
+from conftest import tiny_config
+from ftlab.cli import main
+from ftlab.train import train
+
+
+def test_eval_every_checkpoint_of_a_run(pairs, tmp_path, capsys):
+    run = train(tiny_config(pairs, tmp_path / "run", "method.name=lora", "method.rank=2", "train.checkpoints=[1]",
+                            "model.tiny.max_position=512"))  # the source tasks need long contexts
+    tasks = "builtin-forgetting,math_loss"
+    assert main(["eval", str(run), "--tasks", tasks, "--limit", "6", "--batch-size", "4"]) == 0
+    written = [run / "base_eval", run / "checkpoints" / "epochs-1", run / "final"]
+    for directory in written:
+        results = json.loads((directory / "eval.json").read_text())
+        tasks_seen = {s["task"] for s in results["scores"]}
+        assert tasks_seen == {"source_continuation", "source_question", "source_cloze", "math_loss"}
+        assert all(s["n"] > 0 and s["version"] == "1" for s in results["scores"])
+        assert results["forgetting"]["tasks"] == ["source_cloze", "source_continuation", "source_question"]
+    final = json.loads((run / "final" / "eval.json").read_text())["forgetting"]
+    base = json.loads((run / "base_eval" / "eval.json").read_text())["forgetting"]
+    assert final["base"] == base["value"] and abs(final["drop"] - (base["value"] - final["value"])) < 1e-12
+    # a second call finds every result recorded and runs nothing again
+    capsys.readouterr()
+    assert main(["eval", str(run), "--tasks", tasks, "--limit", "6"]) == 0
+    assert "source_cloze acc" not in capsys.readouterr().out
+
+
+def test_eval_unknown_task_exits_2(pairs, tmp_path, capsys):
+    run = train(tiny_config(pairs, tmp_path / "run", "method.name=full", "train.epochs=1"))
+    assert main(["eval", str(run), "--tasks", "hellaswg"]) == 2
+    assert "did you mean 'hellaswag'" in capsys.readouterr().err
