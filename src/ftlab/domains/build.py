@@ -70,6 +70,13 @@ def is_heldout(doc_id: str) -> bool:
     return int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") % 100 < HELDOUT_PERCENT
 
 
+def in_split(records, split: str, key) -> list[dict]:
+    """The records whose id, key(record), falls in `split` ("train" or "heldout") by is_heldout."""
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    return [r for r in records if is_heldout(key(r)) == (split == "heldout")]
+
+
 def read_shipped(name: str) -> list[dict]:
     """The records of one shipped file (data/<name>), through importlib.resources."""
     data = resources.files("ftlab.domains").joinpath("data", name).read_bytes()

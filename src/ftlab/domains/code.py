@@ -12,7 +12,7 @@ import ast
 import functools
 import random
 
-from ftlab.domains.build import is_heldout, read_shipped
+from ftlab.domains.build import in_split, read_shipped
 from ftlab.evaluate.docs import ChoiceDoc, TextDoc
 
 
@@ -23,9 +23,7 @@ def _records() -> tuple[dict, ...]:
 
 def code_records(split: str) -> list[dict]:
     """{id, module, name, docstring, source} of one split ("train" or "heldout"), in id order."""
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    return [dict(r) for r in _records() if is_heldout(f"code:{r['id']}") == (split == "heldout")]
+    return [dict(r) for r in in_split(_records(), split, lambda r: f"code:{r['id']}")]
 
 
 def code_texts(split: str) -> list[TextDoc]:

@@ -18,7 +18,7 @@ import functools
 import random
 import re
 
-from ftlab.domains.build import is_heldout, read_shipped, short_name
+from ftlab.domains.build import in_split, read_shipped, short_name
 from ftlab.evaluate.docs import ChoiceDoc, TextDoc
 
 CONTEXT_WORDS = 24  # continuation task: words of context ...
@@ -54,9 +54,7 @@ def _records() -> tuple[dict, ...]:
 
 def source_texts(split: str) -> list[TextDoc]:
     """The source documents of one split ("train" or "heldout"), in id order."""
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    return [TextDoc(text=r["text"], id=r["id"]) for r in _records() if is_heldout(r["id"]) == (split == "heldout")]
+    return [TextDoc(text=r["text"], id=r["id"]) for r in in_split(_records(), split, lambda r: r["id"])]
 
 
 def _check_n(task: str, n: int, available: int) -> None:
