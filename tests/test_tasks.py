@@ -61,3 +61,50 @@ def test_forgetting_score_is_the_mean_with_base_and_drop():
     score = forgetting_score(scores, specs, base)
     assert score["value"] == pytest.approx(0.5) and score["base"] == 0.6 and score["drop"] == pytest.approx(0.1)
     assert forgetting_score(scores[:2], specs, base) is None  # incomplete: no score rather than a wrong one
+
+
+ARC_ORIGINAL = {"id": "Mercury_7175875", "answerKey": "C",
+                "question": {"stem": "An astronomer observes that a planet rotates faster after a meteorite impact. "
+                                     "Which is the most likely effect of this increase in rotation?",
+                             "choices": [{"text": "Planetary density will decrease.", "label": "A"},
+                                         {"text": "Planetary years will become longer.", "label": "B"},
+                                         {"text": "Planetary days will become shorter.", "label": "C"},
+                                         {"text": "Planetary gravity will become stronger.", "label": "D"}]}}
+
+
+def test_arc_original_nested_release_reads_like_the_hub_shape(tmp_path):
+    hub = {"id": ARC_ORIGINAL["id"], "question": ARC_ORIGINAL["question"]["stem"], "answerKey": "C",
+           "choices": {"text": [c["text"] for c in ARC_ORIGINAL["question"]["choices"]],
+                       "label": ["A", "B", "C", "D"]}}
+    folder = tmp_path / "ARC-Challenge"
+    folder.mkdir()
+    (folder / "ARC-Challenge-Test.jsonl").write_text(json.dumps(ARC_ORIGINAL) + "\n" + json.dumps(hub) + "\n")
+    original, flat = load_docs(get_task("arc_challenge"), data_dir=str(tmp_path))
+    assert (original.contexts, original.continuations, original.gold) == (flat.contexts, flat.continuations, 2)
+    assert original.contexts[0].startswith("Question: An astronomer") and original.contexts[0].endswith("\nAnswer:")
+    assert original.continuations[2] == " Planetary days will become shorter."
+
+
+def test_kshot_without_a_train_split_draws_from_the_evaluated_split(tmp_path):
+    from dataclasses import replace
+
+    from ftlab.evaluate.runner import run_task
+
+    folder = tmp_path / "winogrande"
+    folder.mkdir()
+    rows = [{"sentence": f"Item {i} went to the _ because it rained.", "option1": "house", "option2": "park",
+             "answer": "1"} for i in range(4)]
+    (folder / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    class Recorder:
+        def loglikelihood(self, requests):
+            self.requests = requests
+            return [(-1.0, False)] * len(requests)
+
+    lm = Recorder()
+    spec = replace(get_task("winogrande"), num_fewshot=2, limit=2)
+    scores, _ = run_task(lm, spec, str(tmp_path))
+    assert scores[0].n == 2 and len(lm.requests) == 4
+    for i, (context, _) in enumerate(lm.requests[::2]):  # each document's own sentence is never among its shots
+        shots = context.split("\n\n")[:-1]
+        assert len(shots) == 2 and not any(s.startswith(f"Item {i} ") for s in shots)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -34,15 +34,26 @@ def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234) -> tupl
     if spec.kind == "choice":
         from ftlab.evaluate.choice import score_choices
 
-        shots = load_docs(spec, data_dir, fewshot=True) if spec.num_fewshot else None
+        # k-shot examples come from the train split when the task names one; otherwise, as lm-eval does for a
+        # task without one, from the evaluated split itself with the document being scored left out.
+        from_eval = spec.num_fewshot > 0 and spec.fewshot_source is None
+        shots = None
+        if spec.num_fewshot:
+            shots = load_docs(replace(spec, limit=None), data_dir) if from_eval else load_docs(spec, data_dir,
+                                                                                               fewshot=True)
         return score_choices(lm, docs, spec.name, spec.version, shots_docs=shots, num_fewshot=spec.num_fewshot,
-                             seed=seed), []
+                             seed=seed, shots_from_eval_split=from_eval), []
     if spec.kind == "gsm8k":
-        from ftlab.evaluate.gsm8k import score_gsm8k
+        from ftlab.evaluate.gsm8k import score_gsm8k, score_gsm8k_sampled
 
         shots = load_docs(spec, data_dir, fewshot=True)
-        scores, samples = score_gsm8k(lm, docs, shots, num_fewshot=spec.num_fewshot,
-                                      max_new_tokens=spec.max_new_tokens, seed=seed)
+        if spec.samples > 1 or spec.temperature > 0:  # sampled: pass@k over spec.samples completions per problem
+            scores, samples = score_gsm8k_sampled(lm, docs, shots, num_fewshot=spec.num_fewshot,
+                                                  max_new_tokens=spec.max_new_tokens, temperature=spec.temperature,
+                                                  top_p=spec.top_p, n=spec.samples, ks=spec.ks, seed=seed)
+        else:  # greedy: exact match, as lm-eval's gsm8k
+            scores, samples = score_gsm8k(lm, docs, shots, num_fewshot=spec.num_fewshot,
+                                          max_new_tokens=spec.max_new_tokens, seed=seed)
         return [_renamed(s, spec) for s in scores], samples
     if spec.kind == "code":
         from ftlab.evaluate.code import score_completions, truncate_completion

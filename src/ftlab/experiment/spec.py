@@ -1,0 +1,354 @@
+"""Experiment files: one YAML describes a whole LoRA-versus-full-finetuning study; `expand` makes its runs.
+
+    exp = load_experiment("configs/demo.yaml", ["settings.0.durations=[1,2]"])
+    for run in expand(exp, "out/"): ...      # RunPlan: a name, a validated RunConfig, how its durations work
+
+The grid is settings (a target domain in a regime) x methods (full FT; LoRA ranks, targets, alpha) x learning
+rates, plus two side studies: the regularization comparison (full FT with weight decay or attention dropout) and
+the LR sweep. Durations follow the paper:
+- IFT: each number of epochs is a separate run with its own schedule (`durations_as: runs`), or, to save time,
+  checkpoints of the longest run (`durations_as: checkpoints`, a stated deviation from the paper).
+- CPT: one long warmup-stable-cooldown run; each token budget T gets its own cooldown, restarted from the long
+  run's state at the start of T's cooldown (0.8 T with cooldown 0.2). The largest budget is the long run itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from ftlab.config import RunConfig, apply_overrides, from_dict, validate
+from ftlab.errors import ConfigError
+
+
+@dataclass
+class Setting:
+    """A target domain in one regime: its data, durations and learning tasks."""
+
+    name: str  # e.g. math-ift; names the runs' folders
+    data: dict = field(default_factory=dict)  # data.* keys of a run config (regime, path, seq_len, ...)
+    train: dict = field(default_factory=dict)  # train.* keys for this setting (batch sizes, schedule, ...)
+    durations: list[float] = field(default_factory=list)  # IFT: epochs; CPT: training tokens
+    durations_as: Literal["runs", "checkpoints"] = "runs"  # IFT only: separate runs (paper) or checkpoints of one
+    learning: list[str] = field(default_factory=list)  # learning tasks (ftlab eval names)
+    lr: dict = field(default_factory=dict)  # method label or name -> LR for this setting (e.g. {lora-r256: 1e-4})
+
+
+@dataclass
+class MethodEntry:
+    """One line of the methods grid; a list of ranks or alphas expands into one method per value."""
+
+    name: Literal["full", "lora"] = "lora"
+    ranks: list[int] = field(default_factory=list)  # LoRA ranks (empty for full FT)
+    alphas: list[float] = field(default_factory=list)  # empty: alpha = 2r (the paper); else one method per alpha
+    targets: str | list[str] = "all"  # all | attn | mlp | module names
+    lr: float | None = None  # this method's LR unless the setting names one
+    label: str | None = None  # suffix to tell entries apart (default: from targets/alpha when they differ)
+    options: dict = field(default_factory=dict)  # other method.* keys: dropout, rslora, dora, init, ...
+
+
+@dataclass
+class Regularization:
+    """Full FT with weight decay or attention dropout, at every duration of one setting (the paper's Fig 3)."""
+
+    setting: str | None = None  # default: the first setting
+    weight_decay: list[float] = field(default_factory=list)
+    attention_dropout: list[float] = field(default_factory=list)
+
+
+@dataclass
+class LRSweep:
+    """Every method of the grid at each LR, at one duration of one setting."""
+
+    setting: str | None = None  # default: the first setting
+    duration: float | None = None  # default: the setting's shortest duration
+    full: list[float] = field(default_factory=list)
+    lora: list[float] = field(default_factory=list)
+
+
+@dataclass
+class EvalOptions:
+    data_dir: str | None = None  # the paper suite's local files (see README)
+    limit: int | None = None  # first N documents of each task (a quick look)
+    batch_size: int = 32
+    device: str = "auto"
+
+
+@dataclass
+class Analyses:
+    spectrum: bool = True  # k90 and friends of every checkpoint's ΔW
+    singular_values: list[str] = field(default_factory=list)  # matrices whose full spectrum is kept (Fig S7)
+    diversity: list[str] = field(default_factory=list)  # sampled tasks to measure diversity on (e.g. math_sampled)
+    kl: bool = True  # KL(base || finetuned) on target prompts
+    kl_prompts: int = 64
+
+
+@dataclass
+class Tracking:
+    backend: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
+    project: str = "ftlab"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "study"
+    model: dict = field(default_factory=dict)  # model.* keys (name, dtype, ...)
+    defaults: dict = field(default_factory=dict)  # run-config keys for every run (train.*, method.*, data.*)
+    settings: list[Setting] = field(default_factory=list)
+    methods: list[MethodEntry] = field(default_factory=list)
+    forgetting: list[str] = field(default_factory=list)  # forgetting tasks or suites, for every checkpoint
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    regularization: Regularization | None = None
+    lr_sweep: LRSweep | None = None
+    analyses: Analyses = field(default_factory=Analyses)
+    tracking: Tracking = field(default_factory=Tracking)
+
+
+@dataclass
+class RunPlan:
+    """One training run of the study and what to do with it."""
+
+    name: str  # unique; the run's folder under <exp>/runs/
+    setting: str
+    group: Literal["grid", "regularization", "lr-sweep"]
+    method: str  # label: full, lora-r16, lora-r16-attn, full-wd0.0001, ...
+    lr: float
+    cfg: RunConfig
+    durations: list[float]  # the durations this run stands for (its checkpoints or its final)
+    branch_of: str | None = None  # CPT: the long run whose state this run restarts from
+    branch_step: int | None = None  # ... at this optimizer step (the start of this run's cooldown)
+    learning: list[str] = field(default_factory=list)
+
+    @property
+    def regime(self) -> str:
+        return self.cfg.data.regime
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = _lists_back(apply_overrides(data, _list_aware(list(overrides), data)))
+    try:
+        exp = from_dict(ExperimentConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    exp._base_dir = path.parent  # type: ignore[attr-defined]  # relative data paths resolve beside the file
+    return exp
+
+
+def _list_aware(overrides: list[str], data: dict) -> list[str]:
+    """`settings.0.durations=[1]` addresses list items by index: turn those lists into index-keyed dicts first."""
+    for item in overrides:
+        parts = item.split("=", 1)[0].split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part) if isinstance(node, dict) else None
+            if isinstance(child, list) and i + 1 < len(parts) and parts[i + 1].isdigit():
+                node[part] = _IndexedList(child)
+                child = node[part]
+            node = child if isinstance(child, dict) else {}
+    return overrides
+
+
+class _IndexedList(dict):
+    """A list seen as {"0": item, ...} while overrides apply; _lists_back turns it back into a list."""
+
+    def __init__(self, items: list):
+        super().__init__({str(i): v for i, v in enumerate(items)})
+
+
+def _lists_back(node):
+    if isinstance(node, _IndexedList):
+        if sorted(node, key=int) != [str(i) for i in range(len(node))]:
+            raise ConfigError(f"override: list index out of range (items: {len(node)})")
+        return [_lists_back(node[str(i)]) for i in range(len(node))]
+    if isinstance(node, dict):
+        return {k: _lists_back(v) for k, v in node.items()}
+    return node
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def expand(exp: ExperimentConfig, out: str | Path) -> list[RunPlan]:
+    """Every run of the study, validated; bad input fails here, before any training, naming the key."""
+    if not exp.settings:
+        raise ConfigError("settings: the experiment has no settings (a target domain in a regime)")
+    if not exp.methods:
+        raise ConfigError("methods: the grid is empty; list at least one method (e.g. {name: full})")
+    names = [s.name for s in exp.settings]
+    for i, s in enumerate(exp.settings):
+        if not s.durations:
+            raise ConfigError(f"settings[{i}].durations: empty; list epochs (IFT) or token budgets (CPT)")
+        if sorted(set(s.durations)) != sorted(s.durations) or any(d <= 0 for d in s.durations):
+            raise ConfigError(f"settings[{i}].durations: expected distinct positive values, got {s.durations}")
+        if names.count(s.name) > 1:
+            raise ConfigError(f"settings[{i}].name: duplicate setting name {s.name!r}")
+    methods = [m for i, entry in enumerate(exp.methods) for m in _methods(entry, i)]
+    labels = [label for label, _, _ in methods]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise ConfigError(f"methods: duplicate method {label!r}; give one of the entries a `label`")
+
+    plans: list[RunPlan] = []
+    for s in exp.settings:
+        for label, method, entry_lr in methods:
+            lr = _lr(exp, s, label, method["name"], entry_lr)
+            plans += _duration_runs(exp, s, "grid", label, method, lr, {}, out)
+    if exp.regularization is not None:
+        reg = exp.regularization
+        s = _setting(exp, reg.setting, "regularization.setting")
+        full = {"name": "full"}
+        lr = _lr(exp, s, "full", "full", next((e for lab, m, e in methods if m["name"] == "full"), None))
+        for wd in reg.weight_decay:
+            plans += _duration_runs(exp, s, "regularization", f"full-wd{wd:g}", full, lr,
+                                    {"train": {"weight_decay": wd}}, out)
+        for p in reg.attention_dropout:
+            plans += _duration_runs(exp, s, "regularization", f"full-attndrop{p:g}", full, lr,
+                                    {"model": {"attention_dropout": p}}, out)
+    if exp.lr_sweep is not None:
+        sweep = exp.lr_sweep
+        s = _setting(exp, sweep.setting, "lr_sweep.setting")
+        duration = sweep.duration if sweep.duration is not None else min(s.durations)
+        one = Setting(**{**s.__dict__, "durations": [duration], "durations_as": "runs"})
+        for label, method, _ in methods:
+            for lr in (sweep.full if method["name"] == "full" else sweep.lora):
+                plans += _duration_runs(exp, one, "lr-sweep", label, method, lr, {}, out, tag=f"lr{lr:g}")
+    seen: dict[str, RunPlan] = {}
+    for plan in plans:
+        if plan.name in seen:  # a sweep value equal to the grid's LR: the grid's run already answers it
+            continue
+        seen[plan.name] = plan
+    return list(seen.values())
+
+
+def _methods(entry: MethodEntry, i: int) -> list[tuple[str, dict, float | None]]:
+    where = f"methods[{i}]"
+    if entry.name == "full":
+        if entry.ranks:
+            raise ConfigError(f"{where}.ranks: full finetuning has no rank")
+        return [(entry.label or "full", {"name": "full", **entry.options}, entry.lr)]
+    if not entry.ranks:
+        raise ConfigError(f"{where}.ranks: list at least one LoRA rank, e.g. [16, 64, 256]")
+    out = []
+    for r in entry.ranks:
+        for alpha in entry.alphas or [None]:
+            label = f"lora-r{r}"
+            if entry.targets != "all":
+                label += "-" + (entry.targets if isinstance(entry.targets, str) else "+".join(entry.targets))
+            if alpha is not None:
+                label += f"-a{alpha:g}"
+            if entry.label:
+                label += f"-{entry.label}"
+            out.append((label, {"name": "lora", "rank": r, "alpha": alpha, "targets": entry.targets,
+                                **entry.options}, entry.lr))
+    return out
+
+
+def _setting(exp: ExperimentConfig, name: str | None, key: str) -> Setting:
+    if name is None:
+        return exp.settings[0]
+    for s in exp.settings:
+        if s.name == name:
+            return s
+    raise ConfigError(f"{key}: no setting named {name!r}; settings: {', '.join(s.name for s in exp.settings)}")
+
+
+def _lr(exp: ExperimentConfig, s: Setting, label: str, name: str, entry_lr: float | None) -> float:
+    for key in (label, name):
+        if key in s.lr:
+            value = s.lr[key]
+            try:
+                value = float(value)  # YAML 1.1 reads 1e-3 as a string
+            except (TypeError, ValueError):
+                value = -1.0
+            if value <= 0 or isinstance(s.lr[key], bool):
+                raise ConfigError(f"settings[{s.name}].lr.{key}: expected a positive number, got {s.lr[key]!r}")
+            return value
+    if entry_lr is not None:
+        return entry_lr
+    default = exp.defaults.get("train", {}).get("lr")
+    if default is None:
+        raise ConfigError(f"no learning rate for {label} in setting {s.name}: set settings.lr.{name}, "
+                          f"methods[].lr or defaults.train.lr")
+    return float(default)
+
+
+def _duration_runs(exp: ExperimentConfig, s: Setting, group: str, label: str, method: dict, lr: float,
+                   extra: dict, out: str | Path, tag: str | None = None) -> list[RunPlan]:
+    """The runs one (setting, method, LR) needs to cover the setting's durations."""
+    regime = s.data.get("regime", exp.defaults.get("data", {}).get("regime", "ift"))
+    prefix = f"{s.name}/{label}" + (f"/{tag}" if tag else "") if group != "regularization" else f"{s.name}/{label}"
+    durations = sorted(s.durations)
+
+    def plan(name: str, train: dict, covers: list[float], **kw) -> RunPlan:
+        cfg = _run_config(exp, s, method, {"train": {"lr": lr, **train}}, extra, str(Path(out) / "runs" / name),
+                          where=f"run {name}")
+        return RunPlan(name, s.name, group, label, lr, cfg, covers, learning=list(s.learning), **kw)
+
+    if regime == "ift":
+        if s.durations_as == "checkpoints":
+            return [plan(f"{prefix}/epochs-{durations[-1]:g}", {"epochs": durations[-1], "tokens": None,
+                                                                 "checkpoints": durations[:-1]}, durations)]
+        return [plan(f"{prefix}/epochs-{d:g}", {"epochs": d, "tokens": None, "checkpoints": []}, [d])
+                for d in durations]
+    # CPT: one long WSD run; every shorter budget restarts from its state at the start of its own cooldown.
+    probe = _run_config(exp, s, method, {"train": {"lr": lr}}, extra, "probe", where=f"setting {s.name}")
+    t = probe.train
+    per_step = t.global_batch * probe.data.seq_len  # packed CPT: every step is exactly this many tokens
+    longest = durations[-1]
+    steps = {d: max(1, math.ceil(d / per_step)) for d in durations}
+    cool_start = {d: steps[d] - max(1, round(t.cooldown * steps[d])) for d in durations}
+    warm = t.warmup if t.warmup >= 1 else max(1, round(t.warmup * steps[longest]))  # absolute: same in every branch
+    for d in durations[:-1]:
+        if cool_start[d] < warm:
+            raise ConfigError(f"settings[{s.name}].durations: {d:g} tokens is too short to branch: its cooldown "
+                              f"would start at step {cool_start[d]}, inside the {warm}-step warmup")
+    common = {"schedule": "wsd", "warmup": warm, "epochs": None}
+    long_name = f"{prefix}/tokens-{longest:g}"
+    keep = sorted({cool_start[d] for d in durations[:-1]})
+    runs = [plan(long_name, {**common, "tokens": longest, "checkpoints": [], "keep_states": keep}, [longest])]
+    for d in durations[:-1]:
+        runs.append(plan(f"{prefix}/tokens-{d:g}", {**common, "tokens": d, "checkpoints": []}, [d],
+                         branch_of=long_name, branch_step=cool_start[d]))
+    return runs
+
+
+def _run_config(exp: ExperimentConfig, s: Setting, method: dict, lr: dict, extra: dict, out: str,
+                where: str) -> RunConfig:
+    data = copy.deepcopy(exp.defaults)
+    for key in data:
+        if key not in ("model", "data", "method", "train", "output"):
+            raise ConfigError(f"defaults.{key}: unknown section; expected model, data, method, train or output")
+    _merge(data, {"model": copy.deepcopy(exp.model)})
+    _merge(data, {"data": copy.deepcopy(s.data), "train": copy.deepcopy(s.train)})
+    _merge(data, {"method": {k: v for k, v in method.items() if v is not None or k != "alpha"}})
+    _merge(data, copy.deepcopy(lr))
+    _merge(data, copy.deepcopy(extra))
+    data.setdefault("output", {})["dir"] = out
+    try:
+        cfg = from_dict(RunConfig, data)
+        validate(cfg, base_dir=getattr(exp, "_base_dir", Path(".")))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return cfg
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

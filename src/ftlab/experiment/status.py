@@ -1,0 +1,100 @@
+"""`ftlab status DIR`: what a study has done, is doing, has failed and has left, with speed and ETA."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from ftlab.errors import FtlabError
+from ftlab.experiment.spec import expand, load_experiment
+from ftlab.experiment.store import BASE, Store
+from ftlab.experiment.study import LOCK
+
+
+def study_status(out: str | Path) -> list[dict]:
+    root = Path(out)
+    saved = root / "experiment.yaml"
+    if not (root / "results.sqlite").exists() or not saved.exists():
+        raise FtlabError(f"{root}: not a study directory (no results.sqlite / experiment.yaml); start one with "
+                         f"`ftlab run EXP.yaml --out {root}`")
+    record = yaml.safe_load(saved.read_text())
+    exp_file = root / ".experiment-as-run.yaml"
+    exp_file.write_text(record["text"])
+    try:
+        plans = expand(load_experiment(exp_file, record.get("overrides", [])), root)
+    finally:
+        exp_file.unlink(missing_ok=True)
+    store = Store(root / "results.sqlite")
+    try:
+        runs = store.runs()
+        evaluated = {}
+        for (run, n) in store.db.execute("SELECT run, COUNT(*) FROM checkpoints GROUP BY run"):
+            evaluated[run] = n
+    finally:
+        store.close()
+    alive = _runner_alive(root)
+    rows = []
+    for plan in plans:
+        r = runs.get(plan.name, {})
+        status = r.get("status", "left")
+        if status == "running" and not alive:
+            status = "interrupted"
+        row = {"run": plan.name, "status": status, "reason": r.get("reason"), "checkpoints":
+               f"{evaluated.get(plan.name, 0)}/{len(plan.durations)}", "tokens_per_s": r.get("tokens_per_s")}
+        if status in ("running", "interrupted"):
+            row.update(_progress(Path(plan.cfg.output.dir)))
+        rows.append(row)
+    rows += [{"run": name, "status": "base", "reason": None, "checkpoints": f"{evaluated.get(name, 0)}/1",
+              "tokens_per_s": None} for name in runs if name.startswith(BASE)]
+    return rows
+
+
+def _runner_alive(root: Path) -> bool:
+    with open(root / LOCK, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def _progress(run_dir: Path) -> dict:
+    """Step, tokens/s and ETA of a run in progress, from its plan.json and metrics.jsonl."""
+    plan, metrics = run_dir / "plan.json", run_dir / "metrics.jsonl"
+    if not plan.exists() or not metrics.exists():
+        return {"step": "starting"}
+    total = json.loads(plan.read_text())["total_steps"]
+    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    last = next((x for x in reversed(lines) if "tokens_per_s" in x), None)
+    if last is None:
+        return {"step": f"0/{total}"}
+    per_step = json.loads(plan.read_text())["tokens_per_step"]
+    eta = (total - last["step"]) * per_step / max(last["tokens_per_s"], 1e-9)
+    age = time.time() - metrics.stat().st_mtime
+    return {"step": f"{last['step']}/{total}", "tokens_per_s": last["tokens_per_s"],
+            "eta": time.strftime("%H:%M:%S", time.gmtime(eta)), "last_update_s": round(age)}
+
+
+def print_status(out: str | Path) -> int:
+    rows = study_status(out)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    print(f"ftlab status: {Path(out)}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    width = max(len(r["run"]) for r in rows)
+    for r in rows:
+        extra = ""
+        if r.get("step"):
+            extra = f" step {r['step']}"
+            if r.get("eta"):
+                extra += f" | {r['tokens_per_s']:,.0f} tok/s | ETA {r['eta']}"
+        elif r.get("tokens_per_s"):
+            extra = f" | {r['tokens_per_s']:,.0f} tok/s"
+        reason = f" | {r['reason']}" if r.get("reason") else ""
+        print(f"  {r['run']:<{width}}  {r['status']:<11} checkpoints {r['checkpoints']}{extra}{reason}")
+    return 0

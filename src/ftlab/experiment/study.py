@@ -1,0 +1,255 @@
+"""`ftlab run EXP.yaml --out DIR`: a whole study, resumable: train, evaluate, analyse, store, report.
+
+    DIR/experiment.yaml       the experiment as run (a second `ftlab run` with another one is refused)
+    DIR/results.sqlite        the results store (ftlab.experiment.store): runs, checkpoints, metrics, spectra
+    DIR/base/<setting>/       the base model's evaluation per setting (eval.json)
+    DIR/runs/<setting>/<method>/<duration>/   each run (ftlab train's layout) with eval.json, spectrum.json, ...
+    DIR/report.html           the report (ftlab report DIR)
+
+Every stage is skipped when the store already records it, so the same command after a kill (or a crash) picks up
+where it stopped; a run that fails is recorded with its reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import traceback
+from pathlib import Path
+
+import yaml
+
+from ftlab.checkpoint import branch_state, write_json_atomic
+from ftlab.errors import ConfigError, FtlabError, TrainingError
+from ftlab.experiment.spec import ExperimentConfig, RunPlan, expand, load_experiment
+from ftlab.experiment.store import BASE, Store
+from ftlab.experiment.tracking import Tracker
+
+LOCK = ".ftlab-run.lock"
+
+
+class StudyDir:
+    """The experiment directory, locked against a second runner."""
+
+    def __init__(self, out: str | Path, exp_path: str | Path, overrides: list[str]):
+        self.path = Path(out)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / LOCK, "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise FtlabError(f"{self.path} is in use by another `ftlab run`; wait for it to finish or choose "
+                             f"another --out (see `ftlab status {self.path}`)") from None
+        saved = self.path / "experiment.yaml"
+        text = Path(exp_path).read_text()
+        record = {"source": str(Path(exp_path).resolve()), "overrides": list(overrides), "text": text}
+        if saved.exists():
+            old = yaml.safe_load(saved.read_text())
+            if (old.get("text"), old.get("overrides")) != (text, list(overrides)):
+                self._lock.close()
+                raise ConfigError(f"{self.path} holds a study of another experiment ({old.get('source')} with "
+                                  f"overrides {old.get('overrides')}); use another --out")
+        else:
+            tmp = saved.with_name("experiment.yaml.tmp")
+            tmp.write_text(yaml.safe_dump(record, sort_keys=False))
+            tmp.replace(saved)
+
+    def close(self) -> None:
+        self._lock.close()
+
+
+def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] = (),
+                   report: bool = True, retry_failed: bool = False) -> Path:
+    exp = load_experiment(exp_path, list(overrides))
+    plans = expand(exp, out)  # every run validated before anything starts
+    _check_tasks(exp)
+    study = StudyDir(out, exp_path, list(overrides))
+    store = Store(study.path / "results.sqlite")
+    tracker = Tracker(exp.tracking, study.path)
+    try:
+        print(f"ftlab run: {len(plans)} runs in {len(exp.settings)} settings -> {study.path}", flush=True)
+        runner = _Runner(exp, plans, study.path, store, tracker, retry_failed)
+        runner.run_all()
+        if report:
+            from ftlab.report import write_report
+
+            path = write_report(study.path)
+            print(f"ftlab run: report in {path}", flush=True)
+    finally:
+        tracker.close()
+        store.close()
+        study.close()
+    return study.path
+
+
+def _check_tasks(exp: ExperimentConfig) -> None:
+    from ftlab.evaluate.tasks import expand as expand_tasks
+
+    for s in exp.settings:
+        try:
+            expand_tasks([*s.learning, *exp.forgetting, *exp.analyses.diversity])
+        except FtlabError as e:
+            raise ConfigError(f"settings[{s.name}]: {e}") from None
+
+
+class _Runner:
+    def __init__(self, exp: ExperimentConfig, plans: list[RunPlan], root: Path, store: Store, tracker: Tracker,
+                 retry_failed: bool = False):
+        self.exp, self.plans, self.root, self.store, self.tracker = exp, plans, root, store, tracker
+        self.finished = ("done",) if retry_failed else ("done", "failed")
+        self.evaluator = None
+        self.base_results: dict[str, dict] = {}
+
+    def run_all(self) -> None:
+        done = {name for name, r in self.store.runs().items() if r["status"] in self.finished}
+        failed_long: set[str] = set()
+        for i, plan in enumerate(self.plans, start=1):
+            if plan.name in done:
+                continue
+            if plan.branch_of in failed_long:
+                self.store.put_run(plan, "failed", f"the long run {plan.branch_of} it restarts from failed")
+                continue
+            print(f"ftlab run: [{i}/{len(self.plans)}] {plan.name}", flush=True)
+            ok = self.run_one(plan)
+            if not ok and plan.branch_of is None:
+                failed_long.add(plan.name)
+        failed = [n for n, r in self.store.runs().items() if r["status"] == "failed"]
+        if failed:
+            print(f"ftlab run: {len(failed)} run(s) failed: {', '.join(failed)} (reasons: ftlab status "
+                  f"{self.root})", flush=True)
+
+    # ------------------------------------------------------------------ one run
+
+    def run_one(self, plan: RunPlan) -> bool:
+        from ftlab.train import train
+
+        self.store.put_run(plan, "running")
+        run_dir = Path(plan.cfg.output.dir)
+        try:
+            if plan.branch_of is not None:
+                kept = self.root / "runs" / plan.branch_of / "kept" / f"step-{plan.branch_step:08d}"
+                if not kept.exists():
+                    raise FtlabError(f"{kept}: the state {plan.name} restarts from is missing")
+                branch_state(kept, run_dir / "state")
+            train(plan.cfg)
+        except (TrainingError, FtlabError, RuntimeError) as e:  # RuntimeError: CUDA out of memory and the like
+            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            self.store.put_run(plan, "failed", reason)
+            print(f"ftlab run: {plan.name} failed: {reason}", flush=True)
+            (run_dir / "failure.txt").write_text(traceback.format_exc()) if run_dir.exists() else None
+            return False
+        speed = _tokens_per_s(run_dir)
+        self.tracker.log_run(plan, run_dir)
+        for ckpt, duration in self._checkpoints(plan, run_dir):
+            self.checkpoint(plan, ckpt, duration)
+        self.store.put_run(plan, "done", None, speed)
+        return True
+
+    def _checkpoints(self, plan: RunPlan, run_dir: Path) -> list[tuple[Path, float]]:
+        """(checkpoint dir, the duration it stands for): named checkpoints that are durations, then final/."""
+        out = []
+        for d in plan.durations[:-1]:
+            out.append((run_dir / "checkpoints" / f"{_unit(plan)}-{d:g}", d))
+        out.append((run_dir / "final", plan.durations[-1]))
+        return out
+
+    def checkpoint(self, plan: RunPlan, ckpt: Path, duration: float) -> None:
+        from ftlab.evaluate.tasks import expand as expand_tasks
+
+        base = self._base(plan)
+        base_copy = Path(plan.cfg.output.dir) / "base_eval"
+        if not (base_copy / "eval.json").exists():  # the report reads each run's base results beside it
+            base_copy.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(base_copy / "eval.json", base)
+        if not self.store.has_checkpoint(plan.name, ckpt.name):
+            specs = expand_tasks([*plan.learning, *self.exp.forgetting], self.exp.eval.limit)
+            results = self._evaluator().evaluate(ckpt, specs, self.exp.eval.data_dir, base)
+            info = json.loads((ckpt / "ftlab.json").read_text())
+            self.store.put_checkpoint(plan.name, ckpt.name, str(ckpt), info, duration, results["scores"])
+            self.tracker.log_checkpoint(plan, ckpt.name, info, results)
+        self.analyse(plan, ckpt)
+
+    def analyse(self, plan: RunPlan, ckpt: Path) -> None:
+        a = self.exp.analyses
+        base_dir = self._base_model_dir(plan)
+        if a.spectrum and not self.store.has_spectrum(plan.name, ckpt.name):
+            from ftlab.analysis.spectrum import _document, settings_of, spectrum_of
+
+            entry = spectrum_of(base_dir, ckpt, singular_values=a.singular_values)
+            doc = _document(str(Path(base_dir).resolve()), settings_of(singular_values=a.singular_values), [entry])
+            write_json_atomic(ckpt / "spectrum.json", doc)
+            self.store.put_spectrum(plan.name, ckpt.name, entry["matrices"])
+        for task in a.diversity:
+            if not self.store.has_analysis(plan.name, ckpt.name, f"diversity:{task}"):
+                from ftlab.analysis.diversity import diversity_of
+                from ftlab.evaluate.tasks import expand as expand_tasks
+
+                specs = expand_tasks([task], self.exp.eval.limit)
+                self._evaluator().evaluate(ckpt, specs, self.exp.eval.data_dir, None)
+                value = diversity_of(ckpt, specs[0].name)
+                write_json_atomic(ckpt / "diversity.json", value)
+                self.store.put_analysis(plan.name, ckpt.name, f"diversity:{task}", value)
+        if a.kl and _domain(plan) and not self.store.has_analysis(plan.name, ckpt.name, "kl"):
+            from ftlab.analysis.kl import kl_divergence, target_prompts
+
+            evaluator = self._evaluator()
+            model = evaluator.load(ckpt)
+            base_model = None if hasattr(model, "disable_adapter") else evaluator.model
+            texts = target_prompts(_domain(plan), a.kl_prompts)
+            value = kl_divergence(base_model, model, evaluator.tokenizer, texts, device=evaluator.device)
+            value = {k: value[k] for k in ("kl", "tokens", "texts")}
+            write_json_atomic(ckpt / "kl.json", value)
+            self.store.put_analysis(plan.name, ckpt.name, "kl", value)
+
+    # ------------------------------------------------------------------ the base model
+
+    def _evaluator(self):
+        if self.evaluator is None:
+            from ftlab.evaluate.checkpoints import Evaluator
+
+            self.evaluator = Evaluator(self._base_model_dir(self.plans[0]), self.exp.eval.device,
+                                       self.exp.eval.batch_size)
+        return self.evaluator
+
+    def _base_model_dir(self, plan: RunPlan) -> str:
+        from ftlab.model import prepare_base
+
+        return prepare_base(plan.cfg.model, self.root / "base")
+
+    def _base(self, plan: RunPlan) -> dict:
+        """The base model's results on this setting's tasks (evaluated once, stored under (base)/<setting>)."""
+        if plan.setting not in self.base_results:
+            from ftlab.evaluate.tasks import expand as expand_tasks
+
+            specs = expand_tasks([*plan.learning, *self.exp.forgetting], self.exp.eval.limit)
+            directory = self.root / "base" / plan.setting
+            results = self._evaluator().evaluate_base(directory, specs, self.exp.eval.data_dir)
+            self.store.put_base(plan.setting)
+            if not self.store.has_checkpoint(f"{BASE}/{plan.setting}", "base"):
+                self.store.put_checkpoint(f"{BASE}/{plan.setting}", "base", str(directory), {"step": 0, "tokens": 0},
+                                          0.0, results["scores"])
+            self.base_results[plan.setting] = results
+        return self.base_results[plan.setting]
+
+
+def _unit(plan: RunPlan) -> str:
+    return "epochs" if plan.cfg.train.epochs is not None else "tokens"
+
+
+def _domain(plan: RunPlan) -> str | None:
+    """The built-in target domain whose held-out prompts KL is measured on (None for the user's own data)."""
+    path = plan.cfg.data.path
+    if not path.startswith("builtin:"):
+        return None
+    return "code" if "code" in path else "math"
+
+
+def _tokens_per_s(run_dir: Path) -> float | None:
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        return None
+    speeds = [json.loads(line).get("tokens_per_s") for line in metrics.read_text().splitlines() if line.strip()]
+    speeds = [s for s in speeds if s]
+    return round(sum(speeds) / len(speeds), 1) if speeds else None
+

@@ -1,0 +1,84 @@
+"""Optional experiment tracking: every run's training curve and evaluation scores to TensorBoard, W&B or MLflow.
+
+    tracking: {backend: tensorboard}     # in the experiment file; none (the default) needs nothing installed
+
+The tracker reads what the run already wrote (metrics.jsonl, eval.json), so tracking never changes training and
+a resumed study logs each run once, when it finishes. Backends are imported only when named.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftlab.errors import ConfigError
+
+INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+class Tracker:
+    def __init__(self, cfg, root: Path):
+        self.backend = cfg.backend
+        self.project = cfg.project
+        self.root = Path(root)
+        self._writer = None
+        if self.backend == "none":
+            return
+        try:
+            if self.backend == "tensorboard":
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.root / "tensorboard"))
+            elif self.backend == "wandb":
+                import wandb  # noqa: F401
+            elif self.backend == "mlflow":
+                import mlflow
+
+                mlflow.set_tracking_uri(f"file:{(self.root / 'mlruns').resolve()}")
+                mlflow.set_experiment(self.project)
+        except ImportError:
+            raise ConfigError(f"tracking.backend: {self.backend} is not installed (pip install "
+                              f"{INSTALL[self.backend]}), or set tracking.backend: none") from None
+
+    def log_run(self, plan, run_dir: Path) -> None:
+        """The run's training curve (loss, lr, eval_loss by step)."""
+        if self.backend == "none":
+            return
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        series = [(r["step"], {k: v for k, v in r.items() if k != "step" and isinstance(v, (int, float))})
+                  for r in records]
+        self._log(plan.name, series, {"lr": plan.lr, "method": plan.method, "setting": plan.setting})
+
+    def log_checkpoint(self, plan, checkpoint: str, info: dict, results: dict) -> None:
+        if self.backend == "none":
+            return
+        values = {f"eval/{s['task']}/{s['metric']}": s["value"] for s in results.get("scores", [])}
+        if results.get("forgetting"):
+            values["eval/forgetting"] = results["forgetting"]["value"]
+        self._log(plan.name, [(info.get("step", 0), values)], None)
+
+    def _log(self, run: str, series: list[tuple[int, dict]], params: dict | None) -> None:
+        if self.backend == "tensorboard":
+            for step, values in series:
+                for key, value in values.items():
+                    self._writer.add_scalar(f"{run}/{key}", value, step)
+            self._writer.flush()
+        elif self.backend == "wandb":
+            import wandb
+
+            with wandb.init(project=self.project, name=run, dir=str(self.root), config=params or {},
+                            resume="allow", id=run.replace("/", "-")) as session:
+                for step, values in series:
+                    session.log(values, step=step)
+        elif self.backend == "mlflow":
+            import mlflow
+
+            with mlflow.start_run(run_name=run):
+                if params:
+                    mlflow.log_params(params)
+                for step, values in series:
+                    mlflow.log_metrics({k.replace("/", "."): v for k, v in values.items()}, step=step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
