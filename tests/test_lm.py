@@ -84,6 +84,20 @@ def test_token_loss_matches_the_model_loss_and_windows(tiny):
     assert LM(model, tokenizer, max_length=8).token_loss([text])[1] == ids.shape[1] - 1  # each token scored once
 
 
+def test_token_scores_with_context_equal_loglikelihood_of_the_continuation(tiny):
+    lm = LM(*tiny, batch_size=3)
+    pairs = [(c, k) for c, k in REQUESTS if c]
+    total, count, correct = lm.token_scores([k for _, k in pairs], [c for c, _ in pairs])
+    reference = lm.loglikelihood(pairs)
+    assert total == pytest.approx(-sum(ll for ll, _ in reference), abs=1e-3)
+    assert count == sum(len(lm.encode_pair(c, k)[1]) for c, k in pairs)
+    # greedy argmax counted per token: a continuation that is greedy everywhere counts all its tokens
+    assert correct >= sum(len(lm.encode_pair(c, k)[1]) for (c, k), (_, g) in zip(pairs, reference) if g)
+    assert 0 <= correct <= count
+    windowed = LM(*tiny, max_length=8).token_scores([k for _, k in pairs], [c for c, _ in pairs])
+    assert windowed[1] == count  # each continuation token scored once, whatever the window
+
+
 def test_generate_batched_equals_one_at_a_time(tiny):
     prompts = ["Question: 1+1?\nAnswer:", "Once upon a time", "x", "The quick brown fox jumps over the lazy dog."]
     batched = LM(*tiny, batch_size=4).generate(prompts, max_new_tokens=12)

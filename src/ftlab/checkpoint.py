@@ -135,6 +135,31 @@ def save_state(state_root: Path, step: int, model: nn.Module, optimizer: torch.o
             shutil.rmtree(old, ignore_errors=True)
 
 
+def keep_state(state_root: Path, kept_root: Path) -> Path:
+    """Copy the latest state to kept_root/<its name>, where later saves do not remove it."""
+    latest = latest_state(state_root)
+    target = kept_root / latest.name
+    if not target.exists():
+        kept_root.mkdir(parents=True, exist_ok=True)
+        tmp = _fresh_tmp(target)
+        shutil.rmtree(tmp)
+        shutil.copytree(latest, tmp)
+        _publish(tmp, target)
+    return target
+
+
+def branch_state(kept: Path, state_root: Path) -> None:
+    """Start a run from another run's kept state: it becomes this run's latest state (the run then resumes)."""
+    if latest_state(state_root) is not None:
+        return  # the branch has already started; its own latest state wins
+    target = state_root / kept.name
+    tmp = _fresh_tmp(target)
+    shutil.rmtree(tmp)
+    shutil.copytree(kept, tmp)
+    _publish(tmp, target)
+    write_json_atomic(state_root / "LATEST", {"dir": target.name})
+
+
 def latest_state(state_root: Path) -> Path | None:
     pointer = state_root / "LATEST"
     if not pointer.exists():

@@ -3,7 +3,11 @@
     ftlab train CONFIG [key=value ...] --out DIR   train one run (resumes if DIR holds a killed run)
     ftlab pretrain CONFIG --out DIR                the embedded default's base model, reproducibly
     ftlab eval MODEL_OR_RUN --tasks ...            evaluate a model, an adapter, or every checkpoint of a run
-    ftlab demo [--out DIR]                         full FT and LoRA side by side on the tiny example
+    ftlab report STUDY [--out FILE]                an HTML report on every run below STUDY, with CSV/JSON
+    ftlab spectrum [BASE] FINETUNED --out FILE     the spectrum of ΔW per layer and module (model, adapter or run)
+    ftlab run EXP.yaml [key=value ...] --out DIR   a whole study: grid, train, evaluate, analyse, report
+    ftlab status DIR                               what a study has done, is running, failed and has left
+    ftlab demo [--full] [--out DIR]                the whole study on the embedded default, ending in the report
 """
 
 from __future__ import annotations
@@ -41,11 +45,45 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from ftlab.report import write_report
+
+    page = write_report(args.study, args.out)
+    print(f"ftlab report: {page} (numbers in {page.with_suffix('')}/)")
+    return 0
+
+
+def _spectrum(args: argparse.Namespace) -> int:
+    from ftlab.analysis.spectrum import spectrum_target
+
+    if len(args.paths) > 2:
+        raise FtlabError(f"spectrum takes [BASE] FINETUNED, not {len(args.paths)} paths: {' '.join(args.paths)}")
+    base, finetuned = (None, args.paths[0]) if len(args.paths) == 1 else args.paths
+    spectrum_target(finetuned, base, out=args.out, top_k=args.top_k, epsilon=args.epsilon, method=args.method,
+                    singular_values=args.singular_values, device=args.device)
+    print(f"ftlab spectrum: written {args.out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ftlab.demo import run_demo
 
-    run_demo(args.out)
+    run_demo(args.out, full=args.full)
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ftlab.experiment.study import run_experiment
+
+    run_experiment(args.experiment, args.out, args.overrides, report=not args.no_report,
+                   retry_failed=args.retry_failed)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ftlab.experiment.status import print_status
+
+    return print_status(args.out)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +113,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate the first N documents of each task (a quick look)")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("demo", help="full FT and LoRA side by side on the tiny example, with a summary")
-    p.add_argument("--out", default="demo-out", help="where the runs go (default: demo-out)")
+    p = sub.add_parser("report", help="one self-contained HTML report on a study directory, with CSV/JSON")
+    p.add_argument("study", help="study directory: run directories are found below it")
+    p.add_argument("--out", help="the HTML file (default: STUDY/report.html; data in STUDY/report/)")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("spectrum", help="the singular-value spectrum of ΔW = W_ft - W_base per layer and module",
+                       usage="ftlab spectrum [BASE] FINETUNED --out FILE [options]")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="[BASE] FINETUNED: FINETUNED is a run, adapter or "
+                   "model directory; BASE (a model directory) may be left out for a run or an adapter")
+    p.add_argument("--out", required=True, help="the JSON file (a run also gets <checkpoint>/spectrum.json)")
+    p.add_argument("--singular-values", action="append", default=[], metavar="NAME_GLOB",
+                   help="also store every singular value of matching weights (repeatable)")
+    p.add_argument("--top-k", type=int, default=10, help="intruder dimensions among the top k (0: skip them)")
+    p.add_argument("--epsilon", type=float, default=0.5, help="intruder threshold on max |cos|")
+    p.add_argument("--method", default="auto", choices=["auto", "svd", "gram"], help="singular values of ΔW")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_spectrum)
+
+    p = sub.add_parser("run", help="a whole study from an experiment file: train, evaluate, analyse, report")
+    p.add_argument("experiment", help="experiment YAML (e.g. configs/demo.yaml, configs/paper/math-ift.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. settings.0.durations=[1,2]")
+    p.add_argument("--out", required=True, help="study directory (created; the same command resumes it)")
+    p.add_argument("--no-report", action="store_true", help="skip writing report.html at the end")
+    p.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("status", help="what a study has done, is running, has failed and has left")
+    p.add_argument("out", help="study directory")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("demo", help="the whole study on the embedded default (CPU, no network): summary + report")
+    p.add_argument("--out", default="demo-out", help="the study directory (default: demo-out; a rerun resumes)")
+    p.add_argument("--full", action="store_true", help="all four settings (code/math x IFT/CPT), not two")
     p.set_defaults(func=_demo)
     return parser
 

@@ -109,6 +109,7 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16-autocast"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     log_every: int = 1  # steps between metrics.jsonl lines
     eval_every: int = 0  # steps between held-out loss evaluations (0: at checkpoints and the end)
+    keep_states: list[int] = field(default_factory=list)  # steps whose resumable state is kept in <run>/kept/
 
 
 @dataclass
@@ -192,6 +193,10 @@ def _coerce(tp: Any, value: Any, dotted: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{dotted}: expected a list, got {value!r}")
         return [_coerce(item, v, f"{dotted}[{i}]") for i, v in enumerate(value)]
+    if tp is dict or origin is dict:  # free-form sections (an experiment's run-config fragments)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{dotted}: expected a mapping, got {value!r}")
+        return dict(value)
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{dotted}: expected true or false, got {value!r}")
@@ -304,6 +309,7 @@ def validate(cfg: RunConfig, base_dir: Path = Path(".")) -> None:
     need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
     need(t.log_every >= 1, "train.log_every", "must be >= 1")
     need(t.eval_every >= 0, "train.eval_every", "must be >= 0")
+    need(all(k >= 1 for k in t.keep_states), "train.keep_states", f"steps must be >= 1, got {t.keep_states}")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
          f"expected auto, cpu, cuda or cuda:N, got {t.device!r}")
 

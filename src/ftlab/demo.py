@@ -1,105 +1,58 @@
-"""`ftlab demo`: a learning-versus-forgetting study in miniature, on a CPU with no network, in about a minute.
+"""`ftlab demo` (what `make demo` runs): the whole study on the embedded default, on a CPU with no network.
 
-1. A tiny Llama (built from its config) is taught the *source* tasks (word games) by full finetuning: the base.
-2. From that base, full finetuning and LoRA each learn the *target* tasks (number games).
-3. Every model is loaded back from its checkpoint on disk and scored by held-out loss on the target tasks
-   (what it learned) and on the source tasks (what it forgot), with the size and rank of its weight change.
-
-The embedded default of later releases replaces the stand-in base with a pretrained one and held-out loss with
-benchmark tasks; the shape of the study is the same.
+The shipped 2.2M-parameter base (builtin:base-tiny) is finetuned by full FT and LoRA r=1/4/16 in math IFT and
+code CPT (`--full` adds code IFT and math CPT), at three durations each, plus full FT with weight decay and
+with attention dropout; every checkpoint is evaluated on the learning and forgetting tasks, its ΔW spectrum and
+KL(base || finetuned) measured, the math runs' sampled answers counted for diversity; the paper's claims are
+checked and everything lands in <out>/report.html. The experiment files are src/ftlab/assets/demo.yaml and
+demo-full.yaml (also at configs/demo.yaml); `ftlab run` runs them the same way, and both resume after a kill.
 """
 
 from __future__ import annotations
 
-import json
+import time
+from importlib import resources
 from pathlib import Path
 
-import torch
 
-from ftlab.config import RunConfig, load_config
-from ftlab.methods import base_reader, count_params, delta_weights
-from ftlab.model import load_trained
-from ftlab.train import build_data, eval_loss, train
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "configs" / "examples"
-NO_AUTOCAST = torch.autocast("cpu", enabled=False)
+def experiment_file(full: bool) -> Path:
+    return Path(str(resources.files("ftlab") / "assets" / ("demo-full.yaml" if full else "demo.yaml")))
 
 
-def run_demo(out: str) -> list[dict]:
-    if not EXAMPLES.is_dir():
-        raise FileNotFoundError(f"the example configs are not at {EXAMPLES}; run the demo from a clone of the repo")
-    out_dir = Path(out)
-    source = str(EXAMPLES / "data" / "tiny-source.jsonl")
-    target = str(EXAMPLES / "data" / "tiny-target.jsonl")
+def run_demo(out: str, full: bool = False) -> Path:
+    from ftlab.experiment.study import run_experiment
 
-    print("ftlab demo 1/3: teaching the base model the source tasks (full finetuning)", flush=True)
-    base_cfg = load_config(EXAMPLES / "tiny-full.yaml", [f"data.path={source}", "train.checkpoints=[]"],
-                           out=str(out_dir / "base"))
-    base = train(base_cfg) / "final"
-
-    runs = {}
-    for i, name in enumerate(("tiny-full", "tiny-lora"), start=2):
-        print(f"ftlab demo {i}/3: {name} learns the target tasks from that base", flush=True)
-        cfg = load_config(EXAMPLES / f"{name}.yaml", [f"model.name={base}", f"data.path={target}"],
-                          out=str(out_dir / name.removeprefix("tiny-")))
-        runs[name.removeprefix("tiny-")] = (cfg, train(cfg))
-
-    any_cfg = next(iter(runs.values()))[0]
-    suites = {"target": any_cfg, "source": _with_data(any_cfg, source)}  # same seed: the runs' own held-out splits
-    rows = [score("base", base, suites, None)]
-    rows += [score(name, run / "final", suites, run) for name, (cfg, run) in runs.items()]
-    print_table(rows)
-    summary = out_dir / "summary.json"
-    summary.write_text(json.dumps(rows, indent=2))
-    print(f"\nftlab: runs, checkpoints and metrics.jsonl are in {out_dir.resolve()}; this table in {summary}")
-    return rows
+    start = time.perf_counter()
+    root = run_experiment(experiment_file(full), out)
+    print_summary(root)
+    print(f"\nftlab demo: finished in {time.perf_counter() - start:,.0f} s; report: {(root / 'report.html').resolve()}")
+    return root
 
 
-def _with_data(cfg: RunConfig, path: str) -> RunConfig:
-    from dataclasses import replace
+def print_summary(root: Path) -> None:
+    """Learning and forgetting per setting, method and duration, then the claims check."""
+    from ftlab.analysis.claims import check_claims
+    from ftlab.analysis.results import collect
 
-    return replace(cfg, data=replace(cfg.data, path=path))
-
-
-def score(name: str, checkpoint: Path, suites: dict[str, RunConfig], run: Path | None) -> dict:
-    """Held-out losses of a checkpoint loaded from disk, and its weight change against the base it was tuned from."""
-    model, tokenizer = load_trained(checkpoint)
-    row = {"run": name}
-    for suite, cfg in suites.items():
-        _, held_out = build_data(cfg, tokenizer)
-        row[f"{suite}_loss"] = eval_loss(model, held_out, NO_AUTOCAST)
-    if run is None:
-        return row
-    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    speeds = [r["tokens_per_s"] for r in log if "tokens_per_s" in r]
-    info = json.loads((checkpoint / "ftlab.json").read_text())
-    base = base_reader(info["base"])
-    ratios, ranks = [], []
-    for weight, delta in delta_weights(model, base):
-        ratios.append(float(delta.norm() / base(weight).float().norm()))
-        ranks.append(int(torch.linalg.matrix_rank(delta)))
-    trainable = count_params(model).trainable if info["method"] == "full" else _adapter_size(checkpoint)
-    row.update(trainable=trainable, tokens_per_s=sum(speeds) / len(speeds),
-               dW_rel=sum(ratios) / len(ratios), dW_rank=max(ranks))
-    return row
-
-
-def _adapter_size(directory: Path) -> int:
-    from safetensors.torch import load_file
-
-    return sum(t.numel() for t in load_file(directory / "adapter_model.safetensors").values())
-
-
-def print_table(rows: list[dict]) -> None:
-    base = rows[0]
-    header = (f"{'model':<6} {'trainable':>10} {'target loss (learned)':>22} {'source loss (forgot)':>21} "
-              f"{'tokens/s':>9} {'|dW|/|W|':>9} {'max rank dW':>12}")
-    print("\n" + header + "\n" + "-" * len(header))
+    study = collect(root)
+    rows = [r for r in study.points() if r.learning is not None or r.forgetting is not None]
+    rows.sort(key=lambda r: (r.setting, r.method != "full", r.rank or 0, r.weight_decay, r.attention_dropout,
+                             r.duration or 0))
+    print(f"\n{'setting':<28} {'method':<22} {'duration':>9} {'learning':>9} {'forgetting':>10} {'drop':>7} {'k90':>6}")
+    last = None
     for r in rows:
-        learned = f"{r['target_loss']:.3f} ({r['target_loss'] - base['target_loss']:+.3f})"
-        forgot = f"{r['source_loss']:.3f} ({r['source_loss'] - base['source_loss']:+.3f})"
-        extra = (f"{r['trainable']:>10,}", f"{r['tokens_per_s']:>9,.0f}", f"{r['dW_rel']:>9.3f}", f"{r['dW_rank']:>12}") \
-            if "trainable" in r else (f"{'-':>10}", f"{'-':>9}", f"{'-':>9}", f"{'-':>12}")
-        print(f"{r['run']:<6} {extra[0]} {learned:>22} {forgot:>21} {extra[1]} {extra[2]} {extra[3]}")
-    print("Losses are held-out nats per response token; lower target loss = learned more, "
-          "higher source loss = forgot more.")
+        if r.setting != last:
+            base = study.base_of(r.setting)
+            if base is not None:
+                print(f"{r.setting:<28} {'base':<22} {'':>9} {_f(base.learning):>9} {_f(base.forgetting):>10}")
+            last = r.setting
+        k90 = r.spectrum.k90_mean if r.spectrum is not None and r.spectrum.k90_mean is not None else None
+        print(f"{r.setting:<28} {r.group:<22} {r.duration or 0:>9g} {_f(r.learning):>9} {_f(r.forgetting):>10} "
+              f"{_f(r.forgetting_drop):>7} {_f(k90, 1):>6}")
+    print("\nThe paper's findings on this run:")
+    for claim in check_claims(study):
+        print(f"  [{claim.status}] {claim.finding}\n      {claim.sentence}")
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"

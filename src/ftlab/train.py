@@ -223,6 +223,8 @@ def _train(cfg: RunConfig, run: RunDir) -> None:
                 "method": cfg.method.name, "base": base_name}
         checkpoint.save_checkpoint(model, tokenizer, directory, info, pissa_init)
 
+    checkpoint.write_json_atomic(run.path / "plan.json", {"total_steps": plan.total_steps,
+                                                          "tokens_per_step": plan.tokens_per_step})
     print(f"ftlab: {plan.total_steps} steps of {cfg.train.global_batch} sequences "
           f"(~{plan.tokens_per_step:,.0f} tokens each), {len(eval_batches)} held-out batches", flush=True)
     if step == 0 and eval_batches:  # the base model's held-out loss, for comparison
@@ -250,8 +252,11 @@ def _train(cfg: RunConfig, run: RunDir) -> None:
             save(run.checkpoints / f"{plan.unit}-{value:g}", step)
         if last and cfg.output.save_final:
             save(run.path / "final", step)
-        if last or due or step % cfg.output.resume_every == 0:
+        keep = step in cfg.train.keep_states
+        if last or due or keep or step % cfg.output.resume_every == 0:
             checkpoint.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": steps.state()})
+            if keep:  # a state other runs restart from (a CPT duration's own cooldown)
+                checkpoint.keep_state(run.state, run.path / "kept")
             window_tokens, window_start = 0, time.perf_counter()  # saving time is not training time
     bar.close()
 

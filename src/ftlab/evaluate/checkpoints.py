@@ -59,38 +59,64 @@ def _checkpoint_order(d: Path) -> tuple:
 def evaluate_target(path: str, tasks: list[str], data_dir: str | None = None, base: str | None = None,
                     device: str = "auto", batch_size: int = 32, limit: int | None = None) -> list[Path]:
     """Evaluate everything `path` stands for; returns the directories whose eval.json was written."""
-    from ftlab.evaluate.lm import LM
-
     specs = expand(tasks, limit)
     target = resolve(path, base)
-    dev = resolve_device(device)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    model, tokenizer = load_model(ModelConfig(name=target.base), dev, dtype)
-    model.eval()
+    evaluator = Evaluator(target.base, device, batch_size)
     written = []
     units = Progress(len(target.checkpoints) + 1, unit="model")
-
     base_dir = target.base_results or Path(target.base)
     if target.base_results is not None or not target.checkpoints:
-        base_dir.mkdir(parents=True, exist_ok=True)
-        evaluate_into(base_dir, LM(model, tokenizer, dev, batch_size), model, tokenizer, specs, data_dir, None)
+        evaluator.evaluate_base(base_dir, specs, data_dir)
         written.append(base_dir)
     units.update(model="base")
     base_results = read_results(base_dir) if written else None
-
-    peft_model = None
     for ckpt in target.checkpoints:
-        if _is_adapter(ckpt):
-            peft_model = _swap_adapter(peft_model, model, ckpt)
-            current = peft_model
-        else:
-            current, _ = load_model(ModelConfig(name=str(ckpt)), dev, dtype)
-        current.eval()
-        evaluate_into(ckpt, LM(current, tokenizer, dev, batch_size), current, tokenizer, specs, data_dir, base_results)
+        evaluator.evaluate(ckpt, specs, data_dir, base_results)
         written.append(ckpt)
         units.update(model=ckpt.name)
     units.close()
     return written
+
+
+class Evaluator:
+    """One base model, loaded once; LoRA checkpoints are swapped onto it, full-FT checkpoints loaded whole."""
+
+    def __init__(self, base: str, device: str = "auto", batch_size: int = 32):
+        self.device = resolve_device(device)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.batch_size = batch_size
+        self.model, self.tokenizer = load_model(ModelConfig(name=base), self.device, self.dtype)
+        self.model.eval()
+        self.peft_model = None
+
+    def evaluate_base(self, directory: Path, specs: list, data_dir: str | None) -> dict:
+        from ftlab.evaluate.lm import LM
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        base = self.model
+        if self.peft_model is not None:
+            with self.peft_model.disable_adapter():
+                return evaluate_into(directory, LM(self.peft_model, self.tokenizer, self.device, self.batch_size),
+                                     self.peft_model, self.tokenizer, specs, data_dir, None)
+        return evaluate_into(directory, LM(base, self.tokenizer, self.device, self.batch_size), base,
+                             self.tokenizer, specs, data_dir, None)
+
+    def load(self, ckpt: Path):
+        """The model a checkpoint stands for (an adapter swapped onto the base, or a whole model)."""
+        if _is_adapter(ckpt):
+            self.peft_model = _swap_adapter(self.peft_model, self.model, ckpt)
+            current = self.peft_model
+        else:
+            current, _ = load_model(ModelConfig(name=str(ckpt)), self.device, self.dtype)
+        current.eval()
+        return current
+
+    def evaluate(self, ckpt: Path, specs: list, data_dir: str | None, base_results: dict | None) -> dict:
+        from ftlab.evaluate.lm import LM
+
+        current = self.load(Path(ckpt))
+        return evaluate_into(Path(ckpt), LM(current, self.tokenizer, self.device, self.batch_size), current,
+                             self.tokenizer, specs, data_dir, base_results)
 
 
 def _swap_adapter(peft_model, base_model, directory: Path):
@@ -101,6 +127,8 @@ def _swap_adapter(peft_model, base_model, directory: Path):
     if peft_model is None:
         return PeftModel.from_pretrained(base_model, directory, adapter_name=name)
     previous = peft_model.active_adapter
+    if previous == name:  # already the active adapter
+        return peft_model
     peft_model.load_adapter(directory, adapter_name=name)
     peft_model.set_adapter(name)
     peft_model.delete_adapter(previous)

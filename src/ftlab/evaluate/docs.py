@@ -46,6 +46,7 @@ class TextDoc:
 
     text: str
     id: str = ""
+    context: str = ""  # scored as the continuation of this (e.g. the question before a worked solution)
 
 
 @dataclass

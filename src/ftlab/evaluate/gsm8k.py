@@ -7,6 +7,10 @@ Prompt: k solved train problems "Question: {q}\\nAnswer: {full solution}\\n\\n",
 generation stops at "Question:", "</s>" or "<|im_end|>". Extraction: strict takes the first "#### <number>",
 flexible the last number-like string; both compare to the gold after `normalize_answer` (lm-eval's exact_match
 with ignore_case and regexes_to_ignore [",", "\\$", "(?s).*#### ", "\\.$"]).
+
+Sampled (`score_gsm8k_sampled`, a task with samples > 1 or temperature > 0): n completions per problem from the
+same prompts, each passing when its strict extraction matches the gold; reported as pass@k (the unbiased
+estimator of ftlab.evaluate.code.pass_at_k), with one record per completion.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import re
 
 from ftlab.errors import DataError, FtlabError
 from ftlab.evaluate.choice import draw_shots, field, mean_score
+from ftlab.evaluate.code import pass_at_k
 from ftlab.evaluate.docs import GenDoc, Score
 
 STOP = ["Question:", "</s>", "<|im_end|>"]
@@ -83,3 +88,30 @@ def score_gsm8k(lm, docs: list[GenDoc], fewshot_docs: list[GenDoc], num_fewshot:
         samples.append(record)
     return [mean_score("gsm8k", "1", "exact_match_strict", strict),
             mean_score("gsm8k", "1", "exact_match_flexible", flexible)], samples
+
+
+def score_gsm8k_sampled(lm, docs: list[GenDoc], fewshot_docs: list[GenDoc], num_fewshot: int = 5,
+                        max_new_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.95, n: int = 10,
+                        ks: tuple[int, ...] = (1,), seed: int = 1234) -> tuple[list[Score], list[dict]]:
+    """pass@k (mean over problems, with its stderr) for each k in ks up to n, from n sampled completions per
+    problem scored by strict match; one record {id, sample, prompt, completion, extracted_strict, gold, passed}
+    per completion, problem by problem, in sample order."""
+    if not docs:
+        raise FtlabError("gsm8k: no documents to score")
+    if temperature <= 0 and n > 1:
+        raise FtlabError(f"gsm8k: {n} samples per problem at temperature 0 would be {n} copies of the greedy "
+                         f"completion; set a temperature > 0 or samples 1")
+    prompts = build_prompts(docs, fewshot_docs, num_fewshot, seed)
+    outs = lm.generate(prompts, max_new_tokens=max_new_tokens, stop=STOP, temperature=temperature, top_p=top_p,
+                       n=n, seed=seed)  # [problem][sample]
+    correct, samples = [], []
+    for doc, prompt, row in zip(docs, prompts, outs):
+        gold = normalize_answer(doc.answer)
+        for i, completion in enumerate(row):
+            extracted = extract_strict(completion)
+            samples.append({"id": doc.id, "sample": i, "prompt": prompt, "completion": completion,
+                            "extracted_strict": extracted, "gold": doc.answer,
+                            "passed": normalize_answer(extracted) == gold})
+        correct.append(sum(r["passed"] for r in samples[-len(row):]))
+    return [mean_score("gsm8k", "1", f"pass@{k}", [pass_at_k(n, c, k) for c in correct])
+            for k in ks if k <= n], samples

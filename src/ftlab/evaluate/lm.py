@@ -100,29 +100,47 @@ class LM:
 
     @torch.inference_mode()
     def token_loss(self, texts: list[str]) -> tuple[float, int]:
-        """Summed next-token NLL (nats) over every token of every text after its first, and how many were scored.
+        """Summed next-token NLL (nats) over every token of every text after its first, and how many were scored."""
+        total, count, _ = self.token_scores(texts)
+        return total, count
 
-        Texts longer than max_length are cut into windows that overlap by one token, so each token is
+    @torch.inference_mode()
+    def token_scores(self, texts: list[str], contexts: list[str] | None = None) -> tuple[float, int, int]:
+        """(summed NLL in nats, tokens scored, tokens that are the greedy argmax) over the texts.
+
+        With contexts, text i is scored as the continuation of contexts[i] (the context's tokens are inputs only).
+        Sequences longer than max_length are cut into windows that overlap by one token, so each token is
         predicted exactly once (with at most max_length - 1 tokens of context).
         """
-        windows = []
-        for text in texts:
-            ids = self.encode(text)
+        windows = []  # (token ids, index in the window of the first position that is scored)
+        for i, text in enumerate(texts):
+            if contexts is not None and contexts[i]:
+                context_ids, cont_ids = self.encode_pair(contexts[i], text)
+                ids, first = context_ids + cont_ids, len(context_ids)
+            else:
+                ids, first = self.encode(text), 1
             step = self.max_length - 1
-            windows += [ids[s:s + self.max_length] for s in range(0, max(len(ids) - 1, 0), step)]
-        windows.sort(key=len, reverse=True)
-        total, count = 0.0, 0
+            for s in range(0, max(len(ids) - 1, 0), step):
+                window = ids[s:s + self.max_length]
+                if s + len(window) > first:
+                    windows.append((window, max(first - s, 1)))
+        windows.sort(key=lambda w: len(w[0]), reverse=True)
+        total, count, correct = 0.0, 0, 0
         for start in range(0, len(windows), self.batch_size):
             chunk = windows[start:start + self.batch_size]
-            inputs = self._pad(chunk, side="right")  # (B, T)
-            lengths = torch.tensor([len(w) for w in chunk], device=self.device)  # (B,)
+            inputs = self._pad([w for w, _ in chunk], side="right")  # (B, T)
+            lengths = torch.tensor([len(w) for w, _ in chunk], device=self.device)  # (B,)
+            firsts = torch.tensor([f for _, f in chunk], device=self.device)  # (B,)
             logits = self.model(input_ids=inputs).logits.float()  # (B, T, V)
-            targets = inputs[:, 1:]  # (B, T-1)
-            scored = torch.arange(targets.shape[1], device=self.device)[None, :] < (lengths[:, None] - 1)  # (B, T-1)
+            targets = inputs[:, 1:]  # (B, T-1): position t predicts token t+1
+            pos = torch.arange(targets.shape[1], device=self.device)[None, :]  # (1, T-1)
+            scored = (pos < (lengths[:, None] - 1)) & (pos + 1 >= firsts[:, None])  # (B, T-1)
             nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")  # (B, T-1)
+            hits = logits[:, :-1].argmax(dim=-1) == targets  # (B, T-1)
             total += float(nll[scored].sum())
             count += int(scored.sum())
-        return total, count
+            correct += int(hits[scored].sum())
+        return total, count, correct
 
     # ------------------------------------------------------------------------- generation
 

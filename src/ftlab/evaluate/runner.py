@@ -66,10 +66,14 @@ def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234) -> tupl
         scores, samples = score_completions(docs, completions, ks=ks)
         return [_renamed(s, spec) for s in scores], samples
     if spec.kind == "perplexity":
-        total, count = lm.token_loss([d.text for d in docs])
+        contexts = [d.context for d in docs] if any(d.context for d in docs) else None
+        total, count, correct = lm.token_scores([d.text for d in docs], contexts)
         loss = total / max(count, 1)
+        accuracy = correct / max(count, 1)
         return [Score(spec.name, spec.version, "loss", loss, count),
-                Score(spec.name, spec.version, "perplexity", float(torch.tensor(loss).exp()), count)], []
+                Score(spec.name, spec.version, "perplexity", float(torch.tensor(loss).exp()), count),
+                Score(spec.name, spec.version, "token_accuracy", accuracy, count)], []  # tokens are not
+        # independent draws, so no binomial stderr is given
     raise FtlabError(f"task {spec.name}: unknown kind {spec.kind!r}")
 
 

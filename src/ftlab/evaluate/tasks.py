@@ -40,8 +40,8 @@ class TaskSpec:
     max_new_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
-    samples: int = 1  # completions per problem (code)
-    ks: tuple[int, ...] = (1,)  # pass@k values reported (code)
+    samples: int = 1  # completions per problem (code; gsm8k samples when > 1 or temperature > 0)
+    ks: tuple[int, ...] = (1,)  # pass@k values reported (code, sampled gsm8k)
     extra: dict = field(default_factory=dict)
 
 
@@ -73,17 +73,30 @@ BUILTIN = {
     "math": TaskSpec("math", "1", "gsm8k", "builtin:math", "builtin", "exact_match_strict", "learning",
                      fewshot_source="builtin:math_fewshot", num_fewshot=3, max_new_tokens=160),
     "math_loss": TaskSpec("math_loss", "1", "perplexity", "builtin:math_loss", "builtin", "loss", "other"),
+    # Diversity and pass@k of sampled solutions (the paper's HumanEval analysis, on math): 10 samples of the first
+    # 32 problems of `math`, T=0.8, top_p=0.95 (the paper's pass@k setting); role "other": not a headline.
+    # 224 new tokens: the longest held-out solution is 211 bytes (byte tokenizer), so a right answer always fits.
+    "math_sampled": TaskSpec("math_sampled", "1", "gsm8k", "builtin:math", "builtin", "pass@1", "other",
+                             fewshot_source="builtin:math_fewshot", num_fewshot=3, limit=16, max_new_tokens=160,
+                             temperature=0.8, top_p=0.95, samples=8, ks=(1, 4, 8)),
     "code_exec": TaskSpec("code_exec", "1", "choice", "builtin:code_exec", "builtin", "acc", "learning"),
     "code_loss": TaskSpec("code_loss", "1", "perplexity", "builtin:code_loss", "builtin", "loss", "other"),
+    # Teacher-forced next-token accuracy on held-out target text given its prompt: the learning signal a 1-3M
+    # parameter model shows clearly (its exact-match math stays near 0; see the README's embedded default).
+    "math_solution": TaskSpec("math_solution", "1", "perplexity", "builtin:math_solution", "builtin",
+                              "token_accuracy", "learning"),
+    "code_body": TaskSpec("code_body", "1", "perplexity", "builtin:code_body", "builtin", "token_accuracy",
+                          "learning"),
 }
 
 REGISTRY: dict[str, TaskSpec] = {**PAPER_SUITE, **BUILTIN}
 SUITES = {
     "paper": ["humaneval", "gsm8k", "hellaswag", "arc_challenge", "winogrande"],
     "paper-forgetting": ["hellaswag", "arc_challenge", "winogrande"],
-    "builtin": ["source_continuation", "source_question", "source_cloze", "source_loss", "math", "math_loss",
-                "code_exec", "code_loss"],
+    "builtin": ["source_continuation", "source_question", "source_cloze", "source_loss", "math", "math_solution",
+                "math_loss", "code_exec", "code_body", "code_loss"],
     "builtin-forgetting": ["source_continuation", "source_question", "source_cloze"],
+    "builtin-diversity": ["math_sampled"],
 }
 LM_EVAL_PREFIX = "lm_eval:"  # any lm-evaluation-harness task, run through lm-eval itself
 
@@ -150,6 +163,7 @@ def _records(spec: TaskSpec, source: str, data_dir: str | None, split: str) -> l
 
 def _builtin(name: str, spec: TaskSpec) -> list:
     from ftlab import domains
+    from ftlab.evaluate.docs import TextDoc
 
     makers: dict[str, Callable[[], list]] = {
         "source_continuation": domains.source_continuation, "source_question": domains.source_question,
@@ -157,6 +171,9 @@ def _builtin(name: str, spec: TaskSpec) -> list:
         "math": domains.math_eval, "math_fewshot": lambda: domains.math_fewshot(spec.num_fewshot),
         "math_loss": lambda: domains.math_texts("heldout"), "code_exec": domains.code_execution_choice,
         "code_loss": lambda: domains.code_texts("heldout"),
+        "math_solution": lambda: [TextDoc(" " + d.target, d.id, d.prompt) for d in domains.math_eval()],
+        "code_body": lambda: [TextDoc(p["completion"], f"code_body:{i}", p["prompt"])
+                              for i, p in enumerate(domains.code_pairs("heldout"))],
     }
     return makers[name]()
 

@@ -15,6 +15,7 @@ the LR sweep. Durations follow the paper:
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Literal
 
 import yaml
 
-from ftlab.config import RunConfig, apply_overrides, from_dict, validate
+from ftlab.config import RunConfig, apply_overrides, from_dict, to_dict, validate
 from ftlab.errors import ConfigError
 
 
@@ -37,6 +38,7 @@ class Setting:
     durations_as: Literal["runs", "checkpoints"] = "runs"  # IFT only: separate runs (paper) or checkpoints of one
     learning: list[str] = field(default_factory=list)  # learning tasks (ftlab eval names)
     lr: dict = field(default_factory=dict)  # method label or name -> LR for this setting (e.g. {lora-r256: 1e-4})
+    diversity: list[str] | None = None  # sampled tasks for the diversity analysis (None: analyses.diversity)
 
 
 @dataclass
@@ -123,6 +125,7 @@ class RunPlan:
     branch_of: str | None = None  # CPT: the long run whose state this run restarts from
     branch_step: int | None = None  # ... at this optimizer step (the start of this run's cooldown)
     learning: list[str] = field(default_factory=list)
+    diversity: list[str] = field(default_factory=list)
 
     @property
     def regime(self) -> str:
@@ -226,12 +229,19 @@ def expand(exp: ExperimentConfig, out: str | Path) -> list[RunPlan]:
         for label, method, _ in methods:
             for lr in (sweep.full if method["name"] == "full" else sweep.lora):
                 plans += _duration_runs(exp, one, "lr-sweep", label, method, lr, {}, out, tag=f"lr{lr:g}")
-    seen: dict[str, RunPlan] = {}
+    kept: dict[str, RunPlan] = {}
+    trained: set[str] = set()  # resolved configs (output.dir left out) that a kept run already trains
     for plan in plans:
-        if plan.name in seen:  # a sweep value equal to the grid's LR: the grid's run already answers it
+        same = to_dict(plan.cfg)
+        same["output"].pop("dir")
+        same = json.dumps(same, sort_keys=True)
+        if same in trained:  # e.g. a sweep value equal to the grid's LR: the grid's run already answers it
             continue
-        seen[plan.name] = plan
-    return list(seen.values())
+        if plan.name in kept:
+            raise ConfigError(f"run {plan.name}: two different runs would share this name; give the method a `label`")
+        trained.add(same)
+        kept[plan.name] = plan
+    return list(kept.values())
 
 
 def _methods(entry: MethodEntry, i: int) -> list[tuple[str, dict, float | None]]:
@@ -296,7 +306,9 @@ def _duration_runs(exp: ExperimentConfig, s: Setting, group: str, label: str, me
     def plan(name: str, train: dict, covers: list[float], **kw) -> RunPlan:
         cfg = _run_config(exp, s, method, {"train": {"lr": lr, **train}}, extra, str(Path(out) / "runs" / name),
                           where=f"run {name}")
-        return RunPlan(name, s.name, group, label, lr, cfg, covers, learning=list(s.learning), **kw)
+        diversity = exp.analyses.diversity if s.diversity is None else s.diversity
+        return RunPlan(name, s.name, group, label, lr, cfg, covers, learning=list(s.learning),
+                       diversity=list(diversity), **kw)
 
     if regime == "ift":
         if s.durations_as == "checkpoints":

@@ -25,9 +25,11 @@ def study_status(out: str | Path) -> list[dict]:
     exp_file = root / ".experiment-as-run.yaml"
     exp_file.write_text(record["text"])
     try:
-        plans = expand(load_experiment(exp_file, record.get("overrides", [])), root)
+        exp = load_experiment(exp_file, record.get("overrides", []))
     finally:
         exp_file.unlink(missing_ok=True)
+    exp._base_dir = Path(record["source"]).parent  # relative data paths resolve beside the file that was run
+    plans = expand(exp, root)
     store = Store(root / "results.sqlite")
     try:
         runs = store.runs()

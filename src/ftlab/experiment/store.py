@@ -119,11 +119,22 @@ class Store:
                                (run, checkpoint)).fetchone() is not None
 
     def dump(self, volatile: bool = False) -> dict[str, list[tuple]]:
-        """Every table's rows, sorted; without the volatile columns (timestamps, speed) unless asked."""
+        """Every table's rows, sorted; without the volatile columns (timestamps, speed, paths) unless asked.
+
+        Without them, two studies of one experiment in different directories dump the same: runs.config then
+        leaves out output.dir (the run's directory).
+        """
         out = {}
         for table in ("runs", "checkpoints", "metrics", "spectra", "analyses"):
             cur = self.db.execute(f"SELECT * FROM {table}")
             cols = [c[0] for c in cur.description]
             keep = [i for i, c in enumerate(cols) if volatile or c not in ("updated", "tokens_per_s", "path")]
-            out[table] = sorted(tuple(row[i] for i in keep) for row in cur)
+            rows = [[row[i] for i in keep] for row in cur]
+            if table == "runs" and not volatile:
+                at = [cols[i] for i in keep].index("config")
+                for row in rows:
+                    config = json.loads(row[at])
+                    config.get("output", {}).pop("dir", None)
+                    row[at] = json.dumps(config, sort_keys=True)
+            out[table] = sorted(tuple(row) for row in rows)
         return out

@@ -12,8 +12,10 @@ where it stopped; a run that fails is recorded with its reason and the others go
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import shutil
 import traceback
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from ftlab.errors import ConfigError, FtlabError, TrainingError
 from ftlab.experiment.spec import ExperimentConfig, RunPlan, expand, load_experiment
 from ftlab.experiment.store import BASE, Store
 from ftlab.experiment.tracking import Tracker
+from ftlab.experiment.tracking import require as require_tracking
 
 LOCK = ".ftlab-run.lock"
 
@@ -64,6 +67,7 @@ def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] =
     exp = load_experiment(exp_path, list(overrides))
     plans = expand(exp, out)  # every run validated before anything starts
     _check_tasks(exp)
+    require_tracking(exp.tracking)  # a missing backend fails before the study directory is made
     study = StudyDir(out, exp_path, list(overrides))
     store = Store(study.path / "results.sqlite")
     tracker = Tracker(exp.tracking, study.path)
@@ -162,6 +166,9 @@ class _Runner:
         if not (base_copy / "eval.json").exists():  # the report reads each run's base results beside it
             base_copy.mkdir(parents=True, exist_ok=True)
             write_json_atomic(base_copy / "eval.json", base)
+            diversity = self.root / "base" / plan.setting / "diversity.json"
+            if diversity.exists():
+                shutil.copyfile(diversity, base_copy / "diversity.json")
         if not self.store.has_checkpoint(plan.name, ckpt.name):
             specs = expand_tasks([*plan.learning, *self.exp.forgetting], self.exp.eval.limit)
             results = self._evaluator().evaluate(ckpt, specs, self.exp.eval.data_dir, base)
@@ -180,15 +187,9 @@ class _Runner:
             doc = _document(str(Path(base_dir).resolve()), settings_of(singular_values=a.singular_values), [entry])
             write_json_atomic(ckpt / "spectrum.json", doc)
             self.store.put_spectrum(plan.name, ckpt.name, entry["matrices"])
-        for task in a.diversity:
+        for task in plan.diversity if ckpt.name == "final" else []:  # the paper: diversity of final models
             if not self.store.has_analysis(plan.name, ckpt.name, f"diversity:{task}"):
-                from ftlab.analysis.diversity import diversity_of
-                from ftlab.evaluate.tasks import expand as expand_tasks
-
-                specs = expand_tasks([task], self.exp.eval.limit)
-                self._evaluator().evaluate(ckpt, specs, self.exp.eval.data_dir, None)
-                value = diversity_of(ckpt, specs[0].name)
-                write_json_atomic(ckpt / "diversity.json", value)
+                value = self._diversity(ckpt, task, base=False)
                 self.store.put_analysis(plan.name, ckpt.name, f"diversity:{task}", value)
         if a.kl and _domain(plan) and not self.store.has_analysis(plan.name, ckpt.name, "kl"):
             from ftlab.analysis.kl import kl_divergence, target_prompts
@@ -197,10 +198,28 @@ class _Runner:
             model = evaluator.load(ckpt)
             base_model = None if hasattr(model, "disable_adapter") else evaluator.model
             texts = target_prompts(_domain(plan), a.kl_prompts)
-            value = kl_divergence(base_model, model, evaluator.tokenizer, texts, device=evaluator.device)
+            # a LoRA checkpoint evaluated earlier left its adapter injected (and active) in evaluator.model
+            plain = (evaluator.peft_model.disable_adapter() if base_model is not None and evaluator.peft_model
+                     is not None else contextlib.nullcontext())
+            with plain:
+                value = kl_divergence(base_model, model, evaluator.tokenizer, texts, device=evaluator.device)
             value = {k: value[k] for k in ("kl", "tokens", "texts")}
             write_json_atomic(ckpt / "kl.json", value)
             self.store.put_analysis(plan.name, ckpt.name, "kl", value)
+
+    def _diversity(self, directory: Path, task: str, base: bool) -> dict:
+        """Sample the task on a checkpoint (or the base), then count unique outputs: <dir>/diversity.json."""
+        from ftlab.analysis.diversity import diversity_of
+        from ftlab.evaluate.tasks import get_task
+
+        spec = get_task(task)
+        if base:
+            self._evaluator().evaluate_base(directory, [spec], self.exp.eval.data_dir)
+        else:
+            self._evaluator().evaluate(directory, [spec], self.exp.eval.data_dir, None)
+        value = diversity_of(directory, spec.name)
+        write_json_atomic(directory / "diversity.json", value)
+        return value
 
     # ------------------------------------------------------------------ the base model
 
@@ -229,6 +248,10 @@ class _Runner:
             if not self.store.has_checkpoint(f"{BASE}/{plan.setting}", "base"):
                 self.store.put_checkpoint(f"{BASE}/{plan.setting}", "base", str(directory), {"step": 0, "tokens": 0},
                                           0.0, results["scores"])
+            for task in plan.diversity:
+                if not self.store.has_analysis(f"{BASE}/{plan.setting}", "base", f"diversity:{task}"):
+                    value = self._diversity(directory, task, base=True)
+                    self.store.put_analysis(f"{BASE}/{plan.setting}", "base", f"diversity:{task}", value)
             self.base_results[plan.setting] = results
         return self.base_results[plan.setting]
 

@@ -16,6 +16,22 @@ from ftlab.errors import ConfigError
 INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
+def require(cfg) -> None:
+    """Fail, naming the key, when the backend is not installed (checked before a study starts)."""
+    if cfg.backend == "none":
+        return
+    try:
+        if cfg.backend == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        elif cfg.backend == "wandb":
+            import wandb  # noqa: F401
+        elif cfg.backend == "mlflow":
+            import mlflow  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"tracking.backend: {cfg.backend} is not installed (pip install "
+                          f"{INSTALL[cfg.backend]}), or set tracking.backend: none") from None
+
+
 class Tracker:
     def __init__(self, cfg, root: Path):
         self.backend = cfg.backend
@@ -24,21 +40,16 @@ class Tracker:
         self._writer = None
         if self.backend == "none":
             return
-        try:
-            if self.backend == "tensorboard":
-                from torch.utils.tensorboard import SummaryWriter
+        require(cfg)
+        if self.backend == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
 
-                self._writer = SummaryWriter(str(self.root / "tensorboard"))
-            elif self.backend == "wandb":
-                import wandb  # noqa: F401
-            elif self.backend == "mlflow":
-                import mlflow
+            self._writer = SummaryWriter(str(self.root / "tensorboard"))
+        elif self.backend == "mlflow":
+            import mlflow
 
-                mlflow.set_tracking_uri(f"file:{(self.root / 'mlruns').resolve()}")
-                mlflow.set_experiment(self.project)
-        except ImportError:
-            raise ConfigError(f"tracking.backend: {self.backend} is not installed (pip install "
-                              f"{INSTALL[self.backend]}), or set tracking.backend: none") from None
+            mlflow.set_tracking_uri(f"file:{(self.root / 'mlruns').resolve()}")
+            mlflow.set_experiment(self.project)
 
     def log_run(self, plan, run_dir: Path) -> None:
         """The run's training curve (loss, lr, eval_loss by step)."""

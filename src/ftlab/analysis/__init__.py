@@ -1,0 +1,1 @@
+"""Analyses of trained models and of what their evaluations wrote, rerunnable without retraining."""

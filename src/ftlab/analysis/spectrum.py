@@ -1,0 +1,198 @@
+"""`ftlab spectrum`: the singular-value spectrum of the weight change ΔW = W_ft - W_base, per layer and module.
+
+    ftlab spectrum runs/full --out full.json              # every checkpoint of a run, on the base the run names
+    ftlab spectrum runs/lora/final --out lora.json        # a LoRA/DoRA adapter, on the base its config names
+    ftlab spectrum BASE FINETUNED --out ft.json           # a full model directory against BASE
+    ftlab spectrum BASE runs/lora --out lora.json         # BASE overrides the base a run or adapter names
+      [--singular-values 'model.layers.0.self_attn.q_proj.weight'] [--top-k 10] [--epsilon 0.5]
+      [--method auto|svd|gram] [--device auto|cpu|cuda]
+
+The positional form is `[BASE] FINETUNED`: BASE may be left out when FINETUNED is a run or an adapter.
+For every linear layer of every block (q, k, v, o, gate, up, down; not embeddings or the head; for an adapter, the
+layers it adapts) it records k50/k90/k99, k90/min(m, n), stable rank, effective rank and ||·||_F of ΔW, W_base,
+W_ft and a Gaussian matrix of the same shape (definitions in spectrum_math.py), ||ΔW||_F / ||W_base||_F, and the
+number of intruder dimensions (PEFT's definition; --top-k 0 skips them, as they need two full SVDs per matrix
+and dominate the time: the fields are then null). --singular-values NAME_GLOB (repeatable) adds every singular
+value of ΔW, W_base and W_ft of the matching matrices. Matrices are streamed from safetensors one at a time in
+fp32, so memory stays at a few matrices whatever the model size.
+
+Output (--out), version 1; for a run, each checkpoint's entry is also written to <checkpoint>/spectrum.json as a
+document of the same form with one checkpoint, and a checkpoint whose spectrum.json has the same base and settings
+is not recomputed:
+    {"version": 1, "base": str, "settings": {"top_k", "epsilon", "method": "svd"|"gram", "singular_values"},
+     "checkpoints": [{"path", "name", "step", "tokens", "kind": "full"|"lora"|"dora",
+                      "matrices": [{"name", "layer", "module", "shape", "delta", "base", "finetuned", "gaussian",
+                                    "rel_change", "intruders", "lora_rank", ["singular_values"]}],
+                      "summary": {"k90_mean", "k90_frac_mean", "rel_change_mean", "intruders_total"}}]}
+with "delta"/"base"/"finetuned"/"gaussian" = {"k50", "k90", "k99", "k90_frac", "stable_rank", "effective_rank", "fro"}.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from fnmatch import fnmatch
+from pathlib import Path
+
+import torch
+
+from ftlab.analysis.spectrum_math import (frobenius, gaussian_stats, intruders_and_spectra, k_values,
+                                         matrix_stats, resolve_method, singular_values)
+from ftlab.analysis.spectrum_sources import Checkpoint, linear_weights, open_checkpoint
+from ftlab.checkpoint import write_json_atomic
+from ftlab.errors import FtlabError
+from ftlab.progress import Progress
+
+__all__ = ["k_values", "matrix_stats", "singular_values", "intruders_and_spectra", "gaussian_stats",
+           "spectrum_of", "spectrum_target", "resolve_spectrum_target", "analyse", "settings_of"]
+
+VERSION = 1
+RESULTS = "spectrum.json"
+
+
+def settings_of(top_k: int = 10, epsilon: float = 0.5, method: str = "auto",
+                singular_values: tuple[str, ...] | list[str] = ()) -> dict:
+    """The settings a spectrum records (and a rerun must match to reuse it); method resolved to svd or gram."""
+    if top_k < 0:
+        raise FtlabError(f"--top-k must be >= 0 (0 skips intruder dimensions), not {top_k}")
+    return {"top_k": top_k, "epsilon": epsilon, "method": resolve_method(method),
+            "singular_values": list(singular_values)}
+
+
+def spectrum_of(base: str | Path, finetuned: str | Path, *, top_k: int = 10, epsilon: float = 0.5,
+                method: str = "auto", singular_values: tuple[str, ...] | list[str] = (),
+                device: str = "auto") -> dict:
+    """The spectrum entry of one checkpoint (a full model or adapter directory) against `base`."""
+    from ftlab.model import resolve_device
+
+    ckpt = open_checkpoint(base, finetuned)
+    settings = settings_of(top_k, epsilon, method, singular_values)
+    units = Progress(len(ckpt.names), unit="matrix")
+    entry = analyse(ckpt, settings, resolve_device(device), units)
+    units.close()
+    return entry
+
+
+def spectrum_target(finetuned: str | Path, base: str | Path | None = None, *, out: str | Path | None = None,
+                    top_k: int = 10, epsilon: float = 0.5, method: str = "auto",
+                    singular_values: tuple[str, ...] | list[str] = (), device: str = "auto") -> dict:
+    """The spectrum document of everything `finetuned` stands for (a run, an adapter or a model directory).
+
+    All checkpoints are checked against the base before any is analysed; for a run each checkpoint's entry is
+    written to <checkpoint>/spectrum.json (reused on a rerun with the same base and settings); `out` gets the
+    whole document, atomically.
+    """
+    from ftlab.model import resolve_device
+
+    base_dir, paths, is_run = resolve_spectrum_target(finetuned, base)
+    settings = settings_of(top_k, epsilon, method, singular_values)
+    base_names = linear_weights(base_dir)
+    ckpts = [open_checkpoint(base_dir, p, base_names) for p in paths]
+    base_str = str(base_dir.resolve())
+    done = {c.path: _reusable(c.path / RESULTS, base_str, settings) if is_run else None for c in ckpts}
+    units = Progress(sum(len(c.names) for c in ckpts if done[c.path] is None), unit="matrix")
+    dev, base_cache = resolve_device(device), {}
+    entries = []
+    for ckpt in ckpts:
+        entry = done[ckpt.path]
+        if entry is None:
+            entry = analyse(ckpt, settings, dev, units, base_cache)
+            if is_run:
+                write_json_atomic(ckpt.path / RESULTS, _document(base_str, settings, [entry]))
+        print(_line(entry) + (" (reused)" if done[ckpt.path] is not None else ""), file=sys.stderr)
+        entries.append(entry)
+    units.close()
+    doc = _document(base_str, settings, entries)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(out), doc)
+    return doc
+
+
+def resolve_spectrum_target(finetuned: str | Path, base: str | Path | None) -> tuple[Path, list[Path], bool]:
+    """(base directory, checkpoint directories, whether `finetuned` is a run) for `[BASE] FINETUNED`."""
+    from ftlab.evaluate.checkpoints import resolve
+
+    target = resolve(str(finetuned), None if base is None else str(base))
+    is_run = target.base_results is not None
+    if is_run and not target.checkpoints:
+        raise FtlabError(f"{finetuned}: a run with no finished checkpoint; nothing to analyse yet")
+    if target.checkpoints:
+        paths = target.checkpoints
+    elif base is None:
+        raise FtlabError(f"{finetuned}: a full model directory needs its base: ftlab spectrum BASE {finetuned}")
+    else:
+        paths = [Path(finetuned)]
+    base_dir = Path(target.base if target.checkpoints else base)
+    if not base_dir.is_dir():
+        raise FtlabError(f"{base_dir}: the base is not a local model directory (spectrum reads its safetensors); "
+                         f"pass it as ftlab spectrum BASE {finetuned}")
+    return base_dir, paths, is_run
+
+
+@torch.no_grad()
+def analyse(ckpt: Checkpoint, settings: dict, device: torch.device, units: Progress | None = None,
+            base_cache: dict | None = None) -> dict:
+    """The spectrum entry of one opened checkpoint: every matrix streamed, computed and dropped in turn."""
+    matrices = []
+    for name in ckpt.names:
+        matrices.append(_matrix(ckpt, name, settings, device, base_cache if base_cache is not None else {}))
+        if units is not None:
+            units.update(checkpoint=ckpt.path.name, matrix=name)
+    k90 = [m["delta"]["k90"] for m in matrices]
+    rel = [m["rel_change"] for m in matrices if m["rel_change"] is not None]
+    intruders = [m["intruders"] for m in matrices]
+    summary = {"k90_mean": sum(k90) / len(k90), "k90_frac_mean": sum(m["delta"]["k90_frac"] for m in matrices)
+               / len(matrices), "rel_change_mean": sum(rel) / len(rel) if rel else None,
+               "intruders_total": None if settings["top_k"] == 0 else sum(intruders)}
+    return {"path": str(ckpt.path), "name": ckpt.path.name, "step": ckpt.info.get("step"),
+            "tokens": ckpt.info.get("tokens"), "kind": ckpt.kind, "matrices": matrices, "summary": summary}
+
+
+def _matrix(ckpt: Checkpoint, name: str, settings: dict, device: torch.device, base_cache: dict) -> dict:
+    w_base, w_ft, delta = ckpt.load(name, device)  # each (m, n) fp32
+    method, top_k = settings["method"], settings["top_k"]
+    s_delta = singular_values(delta, method)
+    if top_k > 0:  # the intruder SVDs give σ(W_base) and σ(W_ft) as well
+        intruders, s_base, s_ft = intruders_and_spectra(w_base, w_ft, top_k, settings["epsilon"])
+    else:
+        intruders = None
+        if name not in base_cache:  # the base is the same for every checkpoint of a run
+            base_cache[name] = singular_values(w_base, method).cpu()
+        s_base, s_ft = base_cache[name], singular_values(w_ft, method)
+    fro_base, fro_delta = frobenius(w_base), frobenius(delta)
+    layer = re.search(r"\.(\d+)\.", name)
+    entry = {"name": name, "layer": int(layer.group(1)) if layer else None, "module": name.split(".")[-2],
+             "shape": list(ckpt.shapes[name]), "delta": matrix_stats(s_delta, fro_delta),
+             "base": matrix_stats(s_base, fro_base), "finetuned": matrix_stats(s_ft, frobenius(w_ft)),
+             "gaussian": gaussian_stats(ckpt.shapes[name], method, device),
+             "rel_change": fro_delta / fro_base if fro_base > 0 else None, "intruders": intruders,
+             "lora_rank": ckpt.lora[name].rank if name in ckpt.lora else None}
+    if any(fnmatch(name, pattern) for pattern in settings["singular_values"]):
+        entry["singular_values"] = {"delta": s_delta.tolist(), "base": s_base.tolist(), "finetuned": s_ft.tolist()}
+    return entry
+
+
+def _line(entry: dict) -> str:
+    s = entry["summary"]
+    rel = "n/a" if s["rel_change_mean"] is None else f"{s['rel_change_mean']:.3g}"
+    return (f"ftlab spectrum: {entry['name']}: {len(entry['matrices'])} matrices, k90 mean {s['k90_mean']:.1f} "
+            f"({s['k90_frac_mean']:.3f} of min(m, n)), ||ΔW||/||W_base|| mean {rel}, intruders {s['intruders_total']}")
+
+
+def _document(base: str, settings: dict, entries: list[dict]) -> dict:
+    return {"version": VERSION, "base": base, "settings": settings, "checkpoints": entries}
+
+
+def _reusable(path: Path, base: str, settings: dict) -> dict | None:
+    """The entry of an existing spectrum.json made with the same base and settings, else None."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        print(f"ftlab spectrum: {path} is not valid JSON; recomputing it", file=sys.stderr)
+        return None
+    same = doc.get("version") == VERSION and doc.get("base") == base and doc.get("settings") == settings
+    return doc["checkpoints"][0] if same and len(doc.get("checkpoints", [])) == 1 else None

@@ -1,0 +1,231 @@
+"""Where a spectrum's matrices come from: a finetuned checkpoint against its base, read one tensor at a time.
+
+A checkpoint is a full model directory (W_ft is read; ΔW = W_ft - W_base) or a PEFT LoRA adapter directory
+(ΔW = scale · B @ A with scale = alpha/r, or alpha/sqrt(r) with rsLoRA, rank_pattern/alpha_pattern resolved as PEFT
+does; W_ft = W_base + ΔW). DoRA adapters are supported by the same streaming: PEFT's merge is
+W_ft = (m / ||W_base + scale·B@A||_row) · (W_base + scale·B@A), with m the saved magnitude vector.
+
+Which matrices: every nn.Linear of the base architecture except the output head (q, k, v, o, gate, up, down for
+Llama), found by building the model from its config.json on the meta device (no memory); for an adapter, those
+of them it adapts (the others have ΔW = 0). LoRA on embeddings is not analysed.
+
+Everything is checked before anything is computed: `open_checkpoint` reads only safetensors headers and fails with
+an FtlabError that names both directories and the first mismatching tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ftlab.errors import FtlabError
+
+ADAPTER_PREFIX = "base_model.model."  # PEFT's prefix on saved adapter tensors
+ADAPTER_ROLES = {"lora_A.weight": "A", "lora_B.weight": "B", "lora_magnitude_vector": "magnitude"}
+IGNORED_ADAPTER_PARTS = ("lora_B.bias", "lora_embedding_A", "lora_embedding_B")  # biases, embedding LoRA
+# LoRA variants whose weight change is not (magnitude-rescaled) scale·B@A: refused rather than misread.
+UNSUPPORTED_ADAPTER_KEYS = ("fan_in_fan_out", "modules_to_save", "target_parameters", "use_qalora", "use_bdlora",
+                            "kasa_config", "velora_config", "arrow_config", "monteclora_config", "layer_replication")
+
+
+class TensorFiles:
+    """The tensors of a directory's *.safetensors files by name: shapes from the headers, values one at a time."""
+
+    def __init__(self, directory: Path | str):
+        from safetensors import safe_open
+
+        self.directory = Path(directory)
+        index = self.directory / "model.safetensors.index.json"
+        if index.exists():
+            self.where = {k: self.directory / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+        else:
+            self.where = {}
+            for f in sorted(self.directory.glob("*.safetensors")):
+                with safe_open(f, framework="pt") as handle:
+                    self.where.update({k: f for k in handle.keys()})
+        if not self.where:
+            raise FtlabError(f"{self.directory}: no *.safetensors weights")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def keys(self) -> list[str]:
+        return list(self.where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        from safetensors import safe_open
+
+        with safe_open(self.where[name], framework="pt") as handle:
+            return tuple(handle.get_slice(name).get_shape())
+
+    def read(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """One tensor in fp32 on `device`."""
+        from safetensors import safe_open
+
+        with safe_open(self.where[name], framework="pt") as handle:
+            return handle.get_tensor(name).to(device=device, dtype=torch.float32)
+
+
+def linear_weights(model_dir: Path) -> list[str]:
+    """Weight names of every nn.Linear but the output head, in model order, from config.json alone."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        raise FtlabError(f"{model_dir}: cannot read the model's config.json: {e}") from None
+    with torch.device("meta"):  # shapes and names only: no memory, no initialisation
+        model = AutoModelForCausalLM.from_config(config)
+    head = model.get_output_embeddings()
+    return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
+
+
+@dataclass
+class LoraModule:
+    """One adapted linear layer: its saved tensors and PEFT's scaling."""
+
+    a: str  # tensor name of lora_A, (r, n)
+    b: str  # tensor name of lora_B, (m, r)
+    magnitude: str | None  # DoRA's magnitude vector, (m,)
+    rank: int
+    scale: float
+
+
+@dataclass
+class Checkpoint:
+    """A finetuned checkpoint against its base: which matrices to analyse and how to read each."""
+
+    base: Path
+    path: Path
+    kind: str  # "full", "lora" or "dora"
+    names: list[str]  # weight names, model order
+    shapes: dict[str, tuple[int, int]]
+    info: dict  # the checkpoint's ftlab.json ({} if none): step, tokens
+    base_files: TensorFiles
+    ft_files: TensorFiles
+    lora: dict[str, LoraModule] = field(default_factory=dict)  # by weight name; adapters only
+
+    @torch.no_grad()
+    def load(self, name: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(W_base, W_ft, ΔW) of one weight, each (m, n), fp32 on `device`."""
+        w_base = self.base_files.read(name, device)
+        if self.kind == "full":
+            w_ft = self.ft_files.read(name, device)
+            return w_base, w_ft, w_ft - w_base
+        mod = self.lora[name]
+        a, b = self.ft_files.read(mod.a, device), self.ft_files.read(mod.b, device)  # (r, n), (m, r)
+        delta = (b @ a) * mod.scale  # PEFT's get_delta_weight, same operations in the same order
+        w_ft = w_base + delta
+        if mod.magnitude is not None:  # DoRA: PEFT's merge rescales every row of W_base + ΔW to the magnitude
+            norm = torch.linalg.norm(w_ft, dim=1)  # (m,)
+            w_ft = (self.ft_files.read(mod.magnitude, device) / norm).view(-1, 1) * w_ft
+            delta = w_ft - w_base
+        return w_base, w_ft, delta
+
+
+def open_checkpoint(base: Path | str, path: Path | str, base_names: list[str] | None = None) -> Checkpoint:
+    """Check `path` (a full model or adapter directory) against `base` from headers alone; raise FtlabError naming
+    both directories and the first mismatching tensor."""
+    base, path = Path(base), Path(path)
+    if not (base / "config.json").exists():
+        raise FtlabError(f"{base}: the base must be a local model directory with config.json and *.safetensors")
+    base_names = base_names if base_names is not None else linear_weights(base)
+    base_files = TensorFiles(base)
+    info_file = path / "ftlab.json"
+    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    if (path / "adapter_config.json").exists():
+        return _open_adapter(base, path, base_names, base_files, info)
+    if not (path / "config.json").exists():
+        raise FtlabError(f"{path}: not a model directory (config.json) or an adapter directory (adapter_config.json)")
+    ft_files = TensorFiles(path)
+    ft_names = linear_weights(path)
+
+    def mismatch(name: str, what: str) -> FtlabError:
+        return FtlabError(f"{path} does not match the base {base}: {name}: {what}")
+
+    for name in base_names:
+        if name not in ft_names:
+            raise mismatch(name, "the finetuned architecture has no such layer")
+    for name in ft_names:
+        if name not in base_names:
+            raise mismatch(name, "the base architecture has no such layer")
+    shapes = {}
+    for name in base_names:
+        for directory, files in ((base, base_files), (path, ft_files)):
+            if name not in files:
+                raise mismatch(name, f"missing from the safetensors files of {directory}")
+        shape, ft_shape = base_files.shape(name), ft_files.shape(name)
+        if shape != ft_shape or len(shape) != 2:
+            raise mismatch(name, f"shape {list(ft_shape)} here, {list(shape)} in the base")
+        shapes[name] = shape
+    return Checkpoint(base, path, "full", list(base_names), shapes, info, base_files, ft_files)
+
+
+def _open_adapter(base: Path, path: Path, base_names: list[str], base_files: TensorFiles,
+                  info: dict) -> Checkpoint:
+    config = json.loads((path / "adapter_config.json").read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise FtlabError(f"{path}: a {config.get('peft_type')} adapter; ftlab spectrum reads LoRA and DoRA adapters")
+    for key in UNSUPPORTED_ADAPTER_KEYS:
+        if config.get(key):
+            raise FtlabError(f"{path}: adapter_config.json sets {key}={config[key]!r}, which ftlab spectrum does "
+                             "not support (it reads plain LoRA, rsLoRA and DoRA adapters on linear layers)")
+    ft_files = TensorFiles(path)
+    parts: dict[str, dict[str, str]] = {}  # module name -> role -> tensor name
+    for key in ft_files.keys():
+        body = key.removeprefix(ADAPTER_PREFIX)
+        suffix = next((s for s in ADAPTER_ROLES if body.endswith("." + s)), None)
+        if suffix is not None:
+            parts.setdefault(body[:-len(suffix) - 1], {})[ADAPTER_ROLES[suffix]] = key
+        elif not any(f".{p}" in body for p in IGNORED_ADAPTER_PARTS):
+            raise FtlabError(f"{path}: adapter tensor {key} is not a LoRA A, B or DoRA magnitude; "
+                             "ftlab spectrum reads plain LoRA, rsLoRA and DoRA adapters")
+    dora = bool(config.get("use_dora"))
+    lora, shapes = {}, {}
+    order = {name: i for i, name in enumerate(base_names)}  # check in model order: the first mismatch is reported
+    for module, roles in sorted(parts.items(), key=lambda item: order.get(f"{item[0]}.weight", len(order))):
+        name = f"{module}.weight"
+
+        def mismatch(what: str) -> FtlabError:
+            return FtlabError(f"{path} does not match the base {base}: {name}: {what}")
+
+        if "A" not in roles or "B" not in roles or dora != ("magnitude" in roles):
+            raise mismatch(f"the adapter has {sorted(roles)} of lora_A, lora_B" + (", magnitude" if dora else ""))
+        if name not in base_files:
+            raise mismatch("the base has no such weight")
+        if name not in base_names:
+            print(f"ftlab spectrum: {path.name}: {name} is adapted but is not a block linear layer; not analysed",
+                  file=sys.stderr)
+            continue
+        a_shape, b_shape, shape = ft_files.shape(roles["A"]), ft_files.shape(roles["B"]), base_files.shape(name)
+        if len(shape) != 2 or (b_shape[0], a_shape[1]) != shape or a_shape[0] != b_shape[1]:
+            raise mismatch(f"lora_B @ lora_A is {[b_shape[0], a_shape[1]]} (rank {a_shape[0]}), "
+                           f"the base weight {list(shape)}")
+        if dora and ft_files.shape(roles["magnitude"]) != shape[:1]:
+            raise mismatch(f"DoRA magnitude {list(ft_files.shape(roles['magnitude']))}, the base weight {list(shape)}")
+        rank = a_shape[0]
+        scale = _scale(config, module, rank, path)
+        lora[name] = LoraModule(roles["A"], roles["B"], roles.get("magnitude"), rank, scale)
+        shapes[name] = shape
+    if not lora:
+        raise FtlabError(f"{path}: the adapter adapts none of the base's linear layers ({base})")
+    names = [n for n in base_names if n in lora]
+    return Checkpoint(base, path, "dora" if dora else "lora", names, shapes, info, base_files, ft_files, lora)
+
+
+def _scale(config: dict, module: str, rank: int, path: Path) -> float:
+    """PEFT's scaling of one module: alpha/r (rsLoRA: alpha/sqrt(r)), with rank_pattern and alpha_pattern."""
+    from peft.utils.other import get_pattern_key
+
+    rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), module), config["r"])
+    alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), module), config["lora_alpha"])
+    if r != rank:
+        raise FtlabError(f"{path}: {module} has rank {rank} in its tensors but {r} in adapter_config.json")
+    return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
