@@ -108,3 +108,23 @@ def test_kshot_without_a_train_split_draws_from_the_evaluated_split(tmp_path):
     for i, (context, _) in enumerate(lm.requests[::2]):  # each document's own sentence is never among its shots
         shots = context.split("\n\n")[:-1]
         assert len(shots) == 2 and not any(s.startswith(f"Item {i} ") for s in shots)
+
+
+def test_a_later_call_without_forgetting_tasks_keeps_the_forgetting_score(tmp_path):
+    from dataclasses import replace
+
+    from ftlab.evaluate.runner import evaluate_into
+
+    class Constant:
+        def loglikelihood(self, requests):
+            return [(-float(len(c)), False) for _, c in requests]
+
+        def token_scores(self, texts, contexts=None):
+            return 2.0 * len(texts), len(texts), 1
+
+    specs = [replace(get_task("source_cloze"), limit=4)]
+    first = evaluate_into(tmp_path, Constant(), None, None, specs, None, None)
+    assert first["forgetting"]["tasks"] == ["source_cloze"]
+    later = evaluate_into(tmp_path, Constant(), None, None, [replace(get_task("math_loss"), limit=2)], None, None)
+    assert later["forgetting"] == first["forgetting"] and {s["task"] for s in later["scores"]} == {
+        "source_cloze", "math_loss"}

@@ -219,34 +219,46 @@ def plain_full(rows: list[Row]) -> list[Row]:
             and r.weight_decay == smallest.get(r.setting)]
 
 
-def best_runs(rows: list[Row]) -> dict[tuple[str, str], str]:
-    """(setting, group) -> the run with the best learning rate: the highest learning at the longest duration that
-    every run of the group reached (as an LR sweep would pick); ties and unscored groups go to the first run name."""
-    runs: dict[tuple[str, str], dict[str, dict[float, float | None]]] = {}
+def best_lrs(rows: list[Row]) -> dict[tuple[str, str], float | None]:
+    """(setting, group) -> its best learning rate: the highest learning at the longest duration that every LR of
+    the group reached (as an LR sweep would pick). Durations may be checkpoints of one run or separate runs (CPT
+    budgets, IFT epochs run one by one): the rows of one LR are taken together. Ties go to the smaller LR."""
+    by_lr: dict[tuple[str, str], dict[float | None, dict[float, float | None]]] = {}
     for r in rows:
-        runs.setdefault((r.setting, r.group), {}).setdefault(r.run, {})[r.duration] = r.learning
+        by_lr.setdefault((r.setting, r.group), {}).setdefault(r.lr, {})[r.duration] = r.learning
     best = {}
-    for key, by_run in runs.items():
-        at = sweep_duration(by_run)
+    for key, lrs in by_lr.items():
+        at = sweep_duration(lrs)
 
-        def score(run: str) -> float:
-            values = [v for d, v in by_run[run].items() if v is not None and (at is None or d == at)]
+        def score(lr: float | None) -> float:
+            values = [v for d, v in lrs[lr].items() if v is not None and (at is None or d == at)]
             return max(values) if values else float("-inf")
 
-        best[key] = max(sorted(by_run), key=score)
+        best[key] = max(sorted(lrs, key=lambda x: (x is None, x or 0.0)), key=score)
     return best
 
 
-def sweep_duration(by_run: dict[str, dict[float | None, float | None]]) -> float | None:
-    """The longest duration at which every run (run -> {duration: learning}) has a learning score; None if none."""
+def best_runs(rows: list[Row]) -> dict[tuple[str, str], str]:
+    """(setting, group) -> a run of the best learning rate (best_lrs): its longest, then first by name."""
+    lrs = best_lrs(rows)
+    out: dict[tuple[str, str], str] = {}
+    for r in sorted(rows, key=lambda r: (-(r.duration or 0), r.run)):
+        key = (r.setting, r.group)
+        if key not in out and r.lr == lrs.get(key):
+            out[key] = r.run
+    return out
+
+
+def sweep_duration(by_run: dict) -> float | None:
+    """The longest duration at which every run or LR (-> {duration: learning}) has a learning score; None if none."""
     scored = [{d for d, v in durations.items() if v is not None and d is not None} for durations in by_run.values()]
     return max(set.intersection(*scored), default=None) if scored else None
 
 
 def best_lr_rows(rows: list[Row]) -> list[Row]:
-    """The rows of each group's best-learning-rate run (see best_runs)."""
-    chosen = set(best_runs(rows).items())
-    return [r for r in rows if ((r.setting, r.group), r.run) in chosen]
+    """The rows of each group's best learning rate (see best_lrs), every duration."""
+    lrs = best_lrs(rows)
+    return [r for r in rows if r.lr == lrs.get((r.setting, r.group))]
 
 
 # ----------------------------------------------------------------------------- collecting from disk
@@ -489,7 +501,14 @@ def _note_absent_analyses(study: Study) -> None:
     for attr, file, how in (("spectrum", "spectrum.json", "ftlab spectrum"), ("diversity", "diversity.json", ""),
                             ("kl", "kl.json", "")):
         points = study.points()
+        if attr == "diversity":
+            # Diversity is measured on final models (as the paper does), in the settings that sample: a setting
+            # with no diversity at all, or a non-final checkpoint, is not missing anything.
+            sampled = {r.setting for r in points if r.diversity is not None}
+            points = [r for r in points if r.checkpoint == "final" and (r.setting in sampled or not sampled)]
         lacking = [r for r in points if getattr(r, attr) is None]
+        if not points:
+            continue
         if len(lacking) == len(points):
             study.missing.append(f"no checkpoint has {file}" + (f" (`{how} RUN`)" if how else ""))
             continue

@@ -143,8 +143,10 @@ def evaluate_into(directory: Path, lm, model, tokenizer, specs: list, data_dir: 
             tmp = sample_dir / f"{name}.jsonl.tmp"
             tmp.write_text("".join(json.dumps(r) + "\n" for r in samples))
             tmp.replace(sample_dir / f"{name}.jsonl")
-        results["forgetting"] = forgetting_score(results["scores"], [s for s in specs if not isinstance(s, str)],
-                                                 base_results)
+        task_specs = [s for s in specs if not isinstance(s, str)]
+        if any(s.role == "forgetting" for s in task_specs) or "forgetting" not in results:
+            # another call with only non-forgetting tasks (e.g. sampling for diversity) keeps the score it found
+            results["forgetting"] = forgetting_score(results["scores"], task_specs, base_results)
         results.update(ftlab_version=__version__, git_commit=git_commit())
         write_json_atomic(directory / RESULTS, results)  # after every task: a kill loses at most one task
     return results
