@@ -4,7 +4,11 @@ Same model (random Llama weights; speed does not depend on them), same batch, sa
 Each case runs in its own process so peak memory is its own.
 
     python bench/train_throughput.py                       # CPU, tiny model (what CI can afford)
-    python bench/train_throughput.py --shape 1.1b --batch 8 --seq 2048 --steps 20   # one GPU
+    python bench/train_throughput.py --shape 1.1b --batch 8 --seq 2048 --steps 20 --ranks 16,256   # one GPU
+
+MFU counts 6N FLOPs per token for full finetuning and 4N for LoRA (N = every parameter of the model; the
+backward pass needs no weight gradients of frozen matrices) against the device's dense bf16 peak (--peak-tflops,
+or known from the GPU's name); on a CPU it is not given.
 
 Reference loop: `model(input_ids, labels=labels).loss.backward()`, clip 1.0, AdamW (fused on CUDA), PEFT defaults
 (fp32 adapters) for LoRA, fp32 master weights under bf16 autocast on CUDA. ftlab: `ftlab.train.train_step` with
@@ -28,6 +32,7 @@ SHAPES = {  # hidden, layers, heads, kv heads, intermediate, vocab
     "1.1b": (2048, 22, 32, 4, 5632, 32000),
     "7b": (4096, 32, 32, 32, 11008, 32000),
 }
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}  # dense bf16, by device name
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -64,14 +69,18 @@ def run_case(impl: str, method: str, rank: int, args) -> dict:
         from ftlab.train import train_step
 
         cfg = RunConfig()
-        cfg.method.name, cfg.method.rank, cfg.train.lr = method, rank, 1e-5
+        cfg.method.name, cfg.method.rank, cfg.train.lr, cfg.train.loss = method, rank, 1e-5, args.loss
         model = apply_method(model, cfg)
         groups = param_groups(model, cfg)
         params = [p for g in groups for p in g["params"]]
         opt = make_optimizer(groups, cfg.train)
 
+        from ftlab.train import use_chunked_loss
+
+        chunked = use_chunked_loss(cfg, model, device)
+
         def step():
-            train_step(model, [data], opt, params, 1.0, autocast)
+            train_step(model, [data], opt, params, 1.0, autocast, chunked)
     else:
         if method == "lora":
             from peft import LoraConfig, get_peft_model
@@ -102,7 +111,9 @@ def run_case(impl: str, method: str, rank: int, args) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    n_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
     return {"impl": impl, "method": method, "rank": rank, "tokens_per_s": args.batch * args.seq * args.steps / seconds,
+            "flops_per_token": (6 if method == "full" else 4) * n_params,
             "peak_gib": peak / 2**30, "peak_kind": "cuda allocated" if cuda else "process RSS"}
 
 
@@ -113,7 +124,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--ranks", default="16", help="comma-separated LoRA ranks")
+    parser.add_argument("--ranks", default="16,256", help="comma-separated LoRA ranks")
+    parser.add_argument("--loss", default="auto", choices=["auto", "chunked", "full"], help="ftlab's train.loss")
+    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device (default: from its name)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # impl:method:rank, run in a child process
     args = parser.parse_args()
     if args.case:
@@ -123,21 +136,24 @@ def main() -> None:
 
     cases = [("full", 0)] + [("lora", int(r)) for r in args.ranks.split(",")]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
     print(f"shape {args.shape}, batch {args.batch} x {args.seq}, {args.steps} timed steps, device {device}, "
           f"torch {torch.__version__}")
-    print(f"{'method':<10} {'ftlab tok/s':>12} {'ref tok/s':>10} {'speed x':>8} {'ftlab GiB':>10} {'ref GiB':>8} {'mem x':>6}")
+    print(f"{'method':<10} {'ftlab tok/s':>12} {'ref tok/s':>10} {'speed x':>8} {'ftlab MFU':>9} {'ref MFU':>8} "
+          f"{'ftlab GiB':>10} {'ref GiB':>8} {'mem x':>6}")
     for method, rank in cases:
         results = {}
         for impl in ("ftlab", "reference"):
             child = [sys.executable, __file__, "--case", f"{impl}:{method}:{rank}", "--shape", args.shape,
                      "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps),
-                     "--warmup", str(args.warmup)]
+                     "--warmup", str(args.warmup), "--loss", args.loss]
             out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
             results[impl] = json.loads(out.strip().splitlines()[-1])
         f, r = results["ftlab"], results["reference"]
         label = "full" if method == "full" else f"lora r={rank}"
+        mfu = [f"{x['tokens_per_s'] * x['flops_per_token'] / (peak * 1e12):.1%}" if peak else "-" for x in (f, r)]
         print(f"{label:<10} {f['tokens_per_s']:>12,.0f} {r['tokens_per_s']:>10,.0f} {f['tokens_per_s'] / r['tokens_per_s']:>8.2f} "
-              f"{f['peak_gib']:>10.2f} {r['peak_gib']:>8.2f} {f['peak_gib'] / r['peak_gib']:>6.2f}")
+              f"{mfu[0]:>9} {mfu[1]:>8} {f['peak_gib']:>10.2f} {r['peak_gib']:>8.2f} {f['peak_gib'] / r['peak_gib']:>6.2f}")
 
 
 if __name__ == "__main__":

@@ -110,6 +110,7 @@ class TrainConfig:
     log_every: int = 1  # steps between metrics.jsonl lines
     eval_every: int = 0  # steps between held-out loss evaluations (0: at checkpoints and the end)
     keep_states: list[int] = field(default_factory=list)  # steps whose resumable state is kept in <run>/kept/
+    loss: Literal["auto", "chunked", "full"] = "auto"  # chunked: no full-vocabulary logits (auto: on CUDA)
 
 
 @dataclass

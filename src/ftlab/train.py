@@ -46,8 +46,26 @@ def autocast_for(cfg: RunConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast) -> tuple[torch.Tensor, int]:
+def use_chunked_loss(cfg: RunConfig, model, device: torch.device) -> bool:
+    """train.loss: chunked (ftlab.loss: no full-vocabulary logits), full, or auto (chunked on CUDA where exact)."""
+    from ftlab import loss
+
+    if cfg.train.loss == "full":
+        return False
+    if not loss.supports(model):
+        if cfg.train.loss == "chunked":
+            raise FtlabError("train.loss: chunked needs logits = lm_head(last hidden state) (no soft-capping or "
+                             "logit scale); this model's head is different: use train.loss=full")
+        return False
+    return cfg.train.loss == "chunked" or device.type == "cuda"
+
+
+def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast, chunked: bool = False) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over labelled positions of one micro-batch, and their count."""
+    if chunked:
+        from ftlab.loss import chunked_loss_sum
+
+        return chunked_loss_sum(model, batch, autocast)
     with autocast:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
     # position t predicts token t+1: shift the labels, not the logits, so the (B, T, V) logits are never copied
@@ -56,12 +74,13 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast) -> tuple[tor
     return loss, int((targets != IGNORE).sum())
 
 
-def train_step(model, micro: list[dict[str, torch.Tensor]], optimizer, params, grad_clip: float, autocast) -> StepResult:
+def train_step(model, micro: list[dict[str, torch.Tensor]], optimizer, params, grad_clip: float, autocast,
+               chunked: bool = False) -> StepResult:
     """One optimizer step over the micro-batches of a global batch; the loss is normalised over all of it."""
     n_targets = max(1, count_targets(micro))
     total = 0.0
     for batch in micro:
-        loss, _ = token_loss_sum(model, batch, autocast)
+        loss, _ = token_loss_sum(model, batch, autocast, chunked)
         (loss / n_targets).backward()
         total += loss.item()
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
@@ -206,6 +225,7 @@ def _train(cfg: RunConfig, run: RunDir) -> None:
     params = [p for g in groups for p in g["params"]]
     optimizer = make_optimizer(groups, cfg.train)
     autocast = autocast_for(cfg, device)
+    chunked = use_chunked_loss(cfg, model, device)
 
     step, tokens = 0, 0
     saved = checkpoint.latest_state(run.state)
@@ -235,7 +255,7 @@ def _train(cfg: RunConfig, run: RunDir) -> None:
     while step < plan.total_steps:
         lr = set_lr(optimizer, lr_factor(step, plan.total_steps, cfg.train))
         micro = to_device(steps.next_step(), device)
-        result = train_step(model, micro, optimizer, params, cfg.train.grad_clip, autocast)
+        result = train_step(model, micro, optimizer, params, cfg.train.grad_clip, autocast, chunked)
         tokens_before, tokens, step = tokens, tokens + result.tokens, step + 1
         window_tokens += result.tokens
         tok_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
