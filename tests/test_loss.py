@@ -108,3 +108,25 @@ def test_a_run_with_the_chunked_loss_ends_at_the_weights_of_the_full_path(tmp_pa
         finals[mode] = load_file(str(train(cfg) / "final" / "model.safetensors"))
     for name, weight in finals["full"].items():  # Adam amplifies summation-order differences a little
         torch.testing.assert_close(finals["chunked"][name], weight, rtol=0, atol=1e-4 * float(weight.abs().max()))
+
+
+@pytest.mark.parametrize("option", ["train.activation_checkpointing=true", "train.compile=true"])
+def test_speed_options_keep_the_numerics(tmp_path, pairs, option):
+    """Activation checkpointing recomputes the same activations; torch.compile fuses the same math."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from ftlab.train import train
+
+    if option.startswith("train.compile") and shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on the CPU needs a C compiler")
+    finals = {}
+    for name, extra in (("plain", []), ("option", [option])):
+        # LoRA dropout 0: compiled code draws dropout masks from another RNG stream, which is not a numerics change
+        cfg = tiny_config(pairs, tmp_path / name, "method.name=lora", "method.rank=4", "method.dropout=0",
+                          "train.epochs=1", "model.tiny.layers=1", *extra)
+        finals[name] = load_file(str(train(cfg) / "final" / "adapter_model.safetensors"))
+    assert finals["plain"].keys() == finals["option"].keys()
+    for key, weight in finals["plain"].items():
+        torch.testing.assert_close(finals["option"][key], weight, rtol=0, atol=1e-4 * float(weight.abs().max()))

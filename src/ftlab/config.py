@@ -111,6 +111,8 @@ class TrainConfig:
     eval_every: int = 0  # steps between held-out loss evaluations (0: at checkpoints and the end)
     keep_states: list[int] = field(default_factory=list)  # steps whose resumable state is kept in <run>/kept/
     loss: Literal["auto", "chunked", "full"] = "auto"  # chunked: no full-vocabulary logits (auto: on CUDA)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
+    compile: bool = False  # torch.compile the model (CUDA; the first steps are slower while it compiles)
 
 
 @dataclass

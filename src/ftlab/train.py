@@ -60,6 +60,22 @@ def use_chunked_loss(cfg: RunConfig, model, device: torch.device) -> bool:
     return cfg.train.loss == "chunked" or device.type == "cuda"
 
 
+def speed_options(model, cfg: RunConfig) -> None:
+    """Activation checkpointing and torch.compile of the decoder blocks, in place; the numerics are unchanged."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if cfg.train.activation_checkpointing:
+        if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.2x names it so
+            inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.compile:
+        blocks = getattr(getattr(inner, "base_model", None), "layers", None)
+        if blocks is None:
+            raise FtlabError("train.compile: this model has no base_model.layers to compile; set train.compile=false")
+        for block in blocks:
+            block.compile()
+
+
 def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast, chunked: bool = False) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over labelled positions of one micro-batch, and their count."""
     if chunked:
@@ -226,6 +242,7 @@ def _train(cfg: RunConfig, run: RunDir) -> None:
     optimizer = make_optimizer(groups, cfg.train)
     autocast = autocast_for(cfg, device)
     chunked = use_chunked_loss(cfg, model, device)
+    speed_options(model, cfg)
 
     step, tokens = 0, 0
     saved = checkpoint.latest_state(run.state)
