@@ -18,7 +18,8 @@ pytest.importorskip("matplotlib")
 
 from ftlab.analysis.claims import CHECKS  # noqa: E402
 from ftlab.analysis.plots import FIGURES  # noqa: E402
-from ftlab.analysis.results import Study, collect  # noqa: E402
+from ftlab.analysis.collect import collect  # noqa: E402
+from ftlab.analysis.results import Study  # noqa: E402
 from ftlab.cli import main  # noqa: E402
 from ftlab.errors import FtlabError  # noqa: E402
 from ftlab.report import write_report  # noqa: E402

@@ -32,7 +32,7 @@ def run_demo(out: str, full: bool = False) -> Path:
 def print_summary(root: Path) -> None:
     """Learning and forgetting per setting, method and duration, then the claims check."""
     from ftlab.analysis.claims import check_claims
-    from ftlab.analysis.results import collect
+    from ftlab.analysis.collect import collect
 
     study = collect(root)
     rows = [r for r in study.points() if r.learning is not None or r.forgetting is not None]

@@ -31,7 +31,8 @@ from pathlib import Path
 from ftlab import __version__
 from ftlab.analysis.claims import Claim, check_claims
 from ftlab.analysis.plots import Plot, draw_all
-from ftlab.analysis.results import Row, Study, collect
+from ftlab.analysis.collect import collect
+from ftlab.analysis.results import Row, Study
 
 SECTIONS = ("summary", "claims", "figures", "runs", "missing")  # the page's section ids (scripts/check_report.py)
 ROW_COLUMNS = ("run", "checkpoint", "group", "lr", "duration", "duration_unit", "step", "tokens", "learning",
