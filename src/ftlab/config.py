@@ -255,19 +255,30 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def parse_mapping(text: str, where: str | Path) -> dict:
+    """A YAML document that must be a mapping (empty: {}); errors name `where`."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    return data
+
+
+def read_mapping(path: Path, kind: str) -> dict:
+    """The YAML mapping in a `kind` file ("config", "experiment"), or a ConfigError naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"{kind} file {path} does not exist")
+    return parse_mapping(path.read_text(), path)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), out: str | None = None) -> RunConfig:
     """Read YAML (or start from defaults), apply overrides and --out, validate, and return the config."""
     data: dict = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = read_mapping(path, "config")
     data = apply_overrides(data, list(overrides))
     if out is not None:
         data.setdefault("output", {})["dir"] = out

@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
-from ftlab.config import RunConfig, apply_overrides, from_dict, to_dict, validate
+from ftlab.config import RunConfig, apply_overrides, from_dict, read_mapping, to_dict, validate
 from ftlab.errors import ConfigError
 
 
@@ -134,20 +132,17 @@ class RunPlan:
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_experiment(read_mapping(path, "experiment"), overrides, path.parent, path)
+
+
+def parse_experiment(data: dict, overrides: list[str], base_dir: Path, where: str | Path) -> ExperimentConfig:
+    """An experiment from its YAML mapping; relative data paths in it resolve beside base_dir."""
     data = _lists_back(apply_overrides(data, _list_aware(list(overrides), data)))
     try:
         exp = from_dict(ExperimentConfig, data)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    exp._base_dir = path.parent  # type: ignore[attr-defined]  # relative data paths resolve beside the file
+        raise ConfigError(f"{where}: {e}") from None
+    exp._base_dir = base_dir  # type: ignore[attr-defined]
     return exp
 
 

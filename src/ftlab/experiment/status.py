@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from ftlab.errors import FtlabError
-from ftlab.experiment.spec import expand, load_experiment
+from ftlab.config import parse_mapping
+from ftlab.experiment.spec import expand, parse_experiment
 from ftlab.experiment.store import BASE, Store
 from ftlab.experiment.study import LOCK
 
@@ -22,13 +23,8 @@ def study_status(out: str | Path) -> list[dict]:
         raise FtlabError(f"{root}: not a study directory (no results.sqlite / experiment.yaml); start one with "
                          f"`ftlab run EXP.yaml --out {root}`")
     record = yaml.safe_load(saved.read_text())
-    exp_file = root / ".experiment-as-run.yaml"
-    exp_file.write_text(record["text"])
-    try:
-        exp = load_experiment(exp_file, record.get("overrides", []))
-    finally:
-        exp_file.unlink(missing_ok=True)
-    exp._base_dir = Path(record["source"]).parent  # relative data paths resolve beside the file that was run
+    source = Path(record["source"])  # relative data paths resolve beside the file that was run
+    exp = parse_experiment(parse_mapping(record["text"], source), record.get("overrides", []), source.parent, source)
     plans = expand(exp, root)
     store = Store(root / "results.sqlite")
     try:
