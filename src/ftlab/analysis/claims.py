@@ -9,7 +9,7 @@ counts comparisons that agree or disagree with the paper:
     contradicted     none agrees
     mixed            some agree and some do not (the sentence gives the counts)
     not enough data  nothing to compare (the sentence says what is missing)
-"Best LR" means each group's best-learning-rate run (results.best_runs: highest learning at the longest duration
+"Best LR" means each group's best learning rate (results.best_lrs: highest learning at the longest duration
 all its runs reached). "Plain full FT" means full FT without attention dropout, at the smallest weight decay its
 setting used. Forgetting is the forgetting SCORE (mean source accuracy): higher means less forgotten.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
-from ftlab.analysis.results import Row, Study, best_lr_rows, best_runs, plain_full
+from ftlab.analysis.results import Row, Study, best_lr_rows, best_lrs, plain_full
 
 Status = Literal["supported", "contradicted", "mixed", "not enough data"]
 NO_DATA: Status = "not enough data"
@@ -63,16 +63,20 @@ def _selected(study: Study, need: Callable[[Row], bool]) -> tuple[list[Row], dic
     return rows, {(r.setting, r.duration): r for r in plain_full(rows)}
 
 
+def _against_full(study: Study, key: str, agree: Callable[[float, float], bool]) -> list[dict]:
+    """Each LoRA group at each duration where plain full FT has `key` too (best LR of each), with the verdict."""
+    rows, full = _selected(study, lambda r: getattr(r, key) is not None)
+    return [{"setting": r.setting, "duration": r.duration, "lora": r.group, "rank": r.rank,
+             f"lora_{key}": getattr(r, key), f"full_{key}": getattr(full[r.setting, r.duration], key),
+             "agree": agree(getattr(r, key), getattr(full[r.setting, r.duration], key))}
+            for r in rows if r.method == "lora" and (r.setting, r.duration) in full]
+
+
 def learns_less(study: Study) -> Claim:
     claim = Claim("learns_less", "LoRA learns less than full finetuning (at matched training duration).",
                   "For each LoRA group (rank), at each duration where plain full FT was also evaluated (best LR of "
                   "each): agree if LoRA's learning < full FT's.")
-    rows, full = _selected(study, lambda r: r.learning is not None)
-    pairs = [{"setting": r.setting, "duration": r.duration, "lora": r.group, "rank": r.rank,
-              "lora_learning": r.learning,
-              "full_learning": full[r.setting, r.duration].learning,
-              "agree": r.learning < full[r.setting, r.duration].learning}
-             for r in rows if r.method == "lora" and (r.setting, r.duration) in full]
+    pairs = _against_full(study, "learning", lambda lora, full: lora < full)
     return _counted(claim, pairs, "LoRA learned less than full FT in {a} of {n} comparisons"
                     + _example(pairs, "learning"),
                     "not enough data: no duration with both a full-FT and a LoRA learning score")
@@ -82,12 +86,7 @@ def forgets_less(study: Study) -> Claim:
     claim = Claim("forgets_less", "LoRA forgets less than full finetuning (at matched training duration).",
                   "For each LoRA group (rank), at each duration where plain full FT was also evaluated (best LR of "
                   "each, chosen by learning): agree if LoRA's forgetting score > full FT's.")
-    rows, full = _selected(study, lambda r: r.forgetting is not None)
-    pairs = [{"setting": r.setting, "duration": r.duration, "lora": r.group, "rank": r.rank,
-              "lora_forgetting": r.forgetting,
-              "full_forgetting": full[r.setting, r.duration].forgetting,
-              "agree": r.forgetting > full[r.setting, r.duration].forgetting}
-             for r in rows if r.method == "lora" and (r.setting, r.duration) in full]
+    pairs = _against_full(study, "forgetting", lambda lora, full: lora > full)
     return _counted(claim, pairs, "LoRA kept a higher forgetting score than full FT in {a} of {n} comparisons"
                     + _example(pairs, "forgetting"),
                     "not enough data: no duration with both a full-FT and a LoRA forgetting score")
@@ -229,15 +228,14 @@ def delta_rank(study: Study) -> Claim:
 
 def best_lr(study: Study) -> Claim:
     claim = Claim("best_lr", "LoRA's best learning rate is about 10x full finetuning's.",
-                  "Per setting, each group's best LR (results.best_runs) among at least two LRs tried; for each "
+                  "Per setting, each group's best LR (results.best_lrs) among at least two LRs tried; for each "
                   "LoRA group: agree if best LoRA LR / best plain-full-FT LR is within [3, 30] (10x, give or take "
                   "half an order of magnitude). A best LR at the edge of its sweep is flagged.")
     points = study.points()
     lrs: dict[tuple[str, str], set[float]] = {}
     for r in points:
         lrs.setdefault((r.setting, r.group), set()).add(r.lr)
-    run_lr = {r.run: r.lr for r in points}
-    best = {key: run_lr[run] for key, run in best_runs(points).items() if len(lrs[key]) >= 2}
+    best = {key: lr for key, lr in best_lrs(points).items() if len(lrs[key]) >= 2}
     full_groups = {(r.setting, r.group) for r in plain_full(points)}
     pairs = []
     for (setting, group), lr in sorted(best.items()):

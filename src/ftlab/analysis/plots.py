@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ftlab.analysis.results import Row, Study, best_lr_rows, best_runs, plain_full, sweep_duration
+from ftlab.analysis.results import Row, Study, best_lr_rows, best_lrs, plain_full, sweep_duration
 from ftlab.errors import FtlabError
 
 FULL = "#c0392b"  # plain full FT
@@ -207,26 +207,26 @@ def lr_sweep(study: Study) -> Plot:
     plot = Plot("lr_sweep", "Learning rate sweep",
                 "Learning against learning rate per method/rank, at the longest duration every learning rate of the "
                 "group reached; the ring marks the best learning rate.")
-    points = [r for r in study.points() if r.learning is not None]
-    groups: dict[tuple[str, str], dict[str, dict]] = {}
+    points = [r for r in study.points() if r.learning is not None and r.lr is not None]
+    groups: dict[tuple[str, str], dict[float, dict]] = {}  # (setting, group) -> lr -> duration -> learning
     for r in points:
-        groups.setdefault((r.setting, r.group), {}).setdefault(r.run, {})[r.duration] = r.learning
-    swept = {k: v for k, v in groups.items() if len({_lr(points, run) for run in v}) >= 2}
+        groups.setdefault((r.setting, r.group), {}).setdefault(r.lr, {})[r.duration] = r.learning
+    swept = {k: v for k, v in groups.items() if len(v) >= 2 and sweep_duration(v) is not None}
     if not swept:
         plot.skipped = "not enough data: no method/rank was trained at two or more learning rates"
         return plot
-    best, palette = best_runs(points), colours(points)
+    best, palette = best_lrs(points), colours(points)
     settings = sorted({s for s, _ in swept})
     fig, axes = _grid(len(settings), 6.5, 4.2)
     for ax, setting in zip(axes, settings):
-        for (s, group), by_run in sorted(swept.items(), key=lambda kv: _group_order(points, kv[0][1])):
+        for (s, group), by_lr in sorted(swept.items(), key=lambda kv: _group_order(points, kv[0][1])):
             if s != setting:
                 continue
-            at = sweep_duration(by_run)
-            xy = sorted((_lr(points, run), by_run[run].get(at)) for run in by_run if by_run[run].get(at) is not None)
+            at = sweep_duration(by_lr)
+            xy = sorted((lr, by_lr[lr][at]) for lr in by_lr)
             ax.plot([x for x, _ in xy], [y for _, y in xy], "o-", color=palette[group], label=f"{group} (at {at:g})")
-            top = _lr(points, best[s, group])
-            ax.scatter([top], [by_run[best[s, group]].get(at)], s=180, facecolor="none", edgecolor="black", zorder=3)
+            top = best[s, group]
+            ax.scatter([top], [by_lr[top][at]], s=180, facecolor="none", edgecolor="black", zorder=3)
             plot.table += [{"setting": s, "group": group, "lr": x, "duration": at, "learning": y, "best": x == top}
                            for x, y in xy]
         ax.set(title=setting, xlabel="learning rate", ylabel="learning", xscale="log")
@@ -234,10 +234,6 @@ def lr_sweep(study: Study) -> Plot:
         ax.legend(fontsize=7, loc="best")
     plot.png = _png(fig)
     return plot
-
-
-def _lr(rows: list[Row], run: str) -> float:
-    return next(r.lr for r in rows if r.run == run)
 
 
 def _group_order(rows: list[Row], group: str) -> tuple:
