@@ -6,6 +6,7 @@ swapped in as an adapter on that same base; full-FT checkpoints are whole models
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,17 +90,22 @@ class Evaluator:
         self.model.eval()
         self.peft_model = None
 
+    @contextlib.contextmanager
+    def plain_base(self):
+        """The base model as loaded: an adapter swapped onto it earlier is disabled while this lasts."""
+        if self.peft_model is None:
+            yield self.model
+        else:
+            with self.peft_model.disable_adapter():
+                yield self.peft_model
+
     def evaluate_base(self, directory: Path, specs: list, data_dir: str | None) -> dict:
         from ftlab.evaluate.lm import LM
 
         Path(directory).mkdir(parents=True, exist_ok=True)
-        base = self.model
-        if self.peft_model is not None:
-            with self.peft_model.disable_adapter():
-                return evaluate_into(directory, LM(self.peft_model, self.tokenizer, self.device, self.batch_size),
-                                     self.peft_model, self.tokenizer, specs, data_dir, None)
-        return evaluate_into(directory, LM(base, self.tokenizer, self.device, self.batch_size), base,
-                             self.tokenizer, specs, data_dir, None)
+        with self.plain_base() as base:
+            return evaluate_into(directory, LM(base, self.tokenizer, self.device, self.batch_size), base,
+                                 self.tokenizer, specs, data_dir, None)
 
     def load(self, ckpt: Path):
         """The model a checkpoint stands for (an adapter swapped onto the base, or a whole model)."""

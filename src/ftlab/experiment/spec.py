@@ -295,7 +295,7 @@ def _duration_runs(exp: ExperimentConfig, s: Setting, group: str, label: str, me
                    extra: dict, out: str | Path, tag: str | None = None) -> list[RunPlan]:
     """The runs one (setting, method, LR) needs to cover the setting's durations."""
     regime = s.data.get("regime", exp.defaults.get("data", {}).get("regime", "ift"))
-    prefix = f"{s.name}/{label}" + (f"/{tag}" if tag else "") if group != "regularization" else f"{s.name}/{label}"
+    prefix = f"{s.name}/{label}" + (f"/{tag}" if tag else "")
     durations = sorted(s.durations)
 
     def plan(name: str, train: dict, covers: list[float], **kw) -> RunPlan:

@@ -12,7 +12,6 @@ where it stopped; a run that fails is recorded with its reason and the others go
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import shutil
@@ -196,13 +195,12 @@ class _Runner:
 
             evaluator = self._evaluator()
             model = evaluator.load(ckpt)
-            base_model = None if hasattr(model, "disable_adapter") else evaluator.model
             texts = target_prompts(_domain(plan), a.kl_prompts)
-            # a LoRA checkpoint evaluated earlier left its adapter injected (and active) in evaluator.model
-            plain = (evaluator.peft_model.disable_adapter() if base_model is not None and evaluator.peft_model
-                     is not None else contextlib.nullcontext())
-            with plain:
-                value = kl_divergence(base_model, model, evaluator.tokenizer, texts, device=evaluator.device)
+            if hasattr(model, "disable_adapter"):  # an adapter: kl_divergence disables it for the base's logits
+                value = kl_divergence(None, model, evaluator.tokenizer, texts, device=evaluator.device)
+            else:
+                with evaluator.plain_base() as base:
+                    value = kl_divergence(base, model, evaluator.tokenizer, texts, device=evaluator.device)
             value = {k: value[k] for k in ("kl", "tokens", "texts")}
             write_json_atomic(ckpt / "kl.json", value)
             self.store.put_analysis(plan.name, ckpt.name, "kl", value)
