@@ -23,7 +23,7 @@ from ftlab import __version__
 from ftlab.checkpoint import write_json_atomic
 from ftlab.errors import FtlabError
 from ftlab.evaluate.docs import Score
-from ftlab.evaluate.tasks import LM_EVAL_PREFIX, TaskSpec, expand, load_docs
+from ftlab.evaluate.tasks import LM_EVAL_PREFIX, TaskSpec, load_docs
 
 RESULTS = "eval.json"
 
