@@ -5,6 +5,10 @@ Each case runs in its own process so peak memory is its own.
 
     python bench/train_throughput.py                       # CPU, tiny model (what CI can afford)
     python bench/train_throughput.py --shape 1.1b --batch 8 --seq 2048 --steps 20 --ranks 16,256   # one GPU
+    python bench/train_throughput.py --set train.fused_lora=false --set train.loss=full   # one option off
+
+--set KEY=VALUE (repeatable) changes ftlab's run config (train.fused_lora, train.loss, train.compile,
+train.activation_checkpointing, ...), so each optimization is measured on its own against the same reference.
 
 MFU counts 6N FLOPs per token for full finetuning and 4N for LoRA (N = every parameter of the model; the
 backward pass needs no weight gradients of frozen matrices) against the device's dense bf16 peak (--peak-tflops,
@@ -63,21 +67,20 @@ def run_case(impl: str, method: str, rank: int, args) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda)
 
     if impl == "ftlab":
-        from ftlab.config import RunConfig
+        from ftlab.config import RunConfig, apply_overrides, from_dict, to_dict
         from ftlab.methods import apply_method, param_groups
         from ftlab.optim import make_optimizer
-        from ftlab.train import train_step
+        from ftlab.train import speed_options, train_step, use_chunked_loss
 
-        cfg = RunConfig()
-        cfg.method.name, cfg.method.rank, cfg.train.lr, cfg.train.loss = method, rank, 1e-5, args.loss
+        settings = [f"method.name={method}", f"method.rank={rank or 8}", "method.dropout=0.05", "train.lr=1e-5",
+                    f"train.loss={args.loss}", *args.set]
+        cfg = from_dict(RunConfig, apply_overrides(to_dict(RunConfig()), settings))
         model = apply_method(model, cfg)
         groups = param_groups(model, cfg)
         params = [p for g in groups for p in g["params"]]
         opt = make_optimizer(groups, cfg.train)
-
-        from ftlab.train import use_chunked_loss
-
         chunked = use_chunked_loss(cfg, model, device)
+        speed_options(model, cfg)
 
         def step():
             train_step(model, [data], opt, params, 1.0, autocast, chunked)
@@ -126,6 +129,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--ranks", default="16,256", help="comma-separated LoRA ranks")
     parser.add_argument("--loss", default="auto", choices=["auto", "chunked", "full"], help="ftlab's train.loss")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of ftlab's run config, e.g. train.compile=true (repeatable)")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device (default: from its name)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # impl:method:rank, run in a child process
     args = parser.parse_args()
@@ -138,7 +143,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), None)
     print(f"shape {args.shape}, batch {args.batch} x {args.seq}, {args.steps} timed steps, device {device}, "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}, ftlab settings {args.set or 'default'}")
     print(f"{'method':<10} {'ftlab tok/s':>12} {'ref tok/s':>10} {'speed x':>8} {'ftlab MFU':>9} {'ref MFU':>8} "
           f"{'ftlab GiB':>10} {'ref GiB':>8} {'mem x':>6}")
     for method, rank in cases:
@@ -146,7 +151,7 @@ def main() -> None:
         for impl in ("ftlab", "reference"):
             child = [sys.executable, __file__, "--case", f"{impl}:{method}:{rank}", "--shape", args.shape,
                      "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps),
-                     "--warmup", str(args.warmup), "--loss", args.loss]
+                     "--warmup", str(args.warmup), "--loss", args.loss, *(f"--set={kv}" for kv in args.set)]
             out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
             results[impl] = json.loads(out.strip().splitlines()[-1])
         f, r = results["ftlab"], results["reference"]

@@ -113,6 +113,8 @@ class TrainConfig:
     loss: Literal["auto", "chunked", "full"] = "auto"  # chunked: no full-vocabulary logits (auto: on CUDA)
     activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
     compile: bool = False  # torch.compile the model (CUDA; the first steps are slower while it compiles)
+    fused_lora: bool = True  # LoRA layers as one autograd function in the compute dtype (ftlab.lora_fused)
+    liger: bool = False  # Liger's Triton RMSNorm, RoPE and SwiGLU kernels (CUDA; pip install liger-kernel)
 
 
 @dataclass
@@ -326,6 +328,15 @@ def validate(cfg: RunConfig, base_dir: Path = Path(".")) -> None:
     need(all(k >= 1 for k in t.keep_states), "train.keep_states", f"steps must be >= 1, got {t.keep_states}")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
          f"expected auto, cpu, cuda or cuda:N, got {t.device!r}")
+    if t.liger:
+        import importlib.util
+
+        import torch
+
+        need(importlib.util.find_spec("liger_kernel") is not None, "train.liger",
+             "Liger kernels are not installed: pip install liger-kernel (CUDA only), or set train.liger=false")
+        need(t.device != "cpu" and torch.cuda.is_available(), "train.liger",
+             "Liger's kernels run on CUDA only; set train.liger=false on this machine")
 
     need(m.rank >= 1, "method.rank", f"must be >= 1, got {m.rank}")
     need(m.alpha is None or m.alpha > 0, "method.alpha", "must be > 0")

@@ -61,8 +61,15 @@ def use_chunked_loss(cfg: RunConfig, model, device: torch.device) -> bool:
 
 
 def speed_options(model, cfg: RunConfig) -> None:
-    """Activation checkpointing and torch.compile of the decoder blocks, in place; the numerics are unchanged."""
+    """Fused LoRA layers, Liger kernels, activation checkpointing and torch.compile of the decoder blocks, in
+    place; the numerics are unchanged."""
+    if cfg.method.name == "lora" and cfg.train.fused_lora:
+        from ftlab import lora_fused
+
+        lora_fused.enable(model)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if cfg.train.liger:
+        _apply_liger(inner)
     if cfg.train.activation_checkpointing:
         if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.2x names it so
             inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -74,6 +81,15 @@ def speed_options(model, cfg: RunConfig) -> None:
             raise FtlabError("train.compile: this model has no base_model.layers to compile; set train.compile=false")
         for block in blocks:
             block.compile()
+
+
+def _apply_liger(model) -> None:
+    """Liger's exact Triton kernels for RMSNorm, RoPE and SwiGLU on this model instance (its cross-entropy stays
+    ftlab's: train.loss); the LoRA layers inside the MLP are still called by Liger's SwiGLU."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance  # checked by config.validate
+
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                    fused_linear_cross_entropy=False)
 
 
 def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast, chunked: bool = False) -> tuple[torch.Tensor, int]:
