@@ -24,6 +24,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.utils import logging as hf_logging
 
+from ftlab.distributed import SINGLE, World, full, like
+
 hf_logging.disable_progress_bar()  # our own bar is the progress; per-save shard bars are noise
 
 
@@ -48,10 +50,17 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def save_checkpoint(model: nn.Module, tokenizer, directory: Path, info: dict,
-                    pissa_init: Path | None = None) -> None:
-    """A loadable model (full) or adapter (LoRA) directory plus ftlab.json; PiSSA is converted to plain LoRA."""
+                    pissa_init: Path | None = None, world: World = SINGLE) -> None:
+    """A loadable model (full) or adapter (LoRA) directory plus ftlab.json; PiSSA is converted to plain LoRA.
+
+    Sharded (FSDP) models are gathered first, by every rank; rank 0 writes the single-process layout."""
+    gathered = _gathered_state(model) if world.distributed else None
+    if not world.main:
+        return
     tmp = _fresh_tmp(Path(directory))
-    if pissa_init is not None:
+    if gathered is not None:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=gathered)
+    elif pissa_init is not None:
         # PiSSA changes the base weights; converting makes an adapter that applies to the original base.
         with warnings.catch_warnings():  # PEFT's advice to convert PiSSA to LoRA: this call is that conversion
             warnings.filterwarnings("ignore", message="PiSSA changes the base weights", category=UserWarning)
@@ -61,6 +70,20 @@ def save_checkpoint(model: nn.Module, tokenizer, directory: Path, info: dict,
     tokenizer.save_pretrained(tmp)
     (tmp / "ftlab.json").write_text(json.dumps(info, indent=2))
     _publish(tmp, Path(directory))
+
+
+def _gathered_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded state dict on the CPU: every weight for a full model, the trainable ones for an adapter."""
+    adapter = hasattr(model, "peft_config")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    gathered: dict[int, torch.Tensor] = {}  # tied weights (embeddings = head) stay one tensor, saved once
+    out = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if not adapter or name in trainable:
+            if id(t) not in gathered:
+                gathered[id(t)] = full(t).detach().cpu()
+            out[name] = gathered[id(t)]
+    return out
 
 
 # ----------------------------------------------------------------------------- resumable state
@@ -116,14 +139,22 @@ def _tupled(x):
 
 
 def save_state(state_root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-               progress: dict) -> None:
-    """Everything needed to continue bit-for-bit from after `step`; previous states are removed after."""
+               progress: dict, world: World = SINGLE) -> None:
+    """Everything needed to continue bit-for-bit from after `step`; previous states are removed after.
+
+    Sharded tensors are written whole (every rank gathers, rank 0 writes): the same files as one process writes."""
+    trainable = {n: full(p).detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    opt_state = optimizer.state_dict()
+    if world.distributed:
+        opt_state = {**opt_state, "state": {i: {k: full(v) if isinstance(v, torch.Tensor) else v
+                                                for k, v in slots.items()} for i, slots in opt_state["state"].items()}}
+    if not world.main:
+        return
     state_root.mkdir(parents=True, exist_ok=True)
     final = state_root / f"step-{step:08d}"
     tmp = _fresh_tmp(final)
-    trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
     save_file(trainable, tmp / "trainable.safetensors")
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    opt_tensors, opt_meta = _flatten_optimizer(opt_state)
     save_file(opt_tensors, tmp / "optimizer.safetensors")
     rng_tensors, rng_meta = rng_state()
     save_file(rng_tensors, tmp / "rng.safetensors")
@@ -174,9 +205,15 @@ def load_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
+            params[name].copy_(like(value, params[name]))  # a shard of it under FSDP
     device = next(model.parameters()).device
-    opt_tensors = {k: v.to(device) if not k.endswith(".step") else v for k, v in load_file(directory / "optimizer.safetensors").items()}
+    order = [p for group in optimizer.param_groups for p in group["params"]]  # state index -> parameter
+    opt_tensors = {}
+    for key, value in load_file(directory / "optimizer.safetensors").items():
+        if not key.endswith(".step"):
+            param = order[int(key.split(".", 1)[0])]
+            value = like(value.to(device), param) if value.shape == param.shape else value.to(device)
+        opt_tensors[key] = value
     optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, progress["optimizer"]))
     set_rng_state(load_file(directory / "rng.safetensors"), progress["rng"])
     return progress

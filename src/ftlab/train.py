@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ftlab import checkpoint
+from ftlab import checkpoint, distributed
 from ftlab.batches import CPTSteps, IFTSteps, checkpoint_due, count_inputs, count_targets, make_plan, stack
 from ftlab.config import BUILTIN_PREFIX, RunConfig, dump_yaml, from_dict, to_dict
 from ftlab.data import IGNORE, PackedText, collate, load_cpt_eval, load_ift
+from ftlab.distributed import SINGLE, World
 from ftlab.errors import ConfigError, FtlabError, TrainingError
 from ftlab.methods import apply_method, count_params, param_groups
 from ftlab.model import load_model, prepare_base, resolve_device, resolve_dtype
@@ -46,12 +47,16 @@ def autocast_for(cfg: RunConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def use_chunked_loss(cfg: RunConfig, model, device: torch.device) -> bool:
-    """train.loss: chunked (ftlab.loss: no full-vocabulary logits), full, or auto (chunked on CUDA where exact)."""
+def use_chunked_loss(cfg: RunConfig, model, device: torch.device, world: World = SINGLE) -> bool:
+    """train.loss: chunked (ftlab.loss: no full-vocabulary logits), full, or auto (chunked on CUDA where exact).
+
+    Under FSDP the loss is the full path: the chunked loss calls the head outside the sharded root's forward."""
     from ftlab import loss
 
-    if cfg.train.loss == "full":
+    if cfg.train.loss == "full" or (world.distributed and cfg.train.loss == "auto"):
         return False
+    if world.distributed:
+        raise FtlabError("train.loss: chunked is not available with several processes (FSDP); use auto or full")
     if not loss.supports(model):
         if cfg.train.loss == "chunked":
             raise FtlabError("train.loss: chunked needs logits = lm_head(last hidden state) (no soft-capping or "
@@ -107,15 +112,21 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast, chunked: boo
 
 
 def train_step(model, micro: list[dict[str, torch.Tensor]], optimizer, params, grad_clip: float, autocast,
-               chunked: bool = False) -> StepResult:
-    """One optimizer step over the micro-batches of a global batch; the loss is normalised over all of it."""
+               chunked: bool = False, world: World = SINGLE) -> StepResult:
+    """One optimizer step over the micro-batches of a global batch; the loss is normalised over all of it.
+
+    With several processes each runs its share of the micro-batches (distributed.my_share); FSDP averages the
+    gradients over processes, so each scales its loss by their number to get the single-process sum."""
     n_targets = max(1, count_targets(micro))
     total = 0.0
-    for batch in micro:
+    share = distributed.my_share(micro, world)
+    for i, (batch, weight) in enumerate(share):
+        distributed.set_gradient_sync(model, i == len(share) - 1)
         loss, _ = token_loss_sum(model, batch, autocast, chunked)
-        (loss / n_targets).backward()
-        total += loss.item()
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        (loss * (weight * world.size / n_targets)).backward()
+        total += loss.item() * weight
+    total = distributed.all_sum(total, world, next(iter(params)).device) if params else total
+    norm = distributed.full(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
     if not (math.isfinite(total) and torch.isfinite(norm)):
         raise TrainingError(f"non-finite loss or gradient (loss {total / n_targets}, grad norm {float(norm)}); "
                             "the weights were not updated. Try a lower train.lr or more warmup.")
@@ -138,10 +149,19 @@ def eval_loss(model, batches: list[dict[str, torch.Tensor]], autocast) -> float:
 
 
 class RunDir:
-    """The run directory: resolved config, lock, metrics log, checkpoints and resumable state."""
+    """The run directory: resolved config, lock, metrics log, checkpoints and resumable state.
 
-    def __init__(self, cfg: RunConfig):
+    Only the main process (rank 0) locks and writes it; the others read it and log nothing."""
+
+    def __init__(self, cfg: RunConfig, main: bool = True):
         self.path = Path(cfg.output.dir)
+        self.main = main
+        self.metrics = self.path / "metrics.jsonl"
+        self.state = self.path / "state"
+        self.checkpoints = self.path / "checkpoints"
+        self._lock = None
+        if not main:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.path / ".lock", "w")
         try:
@@ -153,9 +173,6 @@ class RunDir:
         except BaseException:
             self._lock.close()
             raise
-        self.metrics = self.path / "metrics.jsonl"
-        self.state = self.path / "state"
-        self.checkpoints = self.path / "checkpoints"
 
     def _check_config(self, cfg: RunConfig) -> None:
         saved = self.path / "config.yaml"
@@ -178,15 +195,18 @@ class RunDir:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._lock.close()  # releases the lock
+        if self._lock is not None:
+            self._lock.close()  # releases the lock
 
     def log(self, record: dict) -> None:
+        if not self.main:
+            return
         with open(self.metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def truncate_log(self, step: int) -> None:
         """Drop log lines after `step` (written before a kill, redone after the resume)."""
-        if not self.metrics.exists():
+        if not self.main or not self.metrics.exists():
             return
         kept = []
         for line in self.metrics.read_text().splitlines():
@@ -235,30 +255,51 @@ def to_device(micro: list[dict[str, torch.Tensor]], device: torch.device) -> lis
 
 
 def train(cfg: RunConfig) -> Path:
-    """Train one run to the end (resuming if the directory holds a state); returns the run directory."""
-    with RunDir(cfg) as run:
-        _train(cfg, run)
+    """Train one run to the end (resuming if the directory holds a state); returns the run directory.
+
+    Started by torchrun with several processes, the run is sharded over them with FSDP (ftlab.distributed)."""
+    if not distributed.launched():
+        with RunDir(cfg) as run:
+            _train(cfg, run, SINGLE, resolve_device(cfg.train.device))
+        return run.path
+    world, device = distributed.init(cfg.train.device)
+    try:
+        if cfg.method.name == "lora" and cfg.method.init == "pissa":
+            raise ConfigError("method.init: pissa is not supported with several processes; train it on one")
+        with RunDir(cfg, main=world.main) as run:
+            distributed.barrier(world)  # rank 0 has checked and written the run directory
+            _train(cfg, run, world, device)
+    finally:
+        distributed.close()
     return run.path
 
 
-def _train(cfg: RunConfig, run: RunDir) -> None:
-    device = resolve_device(cfg.train.device)
+def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> None:
     torch.manual_seed(cfg.train.seed)
+    if world.main:  # files other ranks then read: the tiny base, built-in data
+        prepare_base(cfg.model, run.path)
+        _materialize_builtin_data(cfg, run.path)
+    distributed.barrier(world)
     base_name = prepare_base(cfg.model, run.path)
-    model, tokenizer = load_model(cfg.model, device, resolve_dtype(cfg.model, device, cfg.method.name == "full"), base_name)
+    # several processes: load on the CPU, then fully_shard moves 1/N of it to each device
+    load_on = torch.device("cpu") if world.distributed else device
+    model, tokenizer = load_model(cfg.model, load_on, resolve_dtype(cfg.model, device, cfg.method.name == "full"), base_name)
     model = apply_method(model, cfg)
     pissa_init = _save_pissa_init(model, run.path) if cfg.method.name == "lora" and cfg.method.init == "pissa" else None
-    print(f"ftlab: {describe(cfg)} | {count_params(model)}", flush=True)
+    print(f"ftlab: {describe(cfg)} | {count_params(model)}" +
+        (f" | FSDP over {world.size} processes" if world.distributed else ""), flush=True)
 
     cfg = _materialize_builtin_data(cfg, run.path)
     steps, eval_batches = build_data(cfg, tokenizer)
     plan = make_plan(cfg, steps)
+    chunked = use_chunked_loss(cfg, model, device, world)
+    speed_options(model, cfg)
+    if world.distributed:
+        model = distributed.shard(model, device)
     groups = param_groups(model, cfg)
     params = [p for g in groups for p in g["params"]]
     optimizer = make_optimizer(groups, cfg.train)
     autocast = autocast_for(cfg, device)
-    chunked = use_chunked_loss(cfg, model, device)
-    speed_options(model, cfg)
 
     step, tokens = 0, 0
     saved = checkpoint.latest_state(run.state)
@@ -274,21 +315,22 @@ def _train(cfg: RunConfig, run: RunDir) -> None:
     def save(directory: Path, step: int) -> None:
         info = {"step": step, "tokens": tokens, "epoch": step / plan.steps_per_epoch if plan.steps_per_epoch else None,
                 "method": cfg.method.name, "base": base_name}
-        checkpoint.save_checkpoint(model, tokenizer, directory, info, pissa_init)
+        checkpoint.save_checkpoint(model, tokenizer, directory, info, pissa_init, world)
 
-    checkpoint.write_json_atomic(run.path / "plan.json", {"total_steps": plan.total_steps,
-                                                          "tokens_per_step": plan.tokens_per_step})
+    if world.main:
+        checkpoint.write_json_atomic(run.path / "plan.json", {"total_steps": plan.total_steps,
+                                                              "tokens_per_step": plan.tokens_per_step})
     print(f"ftlab: {plan.total_steps} steps of {cfg.train.global_batch} sequences "
           f"(~{plan.tokens_per_step:,.0f} tokens each), {len(eval_batches)} held-out batches", flush=True)
     if step == 0 and eval_batches:  # the base model's held-out loss, for comparison
         run.log({"step": 0, "tokens": 0, "eval_loss": round(eval_loss(model, eval_batches, autocast), 6)})
     model.train()
-    bar = Progress(plan.total_steps, initial=step)
+    bar = Progress(plan.total_steps, initial=step) if world.main else None
     window_tokens, window_start = 0, time.perf_counter()
     while step < plan.total_steps:
         lr = set_lr(optimizer, lr_factor(step, plan.total_steps, cfg.train))
         micro = to_device(steps.next_step(), device)
-        result = train_step(model, micro, optimizer, params, cfg.train.grad_clip, autocast, chunked)
+        result = train_step(model, micro, optimizer, params, cfg.train.grad_clip, autocast, chunked, world)
         tokens_before, tokens, step = tokens, tokens + result.tokens, step + 1
         window_tokens += result.tokens
         tok_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
@@ -300,18 +342,21 @@ def _train(cfg: RunConfig, run: RunDir) -> None:
             record["eval_loss"] = round(eval_loss(model, eval_batches, autocast), 6) if eval_batches else None
         if step % cfg.train.log_every == 0 or "eval_loss" in record:
             run.log(record)
-        bar.update(loss=f"{result.loss:.4f}", tok_s=f"{tok_per_s:,.0f}")
+        if bar is not None:
+            bar.update(loss=f"{result.loss:.4f}", tok_s=f"{tok_per_s:,.0f}")
         for value in due:
             save(run.checkpoints / f"{plan.unit}-{value:g}", step)
         if last and cfg.output.save_final:
             save(run.path / "final", step)
         keep = step in cfg.train.keep_states
         if last or due or keep or step % cfg.output.resume_every == 0:
-            checkpoint.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": steps.state()})
-            if keep:  # a state other runs restart from (a CPT duration's own cooldown)
+            checkpoint.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": steps.state()}, world)
+            distributed.barrier(world)  # the state is on disk before any rank goes on
+            if keep and world.main:  # a state other runs restart from (a CPT duration's own cooldown)
                 checkpoint.keep_state(run.state, run.path / "kept")
             window_tokens, window_start = 0, time.perf_counter()  # saving time is not training time
-    bar.close()
+    if bar is not None:
+        bar.close()
 
 
 def _materialize_builtin_data(cfg: RunConfig, run_path: Path) -> RunConfig:

@@ -1,0 +1,136 @@
+"""One run on several processes: PyTorch FSDP2 (fully_shard), started by torchrun.
+
+    torchrun --nproc_per_node 4 -m ftlab train CONFIG --out DIR      # or: ftlab train CONFIG --out DIR --nproc 4
+
+Every process builds the same model and reads the same data in the same seeded order; each decoder block and
+then the whole model are sharded with fully_shard (bf16 parameters and fp32 gradient reduction on CUDA), so
+every process holds 1/N of the weights, gradients and optimizer state. A step's micro-batches are dealt out
+across processes without overlap (process r takes micro-batches r, r+N, ...), and the loss stays normalised by
+the whole global batch, so the gradient is the one a single process would compute. Rank 0 alone writes the run
+directory, the metrics and the progress.
+
+Checkpoints and resumable states are written unsharded, in exactly the single-process format (a Hugging Face
+directory or a PEFT adapter; full tensors for the state), so one process loads what N processes wrote and a run
+resumes on any number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the run's processes (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+SINGLE = World()
+
+
+def launched() -> bool:
+    """True when torchrun (or another launcher setting WORLD_SIZE) started this process as part of a group."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device_name: str) -> tuple[World, torch.device]:
+    """Join the process group torchrun set up: NCCL on CUDA, gloo on the CPU; returns (world, this rank's device)."""
+    world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
+    cuda = torch.cuda.is_available() and device_name != "cpu"
+    if cuda:
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    if not world.main:  # progress and messages come from rank 0; errors (stderr) from every rank
+        import sys
+
+        sys.stdout = open(os.devnull, "w")
+    return world, device
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def shard(model: nn.Module, device: torch.device) -> nn.Module:
+    """fully_shard each decoder block, then the root (embeddings, final norm and head stay in the root's unit)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy()
+    if device.type == "cuda":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    blocks = getattr(getattr(inner, "base_model", None), "layers", None)
+    if blocks is None:
+        from ftlab.errors import FtlabError
+
+        raise FtlabError("distributed training needs a model with base_model.layers (decoder blocks) to shard")
+    for block in blocks:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def my_share(micro: list, world: World) -> list[tuple[dict, float]]:
+    """(micro-batch, weight) this rank runs: r, r+N, ... padded with weight-0 repeats so every rank runs as many
+    forward/backward passes as the others (each pass is a collective under FSDP)."""
+    mine = [(b, 1.0) for b in micro[world.rank::world.size]]
+    rounds = -(-len(micro) // world.size)
+    while len(mine) < rounds:
+        mine.append((micro[0], 0.0))
+    return mine
+
+
+def all_sum(value: float, world: World, device: torch.device) -> float:
+    if not world.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a shard (a collective: every rank calls it for the same tensors, in order)."""
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A full tensor laid out as `param` is (sharded the same way when param is a DTensor)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+    return value
+
+
+def set_gradient_sync(model: nn.Module, sync: bool) -> None:
+    """Under FSDP, skip the reduce-scatter on all but the last micro-batch of a step (gradients accumulate)."""
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(sync)

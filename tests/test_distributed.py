@@ -1,0 +1,93 @@
+"""Several processes (FSDP2 over gloo, on the CPU) train what one process trains, and resume each other's runs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from ftlab.checkpoint import branch_state
+from ftlab.train import train
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+# 12 sequences of 4: three micro-batches a step, so one process also runs a weight-0 pass (distributed.my_share)
+SETTINGS = ["train.global_batch=12", "train.micro_batch=4", "train.epochs=1", "train.keep_states=[3]",
+            "model.tiny.layers=2"]
+
+
+def run_procs(pairs, out, nproc: int, *overrides) -> None:
+    """`ftlab train --nproc N` in a subprocess: the command a user types."""
+    from conftest import TINY_MODEL
+
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text("{}\n")
+    args = [*TINY_MODEL, f"data.path={pairs}", "data.seq_len=32", "data.eval_fraction=0.1", "train.lr=3e-3",
+            "train.warmup=2", "output.resume_every=3", *SETTINGS, *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "ftlab", "train", str(config), *args, "--out", str(out),
+                           "--nproc", str(nproc)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def losses(run) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def final(run) -> dict[str, torch.Tensor]:
+    name = "adapter_model.safetensors" if (run / "final" / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(str(run / "final" / name))
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key, weight in a.items():
+        # summation order differs between one process and two; Adam amplifies it where a gradient is near 0:
+        # 1e-4 is 1/30 of one step's update at lr 3e-3
+        torch.testing.assert_close(b[key], weight, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_two_processes_train_what_one_trains(tmp_path, pairs, method):
+    extra = [f"method.name={method}", "method.dropout=0"]  # dropout masks would differ between the layouts
+    one = train(tiny_config(pairs, tmp_path / "one", *SETTINGS, *extra))
+    run_procs(pairs, tmp_path / "two", 2, *extra)
+    two = tmp_path / "two"
+    assert len(losses(one)) == len(losses(two)) > 3
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+    assert_same_weights(final(one), final(two))
+    # what two processes saved is an ordinary checkpoint: one process loads it
+    from ftlab.model import load_trained
+
+    model, _ = load_trained(two / "final")
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_a_run_resumes_on_another_number_of_processes(tmp_path, pairs):
+    """The state kept at step 3 by two processes finishes on one, and one process's on two: the same weights."""
+    extra = ["method.name=lora", "method.rank=4", "method.dropout=0"]
+    one = train(tiny_config(pairs, tmp_path / "one", *SETTINGS, *extra))
+    run_procs(pairs, tmp_path / "two", 2, *extra)
+    branch_state(tmp_path / "two" / "kept" / "step-00000003", tmp_path / "two-then-one" / "state")
+    two_then_one = train(tiny_config(pairs, tmp_path / "two-then-one", *SETTINGS, *extra))
+    branch_state(one / "kept" / "step-00000003", tmp_path / "one-then-two" / "state")
+    run_procs(pairs, tmp_path / "one-then-two", 2, *extra)
+    for resumed in (two_then_one, tmp_path / "one-then-two"):
+        first = json.loads((resumed / "metrics.jsonl").read_text().splitlines()[0])
+        assert first["step"] == 4  # it went on from the kept state; nothing before it was redone
+        assert_same_weights(final(one), final(resumed))
+
+
+def test_nproc_with_a_bad_config_fails_before_launching(tmp_path, pairs):
+    config = tmp_path / "c.yaml"
+    config.write_text("{}\n")
+    proc = subprocess.run([sys.executable, "-m", "ftlab", "train", str(config), "model.name=tiny",
+                           f"data.path={pairs}", "train.micro_batch=0", "--out", str(tmp_path / "r"), "--nproc", "2"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "train.micro_batch" in proc.stderr
+    assert "torch.distributed.run" not in proc.stdout and not (tmp_path / "r").exists()
