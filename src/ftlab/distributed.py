@@ -26,11 +26,14 @@ from torch import nn
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the run's processes (rank 0 of 1 when not distributed)."""
+    """This process's place among the run's processes (rank 0 of 1 and not sharded when not launched by torchrun).
+
+    Under torchrun the model is sharded even with one process (FSDP's own overhead can be measured so)."""
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    sharded: bool = False
 
     @property
     def main(self) -> bool:
@@ -38,20 +41,21 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        return self.sharded
 
 
 SINGLE = World()
 
 
 def launched() -> bool:
-    """True when torchrun (or another launcher setting WORLD_SIZE) started this process as part of a group."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True when torchrun (or another launcher setting RANK and WORLD_SIZE) started this process."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def init(device_name: str) -> tuple[World, torch.device]:
     """Join the process group torchrun set up: NCCL on CUDA, gloo on the CPU; returns (world, this rank's device)."""
-    world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
+    world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")),
+                  sharded=True)
     cuda = torch.cuda.is_available() and device_name != "cpu"
     if cuda:
         device = torch.device("cuda", world.local_rank)
