@@ -91,3 +91,43 @@ def test_nproc_with_a_bad_config_fails_before_launching(tmp_path, pairs):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "train.micro_batch" in proc.stderr
     assert "torch.distributed.run" not in proc.stdout and not (tmp_path / "r").exists()
+
+
+STUDY = """
+name: fsdp
+model: {name: tiny, tiny: {hidden_size: 32, layers: 1, heads: 2, kv_heads: 2, intermediate_size: 64, max_position: 320}}
+defaults:
+  train: {global_batch: 8, micro_batch: 4, warmup: 1, lr: 1.0e-3}
+  data: {regime: ift, seq_len: 32}
+settings:
+  - {name: hi, data: {path: hi.jsonl}, durations: [1], lr: {full: 1.0e-3, lora: 1.0e-2}}
+methods: [{name: full}, {name: lora, ranks: [2], options: {dropout: 0}}]
+forgetting: [source_cloze]
+eval: {limit: 4}
+analyses: {spectrum: true, kl: false, diversity: []}
+"""
+
+
+def test_a_study_trains_each_run_on_several_processes(tmp_path):
+    """`ftlab run --nproc 2` records what the one-process study records (scores and spectra to float noise)."""
+    from ftlab.experiment.store import Store
+    from ftlab.experiment.study import run_experiment
+
+    (tmp_path / "hi.jsonl").write_text("".join(
+        f'{{"prompt": "Say hi {i}: ", "completion": "hi {i % 3}"}}\n' for i in range(24)))
+    exp = tmp_path / "fsdp.yaml"
+    exp.write_text(STUDY)
+    dumps = {}
+    for nproc in (1, 2):
+        run_experiment(exp, tmp_path / f"study-{nproc}", report=False, nproc=nproc)
+        store = Store(tmp_path / f"study-{nproc}" / "results.sqlite")
+        dumps[nproc] = store.dump()
+        store.close()
+    assert [r[:2] for r in dumps[2]["runs"]] == [r[:2] for r in dumps[1]["runs"]]
+    assert all("done" in r for r in dumps[2]["runs"])
+    for table in ("metrics", "spectra"):
+        assert len(dumps[2][table]) == len(dumps[1][table]) > 0
+        for a, b in zip(dumps[1][table], dumps[2][table]):
+            assert [x for x in a if not isinstance(x, float)] == [x for x in b if not isinstance(x, float)]
+            assert [x for x in b if isinstance(x, float)] == pytest.approx(
+                [x for x in a if isinstance(x, float)], rel=1e-3, abs=1e-4)

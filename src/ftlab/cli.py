@@ -18,11 +18,23 @@ import sys
 from ftlab.errors import FtlabError, TrainingError
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """ftlab train --nproc N: the same command under torchrun (one machine, N processes)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "ftlab", "train", args.config, *args.overrides, "--out", args.out]
+    print(f"ftlab: {' '.join(command[1:])}", flush=True)
+    return subprocess.call(command)
+
+
 def _train(args: argparse.Namespace) -> int:
     from ftlab.config import load_config
     from ftlab.train import train
 
-    cfg = load_config(args.config, args.overrides, out=args.out)
+    cfg = load_config(args.config, args.overrides, out=args.out)  # a bad config stops here, before any launch
+    if args.nproc > 1:
+        return _launch(args)
     run = train(cfg)
     print(f"ftlab: done; run directory {run}")
     return 0
@@ -75,8 +87,15 @@ def _demo(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from ftlab.experiment.study import run_experiment
 
+    ray = None
+    if args.backend == "ray":
+        from ftlab.experiment.ray_backend import RayOptions
+
+        ray = RayOptions(address=args.ray_address, gpus_per_run=args.gpus_per_run)
+    elif args.ray_address is not None or args.gpus_per_run is not None:
+        raise FtlabError("--ray-address and --gpus-per-run go with --backend ray")
     run_experiment(args.experiment, args.out, args.overrides, report=not args.no_report,
-                   retry_failed=args.retry_failed)
+                   retry_failed=args.retry_failed, ray=ray, nproc=args.nproc)
     return 0
 
 
@@ -94,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method.rank=64 train.lr=2e-4")
     p.add_argument("--out", required=True, help="run directory (created; a killed run there resumes)")
+    p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this machine: FSDP through torchrun")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("pretrain", help="make the embedded default's base model: tokenizer + tiny Llama")
@@ -137,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="study directory (created; the same command resumes it)")
     p.add_argument("--no-report", action="store_true", help="skip writing report.html at the end")
     p.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) each run trains on, sharded with FSDP "
+                   "(local backend; the runs still go one after another)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="where the runs train: local (one "
+                   "after another, here) or ray (in parallel on a Ray cluster; pip install 'ftlab[ray]')")
+    p.add_argument("--ray-address", help="the Ray cluster (ray.init address: host:port, ray://host:10001, auto); "
+                   "default: RAY_ADDRESS, else a cluster started on this machine, else a new local one")
+    p.add_argument("--gpus-per-run", type=float, help="GPUs each run asks Ray for, 0 to 1 (default: 1 when the "
+                   "cluster has a GPU, else 0)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("status", help="what a study has done, is running, has failed and has left")

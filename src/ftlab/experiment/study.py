@@ -7,7 +7,9 @@
     DIR/report.html           the report (ftlab report DIR)
 
 Every stage is skipped when the store already records it, so the same command after a kill (or a crash) picks up
-where it stopped; a run that fails is recorded with its reason and the others go on.
+where it stopped; a run that fails is recorded with its reason and the others go on. The runs train one after
+another in this process, or, with `--backend ray`, in parallel on a Ray cluster (ray_backend.py); either way this
+process evaluates, analyses and writes the store.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import shutil
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -27,7 +30,13 @@ from ftlab.experiment.store import BASE, Store
 from ftlab.experiment.tracking import Tracker
 from ftlab.experiment.tracking import require as require_tracking
 
+if TYPE_CHECKING:
+    from ftlab.experiment.ray_backend import RayOptions
+
 LOCK = ".ftlab-run.lock"
+# What training raises for a run that failed on its own (recorded with its reason; the other runs go on).
+# RuntimeError: CUDA out of memory and the like.
+RUN_ERRORS = (TrainingError, FtlabError, RuntimeError)
 
 
 class StudyDir:
@@ -62,18 +71,33 @@ class StudyDir:
 
 
 def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] = (),
-                   report: bool = True, retry_failed: bool = False) -> Path:
+                   report: bool = True, retry_failed: bool = False, ray: RayOptions | None = None,
+                   nproc: int = 1) -> Path:
+    """Run (or resume) the study; `ray` sends the training of its runs to a Ray cluster (None: train here, each
+    run on `nproc` processes of this machine, sharded with FSDP when nproc > 1)."""
+    if nproc < 1 or (nproc > 1 and ray is not None):
+        raise ConfigError(f"--nproc: expected 1 or more, and 1 with --backend ray (a Ray task trains on one "
+                          f"device); got {nproc}")
     exp = load_experiment(exp_path, list(overrides))
     plans = expand(exp, out)  # every run validated before anything starts
     _check_tasks(exp)
     require_tracking(exp.tracking)  # a missing backend fails before the study directory is made
+    if ray is not None:
+        from ftlab.experiment.ray_backend import require_ray
+
+        require_ray()  # so does a missing Ray
     study = StudyDir(out, exp_path, list(overrides))
     store = Store(study.path / "results.sqlite")
     tracker = Tracker(exp.tracking, study.path)
     try:
         print(f"ftlab run: {len(plans)} runs in {len(exp.settings)} settings -> {study.path}", flush=True)
-        runner = _Runner(exp, plans, study.path, store, tracker, retry_failed)
-        runner.run_all()
+        runner = Runner(exp, plans, study.path, store, tracker, retry_failed, nproc)
+        if ray is None:
+            runner.run_all()
+        else:
+            from ftlab.experiment.ray_backend import run_on_ray
+
+            run_on_ray(runner, ray)
         if report:
             from ftlab.report import write_report
 
@@ -96,27 +120,79 @@ def _check_tasks(exp: ExperimentConfig) -> None:
             raise ConfigError(f"settings[{s.name}]: {e}") from None
 
 
-class _Runner:
+def train_plan(plan: RunPlan, root: Path, nproc: int = 1) -> None:
+    """Train one run of the study (a CPT branch first takes its long run's kept state); resumes a killed run.
+
+    nproc > 1: the run trains sharded over that many processes (FSDP under torchrun), in child processes."""
+    from ftlab.train import train
+
+    if plan.branch_of is not None:
+        kept = root / "runs" / plan.branch_of / "kept" / f"step-{plan.branch_step:08d}"
+        if not kept.exists():
+            raise FtlabError(f"{kept}: the state {plan.name} restarts from is missing")
+        branch_state(kept, Path(plan.cfg.output.dir) / "state")
+    if nproc > 1:
+        train_processes(plan, nproc)
+    else:
+        train(plan.cfg)
+
+
+def train_processes(plan: RunPlan, nproc: int) -> None:
+    """`ftlab train <run>/launch.yaml --out <run>` under torchrun with nproc processes on this machine."""
+    import subprocess
+    import sys
+
+    from ftlab.config import dump_yaml
+
+    run_dir = Path(plan.cfg.output.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "launch.yaml"
+    tmp = config.with_name("launch.yaml.tmp")
+    tmp.write_text(dump_yaml(plan.cfg))
+    tmp.replace(config)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "ftlab", "train", str(config), "--out", str(run_dir)]
+    code = subprocess.call(command)
+    if code != 0:
+        raise TrainingError(f"training on {nproc} processes exited with status {code} (its messages are above)")
+
+
+def failure_reason(e: BaseException) -> str:
+    """The one line the store keeps for a failed run."""
+    return f"{type(e).__name__}: {e}".splitlines()[0][:500]
+
+
+class Runner:
+    """The study's runs, in order, and everything after training: evaluation, analysis, the store."""
+
     def __init__(self, exp: ExperimentConfig, plans: list[RunPlan], root: Path, store: Store, tracker: Tracker,
-                 retry_failed: bool = False):
+                 retry_failed: bool = False, nproc: int = 1):
         self.exp, self.plans, self.root, self.store, self.tracker = exp, plans, root, store, tracker
+        self.nproc = nproc  # processes (GPUs) each run trains on, one run after another
         self.finished = ("done",) if retry_failed else ("done", "failed")
         self.evaluator = None
         self.base_results: dict[str, dict] = {}
+        runs = store.runs()
+        # long runs that failed (and stay failed): their CPT branches are recorded failed without training
+        self.failed_long = {p.name for p in plans if p.branch_of is None and "failed" in self.finished
+                            and runs.get(p.name, {}).get("status") == "failed"}
+
+    def todo(self) -> list[RunPlan]:
+        """The runs the store does not record as finished, in the study's order."""
+        done = {name for name, r in self.store.runs().items() if r["status"] in self.finished}
+        return [p for p in self.plans if p.name not in done]
 
     def run_all(self) -> None:
-        done = {name for name, r in self.store.runs().items() if r["status"] in self.finished}
-        failed_long: set[str] = set()
-        for i, plan in enumerate(self.plans, start=1):
-            if plan.name in done:
+        """The local backend: each run in turn, in this process."""
+        for plan in self.todo():
+            if plan.branch_of in self.failed_long:
+                self.branch_failed(plan)
                 continue
-            if plan.branch_of in failed_long:
-                self.store.put_run(plan, "failed", f"the long run {plan.branch_of} it restarts from failed")
-                continue
-            print(f"ftlab run: [{i}/{len(self.plans)}] {plan.name}", flush=True)
-            ok = self.run_one(plan)
-            if not ok and plan.branch_of is None:
-                failed_long.add(plan.name)
+            print(f"ftlab run: [{self.plans.index(plan) + 1}/{len(self.plans)}] {plan.name}", flush=True)
+            self.run_one(plan)
+        self.summary()
+
+    def summary(self) -> None:
         failed = [n for n, r in self.store.runs().items() if r["status"] == "failed"]
         if failed:
             print(f"ftlab run: {len(failed)} run(s) failed: {', '.join(failed)} (reasons: ftlab status "
@@ -124,30 +200,36 @@ class _Runner:
 
     # ------------------------------------------------------------------ one run
 
-    def run_one(self, plan: RunPlan) -> bool:
-        from ftlab.train import train
-
+    def run_one(self, plan: RunPlan) -> None:
         self.store.put_run(plan, "running")
-        run_dir = Path(plan.cfg.output.dir)
         try:
-            if plan.branch_of is not None:
-                kept = self.root / "runs" / plan.branch_of / "kept" / f"step-{plan.branch_step:08d}"
-                if not kept.exists():
-                    raise FtlabError(f"{kept}: the state {plan.name} restarts from is missing")
-                branch_state(kept, run_dir / "state")
-            train(plan.cfg)
-        except (TrainingError, FtlabError, RuntimeError) as e:  # RuntimeError: CUDA out of memory and the like
-            reason = f"{type(e).__name__}: {e}".splitlines()[0][:500]
-            self.store.put_run(plan, "failed", reason)
-            print(f"ftlab run: {plan.name} failed: {reason}", flush=True)
-            (run_dir / "failure.txt").write_text(traceback.format_exc()) if run_dir.exists() else None
-            return False
+            train_plan(plan, self.root, self.nproc)
+        except RUN_ERRORS as e:
+            self.fail(plan, failure_reason(e), traceback.format_exc())
+            return
+        self.finish(plan)
+
+    def fail(self, plan: RunPlan, reason: str, trace: str) -> None:
+        """Record a run whose training failed: the reason in the store, the traceback in <run>/failure.txt."""
+        self.store.put_run(plan, "failed", reason)
+        print(f"ftlab run: {plan.name} failed: {reason}", flush=True)
+        run_dir = Path(plan.cfg.output.dir)
+        if run_dir.exists():
+            (run_dir / "failure.txt").write_text(trace)
+        if plan.branch_of is None:
+            self.failed_long.add(plan.name)
+
+    def branch_failed(self, plan: RunPlan) -> None:
+        self.store.put_run(plan, "failed", f"the long run {plan.branch_of} it restarts from failed")
+
+    def finish(self, plan: RunPlan) -> None:
+        """A trained run: log it, evaluate and analyse its checkpoints, then record it done."""
+        run_dir = Path(plan.cfg.output.dir)
         speed = _tokens_per_s(run_dir)
         self.tracker.log_run(plan, run_dir)
         for ckpt, duration in self._checkpoints(plan, run_dir):
             self.checkpoint(plan, ckpt, duration)
         self.store.put_run(plan, "done", None, speed)
-        return True
 
     def _checkpoints(self, plan: RunPlan, run_dir: Path) -> list[tuple[Path, float]]:
         """(checkpoint dir, the duration it stands for): named checkpoints that are durations, then final/."""
