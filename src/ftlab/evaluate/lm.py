@@ -13,26 +13,38 @@ Semantics follow lm-evaluation-harness's HFLM (lm_eval/models/huggingface.py, v0
   prefix token (BOS, else EOS).
 - Sequences longer than max_length + 1 lose tokens on the left; requests run longest first, right-padded.
 - Generation: prompts longest first, left-padded, greedy at temperature 0, cut at the first stop string.
+  The default sampler (sampler.py) prefills each prompt once for its n samples; sampler="hf" runs
+  `model.generate` on the expanded rows instead, and gives the same greedy completions.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from transformers import StoppingCriteria
 
 from ftlab.errors import FtlabError
+from ftlab.evaluate.sampler import CacheKind, Decoding, Sampler
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither the model config nor the tokenizer gives one
 
 
 class LM:
-    """A causal LM and its tokenizer, with batched scoring and generation. Puts the model in eval mode."""
+    """A causal LM and its tokenizer, with batched scoring and generation. Puts the model in eval mode.
+
+    sampler: "ftlab" (sampler.py: one prefill per prompt, own decoding loop; cache and compile are its options)
+    or "hf" (`model.generate` on every row, the reference it is tested against).
+    """
 
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu", batch_size: int = 32,
-                 max_length: int | None = None):
+                 max_length: int | None = None, sampler: Literal["ftlab", "hf"] = "ftlab",
+                 cache: CacheKind = "auto", compile: bool | None = None):
         if batch_size < 1:
             raise FtlabError(f"LM: batch_size must be >= 1, got {batch_size}")
+        if sampler not in ("ftlab", "hf"):
+            raise FtlabError(f"LM: sampler must be 'ftlab' or 'hf', got {sampler!r}")
         self.model = model.eval()  # dropout off; the model must already be on `device`
         self.tokenizer = tokenizer
         self.device = torch.device(device)
@@ -41,6 +53,8 @@ class LM:
         self.prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self._prefix_text = tokenizer.decode([self.prefix_token_id])
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.sampler = Sampler(model, tokenizer, self.device, self.pad_token_id, cache, compile) \
+            if sampler == "ftlab" else None
 
     # ------------------------------------------------------------------------- encoding
 
@@ -149,9 +163,9 @@ class LM:
                  temperature: float = 0.0, top_p: float = 1.0, n: int = 1, seed: int = 0) -> list[list[str]]:
         """n completions per prompt, each cut before its first stop string; temperature 0 is greedy.
 
-        Rows run in batches of batch_size, longest prompt first, left-padded, with the KV cache of
-        `model.generate`; a row ends at EOS or a stop string, a batch when all its rows have ended.
-        Prompts are left-truncated to max_length - max_new_tokens tokens. Deterministic for a seed.
+        Rows run in batches of batch_size, longest prompt first, left-padded; a row ends at EOS or a stop
+        string, a batch when all its rows have ended. Prompts are left-truncated to max_length - max_new_tokens
+        tokens. Deterministic for a seed (and batch_size); both samplers give the same greedy completions.
         """
         if max_new_tokens >= self.max_length:
             raise FtlabError(f"generate: max_new_tokens {max_new_tokens} leaves no room for the prompt within "
@@ -164,25 +178,36 @@ class LM:
         if any(not ids for ids in encoded):
             raise FtlabError("generate: a prompt encodes to no tokens; give it some text (or a tokenizer with a BOS)")
         order = sorted(range(len(rows)), key=lambda r: (-len(encoded[r]), rows[r]))  # lm-eval's order, before the cut
-        encoded = [ids[-(self.max_length - max_new_tokens):] for ids in encoded]
+        inputs = [encoded[r][-(self.max_length - max_new_tokens):] for r in order]  # a prompt's n rows adjacent
+        if self.sampler is not None:
+            new = self.sampler.sample(inputs, Decoding(max_new_tokens, temperature, top_p, tuple(stop), seed),
+                                      self.batch_size)
+        else:
+            new = self._generate_hf(inputs, max_new_tokens, list(stop), temperature, top_p, seed)
+        outputs = [""] * len(rows)
+        for r, tokens in zip(order, new):
+            outputs[r] = _cut(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
+        return [outputs[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _generate_hf(self, inputs: list[list[int]], max_new_tokens: int, stop: list[str], temperature: float,
+                     top_p: float, seed: int) -> list[list[int]]:
+        """New token ids per row (ended rows padded) from `model.generate`, batch_size rows at a time."""
         sampling = {"do_sample": False}
         if temperature:  # top_k 0: nucleus sampling only, without transformers' default top-50 on top of it
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        outputs = [""] * len(rows)
+        new: list[list[int]] = []
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start:start + self.batch_size]
-                inputs = self._pad([encoded[r] for r in chunk], side="left")  # (B, P)
-                mask = self._pad([[1] * len(encoded[r]) for r in chunk], side="left", value=0)  # (B, P)
-                stopping = [_StopStrings(self.tokenizer, list(stop), inputs.shape[1])] if stop else None
-                out = self.model.generate(input_ids=inputs, attention_mask=mask, max_new_tokens=max_new_tokens,
+            for start in range(0, len(inputs), self.batch_size):
+                chunk = inputs[start:start + self.batch_size]
+                ids = self._pad(chunk, side="left")  # (B, P)
+                mask = self._pad([[1] * len(r) for r in chunk], side="left", value=0)  # (B, P)
+                stopping = [_StopStrings(self.tokenizer, stop, ids.shape[1])] if stop else None
+                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                           pad_token_id=self.pad_token_id, stopping_criteria=stopping,
                                           **sampling)  # (B, P + new); ended rows are padded
-                new_tokens = out[:, inputs.shape[1]:]  # (B, new)
-                for row, r in enumerate(chunk):
-                    outputs[r] = _cut(self.tokenizer.decode(new_tokens[row], skip_special_tokens=True), stop)
-        return [outputs[i * n:(i + 1) * n] for i in range(len(prompts))]
+                new += out[:, ids.shape[1]:].tolist()
+        return new
 
     # ------------------------------------------------------------------------- helpers
 
