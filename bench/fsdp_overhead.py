@@ -26,9 +26,8 @@ from train_throughput import SHAPES, batch, build  # noqa: E402  (the same model
 def run_case(args) -> dict:
     from ftlab import distributed
     from ftlab.config import RunConfig, apply_overrides, from_dict, to_dict
-    from ftlab.methods import apply_method, param_groups
-    from ftlab.optim import make_optimizer
-    from ftlab.train import autocast_for, speed_options, train_step
+    from ftlab.methods import apply_method
+    from ftlab.train import prepare, train_step
 
     if distributed.launched():
         world, device = distributed.init("auto")
@@ -38,13 +37,7 @@ def run_case(args) -> dict:
         f"method.name={args.method}", "method.rank=16", "method.dropout=0.05", "train.lr=1e-5", "train.loss=full"]))
     frozen = torch.bfloat16 if device.type == "cuda" and args.method == "lora" else torch.float32
     model = apply_method(build(args.shape, torch.device("cpu") if world.distributed else device, frozen), cfg)
-    speed_options(model, cfg)
-    if world.distributed:
-        model = distributed.shard(model, device)
-    groups = param_groups(model, cfg)
-    params = [p for g in groups for p in g["params"]]
-    opt = make_optimizer(groups, cfg.train)
-    autocast = autocast_for(cfg, device)
+    model, params, opt, autocast, chunked = prepare(model, cfg, device, world)
     data = batch(args.shape, args.batch, args.seq, device)
     model.train()
     cuda = device.type == "cuda"
@@ -54,7 +47,7 @@ def run_case(args) -> dict:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-        train_step(model, [data], opt, params, 1.0, autocast, False, world)
+        train_step(model, [data], opt, params, 1.0, autocast, chunked, world)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -68,22 +68,16 @@ def run_case(impl: str, method: str, rank: int, args) -> dict:
 
     if impl == "ftlab":
         from ftlab.config import RunConfig, apply_overrides, from_dict, to_dict
-        from ftlab.methods import apply_method, param_groups
-        from ftlab.optim import make_optimizer
-        from ftlab.train import speed_options, train_step, use_chunked_loss
+        from ftlab.methods import apply_method
+        from ftlab.train import prepare, train_step
 
         settings = [f"method.name={method}", f"method.rank={rank or 8}", "method.dropout=0.05", "train.lr=1e-5",
                     f"train.loss={args.loss}", *args.set]
         cfg = from_dict(RunConfig, apply_overrides(to_dict(RunConfig()), settings))
-        model = apply_method(model, cfg)
-        groups = param_groups(model, cfg)
-        params = [p for g in groups for p in g["params"]]
-        opt = make_optimizer(groups, cfg.train)
-        chunked = use_chunked_loss(cfg, model, device)
-        speed_options(model, cfg)
+        model, params, opt, ftlab_autocast, chunked = prepare(apply_method(model, cfg), cfg, device)
 
         def step():
-            train_step(model, [data], opt, params, 1.0, autocast, chunked)
+            train_step(model, [data], opt, params, 1.0, ftlab_autocast, chunked)
     else:
         if method == "lora":
             from peft import LoraConfig, get_peft_model

@@ -147,3 +147,28 @@ def test_schedules():
     wsd = TrainConfig(schedule="wsd", warmup=10, cooldown=0.2, min_lr_ratio=0.01)
     g = [lr_factor(s, 100, wsd) for s in range(100)]
     assert g[10:80] == [1.0] * 70 and g[80] < 1.0 and g[-1] == pytest.approx(0.01)
+
+
+def test_lionw_multi_tensor_step_equals_the_per_tensor_rule():
+    """The foreach step gives bit-for-bit what the rule gives tensor by tensor, over several steps and groups."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(5, 3), (7,), (2, 2, 2)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    ref = [p.detach().clone() for p in params]
+    ref_m = [torch.zeros_like(p) for p in ref]
+    opt = LionW([{"params": params[:2], "lr": 0.1}, {"params": params[2:], "lr": 0.05}], lr=0.1,
+                betas=(0.9, 0.95), weight_decay=0.3)
+    for step in range(3):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        scale = 1.0 - step * 0.25  # a schedule: decay scales with lr / initial lr
+        for group, lr0 in zip(opt.param_groups, (0.1, 0.05)):
+            group["lr"] = lr0 * scale
+        for i, (p, g) in enumerate(zip(params, grads)):
+            p.grad = g.clone()
+            lr = (0.1 if i < 2 else 0.05) * scale
+            ref[i].mul_(1 - scale * 0.3)
+            ref[i].add_(ref_m[i].mul(0.9).add_(g, alpha=0.1).sign_(), alpha=-lr)
+            ref_m[i].mul_(0.95).add_(g, alpha=0.05)
+        opt.step()
+        for p, r, m in zip(params, ref, ref_m):
+            assert torch.equal(p.data, r) and torch.equal(opt.state[p]["exp_avg"], m)

@@ -26,21 +26,27 @@ class LionW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One update of every parameter with a gradient, as multi-tensor (foreach) kernels: a few launches per
+        group instead of five per tensor, the same arithmetic in the same order."""
         for group in self.param_groups:
             lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
             decay = 1 - (lr / group["initial_lr"]) * wd if wd else 1.0
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                m = state["exp_avg"]
-                if decay != 1.0:
-                    p.mul_(decay)
-                update = m.mul(beta1).add_(p.grad, alpha=1 - beta1).sign_()
-                p.add_(update, alpha=-lr)
-                m.mul_(beta2).add_(p.grad, alpha=1 - beta2)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            grads = [p.grad for p in params]
+            moments = [self.state[p]["exp_avg"] for p in params]
+            if decay != 1.0:
+                torch._foreach_mul_(params, decay)
+            updates = torch._foreach_mul(moments, beta1)
+            torch._foreach_add_(updates, grads, alpha=1 - beta1)
+            torch._foreach_sign_(updates)
+            torch._foreach_add_(params, updates, alpha=-lr)
+            torch._foreach_mul_(moments, beta2)
+            torch._foreach_add_(moments, grads, alpha=1 - beta2)
         return None
 
 

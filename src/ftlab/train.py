@@ -97,6 +97,18 @@ def _apply_liger(model) -> None:
                                     fused_linear_cross_entropy=False)
 
 
+def prepare(model, cfg: RunConfig, device: torch.device, world: World = SINGLE):
+    """(model, trainable params, optimizer, autocast, chunked loss?) as a run trains: the speed options applied,
+    sharded under torchrun, the optimizer over the (sharded) parameters. The benchmarks time exactly this."""
+    chunked = use_chunked_loss(cfg, model, device, world)
+    speed_options(model, cfg)
+    if world.distributed:
+        model = distributed.shard(model, device)
+    groups = param_groups(model, cfg)
+    params = [p for g in groups for p in g["params"]]
+    return model, params, make_optimizer(groups, cfg.train), autocast_for(cfg, device), chunked
+
+
 def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast, chunked: bool = False) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over labelled positions of one micro-batch, and their count."""
     if chunked:
@@ -292,14 +304,7 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     cfg = _materialize_builtin_data(cfg, run.path)
     steps, eval_batches = build_data(cfg, tokenizer)
     plan = make_plan(cfg, steps)
-    chunked = use_chunked_loss(cfg, model, device, world)
-    speed_options(model, cfg)
-    if world.distributed:
-        model = distributed.shard(model, device)
-    groups = param_groups(model, cfg)
-    params = [p for g in groups for p in g["params"]]
-    optimizer = make_optimizer(groups, cfg.train)
-    autocast = autocast_for(cfg, device)
+    model, params, optimizer, autocast, chunked = prepare(model, cfg, device, world)
 
     step, tokens = 0, 0
     saved = checkpoint.latest_state(run.state)
