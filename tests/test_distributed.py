@@ -131,3 +131,17 @@ def test_a_study_trains_each_run_on_several_processes(tmp_path):
             assert [x for x in a if not isinstance(x, float)] == [x for x in b if not isinstance(x, float)]
             assert [x for x in b if isinstance(x, float)] == pytest.approx(
                 [x for x in a if isinstance(x, float)], rel=1e-3, abs=1e-4)
+
+
+def test_ranks_other_than_0_build_the_structure_without_reading_weights(tmp_path):
+    """load_model on the meta device: the same parameters, names and dtypes, and no memory for their values."""
+    from ftlab.config import ModelConfig, TinyModelConfig
+    from ftlab.model import build_tiny, load_model, save_pretrained
+
+    model, tokenizer = build_tiny(TinyModelConfig(hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64))
+    save_pretrained(model, tokenizer, tmp_path / "m")
+    real, _ = load_model(ModelConfig(name=str(tmp_path / "m")), torch.device("cpu"), torch.bfloat16)
+    meta, _ = load_model(ModelConfig(name=str(tmp_path / "m")), torch.device("meta"), torch.bfloat16)
+    shapes = {n: (p.shape, p.dtype) for n, p in real.named_parameters()}
+    assert {n: (p.shape, p.dtype) for n, p in meta.named_parameters()} == shapes
+    assert all(p.is_meta for p in meta.parameters())

@@ -2,8 +2,9 @@
 
     torchrun --nproc_per_node 4 -m ftlab train CONFIG --out DIR      # or: ftlab train CONFIG --out DIR --nproc 4
 
-Every process builds the same model and reads the same data in the same seeded order; each decoder block and
-then the whole model are sharded with fully_shard (bf16 parameters and fp32 gradient reduction on CUDA), so
+Rank 0 reads the weights on the CPU, the other processes build the same model on the meta device, and all read
+the same data in the same seeded order; each decoder block and then the whole model are sharded with fully_shard
+and rank 0's weights broadcast into the shards (bf16 parameters and fp32 gradient reduction on CUDA), so
 every process holds 1/N of the weights, gradients and optimizer state. A step's micro-batches are dealt out
 across processes without overlap (process r takes micro-batches r, r+N, ...), and the loss stays normalised by
 the whole global batch, so the gradient is the one a single process would compute. Rank 0 alone writes the run
@@ -81,9 +82,15 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def shard(model: nn.Module, device: torch.device) -> nn.Module:
-    """fully_shard each decoder block, then the root (embeddings, final norm and head stay in the root's unit)."""
+def shard(model: nn.Module, device: torch.device, world: World) -> nn.Module:
+    """fully_shard each decoder block, then the root (embeddings, final norm and head stay in the root's unit).
+
+    Only rank 0 holds real weights (on the CPU); the other ranks built the model on the meta device. After
+    sharding, rank 0's weights are broadcast into every rank's shards, and its buffers (rotary tables) copied."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    whole = model.state_dict() if world.main else {}  # the full tensors, before fully_shard replaces them
 
     policy = MixedPrecisionPolicy()
     if device.type == "cuda":
@@ -97,6 +104,14 @@ def shard(model: nn.Module, device: torch.device) -> nn.Module:
     for block in blocks:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
+    if not world.main:
+        model.to_empty(device=device)  # meta -> uninitialised memory for this rank's shards and the buffers
+    set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.device != device:
+                module._buffers[name] = buffer = buffer.to(device)
+            dist.broadcast(buffer, src=0)
     return model
 
 

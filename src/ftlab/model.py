@@ -99,7 +99,10 @@ def save_pretrained(model, tokenizer, directory: Path) -> None:
 
 
 def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name: str | None = None):
-    """(model, tokenizer) from a local directory or hub id, safetensors only, SDPA attention, on `device`."""
+    """(model, tokenizer) from a local directory or hub id, safetensors only, SDPA attention, on `device`.
+
+    device "meta": the model's structure without reading its weights (the processes of a sharded run other
+    than rank 0 build it so; rank 0's weights reach them when the model is sharded)."""
     name = name or cfg.name
     if name == "tiny":
         raise ValueError("build the tiny model with build_tiny() and save it first; load_model reads directories")
@@ -115,15 +118,22 @@ def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name:
         if not hasattr(hf_config, "attention_dropout"):
             raise ConfigError(f"model.attention_dropout: {type(hf_config).__name__} has no attention_dropout setting")
         extra["attention_dropout"] = cfg.attention_dropout
-    model = AutoModelForCausalLM.from_pretrained(
-        name,
-        revision=cfg.revision,
-        trust_remote_code=cfg.trust_remote_code,
-        use_safetensors=True,
-        dtype=dtype,
-        attn_implementation="sdpa",
-        **extra,
-    ).to(device)
+    if torch.device(device).type == "meta":
+        for key, value in extra.items():
+            setattr(hf_config, key, value)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="sdpa",
+                                                     trust_remote_code=cfg.trust_remote_code)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            name,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=True,
+            dtype=dtype,
+            attn_implementation="sdpa",
+            **extra,
+        ).to(device)
     tokenizer = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is always masked out of the loss

@@ -103,7 +103,7 @@ def prepare(model, cfg: RunConfig, device: torch.device, world: World = SINGLE):
     chunked = use_chunked_loss(cfg, model, device, world)
     speed_options(model, cfg)
     if world.distributed:
-        model = distributed.shard(model, device)
+        model = distributed.shard(model, device, world)
     groups = param_groups(model, cfg)
     params = [p for g in groups for p in g["params"]]
     return model, params, make_optimizer(groups, cfg.train), autocast_for(cfg, device), chunked
@@ -293,8 +293,9 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
         _materialize_builtin_data(cfg, run.path)
     distributed.barrier(world)
     base_name = prepare_base(cfg.model, run.path)
-    # several processes: load on the CPU, then fully_shard moves 1/N of it to each device
-    load_on = torch.device("cpu") if world.distributed else device
+    # several processes: rank 0 reads the weights on the CPU, the others build the structure on the meta device;
+    # sharding then gives each device 1/N of rank 0's weights (distributed.shard)
+    load_on = device if not world.distributed else torch.device("cpu" if world.main else "meta")
     model, tokenizer = load_model(cfg.model, load_on, resolve_dtype(cfg.model, device, cfg.method.name == "full"), base_name)
     model = apply_method(model, cfg)
     pissa_init = _save_pissa_init(model, run.path) if cfg.method.name == "lora" and cfg.method.init == "pissa" else None
