@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import TINY_MODEL, tiny_config
 from ftlab.cli import main
-from ftlab.config import RunConfig, TrainConfig
+from ftlab.config import TrainConfig
 from ftlab.errors import ConfigError, FtlabError, TrainingError
 from ftlab.model import load_trained
 from ftlab.optim import LionW, lr_factor
