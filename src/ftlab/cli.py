@@ -22,8 +22,9 @@ def _launch(args: argparse.Namespace) -> int:
     """ftlab train --nproc N: the same command under torchrun (one machine, N processes)."""
     import subprocess
 
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "ftlab", "train", args.config, *args.overrides, "--out", args.out]
+    from ftlab.distributed import launch_command
+
+    command = launch_command(args.nproc, args.config, args.overrides, args.out)
     print(f"ftlab: {' '.join(command[1:])}", flush=True)
     return subprocess.call(command)
 
@@ -34,6 +35,9 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides, out=args.out)  # a bad config stops here, before any launch
     if args.nproc > 1:
+        from ftlab.distributed import check_supported
+
+        check_supported(cfg)
         return _launch(args)
     run = train(cfg)
     print(f"ftlab: done; run directory {run}")

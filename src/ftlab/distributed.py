@@ -53,6 +53,24 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def launch_command(nproc: int, config: str, overrides: list[str], out: str) -> list[str]:
+    """`ftlab train` under torchrun on this machine with nproc processes (ftlab train --nproc, ftlab run --nproc)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "ftlab", "train", config, *overrides, "--out", out]
+
+
+def check_supported(cfg) -> None:
+    """What a sharded run cannot do, refused before anything is launched or written (cfg: a RunConfig)."""
+    from ftlab.errors import ConfigError
+
+    if cfg.method.name == "lora" and cfg.method.init == "pissa":
+        raise ConfigError("method.init: pissa is not supported with several processes; train it on one")
+    if cfg.train.loss == "chunked":  # it calls the head outside the sharded root's forward
+        raise ConfigError("train.loss: chunked is not available with several processes (FSDP); use auto or full")
+
+
 def init(device_name: str) -> tuple[World, torch.device]:
     """Join the process group torchrun set up: NCCL on CUDA, gloo on the CPU; returns (world, this rank's device)."""
     world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")),
@@ -148,8 +166,3 @@ def like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
     return value
 
-
-def set_gradient_sync(model: nn.Module, sync: bool) -> None:
-    """Under FSDP, skip the reduce-scatter on all but the last micro-batch of a step (gradients accumulate)."""
-    if hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(sync)

@@ -50,13 +50,11 @@ def autocast_for(cfg: RunConfig, device: torch.device):
 def use_chunked_loss(cfg: RunConfig, model, device: torch.device, world: World = SINGLE) -> bool:
     """train.loss: chunked (ftlab.loss: no full-vocabulary logits), full, or auto (chunked on CUDA where exact).
 
-    Under FSDP the loss is the full path: the chunked loss calls the head outside the sharded root's forward."""
+    Under FSDP the loss is the full path (chunked is refused by distributed.check_supported)."""
     from ftlab import loss
 
-    if cfg.train.loss == "full" or (world.distributed and cfg.train.loss == "auto"):
+    if cfg.train.loss == "full" or world.distributed:
         return False
-    if world.distributed:
-        raise FtlabError("train.loss: chunked is not available with several processes (FSDP); use auto or full")
     if not loss.supports(model):
         if cfg.train.loss == "chunked":
             raise FtlabError("train.loss: chunked needs logits = lm_head(last hidden state) (no soft-capping or "
@@ -133,7 +131,8 @@ def train_step(model, micro: list[dict[str, torch.Tensor]], optimizer, params, g
     total = 0.0
     share = distributed.my_share(micro, world)
     for i, (batch, weight) in enumerate(share):
-        distributed.set_gradient_sync(model, i == len(share) - 1)
+        if world.distributed:  # reduce-scatter on the last micro-batch only; the others accumulate locally
+            model.set_requires_gradient_sync(i == len(share) - 1)
         loss, _ = token_loss_sum(model, batch, autocast, chunked)
         (loss * (weight * world.size / n_targets)).backward()
         total += loss.item() * weight
@@ -276,8 +275,7 @@ def train(cfg: RunConfig) -> Path:
         return run.path
     world, device = distributed.init(cfg.train.device)
     try:
-        if cfg.method.name == "lora" and cfg.method.init == "pissa":
-            raise ConfigError("method.init: pissa is not supported with several processes; train it on one")
+        distributed.check_supported(cfg)  # before the run directory is written
         with RunDir(cfg, main=world.main) as run:
             distributed.barrier(world)  # rank 0 has checked and written the run directory
             _train(cfg, run, world, device)

@@ -130,7 +130,7 @@ class Sampler:
         """One decode step (B, 1) -> logits (B, V); compiled where set up. A compiled step that fails (an
         unsupported model or torch version) is reported once and decoding goes on without compiling."""
         args = (self.model, ids, mask, positions, cache, self._cache_arg, self._keep_last)
-        if not self.compile or self.cache != "static":
+        if not self.compile:  # the constructor allows compile with the static cache only
             return _next_logits(*args)
         try:
             return self._step(*args)

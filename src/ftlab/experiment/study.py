@@ -140,19 +140,18 @@ def train_plan(plan: RunPlan, root: Path, nproc: int = 1) -> None:
 def train_processes(plan: RunPlan, nproc: int) -> None:
     """`ftlab train <run>/launch.yaml --out <run>` under torchrun with nproc processes on this machine."""
     import subprocess
-    import sys
 
     from ftlab.config import dump_yaml
+    from ftlab.distributed import check_supported, launch_command
 
+    check_supported(plan.cfg)
     run_dir = Path(plan.cfg.output.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run_dir / "launch.yaml"
     tmp = config.with_name("launch.yaml.tmp")
     tmp.write_text(dump_yaml(plan.cfg))
     tmp.replace(config)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "ftlab", "train", str(config), "--out", str(run_dir)]
-    code = subprocess.call(command)
+    code = subprocess.call(launch_command(nproc, str(config), [], str(run_dir)))
     if code != 0:
         raise TrainingError(f"training on {nproc} processes exited with status {code} (its messages are above)")
 
