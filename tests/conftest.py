@@ -41,9 +41,13 @@ def text(tmp_path):
     return write_text(tmp_path / "text.jsonl")
 
 
-def tiny_config(data_path, out, *overrides):
-    """A run on the tiny model: IFT on `data_path` unless overridden; 2 epochs of batch 16."""
-    base = TINY_MODEL + [f"data.path={data_path}", "data.seq_len=32", "data.eval_fraction=0.1",
+def tiny_overrides(data_path, *overrides) -> list[str]:
+    """The dotted settings of a run on the tiny model: IFT on `data_path` unless overridden; 2 epochs of batch 16."""
+    return TINY_MODEL + [f"data.path={data_path}", "data.seq_len=32", "data.eval_fraction=0.1",
                          "train.global_batch=16", "train.micro_batch=8", "train.epochs=2", "train.lr=3e-3",
-                         "train.warmup=2", "output.resume_every=3"]
-    return load_config(None, base + list(overrides), out=str(out))
+                         "train.warmup=2", "output.resume_every=3", *overrides]
+
+
+def tiny_config(data_path, out, *overrides):
+    """tiny_overrides as a RunConfig writing to `out`."""
+    return load_config(None, tiny_overrides(data_path, *overrides), out=str(out))

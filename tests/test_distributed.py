@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_overrides
 from ftlab.checkpoint import branch_state
 from ftlab.train import train
 
@@ -23,12 +23,9 @@ SETTINGS = ["train.global_batch=12", "train.micro_batch=4", "train.epochs=1", "t
 
 def run_procs(pairs, out, nproc: int, *overrides) -> None:
     """`ftlab train --nproc N` in a subprocess: the command a user types."""
-    from conftest import TINY_MODEL
-
     config = out.parent / f"{out.name}.yaml"
     config.write_text("{}\n")
-    args = [*TINY_MODEL, f"data.path={pairs}", "data.seq_len=32", "data.eval_fraction=0.1", "train.lr=3e-3",
-            "train.warmup=2", "output.resume_every=3", *SETTINGS, *overrides]
+    args = tiny_overrides(pairs, *SETTINGS, *overrides)  # what tiny_config gives the one-process runs
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "ftlab", "train", str(config), *args, "--out", str(out),
                            "--nproc", str(nproc)], capture_output=True, text=True, env=env, timeout=300)
