@@ -1,16 +1,27 @@
-"""The sandbox: each hostile program fails only its own sample, the host is untouched, and the batch ends promptly."""
+"""The sandbox: each hostile program fails only its own sample, the host is untouched, and the batch ends promptly;
+which isolation runs, and the refusal when the one required is missing. (tests/test_sandbox_hostile.py: programs
+that get past the Python guard, against the OS-level modes.)"""
 
+import fcntl
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from ftlab.cli import main
+from ftlab.errors import FtlabError
 from ftlab.evaluate import sandbox
-from ftlab.evaluate.sandbox import run_many, run_program
+from ftlab.evaluate.code import load_humaneval, score_completions
+from ftlab.evaluate.docs import CodeDoc
+from ftlab.evaluate.isolation import Isolation
+from ftlab.evaluate.sandbox import Detected, choose_isolation, run_many, run_program
 
 GOOD = "assert sum(range(10)) == 45\nprint('ok')"
 ESCAPE = f"/tmp/ftlab_sandbox_escape_{uuid.uuid4().hex}"  # must never be created
@@ -42,15 +53,24 @@ def hostile_programs(victim: Path) -> dict[str, str]:
 
 
 def sandboxed_processes() -> list[int]:
-    """Pids of live processes running the sandbox child (forks inherit its command line)."""
+    """Pids of live (not zombie) processes running the sandbox child (forks inherit its command line)."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and sandbox.__file__.encode() in (entry / "cmdline").read_bytes():
+            if (entry.name.isdigit() and b"sandbox_child.py" in (entry / "cmdline").read_bytes()
+                    and "\nState:\tZ" not in (entry / "status").read_text()):
                 pids.append(int(entry.name))
         except OSError:
             continue  # exited while we looked
     return pids
+
+
+def isolation(mode: str) -> Isolation:
+    """The working isolation of `mode` on this host, or skip saying why there is none."""
+    found = sandbox.detect()
+    if mode not in found.working:
+        pytest.skip(f"{mode} does not work here ({found.missing.get(mode)}); the other modes are tested")
+    return found.working[mode]
 
 
 def rss_bytes() -> int:
@@ -143,44 +163,169 @@ def test_chatty_program_output_is_truncated():
     assert time.perf_counter() - start < 10
 
 
-@pytest.mark.parametrize("namespace", ["detected", "none"])
-def test_process_group_is_killed_even_when_the_guard_is_bypassed(monkeypatch, namespace):
-    """A program that gets past the Python guard (via ctypes) and leaves a sleeping child behind: the group kill
-    at the end still ends that child, with or without a network namespace."""
-    if namespace == "none":
-        monkeypatch.setattr(sandbox, "network_namespace", lambda: ())
+@pytest.mark.parametrize("mode", ["bwrap", "unshare", "python"])
+def test_process_group_is_killed_even_when_the_guard_is_bypassed(mode):
+    """A program that gets past the Python guard (via ctypes) and leaves a sleeping child behind: the end of the
+    run still ends that child, in every mode (the group kill; under bwrap and unshare, the PID namespace)."""
     program = BYPASS + "if ctypes.CDLL(None).fork() == 0:\n    time.sleep(60)\nprint('forked')"
     start = time.perf_counter()
-    result = run_program(program, timeout_s=5)
+    result = run_program(program, timeout_s=5, isolation=isolation(mode))
     assert result.status == "passed" and result.output == "forked\n"
     assert time.perf_counter() - start < 5
     assert sandboxed_processes() == []
 
 
-def test_network_namespace_stops_a_program_past_the_socket_guard():
+@pytest.mark.parametrize("mode", ["bwrap", "unshare"])
+def test_network_namespace_stops_a_program_past_the_socket_guard(mode):
     """The real socket class is still reachable past the guard; only the network namespace stops it then."""
-    if not sandbox.network_namespace():
-        pytest.skip("unshare --net does not work here; the sandbox relies on the Python guard alone")
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        program = (f"import socket\nreal = socket.socket.__mro__[1]\n"
+        program = (f"import socket\nreal = socket.socket.__mro__[2]  # _socket.socket, the C type\n"
                    f"real().connect(('127.0.0.1', {port}))\nprint('connected')")
-        result = run_program(program)
+        result = run_program(program, isolation=isolation(mode))
     assert result.status == "failed" and "connected" not in result.output
+    # bwrap brings up the namespace's own loopback (nothing listens there); unshare leaves it down
+    assert "ConnectionRefusedError" in result.output or "Network is unreachable" in result.output
 
 
-def test_crash_is_an_error():
-    result = run_program(BYPASS + "ctypes.string_at(0)")
+@pytest.mark.parametrize("mode", ["bwrap", "unshare", "python"])
+def test_crash_is_an_error(mode):
+    result = run_program(BYPASS + "ctypes.string_at(0)", isolation=isolation(mode))
     assert result.status == "error" and result.returncode == -11
 
 
 def test_process_that_leaves_the_group_is_reported():
-    """The documented hole: past the guard, setsid() escapes the group kill; the run says so instead of hanging."""
+    """The hole of the Python-only mode: past the guard, setsid() escapes the group kill; the run says so
+    instead of hanging."""
     program = BYPASS + ("pid = ctypes.CDLL(None).fork()\nif pid == 0:\n    ctypes.CDLL(None).setsid()\n"
                         "    time.sleep(30)\nprint(pid, flush=True)")
     start = time.perf_counter()
-    result = run_program(program)
+    result = run_program(program, isolation=isolation("python"))
     escaped = int(result.output.split()[0])
     os.kill(escaped, signal.SIGKILL)
     assert result.status == "error" and "still holds the output pipe" in result.output
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "unshare"])
+def test_process_that_leaves_the_session_dies_with_the_namespace(mode):
+    """The same program under bwrap or unshare: the escaped child dies with the PID namespace, the run ends
+    normally and promptly."""
+    program = BYPASS + ("pid = ctypes.CDLL(None).fork()\nif pid == 0:\n    ctypes.CDLL(None).setsid()\n"
+                        "    time.sleep(30)\nprint('forked', flush=True)")
+    start = time.perf_counter()
+    result = run_program(program, isolation=isolation(mode))
+    assert result == sandbox.ProgramResult("passed", 0, "forked\n")
+    assert time.perf_counter() - start < 5
+    assert sandboxed_processes() == []
+
+
+# ----------------------------------------------------------------------------- which isolation runs
+
+
+def test_bubblewrap_runs_where_it_is_installed():
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (apt-get install bubblewrap); the unshare path is tested instead")
+    found = sandbox.detect()
+    assert "bwrap" in found.working, found.missing.get("bwrap")
+    assert choose_isolation("auto").mode == choose_isolation("os").mode == choose_isolation("bwrap").mode == "bwrap"
+    assert choose_isolation().describe().startswith("bubblewrap (")
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "unshare", "python"])
+def test_each_mode_shows_what_it_promises(mode):
+    """What the program sees: pid namespace, own loopback only, no capabilities, uid 65534 for a root
+    evaluator, and (bwrap only) a working directory that exists nowhere on the host."""
+    iso = isolation(mode)
+    program = ("import os, socket\nst = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+               "print(os.getpid(), os.getuid(), int(st['CapEff'], 16), [n for _, n in socket.if_nameindex()],"
+               " os.getcwd(), sorted(os.listdir('/')), sep='|')")
+    result = run_program(program, isolation=iso)
+    assert result.status == "passed", result.output
+    pid, uid, caps, links, cwd, root = result.output.strip().split("|")
+    if mode == "python":
+        assert int(pid) > 2 and cwd.startswith(tempfile.gettempdir())
+        return
+    assert int(pid) <= 2 and int(caps) == 0 and links == "['lo']"
+    assert int(uid) == (65534 if os.geteuid() == 0 else int(uid))
+    if mode == "bwrap":
+        assert cwd == "/sandbox" and not Path("/sandbox").exists()
+        assert "'home'" not in root and "'run'" not in root and "'sys'" not in root and "'var'" not in root
+
+
+def test_choice_prefers_bwrap_then_unshare_and_refuses_what_is_missing(monkeypatch):
+    unshare, python = Isolation("unshare", "/usr/bin/unshare", None, "/usr/bin/setpriv"), Isolation("python")
+    monkeypatch.setattr(sandbox, "detect", lambda: Detected({"unshare": unshare, "python": python},
+                                                            {"bwrap": "bwrap is not installed"}))
+    assert choose_isolation("auto") == choose_isolation("os") == unshare
+    with pytest.raises(FtlabError, match=r"--isolation bwrap: refusing .* without bubblewrap \(bwrap: bwrap is "
+                                         r"not installed\).*apt-get install bubblewrap"):
+        choose_isolation("bwrap")
+    monkeypatch.setattr(sandbox, "detect", lambda: Detected({"python": python}, {"bwrap": "no", "unshare": "no"}))
+    assert choose_isolation("auto") == python
+    with pytest.raises(FtlabError, match="without OS-level isolation .bwrap: no; unshare: no"):
+        choose_isolation("os")
+    with pytest.raises(FtlabError, match="expected one of auto, os, bwrap"):
+        choose_isolation("docker")
+
+
+def test_cli_refuses_before_anything_is_loaded(monkeypatch, tmp_path, capsys):
+    """--isolation os without OS-level isolation: exit 2 naming what is missing and how to install it, before the
+    target is even looked at (it does not exist here, and that is not what the error says)."""
+    monkeypatch.setattr(sandbox, "detect", lambda: Detected({"python": Isolation("python")},
+                                                            {"bwrap": "bwrap is not installed", "unshare": "no"}))
+    assert main(["eval", str(tmp_path / "missing"), "--tasks", "humaneval", "--isolation", "os"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to run generated code without OS-level isolation" in err and "apt-get install bubblewrap" in err
+    assert "not a run directory" not in err
+    assert main(["eval", str(tmp_path / "missing"), "--tasks", "hellaswag", "--isolation", "os"]) == 2
+    assert "not a run directory" in capsys.readouterr().err  # no generated code to run: nothing to refuse
+
+
+def test_cli_says_which_isolation_runs(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "missing"), "--tasks", "humaneval"]) == 2  # stops at the missing target
+    line = f"ftlab eval: generated code runs under {choose_isolation().describe()}\n"
+    assert capsys.readouterr().out == line
+
+
+@pytest.mark.parametrize("mode", ["os", "python"])
+def test_the_choice_reaches_the_programs_through_score_completions_and_evaluate_into(tmp_path, mode):
+    """A completion that passes only inside a PID namespace: its score follows the isolation passed in."""
+    from ftlab.evaluate.runner import evaluate_into
+    from ftlab.evaluate.tasks import get_task
+
+    iso = choose_isolation("os") if mode == "os" else isolation(mode)  # bwrap, else unshare
+    inside = "\n    assert __import__('os').getpid() <= 2\n"  # the newline: after a stripped or a whole prompt
+    doc = CodeDoc(task_id="t/0", prompt="def f():\n", test="def check(f):\n    assert f() == 1\n", entry_point="f",
+                  canonical_solution="    return 1\n")
+    scores, records = score_completions([doc], [[inside + "    return 1\n"]], ks=(1,), isolation=iso)
+    assert records[0]["passed"] is (mode == "os") and scores[0].value == (1.0 if mode == "os" else 0.0)
+
+    class Canonical:  # generates each HumanEval problem's canonical solution (in order) behind the same check
+        def generate(self, prompts, **kwargs):
+            return [[inside + d.canonical_solution] for d in load_humaneval()[:len(prompts)]]
+
+    spec = replace(get_task("humaneval"), limit=2, samples=1, ks=(1,))
+    results = evaluate_into(tmp_path, Canonical(), None, None, [spec], None, None, isolation=iso)
+    assert [s["value"] for s in results["scores"] if s["metric"] == "pass@1"] == [1.0 if mode == "os" else 0.0]
+
+
+def test_stale_host_workdirs_are_swept_and_busy_ones_kept(monkeypatch, tmp_path):
+    """unshare and python modes work in host directories; one left by a killed evaluator (its lock free) goes
+    at the next run, one in use (locked) stays."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale, busy, other = (tmp_path / f"{sandbox.WORKDIR_PREFIX}{name}" for name in ("stale", "busy", "x"))
+    for d in (stale, busy):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "program.py").write_text("pass")
+    other.write_text("a file, not a directory")
+    lock = os.open(busy, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert sandbox.sweep_stale_workdirs() == [str(stale)]
+    finally:
+        os.close(lock)
+    assert not stale.exists() and busy.exists() and other.exists()
+    result = run_program("import os\nprint(os.getcwd())", isolation=isolation("python"))
+    assert result.status == "passed" and Path(result.output.strip()).parent == tmp_path
+    assert not Path(result.output.strip()).exists()  # its own directory is gone after the run

@@ -49,7 +49,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     written = evaluate_target(args.target, tasks, data_dir=args.data_dir, base=args.base, device=args.device,
-                              batch_size=args.batch_size, limit=args.limit)
+                              batch_size=args.batch_size, limit=args.limit, isolation=args.isolation)
     print("ftlab eval: results in " + ", ".join(str(d / "eval.json") for d in written))
     return 0
 
@@ -135,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--limit", type=int, help="evaluate the first N documents of each task (a quick look)")
+    p.add_argument("--isolation", choices=["auto", "os", "bwrap"], default="auto", help="what generated code "
+                   "(humaneval) runs under: auto = the strongest that works here (bubblewrap, else unshare, else "
+                   "the Python-level guard alone); os = refuse unless bubblewrap or unshare works; bwrap = refuse "
+                   "unless bubblewrap works. Checked before any model is loaded")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("report", help="one self-contained HTML report on a study directory, with CSV/JSON")

