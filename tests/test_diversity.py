@@ -104,9 +104,11 @@ def test_math_sampled_scores_pass_at_k_over_strict_matches():
     assert set(values) == {"pass@1", "pass@5", "pass@10"} and all(s.task == "math_sampled" for s in scores)
     for k in (1, 5, 10):
         assert values[f"pass@{k}"] == pytest.approx(sum(closed_form(10, c, k) for c in correct) / 3)
+        assert sum(s["metrics"][f"pass@{k}"] for s in samples) / len(samples) == pytest.approx(values[f"pass@{k}"])
+    per_problem = {f"pass@{k}": closed_form(10, correct[0], k) for k in (1, 5, 10)}
     assert samples[1] == {"id": samples[0]["id"], "sample": 1, "prompt": samples[0]["prompt"],
                           "completion": f"#### {golds[0]}1", "extracted_strict": f"{golds[0]}1", "gold": golds[0],
-                          "passed": False}
+                          "passed": False, "metrics": pytest.approx(per_problem)}
 
 
 class GreedyOnly:
@@ -120,7 +122,8 @@ class GreedyOnly:
 def test_greedy_math_task_keeps_its_greedy_path():
     scores, samples = run_task(GreedyOnly(), replace(get_task("math"), limit=2), None)
     assert {s.metric for s in scores} == {"exact_match_strict", "exact_match_flexible"}
-    assert set(samples[0]) == {"id", "prompt", "completion", "extracted_strict", "extracted_flexible", "gold"}
+    assert set(samples[0]) == {"id", "prompt", "completion", "extracted_strict", "extracted_flexible", "gold",
+                               "metrics"}
     with pytest.raises(FtlabError, match="temperature 0"):
         run_task(GreedyOnly(), replace(get_task("math"), limit=2, samples=3), None)
 

@@ -12,7 +12,7 @@ from ftlab.evaluate.lm import LM
 from ftlab.model import build_tiny, save_pretrained
 from test_choice import TINY, run_lm_eval
 
-GSM8K = Path(__file__).parents[1].parent / "shared/benchmarks/gsm8k"
+DATA = Path(__file__).parent / "data" / "benchmarks" / "gsm8k"  # GSM8K's first 50 test and train records
 
 
 @pytest.mark.parametrize("text,strict,flexible", [
@@ -66,7 +66,10 @@ def test_scoring_on_hand_written_completions():
     assert lm.stop == ["Question:", "</s>", "<|im_end|>"]
     assert lm.prompts[0].count("Question: s") == 2 and lm.prompts[0].endswith("\n\nQuestion: q0\nAnswer:")
     assert samples[1] == {"id": "t:1", "prompt": lm.prompts[1], "completion": "about $5.00 total",
-                          "extracted_strict": INVALID, "extracted_flexible": "$5.00", "gold": "5"}
+                          "extracted_strict": INVALID, "extracted_flexible": "$5.00", "gold": "5",
+                          "metrics": {"exact_match_strict": 0.0, "exact_match_flexible": 0.0}}
+    assert [r["metrics"] for r in samples] == [{"exact_match_strict": s, "exact_match_flexible": f}
+                                               for s, f in ((1.0, 1.0), (0.0, 0.0), (0.0, 1.0), (0.0, 0.0))]
 
 
 def read(path: Path) -> list:
@@ -74,12 +77,10 @@ def read(path: Path) -> list:
 
 
 def test_parity_with_lm_eval(tmp_path):
-    if not (GSM8K / "test.jsonl").exists():
-        pytest.skip(f"{GSM8K} not present")
     model_dir = tmp_path / "model"
     save_pretrained(*build_tiny(TINY), model_dir)
     ref = run_lm_eval(model_dir, ["ftlab_gsm8k"], 5, limit=10)
-    docs, train = read(GSM8K / "test.jsonl")[:10], read(GSM8K / "train.jsonl")
+    docs, train = read(DATA / "test.jsonl")[:10], read(DATA / "train.jsonl")
     lm = LM(*build_tiny(TINY), batch_size=8)
     scores, samples = score_gsm8k(lm, docs, train, num_fewshot=5, max_new_tokens=32)
     theirs = {s["filter"]: s for s in ref["samples"]["ftlab_gsm8k"] if s["doc_id"] == 0}

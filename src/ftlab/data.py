@@ -9,6 +9,7 @@ Raw-text packing for continued pretraining (CPT) lives in `packing.py`; it is re
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -18,8 +19,8 @@ from ftlab.errors import DataError
 from ftlab.packing import IGNORE, PackedText, load_cpt_eval, read_records
 
 __all__ = [
-    "IGNORE", "Example", "PackedText", "collate", "detect_format", "load_cpt_eval", "load_ift",
-    "prompt_response", "read_records", "tokenize_example",
+    "IGNORE", "Example", "PackedText", "collate", "detect_format", "load_cpt_eval", "load_ift", "model_inputs",
+    "pack_examples", "prompt_response", "read_records", "tokenize_example",
 ]
 
 ALPACA_PROMPT = (
@@ -51,8 +52,9 @@ SHAPES: list[tuple[str, tuple[str, ...]]] = [
 class Example:
     """One tokenized instruction example."""
 
-    input_ids: list[int]  # [bos] + prompt tokens + response tokens + eos, truncated to seq_len
-    labels: list[int]  # same length; IGNORE on bos and every prompt token (loss on response tokens only)
+    input_ids: list[int]  # [bos] + the tokens of the whole text (+ eos), truncated to seq_len (tokenize_example)
+    labels: list[int]  # same length; the token id on tokens that hold response text (and eos), IGNORE elsewhere
+    position_ids: list[int] | None = None  # packed (pack_examples): restart at 0 with each example; None: 0..T-1
 
 
 def detect_format(record: dict, where: str, text_field: str = "text") -> str:
@@ -99,8 +101,37 @@ def prompt_response(record: dict, fmt: str, where: str) -> tuple[str, str]:
     raise DataError(f"{where}: format {fmt!r} has no plain-text template (messages use the chat template)")
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its backend, offsets untrimmed
+
+
+def _encoder(tokenizer, where: str):
+    """The tokenizer's Rust backend without its post-processor (a private copy, made once per tokenizer).
+
+    Without special tokens a post-processor only moves offsets: the ByteLevel one of GPT-NeoX-style files
+    (trim_offsets) cuts leading and trailing spaces off them, so a token "ĠĠĠ" would seem to hold no character.
+    The copy gives the same ids with offsets that cover every character of the text."""
+    if tokenizer not in _ENCODERS:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise DataError(f"{where}: labelling response tokens needs a fast tokenizer (one with a tokenizer.json "
+                            f"backend), got {type(tokenizer).__name__}")
+        from tokenizers import Tokenizer
+
+        copy = Tokenizer.from_str(backend.to_str())
+        copy.post_processor = None
+        copy.no_truncation()  # a tokenizer.json may carry its own; seq_len truncates here
+        copy.no_padding()
+        _ENCODERS[tokenizer] = copy
+    return _ENCODERS[tokenizer]
+
+
+def _encode_spans(tokenizer, text: str, spans: list[tuple[int, int]], where: str) -> tuple[list[int], list[bool]]:
+    """The token ids the tokenizer makes of the whole text (no special tokens added) and, for each token,
+    whether it holds at least one character of one of the [start, end) character spans."""
+    encoding = _encoder(tokenizer, where).encode(text, add_special_tokens=False)
+    held = [any(start < span_end and end > span_start for span_start, span_end in spans)
+            for start, end in encoding.offsets]
+    return list(encoding.ids), held
 
 
 def _adds_bos(tokenizer) -> bool:
@@ -108,7 +139,8 @@ def _adds_bos(tokenizer) -> bool:
     bos = tokenizer.bos_token_id
     if bos is None:
         return False
-    return tokenizer("a")["input_ids"][:1] == [bos] and _encode(tokenizer, "a")[:1] != [bos]
+    with_specials, without = tokenizer("a")["input_ids"], tokenizer("a", add_special_tokens=False)["input_ids"]
+    return with_specials[:1] == [bos] and without[:1] != [bos]
 
 
 def _chat_pieces(record: dict, tokenizer, where: str) -> list[tuple[str, bool]]:
@@ -142,32 +174,39 @@ def _chat_pieces(record: dict, tokenizer, where: str) -> list[tuple[str, bool]]:
 
 
 def tokenize_example(record: dict, fmt: str, tokenizer, seq_len: int, where: str) -> Example | None:
-    """Token ids and labels (IGNORE outside responses), truncated to seq_len; None if no response token is left."""
-    ids: list[int] = []
-    labels: list[int] = []
+    """Token ids and labels, truncated to seq_len; None if no labelled token is left.
 
-    def add(tokens: list[int], train: bool) -> None:
-        ids.extend(tokens)
-        labels.extend(tokens if train else [IGNORE] * len(tokens))
+    The whole text is encoded once, as the tokenizer makes it: the plain-text template's prompt + response, or the
+    conversation rendered by the chat template up to its last assistant turn. Labelled are exactly the tokens that
+    hold at least one character of a response (the record's response; each assistant turn as the template renders
+    it, its end-of-turn text included), by the tokenizer's character offsets. A token that straddles the boundary
+    is labelled: after the prompt "Answer: " the response "4" is the token " 4" (the prompt's space with the
+    answer's digit), and that token carries loss. Plain records end with eos, labelled.
 
+    BOS: put in front when the tokenizer adds one by default (Llama, not GPT-2) and the text does not already
+    begin with it, as a chat template that renders bos_token does (one BOS, never two). Encoding the prompt and
+    the response separately would differ from this: a SentencePiece tokenizer gives a response encoded alone a
+    leading "▁", a space that is not in the text, and no tokenizer merges across a cut it does not see.
+    """
     if fmt == "messages":
-        pieces = _chat_pieces(record, tokenizer, where)
-        if _adds_bos(tokenizer) and not pieces[0][0].startswith(tokenizer.bos_token):
-            add([tokenizer.bos_token_id], False)
-        for text, is_assistant in pieces:  # the template renders each turn's end (e.g. eos) itself
-            add(_encode(tokenizer, text), is_assistant)
+        text, spans = "", []
+        for piece, is_assistant in _chat_pieces(record, tokenizer, where):  # the template renders turn ends
+            if is_assistant:
+                spans.append((len(text), len(text) + len(piece)))
+            text += piece
+        ids, held = _encode_spans(tokenizer, text, spans, where)
     else:
         prompt, response = prompt_response(record, fmt, where)
         if tokenizer.eos_token_id is None:
             raise DataError(f"{where}: the tokenizer has no eos token to end the response with")
-        if _adds_bos(tokenizer):
-            add([tokenizer.bos_token_id], False)
-        add(_encode(tokenizer, prompt), False)
-        add(_encode(tokenizer, response) + [tokenizer.eos_token_id], True)
-    ids, labels = ids[:seq_len], labels[:seq_len]
-    if all(label == IGNORE for label in labels):
+        ids, held = _encode_spans(tokenizer, prompt + response, [(len(prompt), len(prompt) + len(response))], where)
+        ids, held = ids + [tokenizer.eos_token_id], held + [True]
+    if _adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+        ids, held = [tokenizer.bos_token_id] + ids, [False] + held
+    ids, held = ids[:seq_len], held[:seq_len]
+    if not any(held):
         return None
-    return Example(input_ids=ids, labels=labels)
+    return Example(input_ids=ids, labels=[t if h else IGNORE for t, h in zip(ids, held)])
 
 
 def _read_examples(path: str, cfg: DataConfig, tokenizer) -> tuple[list[Example], int, str]:
@@ -217,17 +256,58 @@ def load_ift(cfg: DataConfig, tokenizer, seed: int) -> tuple[list[Example], list
     return train, held_out
 
 
+def pack_examples(examples: list[Example], seq_len: int, seed: int) -> list[Example]:
+    """Several examples per sequence (data.packing): in a seeded random order, each example goes into the current
+    sequence while it fits in seq_len tokens, else starts the next one. Labels stay on responses; position_ids
+    restart at 0 with each example, which is what keeps attention within an example (transformers builds a
+    block-diagonal causal mask from restarting positions when no attention mask is given: `model_inputs`). Every
+    example's first token is a prompt token (unlabelled), so no position predicts across two examples.
+    """
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    packed: list[Example] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for i in order:
+        e = examples[i]
+        if ids and len(ids) + len(e.input_ids) > seq_len:
+            packed.append(Example(ids, labels, positions))
+            ids, labels, positions = [], [], []
+        ids, labels = ids + e.input_ids, labels + e.labels
+        positions = positions + list(range(len(e.input_ids)))
+    if ids:
+        packed.append(Example(ids, labels, positions))
+    return packed
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example: input_ids, attention_mask, labels (B, T); padding is IGNORE in labels."""
+    """Right-pad to the longest example: input_ids, attention_mask, labels (B, T); padding is IGNORE in labels.
+
+    Packed examples add position_ids (B, T); each row's padding gets positions 0, 1, ... of its own, a segment no
+    real token attends to (the attention mask then only counts real tokens; `model_inputs` leaves it out)."""
     if not examples:
         raise ValueError("collate needs at least one example")
     T = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), T), pad_id, dtype=torch.long)  # (B, T)
     attention_mask = torch.zeros((len(examples), T), dtype=torch.long)  # (B, T)
     labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)  # (B, T)
+    packed = any(e.position_ids is not None for e in examples)
+    position_ids = torch.zeros((len(examples), T), dtype=torch.long)  # (B, T)
     for b, e in enumerate(examples):
         n = len(e.input_ids)
         input_ids[b, :n] = torch.tensor(e.input_ids, dtype=torch.long)
         attention_mask[b, :n] = 1
         labels[b, :n] = torch.tensor(e.labels, dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if packed:
+            own = e.position_ids if e.position_ids is not None else list(range(n))
+            position_ids[b] = torch.tensor(own + list(range(T - n)), dtype=torch.long)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    return {**batch, "position_ids": position_ids} if packed else batch
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a training forward takes from a batch: input_ids with the attention mask, or for packed examples with
+    their position_ids and no mask (so transformers makes the packed, block-diagonal causal mask)."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

@@ -1,7 +1,7 @@
 """Multiple choice by log-likelihood: HellaSwag, ARC and WinoGrande documents, scored as lm-eval scores them.
 
     docs = [hellaswag_doc(record, "hellaswag_val.jsonl:1")]    # one JSON object of the original release
-    scores = score_choices(lm, docs, "hellaswag", "1")         # acc, acc_norm (with stderr)
+    scores, records = score_choices(lm, docs, "hellaswag", "1")   # acc, acc_norm (with stderr); one record a doc
 
 A document becomes one (context, continuation) request per choice; the prediction is the choice with the
 highest summed log-likelihood (acc), or the highest log-likelihood per character of the choice text (acc_norm:
@@ -122,25 +122,34 @@ def build_requests(docs: list[ChoiceDoc], shots_docs: list[ChoiceDoc] | None = N
 
 
 def score_choices(lm, docs: list[ChoiceDoc], task: str, version: str, shots_docs: list[ChoiceDoc] | None = None,
-                  num_fewshot: int = 0, seed: int = 1234, shots_from_eval_split: bool = False) -> list[Score]:
-    """acc (and acc_norm where the choices are continuations of one shared context), each with its stderr."""
+                  num_fewshot: int = 0, seed: int = 1234, shots_from_eval_split: bool = False
+                  ) -> tuple[list[Score], list[dict]]:
+    """acc (and acc_norm where the choices are continuations of one shared context), each with its stderr, and
+    one record per document in order: {id, gold, loglikelihoods (per choice), greedy (per choice), prediction
+    (argmax of the log-likelihoods), metrics {acc (0/1)}}, plus prediction_norm (the argmax per character) and
+    metrics acc_norm where acc_norm is reported. Each metric is the mean of the records' values."""
     if not docs:
         raise FtlabError(f"task {task}: no documents to score")
     per_doc = build_requests(docs, shots_docs, num_fewshot, seed, shots_from_eval_split)
     flat = lm.loglikelihood([r for requests in per_doc for r in requests])
-    acc, acc_norm, at = [], [], 0
+    shared = all(len(set(d.contexts)) == 1 for d in docs)  # acc_norm only where every document shares its context
+    records, at = [], 0
     for doc in docs:
-        lls = [ll for ll, _ in flat[at:at + len(doc.contexts)]]
+        results = flat[at:at + len(doc.contexts)]
         at += len(doc.contexts)
-        acc.append(float(_argmax(lls) == doc.gold))
+        lls = [ll for ll, _ in results]
         lengths = [len(c.removeprefix(TARGET_DELIMITER)) for c in doc.continuations]
         if 0 in lengths:
             raise FtlabError(f"task {task}: document {doc.id} has an empty choice; acc_norm divides by its length")
-        acc_norm.append(float(_argmax([ll / n for ll, n in zip(lls, lengths)]) == doc.gold))
-    scores = [mean_score(task, version, "acc", acc)]
-    if all(len(set(d.contexts)) == 1 for d in docs):
-        scores.append(mean_score(task, version, "acc_norm", acc_norm))
-    return scores
+        record = {"id": doc.id, "gold": doc.gold, "loglikelihoods": lls, "greedy": [g for _, g in results],
+                  "prediction": _argmax(lls), "metrics": {}}
+        record["metrics"]["acc"] = float(record["prediction"] == doc.gold)
+        if shared:
+            record["prediction_norm"] = _argmax([ll / n for ll, n in zip(lls, lengths)])
+            record["metrics"]["acc_norm"] = float(record["prediction_norm"] == doc.gold)
+        records.append(record)
+    metrics = ["acc", "acc_norm"] if shared else ["acc"]
+    return [mean_score(task, version, m, [r["metrics"][m] for r in records]) for m in metrics], records
 
 
 def _argmax(values: list[float]) -> int:

