@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE = -100
+from ftlab.data import IGNORE, model_inputs
+
 CHUNK = 4096  # tokens per head chunk: (4096, 32k) fp32 logits = 512 MiB
 
 
@@ -29,13 +30,25 @@ def _inner(model: nn.Module) -> nn.Module:
 
 def supports(model: nn.Module) -> bool:
     """True when logits = lm_head(backbone(...).last_hidden_state) exactly, so the chunked loss is the same loss."""
+    return unsupported(model) is None
+
+
+def unsupported(model: nn.Module) -> str | None:
+    """Why the chunked loss would not be this model's loss (a phrase naming the setting), or None when it is."""
     inner = _inner(model)
     config = getattr(inner, "config", None)
-    if config is None or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        return False
+    if config is None:
+        return "the model has no config"
+    for key, what in (("final_logit_softcapping", "soft-caps"), ("logit_scale", "scales")):
+        if getattr(config, key, None):
+            return f"{config.model_type} {what} its logits ({key}={getattr(config, key)})"
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear) or head.bias is not None:
+        return "its output head is not a bias-free nn.Linear"
     backbone = getattr(inner, "base_model", None)
-    return isinstance(head, nn.Linear) and head.bias is None and backbone is not None and backbone is not inner
+    if backbone is None or backbone is inner:
+        return "it has no backbone (base_model) to run without the head"
+    return None
 
 
 def chunked_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], autocast,
@@ -44,7 +57,7 @@ def chunked_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], autocast,
     inner = _inner(model)
     head = inner.get_output_embeddings()
     with autocast:
-        hidden = inner.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]  # (B,T,H)
+        hidden = inner.base_model(**model_inputs(batch), use_cache=False)[0]  # (B, T, H)
     targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # (B, T): position t predicts token t+1
     keep = (targets != IGNORE).flatten()  # (B*T,)
     h = hidden.flatten(0, 1)[keep]  # (N, H): labelled positions only

@@ -1,6 +1,7 @@
 """Full finetuning versus LoRA: the only place the two methods differ is which parameters train.
 
-LoRA comes from PEFT, so its adapters are the ecosystem's standard format. `delta_weights()` yields the
+LoRA comes from PEFT, so its adapters are the ecosystem's standard format; which layers it adapts
+(method.targets) is ftlab.architectures' table per architecture. `delta_weights()` yields the
 weight change of every linear layer in fp32 for either method by one code path:
 
     ΔW = (W_layer - W_base) + ΔW_adapter
@@ -18,11 +19,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from ftlab.architectures import check_rank, is_conv1d, target_modules, targeted_layers  # per architecture
 from ftlab.config import RunConfig
-from ftlab.errors import ConfigError
-
-ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
-MLP = ["gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
@@ -34,42 +32,6 @@ class ParamCounts:
         total = self.trainable + self.frozen
         return (f"trainable {self.trainable:,} ({100 * self.trainable / max(total, 1):.2f}%) | "
                 f"frozen {self.frozen:,} | total {total:,}")
-
-
-def linear_names(model: nn.Module) -> set[str]:
-    """Last name component of every nn.Linear except the output head."""
-    head = model.get_output_embeddings()
-    return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head}
-
-
-def target_modules(model: nn.Module, targets: str | list[str]) -> list[str] | str:
-    """Resolve method.targets to module names PEFT understands."""
-    present = linear_names(model)
-    if isinstance(targets, list):
-        missing = [t for t in targets if t not in present]
-        if missing:
-            raise ConfigError(f"method.targets: {missing} not found in the model; its linear layers: {sorted(present)}")
-        return list(targets)
-    wanted = {"attn": ATTN, "mlp": MLP, "all": ATTN + MLP}[targets]
-    if set(wanted) <= present:
-        return wanted
-    if targets == "all":
-        return "all-linear"  # other architectures: PEFT's mapping to every linear layer but the head
-    raise ConfigError(f"method.targets: {targets} means {wanted}, not all present in this model; "
-                      f"name them explicitly from: {sorted(present)}")
-
-
-def check_rank(model: nn.Module, targets: list[str] | str, rank: int) -> None:
-    """A LoRA rank larger than min(in, out) of a target layer is impossible."""
-    head = model.get_output_embeddings()
-    for name, m in model.named_modules():
-        if not isinstance(m, nn.Linear) or m is head:
-            continue
-        if targets != "all-linear" and name.rsplit(".", 1)[-1] not in targets:
-            continue
-        limit = min(m.in_features, m.out_features)
-        if rank > limit:
-            raise ConfigError(f"method.rank: {rank} is larger than {name} allows (min(in, out) = {limit})")
 
 
 def apply_method(model: nn.Module, cfg: RunConfig) -> nn.Module:
@@ -94,6 +56,8 @@ def apply_method(model: nn.Module, cfg: RunConfig) -> nn.Module:
         lora_alpha=cfg.lora_alpha(),
         lora_dropout=m.dropout,
         target_modules=targets,
+        # GPT-2's Conv1D stores its weight as (in, out): PEFT needs to know (it would warn and set it itself)
+        fan_in_fan_out=any(is_conv1d(layer) for layer in targeted_layers(model, targets).values()),
         use_rslora=m.rslora,
         use_dora=m.dora,
         init_lora_weights={"default": True, "gaussian": "gaussian", "pissa": "pissa"}[m.init],

@@ -32,11 +32,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(cfg: ModelConfig, device: torch.device, trains_base: bool) -> torch.dtype:
-    """fp32 on CPU. On CUDA: fp32 master weights when they train (autocast does bf16), bf16 when frozen (LoRA)."""
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """train.precision with auto resolved: bf16-autocast on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16-autocast" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def resolve_dtype(cfg: ModelConfig, device: torch.device, trains_base: bool, precision: str = "auto") -> torch.dtype:
+    """The dtype the weights are loaded in (model.dtype, unless it is auto).
+
+    auto: fp32 when the base trains (full FT: fp32 master weights, autocast computes in bf16) or when the run
+    computes in fp32 (train.precision fp32, or auto on the CPU); bf16 for a frozen base (LoRA) that is computed in
+    bf16 (train.precision bf16-autocast, or auto on CUDA): half the memory, and autocast would cast its matrices to
+    bf16 for every matmul anyway."""
     if cfg.dtype != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.dtype]
-    if device.type == "cuda" and not trains_base:
+    if not trains_base and resolve_precision(precision, device) == "bf16-autocast":
         return torch.bfloat16
     return torch.float32
 
@@ -99,7 +111,8 @@ def save_pretrained(model, tokenizer, directory: Path) -> None:
 
 
 def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name: str | None = None):
-    """(model, tokenizer) from a local directory or hub id, safetensors only, SDPA attention, on `device`.
+    """(model, tokenizer) from a local directory or hub id, safetensors only, on `device`; attention is
+    transformers' default: SDPA where the architecture has it, else eager (Gemma2: soft-capped scores).
 
     device "meta": the model's structure without reading its weights (the processes of a sharded run other
     than rank 0 build it so; rank 0's weights reach them when the model is sharded)."""
@@ -122,8 +135,7 @@ def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name:
         for key, value in extra.items():
             setattr(hf_config, key, value)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, attn_implementation="sdpa",
-                                                     trust_remote_code=cfg.trust_remote_code)
+            model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     else:
         model = AutoModelForCausalLM.from_pretrained(
             name,
@@ -131,7 +143,6 @@ def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name:
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
             dtype=dtype,
-            attn_implementation="sdpa",
             **extra,
         ).to(device)
     tokenizer = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)

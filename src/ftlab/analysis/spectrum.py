@@ -9,12 +9,14 @@
 
 The positional form is `[BASE] FINETUNED`: BASE may be left out when FINETUNED is a run or an adapter.
 For every linear layer of every block (q, k, v, o, gate, up, down; not embeddings or the head; for an adapter, the
-layers it adapts) it records k50/k90/k99, k90/min(m, n), stable rank, effective rank and ||·||_F of ΔW, W_base,
-W_ft and a Gaussian matrix of the same shape (definitions in spectrum_math.py), ||ΔW||_F / ||W_base||_F, and the
-number of intruder dimensions (PEFT's definition; --top-k 0 skips them, as they need two full SVDs per matrix
-and dominate the time: the fields are then null). --singular-values NAME_GLOB (repeatable) adds every singular
-value of ΔW, W_base and W_ft of the matching matrices. Matrices are streamed from safetensors one at a time in
-fp32, so memory stays at a few matrices whatever the model size.
+layers it adapts; "module" is the layer's method.targets name, e.g. q_proj or GPT-2's attn.c_proj; "shape" is
+(out, in) on every architecture, GPT-2's Conv1D included) it records k50/k90/k99, k90/min(m, n), stable rank,
+effective rank and ||·||_F of ΔW, W_base, W_ft and a Gaussian matrix of the same shape (definitions in
+spectrum_math.py), ||ΔW||_F / ||W_base||_F, and the number of intruder dimensions (PEFT's definition; --top-k 0
+skips them, as they need two full SVDs per matrix and dominate the time: the fields are then null).
+--singular-values NAME_GLOB (repeatable) adds every singular value of ΔW, W_base and W_ft of the matching matrices.
+Matrices are streamed from safetensors one at a time in fp32, so memory stays at a few matrices whatever the model
+size.
 
 Output (--out), version 1; for a run, each checkpoint's entry is also written to <checkpoint>/spectrum.json as a
 document of the same form with one checkpoint, and a checkpoint whose spectrum.json has the same base and settings
@@ -163,7 +165,7 @@ def _matrix(ckpt: Checkpoint, name: str, settings: dict, device: torch.device, b
         s_base, s_ft = base_cache[name], singular_values(w_ft, method)
     fro_base, fro_delta = frobenius(w_base), frobenius(delta)
     layer = re.search(r"\.(\d+)\.", name)
-    entry = {"name": name, "layer": int(layer.group(1)) if layer else None, "module": name.split(".")[-2],
+    entry = {"name": name, "layer": int(layer.group(1)) if layer else None, "module": ckpt.layers[name].module,
              "shape": list(ckpt.shapes[name]), "delta": matrix_stats(s_delta, fro_delta),
              "base": matrix_stats(s_base, fro_base), "finetuned": matrix_stats(s_ft, frobenius(w_ft)),
              "gaussian": gaussian_stats(ckpt.shapes[name], method, device),

@@ -5,9 +5,16 @@ A checkpoint is a full model directory (W_ft is read; ΔW = W_ft - W_base) or a 
 does; W_ft = W_base + ΔW). DoRA adapters are supported by the same streaming: PEFT's merge is
 W_ft = (m / ||W_base + scale·B@A||_row) · (W_base + scale·B@A), with m the saved magnitude vector.
 
-Which matrices: every nn.Linear of the base architecture except the output head (q, k, v, o, gate, up, down for
-Llama), found by building the model from its config.json on the meta device (no memory); for an adapter, those
-of them it adapts (the others have ΔW = 0). LoRA on embeddings is not analysed.
+Which matrices: every linear layer of the base architecture except the output head (q, k, v, o, gate, up, down for
+Llama; nn.Linear and transformers' Conv1D, ftlab.architectures.linear_layers), found by building the model from its
+config.json on the meta device (no memory); for an adapter, those of them it adapts (the others have ΔW = 0). LoRA
+on embeddings is not analysed.
+
+Every matrix is read as (out, in), nn.Linear's layout: a Conv1D (GPT-2) stores (in, out) and is transposed as it
+is read, so shapes, singular vectors and intruder dimensions (left singular vectors: the output space) mean the
+same on every architecture. PEFT adapts a Conv1D with fan_in_fan_out: its A is (r, in) and B (out, r) as on a
+Linear, and the merged weight in the stored layout is W + scale·(B @ A)ᵀ, so in the (out, in) layout
+ΔW = scale·B @ A on both (DoRA's magnitude rescales the rows of that (out, in) matrix on both, as PEFT does).
 
 Everything is checked before anything is computed: `open_checkpoint` reads only safetensors headers and fails with
 an FtlabError that names both directories and the first mismatching tensor.
@@ -22,15 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
+from ftlab.architectures import is_conv1d, linear_layers, module_label
 from ftlab.errors import FtlabError
 
 ADAPTER_PREFIX = "base_model.model."  # PEFT's prefix on saved adapter tensors
 ADAPTER_ROLES = {"lora_A.weight": "A", "lora_B.weight": "B", "lora_magnitude_vector": "magnitude"}
 IGNORED_ADAPTER_PARTS = ("lora_B.bias", "lora_embedding_A", "lora_embedding_B")  # biases, embedding LoRA
 # LoRA variants whose weight change is not (magnitude-rescaled) scale·B@A: refused rather than misread.
-UNSUPPORTED_ADAPTER_KEYS = ("fan_in_fan_out", "modules_to_save", "target_parameters", "use_qalora", "use_bdlora",
+UNSUPPORTED_ADAPTER_KEYS = ("modules_to_save", "target_parameters", "use_qalora", "use_bdlora",
                             "kasa_config", "velora_config", "arrow_config", "monteclora_config", "layer_replication")
 
 
@@ -72,8 +79,16 @@ class TensorFiles:
             return handle.get_tensor(name).to(device=device, dtype=torch.float32)
 
 
-def linear_weights(model_dir: Path) -> list[str]:
-    """Weight names of every nn.Linear but the output head, in model order, from config.json alone."""
+@dataclass(frozen=True)
+class Layer:
+    """One linear layer of the base architecture, as the spectrum reads it."""
+
+    module: str  # its name in method.targets terms: q_proj, attn.c_proj (ftlab.architectures.module_label)
+    transposed: bool  # stored as (in, out) (transformers' Conv1D: GPT-2); read as its transpose, (out, in)
+
+
+def linear_weights(model_dir: Path) -> dict[str, Layer]:
+    """Weight name -> Layer for every linear layer but the output head, in model order, from config.json alone."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -82,8 +97,8 @@ def linear_weights(model_dir: Path) -> list[str]:
         raise FtlabError(f"{model_dir}: cannot read the model's config.json: {e}") from None
     with torch.device("meta"):  # shapes and names only: no memory, no initialisation
         model = AutoModelForCausalLM.from_config(config)
-    head = model.get_output_embeddings()
-    return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not head]
+    return {f"{name}.weight": Layer(module_label(config.model_type, name), is_conv1d(m))
+            for name, m in linear_layers(model).items()}
 
 
 @dataclass
@@ -105,22 +120,28 @@ class Checkpoint:
     path: Path
     kind: str  # "full", "lora" or "dora"
     names: list[str]  # weight names, model order
-    shapes: dict[str, tuple[int, int]]
+    shapes: dict[str, tuple[int, int]]  # (out, in), whatever the stored layout
+    layers: dict[str, Layer]  # the base's linear layers by weight name
     info: dict  # the checkpoint's ftlab.json ({} if none): step, tokens
     base_files: TensorFiles
     ft_files: TensorFiles
     lora: dict[str, LoraModule] = field(default_factory=dict)  # by weight name; adapters only
 
+    def read(self, files: TensorFiles, name: str, device: torch.device | str) -> torch.Tensor:
+        """One weight as (out, in), fp32 on `device` (a Conv1D's stored (in, out) transposed)."""
+        w = files.read(name, device)
+        return w.T.contiguous() if self.layers[name].transposed else w
+
     @torch.no_grad()
     def load(self, name: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(W_base, W_ft, ΔW) of one weight, each (m, n), fp32 on `device`."""
-        w_base = self.base_files.read(name, device)
+        """(W_base, W_ft, ΔW) of one weight, each (m, n) = (out, in), fp32 on `device`."""
+        w_base = self.read(self.base_files, name, device)
         if self.kind == "full":
-            w_ft = self.ft_files.read(name, device)
+            w_ft = self.read(self.ft_files, name, device)
             return w_base, w_ft, w_ft - w_base
         mod = self.lora[name]
         a, b = self.ft_files.read(mod.a, device), self.ft_files.read(mod.b, device)  # (r, n), (m, r)
-        delta = (b @ a) * mod.scale  # PEFT's get_delta_weight, same operations in the same order
+        delta = (b @ a) * mod.scale  # (m, n): PEFT's get_delta_weight, same operations (before its fan_in_fan_out ᵀ)
         w_ft = w_base + delta
         if mod.magnitude is not None:  # DoRA: PEFT's merge rescales every row of W_base + ΔW to the magnitude
             norm = torch.linalg.norm(w_ft, dim=1)  # (m,)
@@ -129,7 +150,7 @@ class Checkpoint:
         return w_base, w_ft, delta
 
 
-def open_checkpoint(base: Path | str, path: Path | str, base_names: list[str] | None = None) -> Checkpoint:
+def open_checkpoint(base: Path | str, path: Path | str, base_names: dict[str, Layer] | None = None) -> Checkpoint:
     """Check `path` (a full model or adapter directory) against `base` from headers alone; raise FtlabError naming
     both directories and the first mismatching tensor."""
     base, path = Path(base), Path(path)
@@ -163,11 +184,16 @@ def open_checkpoint(base: Path | str, path: Path | str, base_names: list[str] | 
         shape, ft_shape = base_files.shape(name), ft_files.shape(name)
         if shape != ft_shape or len(shape) != 2:
             raise mismatch(name, f"shape {list(ft_shape)} here, {list(shape)} in the base")
-        shapes[name] = shape
-    return Checkpoint(base, path, "full", list(base_names), shapes, info, base_files, ft_files)
+        shapes[name] = _out_in(shape, base_names[name])
+    return Checkpoint(base, path, "full", list(base_names), shapes, base_names, info, base_files, ft_files)
 
 
-def _open_adapter(base: Path, path: Path, base_names: list[str], base_files: TensorFiles,
+def _out_in(stored: tuple[int, ...], layer: Layer) -> tuple[int, int]:
+    """A weight's (out, in) from its stored shape."""
+    return (stored[1], stored[0]) if layer.transposed else (stored[0], stored[1])
+
+
+def _open_adapter(base: Path, path: Path, base_names: dict[str, Layer], base_files: TensorFiles,
                   info: dict) -> Checkpoint:
     config = json.loads((path / "adapter_config.json").read_text())
     if config.get("peft_type", "LORA") != "LORA":
@@ -203,7 +229,8 @@ def _open_adapter(base: Path, path: Path, base_names: list[str], base_files: Ten
             print(f"ftlab spectrum: {path.name}: {name} is adapted but is not a block linear layer; not analysed",
                   file=sys.stderr)
             continue
-        a_shape, b_shape, shape = ft_files.shape(roles["A"]), ft_files.shape(roles["B"]), base_files.shape(name)
+        a_shape, b_shape, stored = ft_files.shape(roles["A"]), ft_files.shape(roles["B"]), base_files.shape(name)
+        shape = _out_in(stored, base_names[name]) if len(stored) == 2 else stored
         if len(shape) != 2 or (b_shape[0], a_shape[1]) != shape or a_shape[0] != b_shape[1]:
             raise mismatch(f"lora_B @ lora_A is {[b_shape[0], a_shape[1]]} (rank {a_shape[0]}), "
                            f"the base weight {list(shape)}")
@@ -216,7 +243,8 @@ def _open_adapter(base: Path, path: Path, base_names: list[str], base_files: Ten
     if not lora:
         raise FtlabError(f"{path}: the adapter adapts none of the base's linear layers ({base})")
     names = [n for n in base_names if n in lora]
-    return Checkpoint(base, path, "dora" if dora else "lora", names, shapes, info, base_files, ft_files, lora)
+    return Checkpoint(base, path, "dora" if dora else "lora", names, shapes, base_names, info, base_files, ft_files,
+                      lora)
 
 
 def _scale(config: dict, module: str, rank: int, path: Path) -> float:
