@@ -27,6 +27,7 @@ def run_case(args) -> dict:
     from ftlab import distributed
     from ftlab.config import RunConfig, apply_overrides, from_dict, to_dict
     from ftlab.methods import apply_method
+    from ftlab.model import resolve_dtype
     from ftlab.train import prepare, train_step
 
     if distributed.launched():
@@ -35,7 +36,7 @@ def run_case(args) -> dict:
         world, device = distributed.SINGLE, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = from_dict(RunConfig, apply_overrides(to_dict(RunConfig()), [
         f"method.name={args.method}", "method.rank=16", "method.dropout=0.05", "train.lr=1e-5", "train.loss=full"]))
-    frozen = torch.bfloat16 if device.type == "cuda" and args.method == "lora" else torch.float32
+    frozen = resolve_dtype(cfg.model, device, args.method == "full", cfg.train.precision)  # as a run loads it
     model = apply_method(build(args.shape, torch.device("cpu") if world.distributed else device, frozen), cfg)
     model, params, opt, autocast, chunked = prepare(model, cfg, device, world)
     data = batch(args.shape, args.batch, args.seq, device)

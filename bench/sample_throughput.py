@@ -3,7 +3,9 @@
 P problems x n samples x new tokens, the shape of a HumanEval/GSM8K pass@k evaluation. Prompts are random token
 ids of varied length (--prompt-len / 2 to 3/2, so batches are left-padded); random weights, since speed does not
 depend on them. Each side is timed on the same rows, batch_size rows at a time, nucleus sampling at
---temperature / --top-p, after one untimed warm-up batch (which holds torch.compile's first compile).
+--temperature / --top-p, after an untimed warm-up of one batch of every shape the timed part meets (rows, cache
+slots: the last batch may be smaller, and prompt lengths change the static cache's size), which holds
+torch.compile's compiles and the CUDA graph captures of every shape.
 
     python bench/sample_throughput.py                                                  # CPU, tiny model, < 1 min
     python bench/sample_throughput.py --shape 1.1b --problems 20 --n 50 --new-tokens 256 --batch 200   # one GPU
@@ -25,8 +27,9 @@ from pathlib import Path
 
 import torch
 import transformers
+from torch._dynamo.utils import counters
 
-from ftlab.evaluate.sampler import Decoding, Sampler
+from ftlab.evaluate.sampler import Decoding, Sampler, static_slots
 
 sys.path.insert(0, str(Path(__file__).parent))
 import train_throughput  # noqa: E402  (the same shapes and random Llama as the training benchmark)
@@ -68,6 +71,15 @@ def reference(model, rows: list[list[int]], d: Decoding, batch: int, device: tor
     return out
 
 
+def warmup_batches(rows: list[list[int]], batch: int, new_tokens: int) -> list[list[list[int]]]:
+    """One batch of each (rows, static cache slots) shape that running `rows` batch at a time meets."""
+    shapes: dict[tuple[int, int], list[list[int]]] = {}
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        shapes.setdefault((len(chunk), static_slots(max(map(len, chunk)), new_tokens)), chunk)
+    return list(shapes.values())
+
+
 def timed(fn, device: torch.device) -> tuple[float, list[list[int]]]:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -92,6 +104,9 @@ def main() -> None:
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                         help="torch.compile ftlab's decode step (auto: with a static cache on CUDA)")
     parser.add_argument("--check-problems", type=int, default=2, help="problems decoded greedily by both sides")
+    parser.add_argument("--adapters", type=int, default=0,
+                        help="then swap this many random LoRA checkpoints onto the model, as `ftlab eval` of a run "
+                             "does, and decode each greedily with the same sampler settings and model.generate")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,13 +123,16 @@ def main() -> None:
           f"top_p {args.top_p}, device {name}, torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"ftlab sampler: cache {sampler.cache}, compile {sampler.compile}")
 
-    warm = rows[:args.batch]
-    first, _ = timed(lambda: sampler.sample(warm, sampled, args.batch), device)
-    timed(lambda: reference(model, warm, sampled, args.batch, device), device)
+    warm = warmup_batches(rows, args.batch, args.new_tokens)
+    first, _ = timed(lambda: [sampler.sample(chunk, sampled, args.batch) for chunk in warm], device)
+    timed(lambda: reference(model, warm[0], sampled, args.batch, device), device)
+    compiles = counters["frames"]["total"]
     ours_s, ours = timed(lambda: sampler.sample(rows, sampled, args.batch), device)
+    compiles = counters["frames"]["total"] - compiles  # should be 0: every shape was warmed up
     ref_s, ref = timed(lambda: reference(model, rows, sampled, args.batch, device), device)
     per_k = 1000 / len(rows)
-    print(f"ftlab warm-up batch (holds any compile): {first:.1f} s")
+    print(f"ftlab warm-up: {len(warm)} batch shape(s) of the timed part, holding their compiles: {first:.1f} s; "
+          f"compiles in the timed part: {compiles}; still compiled: {sampler.compile}")
     print(f"{'':<22} {'s / 1k samples':>15} {'new tok/s':>10}")
     for label, seconds, out in (("ftlab sampler", ours_s, ours), ("model.generate (ref)", ref_s, ref)):
         print(f"{label:<22} {seconds * per_k:>15.2f} {sum(map(len, out)) / seconds:>10,.0f}")
@@ -129,6 +147,45 @@ def main() -> None:
                  for a, b in zip(ours_g, ref_g)) / len(check)  # bf16: a rounding step can flip a near-tie argmax
     print(f"greedy samples identical: {'yes' if same == len(check) else 'no'} ({same}/{len(check)} rows, "
           f"{args.check_problems} problems x {args.n}; tokens agree up to {prefix:.1%} of a row on average)")
+    if args.adapters:
+        adapters_check(model, check, args, device)
+
+
+def adapters_check(model, rows: list[list[int]], args, device: torch.device) -> None:
+    """Random LoRA adapters (r=16, every linear layer) swapped onto the model one after another with ftlab's
+    swap (ftlab.evaluate.checkpoints: copied into one adapter's tensors in place), each decoded greedily by a new
+    Sampler (sharing the process's compiled step, as every checkpoint's evaluation does) and by model.generate.
+    The compiled step must not recompile per adapter, and its CUDA graphs must read each adapter's weights."""
+    import tempfile
+
+    from peft import LoraConfig, get_peft_model
+
+    from ftlab.evaluate.checkpoints import _swap_adapter
+
+    greedy, targets = Decoding(args.new_tokens), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj"]
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=targets))
+        for i in range(args.adapters):  # B != 0, so each adapter changes the output
+            torch.manual_seed(i)
+            with torch.no_grad():
+                for name, p in writer.named_parameters():
+                    if "lora_B" in name:
+                        p.normal_(0, 0.02)
+            writer.save_pretrained(f"{tmp}/adapter-{i}")
+        base = writer.unload()
+        peft_model, same, first, compiles = None, 0, None, counters["frames"]["total"]
+        for i in range(args.adapters):
+            peft_model = _swap_adapter(peft_model, base, Path(f"{tmp}/adapter-{i}")).eval()
+            sampler = Sampler(peft_model, None, device, PAD, cache=args.cache,
+                              compile={"auto": None, "on": True, "off": False}[args.compile])
+            ours = sampler.sample(rows, greedy, args.batch)
+            same += ours == reference(peft_model, rows, greedy, args.batch, device)
+            if i == 0:
+                first = counters["frames"]["total"]  # the adapter's first decode may compile (a new model state)
+    later = counters["frames"]["total"] - first
+    print(f"adapters: {args.adapters} swapped in; compiles: {first - compiles} for the first, {later} for the others; "
+          f"still compiled: {sampler.compile}; greedy identical to model.generate: {same}/{args.adapters} adapters")
 
 
 if __name__ == "__main__":

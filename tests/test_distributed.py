@@ -80,6 +80,26 @@ def test_a_run_resumes_on_another_number_of_processes(tmp_path, pairs):
         assert_same_weights(final(one), final(resumed))
 
 
+def test_each_process_resumes_its_own_random_stream(tmp_path, pairs, capsys):
+    """LoRA dropout on: a 2-process run resumed on 2 processes from its state at step 3 ends at exactly the weights
+    of the uninterrupted run (each process continues its own dropout masks); resumed on 1, it says they differ."""
+    extra = ["method.name=lora", "method.rank=4", "method.dropout=0.1"]
+    run_procs(pairs, tmp_path / "two", 2, *extra)
+    kept = tmp_path / "two" / "kept" / "step-00000003"
+    assert json.loads((kept / "progress.json").read_text())["layout"] == "sharded"
+    branch_state(kept, tmp_path / "resumed" / "state")  # as if killed after step 3's state was saved
+    run_procs(pairs, tmp_path / "resumed", 2, *extra)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "two")[3:]
+    uninterrupted, resumed = final(tmp_path / "two"), final(tmp_path / "resumed")
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(torch.equal(resumed[k], w) for k, w in uninterrupted.items())
+
+    branch_state(kept, tmp_path / "on-one" / "state")
+    capsys.readouterr()
+    train(tiny_config(pairs, tmp_path / "on-one", *SETTINGS, *extra))
+    assert "saved by 2 process(es) and resumes on 1" in capsys.readouterr().out
+
+
 def test_nproc_with_a_bad_config_fails_before_launching(tmp_path, pairs):
     config = tmp_path / "c.yaml"
     config.write_text("{}\n")

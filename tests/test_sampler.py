@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import TopPLogitsWarper
 
-from ftlab.config import TinyModelConfig
+from ftlab.config import ModelConfig, TinyModelConfig
 from ftlab.evaluate import sampler as sampler_module
 from ftlab.evaluate.lm import LM
 from ftlab.evaluate.sampler import Decoding, Sampler, nucleus
-from ftlab.model import build_tiny
+from ftlab.model import build_tiny, load_model
 
 TINY = TinyModelConfig(hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64, max_position=512)
 PROMPTS = ["Question: 1+1?\nAnswer:", "Once upon a time", "x", "The quick brown fox jumps over the lazy dog.",
@@ -199,3 +199,147 @@ def test_a_failing_compiled_step_falls_back_to_eager_decoding(tiny, capsys):
     assert lm.generate(PROMPTS, max_new_tokens=12) == expected
     assert "decoding without torch.compile" in capsys.readouterr().err
     assert lm.sampler.compile is False
+
+
+class CountingBackend:
+    """A torch.compile backend that runs dynamo's graphs as traced and counts them: one per (re)compile."""
+
+    def __init__(self):
+        self.compiles = 0
+
+    def __call__(self, graph, example_inputs):
+        self.compiles += 1
+        return graph.forward
+
+
+@pytest.fixture
+def counted_compile(monkeypatch):
+    """The sampler's torch.compile with a CountingBackend (dynamo's guards and recompile limit as with inductor),
+    from a clean dynamo state, so the count is this test's alone."""
+    backend = CountingBackend()
+    compile_ = torch.compile
+    monkeypatch.setattr(sampler_module.torch, "compile", lambda fn, mode=None: compile_(fn, backend=backend))
+    monkeypatch.setattr(sampler_module, "_COMPILED", {})
+    torch._dynamo.reset()
+    yield backend
+    torch._dynamo.reset()
+
+
+def save_adapter(base_dir, out, seed: int, rank: int = 4):
+    """A random LoRA adapter on the model in base_dir (B ~ N(0, 1): large enough to change the greedy text)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = load_model(ModelConfig(name=str(base_dir)), torch.device("cpu"), torch.float32)
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 1.0)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def base_and_adapters(tmp_path, ranks: list[int]):
+    """A tiny base model directory and one random adapter directory on it per rank given."""
+    from ftlab.model import save_pretrained
+
+    model, tokenizer = build_tiny(TinyModelConfig(hidden_size=32, layers=1, heads=4, kv_heads=2,
+                                                  intermediate_size=64, max_position=512))
+    save_pretrained(model, tokenizer, tmp_path / "base")
+    base = tmp_path / "base"
+    return base, [save_adapter(base, tmp_path / f"ckpt-{i}", seed=i, rank=r) for i, r in enumerate(ranks)]
+
+
+def alone(base_dir, ckpt):
+    """The checkpoint loaded on its own: a fresh base and PeftModel.from_pretrained."""
+    from peft import PeftModel
+
+    model, _ = load_model(ModelConfig(name=str(base_dir)), torch.device("cpu"), torch.float32)
+    return PeftModel.from_pretrained(model, ckpt).eval()
+
+
+def test_every_checkpoint_of_a_run_shares_one_compiled_step(tmp_path, counted_compile):
+    """`ftlab eval` of a run swaps its LoRA checkpoints (9 here) onto one base and decodes each, in batches of 4
+    and 2 or of 3 rows, with the compiled step: two compiles in all (the first shapes, then rows made dynamic),
+    not one per checkpoint until torch's limit of 8 and then none. A later run's fresh evaluator (`ftlab run` frees
+    it while a run trains) compiles nothing new; an adapter of another rank compiles once more. Every checkpoint
+    decodes compiled and gives the completions model.generate gives on that checkpoint loaded on its own."""
+    from ftlab.evaluate.checkpoints import Evaluator
+
+    base_dir, ckpts = base_and_adapters(tmp_path, [4] * 10 + [2])
+    prompts, texts = PROMPTS + ["Hello"], set()
+
+    def decode(evaluator, ckpt, batch_size):
+        lm = LM(evaluator.load(ckpt), evaluator.tokenizer, batch_size=batch_size, cache="static", compile=True)
+        ours = lm.generate(prompts, max_new_tokens=6)
+        assert ours == LM(alone(base_dir, ckpt), evaluator.tokenizer, sampler="hf").generate(prompts, max_new_tokens=6)
+        assert lm.sampler.compile, ckpt.name  # no fallback to eager decoding
+        texts.add(tuple(row[0] for row in ours))
+
+    evaluator = Evaluator(str(base_dir), "cpu")
+    for i, ckpt in enumerate(ckpts[:9]):
+        decode(evaluator, ckpt, (4, 3)[i % 2])
+    assert counted_compile.compiles == 2 and len(texts) == 9  # each checkpoint decodes its own text
+    later = Evaluator(str(base_dir), "cpu")  # the next run's
+    decode(later, ckpts[9], 4)
+    assert counted_compile.compiles == 2
+    decode(later, ckpts[10], 4)  # rank 2
+    assert counted_compile.compiles == 3 and len(texts) == 11
+
+
+def test_checkpoints_are_swapped_in_place_and_another_rank_is_loaded_anew(tmp_path):
+    """Adapters of one structure go into the same tensors (same adapter name, same addresses); an adapter of
+    another rank replaces them under the same name; each gives the logits of the checkpoint loaded on its own."""
+    from ftlab.evaluate.checkpoints import Evaluator
+
+    base_dir, ckpts = base_and_adapters(tmp_path, [4, 4, 2, 2])
+    evaluator = Evaluator(str(base_dir), "cpu")
+    ids = torch.tensor([[5, 9, 30, 41, 7]])  # (1, T)
+    seen = []
+    for ckpt in ckpts:
+        model = evaluator.load(ckpt)
+        lora_a = model.base_model.model.model.layers[0].self_attn.q_proj.lora_A[model.active_adapter].weight
+        seen.append((model.active_adapter, lora_a.data_ptr(), lora_a.shape[0]))
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).logits, alone(base_dir, ckpt)(ids).logits, rtol=0, atol=0)
+    assert seen[0] == seen[1] and seen[2] == seen[3] and seen[1][1:] != seen[2][1:]
+    assert {name for name, _, _ in seen} == {"checkpoint"} and [rank for _, _, rank in seen] == [4, 4, 2, 2]
+    with evaluator.plain_base() as base, torch.no_grad():  # the base as loaded, under the swapped adapters
+        plain = load_model(ModelConfig(name=str(base_dir)), torch.device("cpu"), torch.float32)[0]
+        torch.testing.assert_close(base(ids).logits, plain(ids).logits, rtol=0, atol=0)
+
+
+def test_reaching_the_recompile_limit_is_reported_and_decoding_goes_on(tiny, counted_compile, capsys):
+    """Past torch's recompile limit dynamo would run the step uncompiled without a word; the sampler says so."""
+    expected = LM(*tiny, batch_size=3).generate(PROMPTS, max_new_tokens=8)
+    lm = LM(*tiny, batch_size=3, cache="static", compile=True)
+    with torch._dynamo.config.patch(recompile_limit=1):  # batches of 3 rows, then 2: a second compile
+        assert lm.generate(PROMPTS, max_new_tokens=8) == expected
+    assert "decoding without torch.compile" in capsys.readouterr().err
+    assert lm.sampler.compile is False and counted_compile.compiles == 1
+
+
+def test_a_step_failing_part_way_is_retried_from_the_cache_before_it(tiny):
+    """A compiled step that fails after some layers wrote their keys and values (and advanced their write
+    position) is redone eagerly from the cache as it was: the same completions as never compiling."""
+    model, tokenizer = tiny
+    expected = LM(model, tokenizer, batch_size=4, cache="static").generate(PROMPTS, max_new_tokens=12)
+    lm = LM(model, tokenizer, batch_size=4, cache="static", compile=True)
+    failures = []
+
+    def fail_in_the_second_layer(*args):
+        def boom(module, inputs):
+            failures.append(module)
+            raise RuntimeError("compiled step: failed in layer 1")
+
+        hook = model.model.layers[1].register_forward_pre_hook(boom)
+        try:
+            return sampler_module._next_logits(*args)  # layer 0 has written this token when layer 1 fails
+        finally:
+            hook.remove()
+
+    lm.sampler._step = fail_in_the_second_layer
+    assert lm.generate(PROMPTS, max_new_tokens=12) == expected
+    assert len(failures) == 1 and lm.sampler.compile is False

@@ -147,6 +147,13 @@ def test_schedules():
     wsd = TrainConfig(schedule="wsd", warmup=10, cooldown=0.2, min_lr_ratio=0.01)
     g = [lr_factor(s, 100, wsd) for s in range(100)]
     assert g[10:80] == [1.0] * 70 and g[80] < 1.0 and g[-1] == pytest.approx(0.01)
+    # a budget shorter than its warmup (the paper's 0.25B tokens: 318 steps of a 1000-step warmup) still cools down
+    # to the floor at its end, from wherever the warmup had got to when its cooldown began
+    short = TrainConfig(schedule="wsd", warmup=1000, cooldown=0.2, min_lr_ratio=0.0)
+    h = [lr_factor(s, 318, short) for s in range(318)]
+    start = 318 - 64
+    assert h[:start] == [(s + 1) / 1000 for s in range(start)]  # the long run's warmup, step for step
+    assert all(a > b for a, b in zip(h[start - 1:], h[start:])) and h[-1] == 0.0
 
 
 def test_lionw_multi_tensor_step_equals_the_per_tensor_rule():

@@ -46,7 +46,7 @@ class ModelConfig:
     name: str = "tiny"  # local model directory, hub id, or "tiny" (built from `tiny`)
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)  # used when name == "tiny"
     revision: str | None = None  # hub revision (branch, tag or commit)
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: fp32 on CPU; bf16 frozen base for LoRA on CUDA
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: fp32; a LoRA's frozen base bf16 under bf16 precision
     trust_remote_code: bool = False  # run model code from the hub; only when you trust it
     attention_dropout: float = 0.0  # dropout on attention probabilities (a regularizer in the paper)
 
@@ -62,11 +62,13 @@ class DataConfig:
     ] = "auto"  # record shape; auto detects it from the first record's keys
     hub_split: str = "train"  # split of a hub dataset
     hub_config: str | None = None  # configuration name of a hub dataset
+    hub_data_dir: str | None = None  # subfolder of a hub dataset's files (bigcode/starcoderdata: "python")
     seq_len: int = 512  # tokens per sequence (IFT examples are truncated; CPT text is packed to it)
     eval_path: str | None = None  # held-out data; if unset, eval_fraction of the training data is held out
     eval_fraction: float = 0.05  # share held out when eval_path is unset
     eval_max_examples: int = 256  # cap on held-out examples (IFT) or sequences (CPT) scored per evaluation
     text_field: str = "text"  # JSONL key holding raw text (CPT)
+    packing: bool = False  # IFT: several examples per sequence, attention within each example, loss on responses
 
 
 @dataclass
@@ -328,15 +330,8 @@ def validate(cfg: RunConfig, base_dir: Path = Path(".")) -> None:
     need(all(k >= 1 for k in t.keep_states), "train.keep_states", f"steps must be >= 1, got {t.keep_states}")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
          f"expected auto, cpu, cuda or cuda:N, got {t.device!r}")
-    if t.liger:
-        import importlib.util
-
-        import torch
-
-        need(importlib.util.find_spec("liger_kernel") is not None, "train.liger",
-             "Liger kernels are not installed: pip install liger-kernel (CUDA only), or set train.liger=false")
-        need(t.device != "cpu" and torch.cuda.is_available(), "train.liger",
-             "Liger's kernels run on CUDA only; set train.liger=false on this machine")
+    need(not (t.liger and t.device == "cpu"), "train.liger", "Liger's kernels run on CUDA only; train.device is cpu")
+    # the liger-kernel package and CUDA are checked where the run trains (ftlab.train.check_liger), not here
 
     need(m.rank >= 1, "method.rank", f"must be >= 1, got {m.rank}")
     need(m.alpha is None or m.alpha > 0, "method.alpha", "must be > 0")
@@ -385,6 +380,7 @@ def validate(cfg: RunConfig, base_dir: Path = Path(".")) -> None:
         need(d.eval_path.startswith(HUB_PREFIX) or Path(d.eval_path).exists(), "data.eval_path", f"{d.eval_path} does not exist")
     if d.regime == "cpt":
         need(d.format in ("auto", "text"), "data.format", f"CPT reads raw text; got format {d.format!r}")
+        need(not d.packing, "data.packing", "is for IFT examples; CPT text is always packed")
     else:
         need(d.format != "text", "data.format", "text is for data.regime=cpt; IFT needs prompt/response pairs")
 

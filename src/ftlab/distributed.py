@@ -4,15 +4,16 @@
 
 Rank 0 reads the weights on the CPU, the other processes build the same model on the meta device, and all read
 the same data in the same seeded order; each decoder block and then the whole model are sharded with fully_shard
-and rank 0's weights broadcast into the shards (bf16 parameters and fp32 gradient reduction on CUDA), so
-every process holds 1/N of the weights, gradients and optimizer state. A step's micro-batches are dealt out
-across processes without overlap (process r takes micro-batches r, r+N, ...), and the loss stays normalised by
-the whole global batch, so the gradient is the one a single process would compute. Rank 0 alone writes the run
-directory, the metrics and the progress.
+and rank 0's weights broadcast into the shards (under bf16 precision, the default on CUDA: bf16 parameters and
+fp32 gradient reduction), so every process holds 1/N of the weights, gradients and optimizer state. A step's
+micro-batches are dealt out across processes without overlap (process r takes micro-batches r, r+N, ...), and
+the loss stays normalised by the whole global batch, so the gradient is the one a single process would compute.
+Rank 0 alone writes the run directory, the metrics and the progress.
 
-Checkpoints and resumable states are written unsharded, in exactly the single-process format (a Hugging Face
-directory or a PEFT adapter; full tensors for the state), so one process loads what N processes wrote and a run
-resumes on any number of processes.
+Checkpoints are gathered to rank 0 one tensor at a time and written in exactly the single-process format (a
+Hugging Face directory or a PEFT adapter). The resumable state is written sharded, each process its own part
+(ftlab.sharded_state, with torch.distributed.checkpoint), and read back resharded, so a run resumes on any number
+of processes (ftlab.checkpoint).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ftlab.architectures import decoder_blocks
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ def check_supported(cfg) -> None:
         raise ConfigError("method.init: pissa is not supported with several processes; train it on one")
     if cfg.train.loss == "chunked":  # it calls the head outside the sharded root's forward
         raise ConfigError("train.loss: chunked is not available with several processes (FSDP); use auto or full")
+    from ftlab import sharded_state
+
+    if not sharded_state.available():
+        raise ConfigError("several processes save their resumable state with torch.distributed.checkpoint's "
+                          f"safetensors storage, which this torch ({torch.__version__}) lacks (2.11 and 2.13 have it)")
 
 
 def init(device_name: str) -> tuple[World, torch.device]:
@@ -100,8 +108,12 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def shard(model: nn.Module, device: torch.device, world: World) -> nn.Module:
+def shard(model: nn.Module, device: torch.device, world: World,
+          param_dtype: torch.dtype | None = None) -> nn.Module:
     """fully_shard each decoder block, then the root (embeddings, final norm and head stay in the root's unit).
+
+    param_dtype bf16 (train.precision bf16-autocast, auto on CUDA): FSDP's mixed precision, each block's weights
+    gathered and computed in bf16 and the gradients reduced in fp32; None: everything in the weights' own dtype.
 
     Only rank 0 holds real weights (on the CPU); the other ranks built the model on the meta device. After
     sharding, rank 0's weights are broadcast into every rank's shards, and its buffers (rotary tables) copied."""
@@ -111,14 +123,14 @@ def shard(model: nn.Module, device: torch.device, world: World) -> nn.Module:
     whole = model.state_dict() if world.main else {}  # the full tensors, before fully_shard replaces them
 
     policy = MixedPrecisionPolicy()
-    if device.type == "cuda":
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if param_dtype is not None:
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    blocks = getattr(getattr(inner, "base_model", None), "layers", None)
-    if blocks is None:
+    blocks = decoder_blocks(inner)
+    if blocks is None:  # architectures.preflight refuses this before a run starts
         from ftlab.errors import FtlabError
 
-        raise FtlabError("distributed training needs a model with base_model.layers (decoder blocks) to shard")
+        raise FtlabError("distributed training needs the model's list of decoder blocks to shard; none was found")
     for block in blocks:
         fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)

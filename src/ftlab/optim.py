@@ -50,12 +50,16 @@ class LionW(torch.optim.Optimizer):
         return None
 
 
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # where torch.optim.AdamW(fused=True) runs (torch >= 2.4 for the CPU)
+
+
 def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
     for g in groups:
         g["initial_lr"] = g["lr"]  # the peak; the schedule scales it each step
     if cfg.optimizer == "lionw":
         return LionW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    fused = all(p.is_cuda for g in groups for p in g["params"]) or None
+    # torch's fused AdamW kernel: one per step on CUDA, and on the CPU too (the same update to float rounding)
+    fused = all(p.device.type in FUSED_ADAMW_DEVICES for g in groups for p in g["params"]) or None
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                              weight_decay=cfg.weight_decay, fused=fused)
 
@@ -64,23 +68,33 @@ def warmup_steps(cfg: TrainConfig, total: int) -> int:
     return int(cfg.warmup) if cfg.warmup >= 1 else round(cfg.warmup * total)
 
 
+def cooldown_steps(cfg: TrainConfig, total: int) -> int:
+    """wsd: the cooldown's length in steps (at least one). The one place this is computed: a CPT budget's branch
+    point (ftlab.experiment.spec) is `total - cooldown_steps(cfg, total)`."""
+    return max(1, round(cfg.cooldown * total))
+
+
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    """Multiplier of the peak LR at 0-based optimizer step `step` of `total`."""
+    """Multiplier of the peak LR at 0-based optimizer step `step` of `total`.
+
+    cosine: linear warmup, then a cosine from the peak to min_lr_ratio. wsd: the product of a linear warmup factor
+    and a cooldown factor (flat at 1, then linear to min_lr_ratio over the last `cooldown` share of the steps), so a
+    run too short to finish its warmup still cools down to the floor at its end (the paper's 0.25B-token budget is
+    318 steps of a 1000-step warmup); when the two do not overlap this is warmup, stable, cooldown.
+    """
     warm = warmup_steps(cfg, total)
-    if step < warm:
-        return (step + 1) / warm
+    warming = min(1.0, (step + 1) / warm) if warm else 1.0
     floor = cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        start = total - cooldown_steps(cfg, total)
+        cooling = 1.0 if step < start else 1.0 - (1 - floor) * (step - start + 1) / (total - start)
+        return warming * cooling
+    if step < warm:
+        return warming
     if cfg.schedule == "constant":
         return 1.0
-    if cfg.schedule == "cosine":
-        progress = (step - warm) / max(1, total - warm)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    # wsd: flat at the peak, then a linear cooldown to the floor over the last `cooldown` share of steps
-    cool = max(1, round(cfg.cooldown * total))
-    start = total - cool
-    if step < start:
-        return 1.0
-    return 1.0 - (1 - floor) * (step - start + 1) / cool
+    progress = (step - warm) / max(1, total - warm)  # cosine
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:

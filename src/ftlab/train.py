@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from ftlab import checkpoint, distributed
+from ftlab.architectures import decoder_blocks, preflight
 from ftlab.batches import CPTSteps, IFTSteps, checkpoint_due, count_inputs, count_targets, make_plan, stack
 from ftlab.config import BUILTIN_PREFIX, RunConfig, dump_yaml, from_dict, to_dict
-from ftlab.data import IGNORE, PackedText, collate, load_cpt_eval, load_ift
+from ftlab.data import IGNORE, PackedText, collate, load_cpt_eval, load_ift, model_inputs, pack_examples
 from ftlab.distributed import SINGLE, World
 from ftlab.errors import ConfigError, FtlabError, TrainingError
 from ftlab.methods import apply_method, count_params, param_groups
-from ftlab.model import load_model, prepare_base, resolve_device, resolve_dtype
+from ftlab.model import load_model, prepare_base, resolve_device, resolve_dtype, resolve_precision
 from ftlab.optim import lr_factor, make_optimizer, set_lr
 from ftlab.progress import Progress
 
@@ -39,10 +40,7 @@ class StepResult:
 
 
 def autocast_for(cfg: RunConfig, device: torch.device):
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16-autocast" if device.type == "cuda" else "fp32"
-    if precision == "bf16-autocast":
+    if resolve_precision(cfg.train.precision, device) == "bf16-autocast":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -79,17 +77,32 @@ def speed_options(model, cfg: RunConfig) -> None:
         else:
             inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.train.compile:
-        blocks = getattr(getattr(inner, "base_model", None), "layers", None)
-        if blocks is None:
-            raise FtlabError("train.compile: this model has no base_model.layers to compile; set train.compile=false")
+        blocks = decoder_blocks(inner)
+        if blocks is None:  # preflight refuses this before a run starts
+            raise FtlabError("train.compile: no list of decoder blocks found in this model; set train.compile=false")
         for block in blocks:
             block.compile()
+
+
+def check_liger(cfg: RunConfig, device: torch.device) -> None:
+    """train.liger needs the liger-kernel package and CUDA where the run trains: checked when training starts
+    (not when the config is read, which may happen on a CPU-only Ray head or a machine without the package)."""
+    import importlib.util
+
+    if not cfg.train.liger:
+        return
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("train.liger: Liger kernels are not installed where this run trains: pip install "
+                          "liger-kernel (CUDA only), or set train.liger=false")
+    if device.type != "cuda":
+        raise ConfigError(f"train.liger: Liger's kernels run on CUDA only and this run trains on {device}; set "
+                          "train.liger=false")
 
 
 def _apply_liger(model) -> None:
     """Liger's exact Triton kernels for RMSNorm, RoPE and SwiGLU on this model instance (its cross-entropy stays
     ftlab's: train.loss); the LoRA layers inside the MLP are still called by Liger's SwiGLU."""
-    from liger_kernel.transformers import _apply_liger_kernel_to_instance  # checked by config.validate
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance  # checked by check_liger
 
     _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
                                     fused_linear_cross_entropy=False)
@@ -101,7 +114,8 @@ def prepare(model, cfg: RunConfig, device: torch.device, world: World = SINGLE):
     chunked = use_chunked_loss(cfg, model, device, world)
     speed_options(model, cfg)
     if world.distributed:
-        model = distributed.shard(model, device, world)
+        bf16 = resolve_precision(cfg.train.precision, device) == "bf16-autocast"
+        model = distributed.shard(model, device, world, torch.bfloat16 if bf16 else None)
     groups = param_groups(model, cfg)
     params = [p for g in groups for p in g["params"]]
     return model, params, make_optimizer(groups, cfg.train), autocast_for(cfg, device), chunked
@@ -114,7 +128,8 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast, chunked: boo
 
         return chunked_loss_sum(model, batch, autocast)
     with autocast:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+        # no KV cache: training never decodes, and a cache would make every compiled block recompile
+        logits = model(**model_inputs(batch), use_cache=False).logits  # (B, T, V)
     # position t predicts token t+1: shift the labels, not the logits, so the (B, T, V) logits are never copied
     targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # (B, T)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
@@ -144,6 +159,28 @@ def train_step(model, micro: list[dict[str, torch.Tensor]], optimizer, params, g
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(total / n_targets, float(norm), count_inputs(micro))
+
+
+@torch.no_grad()
+def check_packing_isolates(model, autocast, device: torch.device) -> None:
+    """data.packing relies on the model building a block-diagonal causal mask from restarting position_ids. Check it
+    on two short examples before training: the second example's logits, packed behind the first, must equal its
+    logits alone far more closely than they equal its logits when it attends to the first; else refuse."""
+    was_training = model.training
+    model.eval()
+    first, second = [3, 4, 5, 6, 7], [8, 9, 10]
+    ids = torch.tensor([first + second], device=device)  # (1, 8)
+    restart = torch.tensor([list(range(len(first))) + list(range(len(second)))], device=device)  # (1, 8)
+    with autocast:
+        packed = model(input_ids=ids, position_ids=restart, use_cache=False).logits[0, len(first):].float()
+        crossed = model(input_ids=ids, use_cache=False).logits[0, len(first):].float()  # attends to the first
+        alone = model(input_ids=ids[:, len(first):], use_cache=False).logits[0].float()
+    model.train(was_training)
+    isolated, leaked = float((packed - alone).abs().max()), float((crossed - alone).abs().max())
+    if leaked > 0 and isolated > 0.1 * leaked:
+        raise ConfigError(f"data.packing: this model ({type(model).__name__}) lets packed examples attend to each "
+                          f"other (logit difference {isolated:.3g} packed vs alone, {leaked:.3g} unpacked); train it "
+                          "with data.packing=false")
 
 
 @torch.no_grad()
@@ -253,6 +290,11 @@ def build_data(cfg: RunConfig, tokenizer):
     mb = cfg.train.micro_batch
     if cfg.data.regime == "ift":
         train, held_out = load_ift(cfg.data, tokenizer, cfg.train.seed)
+        if cfg.data.packing:  # held-out examples stay one per sequence: their loss per token is the same either way
+            n = len(train)
+            train = pack_examples(train, cfg.data.seq_len, cfg.train.seed)
+            print(f"ftlab: packed {n} examples into {len(train)} sequences of at most {cfg.data.seq_len} tokens "
+                  f"({n / len(train):.2f} per sequence)", flush=True)
         eval_batches = [collate(held_out[i:i + mb], pad) for i in range(0, len(held_out), mb)]
         return IFTSteps(train, cfg, pad), eval_batches
     packed = PackedText(cfg.data, tokenizer, "train", cfg.train.seed)
@@ -269,13 +311,17 @@ def train(cfg: RunConfig) -> Path:
     """Train one run to the end (resuming if the directory holds a state); returns the run directory.
 
     Started by torchrun with several processes, the run is sharded over them with FSDP (ftlab.distributed)."""
+    preflight(cfg, sharded=distributed.launched())  # what the architecture cannot do, before anything is written
     if not distributed.launched():
+        device = resolve_device(cfg.train.device)
+        check_liger(cfg, device)
         with RunDir(cfg) as run:
-            _train(cfg, run, SINGLE, resolve_device(cfg.train.device))
+            _train(cfg, run, SINGLE, device)
         return run.path
     world, device = distributed.init(cfg.train.device)
     try:
         distributed.check_supported(cfg)  # before the run directory is written
+        check_liger(cfg, device)
         with RunDir(cfg, main=world.main) as run:
             distributed.barrier(world)  # rank 0 has checked and written the run directory
             _train(cfg, run, world, device)
@@ -294,7 +340,8 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     # several processes: rank 0 reads the weights on the CPU, the others build the structure on the meta device;
     # sharding then gives each device 1/N of rank 0's weights (distributed.shard)
     load_on = device if not world.distributed else torch.device("cpu" if world.main else "meta")
-    model, tokenizer = load_model(cfg.model, load_on, resolve_dtype(cfg.model, device, cfg.method.name == "full"), base_name)
+    dtype = resolve_dtype(cfg.model, device, cfg.method.name == "full", cfg.train.precision)
+    model, tokenizer = load_model(cfg.model, load_on, dtype, base_name)
     model = apply_method(model, cfg)
     pissa_init = _save_pissa_init(model, run.path) if cfg.method.name == "lora" and cfg.method.init == "pissa" else None
     print(f"ftlab: {describe(cfg)} | {count_params(model)}" +
@@ -304,11 +351,15 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     steps, eval_batches = build_data(cfg, tokenizer)
     plan = make_plan(cfg, steps)
     model, params, optimizer, autocast, chunked = prepare(model, cfg, device, world)
+    if world.distributed:  # the weights are rank 0's; from here each process draws its own dropout masks
+        torch.manual_seed(cfg.train.seed * 1_000_003 + world.rank)
+    if cfg.data.packing:
+        check_packing_isolates(model, autocast, device)
 
     step, tokens = 0, 0
     saved = checkpoint.latest_state(run.state)
     if saved is not None:
-        progress = checkpoint.load_state(saved, model, optimizer)
+        progress = checkpoint.load_state(saved, model, optimizer, world, device, cfg.train.seed)
         step, tokens = progress["step"], progress["tokens"]
         steps.load_state(progress["loader"])
         done = "already complete" if step >= plan.total_steps else "resuming"
@@ -354,7 +405,8 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
             save(run.path / "final", step)
         keep = step in cfg.train.keep_states
         if last or due or keep or step % cfg.output.resume_every == 0:
-            checkpoint.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": steps.state()}, world)
+            checkpoint.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": steps.state()},
+                                  world, device)
             distributed.barrier(world)  # the state is on disk before any rank goes on
             if keep and world.main:  # a state other runs restart from (a CPT duration's own cooldown)
                 checkpoint.keep_state(run.state, run.path / "kept")

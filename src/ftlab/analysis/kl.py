@@ -56,12 +56,12 @@ def kl_divergence(base_model, tuned_model, tokenizer, texts: list[str], batch_si
         width = max(counts[i] for i in chunk)
         ids = torch.tensor([encoded[i] + [pad] * (width - counts[i]) for i in chunk], device=device)  # (B, T)
         mask = torch.tensor([[1] * counts[i] + [0] * (width - counts[i]) for i in chunk], device=device)  # (B, T)
-        logq = F.log_softmax(tuned_model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # (B, T, V)
+        logq = F.log_softmax(tuned_model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), dim=-1)  # (B, T, V)
         if base_model is None:
             with tuned_model.disable_adapter():
-                base_logits = tuned_model(input_ids=ids, attention_mask=mask).logits
+                base_logits = tuned_model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         else:
-            base_logits = base_model(input_ids=ids, attention_mask=mask).logits
+            base_logits = base_model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         logp = F.log_softmax(base_logits.float(), dim=-1)  # (B, T, V)
         kl = (logp.exp() * (logp - logq)).sum(dim=-1)  # (B, T): KL(p || q) at each position
         kl = torch.where(mask.bool(), kl, 0.0)  # padding positions count for nothing

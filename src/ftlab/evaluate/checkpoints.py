@@ -15,7 +15,9 @@ import torch
 
 from ftlab.config import ModelConfig
 from ftlab.errors import FtlabError
+from ftlab.evaluate.isolation import Isolation
 from ftlab.evaluate.runner import evaluate_into, read_results
+from ftlab.evaluate.sandbox import choose_isolation
 from ftlab.evaluate.tasks import expand
 from ftlab.model import load_model, resolve_device
 from ftlab.progress import Progress
@@ -58,11 +60,17 @@ def _checkpoint_order(d: Path) -> tuple:
 
 
 def evaluate_target(path: str, tasks: list[str], data_dir: str | None = None, base: str | None = None,
-                    device: str = "auto", batch_size: int = 32, limit: int | None = None) -> list[Path]:
-    """Evaluate everything `path` stands for; returns the directories whose eval.json was written."""
+                    device: str = "auto", batch_size: int = 32, limit: int | None = None,
+                    isolation: str = "auto") -> list[Path]:
+    """Evaluate everything `path` stands for; returns the directories whose eval.json was written.
+    isolation: what a task that runs generated code requires (sandbox.choose_isolation: auto, os, bwrap)."""
     specs = expand(tasks, limit)
+    sandbox = None
+    if any(getattr(spec, "kind", None) == "code" for spec in specs):  # refused here, before a model is loaded
+        sandbox = choose_isolation(isolation)
+        print(f"ftlab eval: generated code runs under {sandbox.describe()}", flush=True)
     target = resolve(path, base)
-    evaluator = Evaluator(target.base, device, batch_size)
+    evaluator = Evaluator(target.base, device, batch_size, isolation=sandbox)
     written = []
     units = Progress(len(target.checkpoints) + 1, unit="model")
     base_dir = target.base_results or Path(target.base)
@@ -82,13 +90,15 @@ def evaluate_target(path: str, tasks: list[str], data_dir: str | None = None, ba
 class Evaluator:
     """One base model, loaded once; LoRA checkpoints are swapped onto it, full-FT checkpoints loaded whole."""
 
-    def __init__(self, base: str, device: str = "auto", batch_size: int = 32):
+    def __init__(self, base: str, device: str = "auto", batch_size: int = 32, isolation: Isolation | None = None):
+        self.isolation = isolation  # how code tasks run their programs (None: the strongest that works here)
         self.device = resolve_device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.batch_size = batch_size
         self.model, self.tokenizer = load_model(ModelConfig(name=base), self.device, self.dtype)
         self.model.eval()
         self.peft_model = None
+        self.adapter: Path | None = None  # the checkpoint whose adapter peft_model holds
 
     @contextlib.contextmanager
     def plain_base(self):
@@ -105,12 +115,14 @@ class Evaluator:
         Path(directory).mkdir(parents=True, exist_ok=True)
         with self.plain_base() as base:
             return evaluate_into(directory, LM(base, self.tokenizer, self.device, self.batch_size), base,
-                                 self.tokenizer, specs, data_dir, None)
+                                 self.tokenizer, specs, data_dir, None, isolation=self.isolation)
 
     def load(self, ckpt: Path):
         """The model a checkpoint stands for (an adapter swapped onto the base, or a whole model)."""
         if _is_adapter(ckpt):
-            self.peft_model = _swap_adapter(self.peft_model, self.model, ckpt)
+            if ckpt != self.adapter:
+                self.peft_model = _swap_adapter(self.peft_model, self.model, ckpt)
+                self.adapter = ckpt
             current = self.peft_model
         else:
             current, _ = load_model(ModelConfig(name=str(ckpt)), self.device, self.dtype)
@@ -122,20 +134,49 @@ class Evaluator:
 
         current = self.load(Path(ckpt))
         return evaluate_into(Path(ckpt), LM(current, self.tokenizer, self.device, self.batch_size), current,
-                             self.tokenizer, specs, data_dir, base_results)
+                             self.tokenizer, specs, data_dir, base_results, isolation=self.isolation)
+
+
+ADAPTER = "checkpoint"  # the one adapter name a base ever holds: the compiled decode step guards on the active
+# adapter's name, so a name per checkpoint (or per run) made it recompile for each one
 
 
 def _swap_adapter(peft_model, base_model, directory: Path):
-    """Load `directory` as the active adapter on the one base, dropping the previous adapter."""
+    """Make `directory` the active adapter on the one base and return the PEFT model.
+
+    An adapter of the structure already loaded (the same LoRA config up to its base's name, and the same tensor
+    names and shapes: every checkpoint of a run) is copied into the loaded adapter's tensors in place: the adapter's
+    name and its tensors' addresses stay, so the compiled decode step (sampler.py; its guards check the active
+    adapter's name, its CUDA graphs read the tensors where they were captured) serves every checkpoint without
+    recompiling. Another structure replaces it: the LoRA layers are removed from the base (nothing merged) and
+    the new adapter loaded under the same name, as on a fresh base."""
     from peft import PeftModel
 
-    name = f"ckpt_{abs(hash(str(directory)))}"
-    if peft_model is None:
-        return PeftModel.from_pretrained(base_model, directory, adapter_name=name)
-    previous = peft_model.active_adapter
-    if previous == name:  # already the active adapter
-        return peft_model
-    peft_model.load_adapter(directory, adapter_name=name)
-    peft_model.set_adapter(name)
-    peft_model.delete_adapter(previous)
-    return peft_model
+    if peft_model is not None:
+        if _copy_in_place(peft_model, peft_model.active_adapter, directory):
+            return peft_model
+        base_model = peft_model.unload()  # the base as loaded, without LoRA layers
+    return PeftModel.from_pretrained(base_model, directory, adapter_name=ADAPTER)
+
+
+def _copy_in_place(peft_model, adapter: str, directory: Path) -> bool:
+    """Load the adapter in `directory` into the tensors of `adapter` when both have the same structure; else False."""
+    from peft import PeftConfig
+    from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+
+    bookkeeping = {"base_model_name_or_path", "revision", "inference_mode"}  # no effect on the forward
+    old, new = (
+        {k: v for k, v in config.to_dict().items() if k not in bookkeeping}
+        for config in (peft_model.peft_config[adapter], PeftConfig.from_pretrained(str(directory)))
+    )
+    if old != new:
+        return False
+    current = get_peft_model_state_dict(peft_model, adapter_name=adapter)
+    weights = load_peft_weights(str(directory), device="cpu")
+    if {k: v.shape for k, v in current.items()} != {k: v.shape for k, v in weights.items()}:
+        return False
+    with torch.no_grad():
+        result = set_peft_model_state_dict(peft_model, weights, adapter_name=adapter)  # load_state_dict: copy_
+    if result.unexpected_keys:
+        raise FtlabError(f"{directory}: adapter tensors {result.unexpected_keys[:3]} were not loaded")
+    return True

@@ -17,6 +17,9 @@ stop-string check decodes every row every step, and its dynamic cache grows by c
 - cache "static": a transformers StaticCache of the batch's prompt + max_new_tokens slots (rounded up to
   STATIC_ROUND so few shapes occur), filled from the prefill, with the one-token decode step optionally under
   torch.compile ("reduce-overhead": CUDA graphs on CUDA). "auto" is static + compile on CUDA, dynamic elsewhere.
+  One compiled step serves every Sampler of the process (evaluate/checkpoints.py keeps one adapter name, so the
+  checkpoints of a study reuse it); a step that fails, or reaches torch's recompile limit, is said so on stderr
+  and decoding goes on eagerly.
 
 Contract with the `model.generate` path (tests/test_sampler.py): at temperature 0 each row's tokens are the ones
 `model.generate` produces for that row, cut where it would stop: at the first EOS (kept), or at the first step
@@ -27,6 +30,7 @@ step and, rarely, flip an argmax tie.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -36,6 +40,7 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from ftlab.errors import FtlabError
+from ftlab.evaluate.continuation import continuations
 
 CacheKind = Literal["auto", "dynamic", "static"]
 CHECK_EVERY = 4  # decode steps between host syncs (EOS / stop-string bookkeeping, all-done test)
@@ -96,8 +101,9 @@ class Sampler:
             raise FtlabError("Sampler.sample: stop strings need a tokenizer to decode with")
         generator = torch.Generator(device=self.device).manual_seed(decoding.seed)
         out: list[list[int]] = []
-        for start in range(0, len(rows), batch_size):
-            out += self._batch(rows[start:start + batch_size], decoding, generator)
+        with _recompile_limit_raises() if self.compile else contextlib.nullcontext():
+            for start in range(0, len(rows), batch_size):
+                out += self._batch(rows[start:start + batch_size], decoding, generator)
         return out
 
     # ------------------------------------------------------------------------- one batch
@@ -105,10 +111,11 @@ class Sampler:
     def _batch(self, rows: list[list[int]], d: Decoding, generator: torch.Generator) -> list[list[int]]:
         B, T = len(rows), d.max_new_tokens
         logits, cache, step_mask, lengths = self._prefill(rows, T)  # (B, V), cache of B rows, (B, P + T), (B,)
+        width = max(map(len, rows))  # P: the cache slots the prefill filled
         eos = torch.tensor(self.eos_token_ids, device=self.device)  # (E,)
         tokens = torch.full((B, T), self.pad_token_id, dtype=torch.long, device=self.device)  # (B, T)
         unfinished = torch.ones(B, dtype=torch.bool, device=self.device)  # (B,)
-        track = _Rows(self.tokenizer, d.stop, B)
+        track = _Rows(self.tokenizer, d.stop, rows)
         for t in range(T):
             nxt = _pick(logits, d.temperature, d.top_p, generator)  # (B,)
             nxt = torch.where(unfinished, nxt, self.pad_token_id)  # ended rows idle on padding, as model.generate
@@ -122,13 +129,14 @@ class Sampler:
                 mask_t = step_mask[:, :step_mask.shape[1] - T + t + 1]  # (B, P + t + 1): prompt and tokens so far
             if self.compile and self.device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's output buffers may be reused
-            logits = self._decode_step(nxt[:, None], mask_t, (lengths + t)[:, None], cache)  # (B, V)
+            logits = self._decode_step(nxt[:, None], mask_t, (lengths + t)[:, None], cache, width + t)  # (B, V)
         track.sync(tokens, t + 1, unfinished)
         return track.result(self.eos_token_ids)
 
-    def _decode_step(self, ids: torch.Tensor, mask, positions: torch.Tensor, cache) -> torch.Tensor:
-        """One decode step (B, 1) -> logits (B, V); compiled where set up. A compiled step that fails (an
-        unsupported model or torch version) is reported once and decoding goes on without compiling."""
+    def _decode_step(self, ids: torch.Tensor, mask, positions: torch.Tensor, cache, filled: int) -> torch.Tensor:
+        """One decode step (B, 1) -> logits (B, V) after `filled` cache slots; compiled where set up. A compiled step
+        that fails (an unsupported model or torch version, torch's recompile limit reached) is reported once and
+        decoding goes on without compiling, from the cache as it was before the failed step."""
         args = (self.model, ids, mask, positions, cache, self._cache_arg, self._keep_last)
         if not self.compile:  # the constructor allows compile with the static cache only
             return _next_logits(*args)
@@ -140,7 +148,8 @@ class Sampler:
             print(f"ftlab: the compiled decode step failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                   "decoding without torch.compile", file=sys.stderr, flush=True)
             self.compile, self._step = False, _next_logits
-            return _next_logits(*args)  # a static cache slot written twice holds the same keys and values
+            _rewind(cache, filled)  # the failed step may have advanced some layers' write position
+            return _next_logits(*args)
 
     def _prefill(self, rows: list[list[int]], new_tokens: int
                  ) -> tuple[torch.Tensor, DynamicCache | StaticCache, torch.Tensor | None, torch.Tensor]:
@@ -163,7 +172,7 @@ class Sampler:
             prefill.batch_select_indices(expand)  # (k, ...) -> (B, ...): each row gets its prompt's cache
             step_mask = torch.cat([row_mask, row_mask.new_ones(B, new_tokens)], -1) if padded else None
             return logits, prefill, step_mask, lengths
-        slots = STATIC_ROUND * math.ceil((P + new_tokens) / STATIC_ROUND)
+        slots = static_slots(P, new_tokens)
         cache = self._static_cache(B, slots)
         for i, layer in enumerate(prefill.layers):  # slots 0..P-1 of every row: its prompt's keys and values
             cache.update(layer.keys[expand], layer.values[expand], i)
@@ -183,6 +192,12 @@ class Sampler:
         return cache
 
 
+def static_slots(prompt_len: int, new_tokens: int) -> int:
+    """Slots of a batch's StaticCache: its (padded) prompt length plus the new tokens, rounded up to STATIC_ROUND;
+    with the batch's row count, the shape the compiled decode step sees."""
+    return STATIC_ROUND * math.ceil((prompt_len + new_tokens) / STATIC_ROUND)
+
+
 def _next_logits(model, input_ids: torch.Tensor, mask: torch.Tensor | None, position_ids: torch.Tensor, cache,
                  cache_arg: str, keep_last: bool) -> torch.Tensor:
     """Next-token logits (B, V) in fp32 after input_ids (B, T); appends their keys and values to the cache."""
@@ -190,6 +205,23 @@ def _next_logits(model, input_ids: torch.Tensor, mask: torch.Tensor | None, posi
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
                 **{cache_arg: cache}, **extra)
     return out.logits[:, -1].to(dtype=torch.float32, copy=True)
+
+
+def _rewind(cache, filled: int) -> None:
+    """Every layer of a static cache back to `filled` written slots. A layer that keeps its own write position (a
+    cumulative_length tensor, as transformers 5.2x's StaticLayer does) advances it when the step reaches that
+    layer, so a step that failed part-way leaves the layers before the failure one slot ahead of the others, and
+    an eager retry would write the token twice there; layers told where to write (cache_position) need nothing."""
+    for layer in getattr(cache, "layers", ()):
+        position = getattr(layer, "cumulative_length", None)
+        if isinstance(position, torch.Tensor):
+            position.fill_(filled)
+
+
+def _recompile_limit_raises():
+    """While this lasts, a compiled function that reaches torch's recompile limit raises (and _decode_step falls
+    back, saying so) instead of running uncompiled without a word while Sampler.compile still says True."""
+    return torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, suppress_errors=False)
 
 
 _COMPILED: dict[str, object] = {}  # device type -> compiled _next_logits, shared by every Sampler of the process
@@ -205,14 +237,20 @@ def _compiled_next_logits(device: torch.device):
 
 
 class _Rows:
-    """Host-side view of a batch's rows: tokens read so far, and where stop strings ended them."""
+    """Host-side view of a batch's rows: tokens read so far, and where stop strings ended them.
 
-    def __init__(self, tokenizer, stop: tuple[str, ...], rows: int):
-        self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
-        # A stop string completed by the newest tokens starts at most len(bytes) tokens before them (every token
-        # holds at least one byte); two more cover a first token that decodes differently alone (a leading space).
+    A row's text is the text its tokens add to its prompt (`continuations`, special tokens included as lm.py's
+    stopping criterion and lm-eval's decode them): a stop string is found where LM.generate's final text has it,
+    also on tokenizers whose first new token decodes differently alone (SentencePiece drops its leading space)."""
+
+    CONTEXT = 4  # tokens decoded before a window, so its first token decodes as it does in the whole text
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], prompts: list[list[int]]):
+        self.tokenizer, self.stop, self.prompts = tokenizer, [s for s in stop if s], prompts
+        # A stop string completed by the newest tokens spans at most len(bytes) tokens (each holds at least one of
+        # its bytes), so it lies within the newest fresh + len(bytes) tokens; two more for margin.
         self.span = max((len(s.encode()) for s in self.stop), default=0) + 2
-        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.tokens: list[list[int]] = [[] for _ in prompts]
         self.stop_end: dict[int, int] = {}  # row -> tokens up to and including the step its stop string appeared
         self.read = 0  # steps copied to the host
 
@@ -227,11 +265,11 @@ class _Rows:
         self.read = steps
         if self.stop:
             candidates = [r for r, alive in enumerate(live) if alive]
-            tails = self.tokenizer.batch_decode([self.tokens[r][-(fresh + self.span):] for r in candidates])
+            tails = self._windows(candidates, fresh + self.span)
             ended = []
             for r, tail in zip(candidates, tails):
                 if any(s in tail for s in self.stop):
-                    end = self._first_stop(self.tokens[r])  # confirmed on the whole text
+                    end = self._first_stop(r)  # confirmed on the whole text
                     if end is not None:
                         self.stop_end[r], live[r] = end, False
                         ended.append(r)
@@ -239,11 +277,25 @@ class _Rows:
                 unfinished[torch.tensor(ended, device=unfinished.device)] = False
         return any(live)
 
-    def _first_stop(self, ids: list[int]) -> int | None:
-        """The fewest leading tokens whose text holds a stop string (None: not even all of them): the step at
-        which lm.py's stopping criterion, checking every step, would have ended the row."""
+    def _windows(self, rows: list[int], width: int) -> list[str]:
+        """The text of each row's newest `width` tokens, decoded after the CONTEXT tokens before them."""
+        contexts, windows = [], []
+        for r in rows:
+            ids = self.tokens[r]
+            start = max(len(ids) - width, 0)
+            before = ids[max(start - self.CONTEXT, 0):start]
+            missing = self.CONTEXT - len(before)  # taken from the prompt's end
+            contexts.append((self.prompts[r][-missing:] if missing else []) + before)
+            windows.append(ids[start:])
+        return continuations(self.tokenizer, contexts, windows, skip_special_tokens=False)
+
+    def _first_stop(self, r: int) -> int | None:
+        """The fewest leading tokens of row r whose text holds a stop string (None: not even all of them): the
+        step at which lm.py's stopping criterion, checking every step, would have ended the row."""
+        ids = self.tokens[r]
+
         def holds(m: int) -> bool:
-            text = self.tokenizer.decode(ids[:m])
+            text = continuations(self.tokenizer, [self.prompts[r]], [ids[:m]], skip_special_tokens=False)[0]
             return any(s in text for s in self.stop)
 
         if not holds(len(ids)):

@@ -201,6 +201,7 @@ class Runner:
 
     def run_one(self, plan: RunPlan) -> None:
         self.store.put_run(plan, "running")
+        self.release_evaluator()  # training here needs the device's memory
         try:
             train_plan(plan, self.root, self.nproc)
         except RUN_ERRORS as e:
@@ -309,6 +310,20 @@ class Runner:
             self.evaluator = Evaluator(self._base_model_dir(self.plans[0]), self.exp.eval.device,
                                        self.exp.eval.batch_size)
         return self.evaluator
+
+    def release_evaluator(self) -> None:
+        """Free the evaluator's base model (bf16, on the GPU) before a run trains in this process; the next
+        evaluation loads it again (seconds, against a run's minutes or hours)."""
+        if self.evaluator is None:
+            return
+        import gc
+
+        import torch
+
+        self.evaluator = None
+        gc.collect()  # the model's modules refer to each other (PEFT wrappers): free them now, not at some later gc
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # back to the driver: --nproc runs train in child processes
 
     def _base_model_dir(self, plan: RunPlan) -> str:
         from ftlab.model import prepare_base

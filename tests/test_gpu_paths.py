@@ -1,0 +1,350 @@
+"""The code paths a run takes on CUDA, run on the CPU through the same functions: torch.compile of every decoder
+block, the bf16 frozen base with fp32 adapters, fused LoRA and the chunked loss under bf16 autocast, the sampler's
+static-cache step compiled by Inductor, the fused AdamW kernel, FSDP's bf16 mixed precision (on gloo), and the
+settings that choose them; and what `ftlab run` and train.liger ask of the machine that trains."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from ftlab.config import ModelConfig, TrainConfig
+from ftlab.errors import ConfigError
+from ftlab.methods import apply_method
+from ftlab.model import build_tiny, load_model, prepare_base, resolve_dtype
+from ftlab.optim import make_optimizer
+from ftlab.train import build_data, check_liger, eval_loss, prepare, train_step
+
+CUDA = torch.device("cuda")  # constructing a device object needs no GPU
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CI machine's cores are shared: OpenMP threads would wait on each other
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ train.compile: every block, compiled once
+
+
+class CountingBackend:
+    """A torch.compile backend that runs dynamo's graphs as traced, counting compiles and calls of compiled code
+    (dynamo's guards and recompile limit are the same as with Inductor, at none of its compile time)."""
+
+    def __init__(self):
+        self.compiles = self.calls = 0
+
+    def __call__(self, graph, example_inputs):
+        self.compiles += 1
+
+        def run(*args):
+            self.calls += 1
+            return graph.forward(*args)
+
+        return run
+
+
+@pytest.mark.parametrize("method,loss,graphs", [("full", "full", 1), ("lora", "full", 2), ("lora", "chunked", 2)])
+def test_train_compile_compiles_every_block_of_a_12_layer_model(text, tmp_path, monkeypatch, method, loss, graphs):
+    """Each forward calls compiled code once per block (12), from one graph all blocks share (LoRA: a second for
+    block 0, whose input needs no gradient), and one more for held-out evaluation (no grad). A KV cache built by
+    the training forward (use_cache from the model's config) made each block's guard check its own cache layer:
+    8 compiles, torch's recompile limit, and blocks 9-12 ran uncompiled."""
+    backend = CountingBackend()
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: compile_(fn, *a, **{**k, "backend": backend}))
+    torch._dynamo.reset()
+    cfg = tiny_config(text, tmp_path / "run", "data.regime=cpt", f"method.name={method}", "method.rank=4",
+                      "model.tiny.layers=12", "model.tiny.hidden_size=16", "model.tiny.intermediate_size=32",
+                      "train.compile=true", f"train.loss={loss}")  # CPT: all sequences seq_len long, one shape
+    model, tokenizer = build_tiny(cfg.model.tiny)
+    model, params, optimizer, autocast, chunked = prepare(apply_method(model, cfg), cfg, CPU)
+    steps, held_out = build_data(cfg, tokenizer)
+    try:
+        result = train_step(model, steps.next_step(), optimizer, params, 1.0, autocast, chunked)
+        assert torch.isfinite(torch.tensor(result.loss))
+        assert (backend.compiles, backend.calls) == (graphs, 12 * 2)  # 2 micro-batches, every block compiled
+        eval_loss(model, held_out[:1], autocast)
+        assert (backend.compiles, backend.calls) == (graphs + 1, 12 * 3)
+    finally:
+        torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------ precision: the weights' dtype
+
+
+def test_the_frozen_base_is_bf16_only_where_the_run_computes_in_bf16():
+    """model.dtype auto: a LoRA's frozen base is bf16 under bf16 autocast (auto on CUDA, or asked for), fp32 under
+    train.precision fp32, on CUDA too (it was bf16 there whatever the precision); trained weights stay fp32."""
+    auto = ModelConfig()
+    assert resolve_dtype(auto, CUDA, trains_base=False) == torch.bfloat16  # precision auto
+    assert resolve_dtype(auto, CUDA, trains_base=False, precision="fp32") == torch.float32
+    assert resolve_dtype(auto, CUDA, trains_base=False, precision="bf16-autocast") == torch.bfloat16
+    assert resolve_dtype(auto, CPU, trains_base=False) == torch.float32
+    assert resolve_dtype(auto, CPU, trains_base=False, precision="bf16-autocast") == torch.bfloat16
+    for device in (CPU, CUDA):
+        for precision in ("auto", "fp32", "bf16-autocast"):
+            assert resolve_dtype(auto, device, trains_base=True, precision=precision) == torch.float32
+    assert resolve_dtype(ModelConfig(dtype="bfloat16"), CUDA, False, "fp32") == torch.bfloat16  # asked for
+
+
+def test_precision_reaches_the_base_dtype_through_the_run_config(pairs, tmp_path, monkeypatch):
+    """What _train loads the model with, for the config a user writes, on a (pretended) CUDA device."""
+    import ftlab.train as train_module
+
+    loaded = []
+    monkeypatch.setattr(train_module, "resolve_device", lambda name: CUDA)
+    monkeypatch.setattr(train_module, "load_model", lambda cfg, device, dtype, name: loaded.append(dtype) or
+                        (_ for _ in ()).throw(RuntimeError("stop after loading")))
+    for precision, expected in (("fp32", torch.float32), ("auto", torch.bfloat16), ("bf16-autocast", torch.bfloat16)):
+        cfg = tiny_config(pairs, tmp_path / precision, "method.name=lora", "method.rank=4",
+                          f"train.precision={precision}")
+        with pytest.raises(RuntimeError, match="stop after loading"):
+            train_module.train(cfg)
+        assert loaded.pop() == expected, precision
+
+
+# ------------------------------------------------------------------ bf16 frozen base, fused LoRA, chunked loss
+
+
+def lora_steps(pairs, tmp_path, name, *overrides, steps=3):
+    """A LoRA run's first steps as _train sets them up (its base loaded in the resolved dtype): the losses and the
+    model after them."""
+    cfg = tiny_config(pairs, tmp_path / name, "method.name=lora", "method.rank=4", "method.dropout=0",
+                      "train.lr=1e-2", *overrides)
+    base = prepare_base(cfg.model, tmp_path / name)
+    dtype = resolve_dtype(cfg.model, CPU, False, cfg.train.precision)
+    model, tokenizer = load_model(cfg.model, CPU, dtype, base)
+    model, params, optimizer, autocast, chunked = prepare(apply_method(model, cfg), cfg, CPU)
+    source, _ = build_data(cfg, tokenizer)
+    losses = [train_step(model, source.next_step(), optimizer, params, 1.0, autocast, chunked).loss
+              for _ in range(steps)]
+    return losses, model, optimizer
+
+
+@pytest.mark.parametrize("loss", ["full", "chunked"])
+def test_lora_on_a_bf16_base_under_bf16_autocast_trains_like_fp32(pairs, tmp_path, loss):
+    """The CUDA default for LoRA (bf16 frozen base, fp32 adapters, fused LoRA layers, the chunked loss, fused
+    AdamW) on the CPU: adapters and their optimizer state stay fp32, the base bf16, and the losses follow the
+    all-fp32 run's to bf16's precision."""
+    reference, _, _ = lora_steps(pairs, tmp_path, "fp32", "train.precision=fp32", "train.loss=full")
+    losses, model, optimizer = lora_steps(pairs, tmp_path, f"bf16-{loss}", "train.precision=bf16-autocast",
+                                          f"train.loss={loss}")
+    assert optimizer.defaults["fused"] is True
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(p.dtype == torch.float32 for p in trained.values())
+    assert all(p.dtype == torch.bfloat16 for n, p in model.named_parameters() if n not in trained)
+    assert all(s["exp_avg"].dtype == torch.float32 for s in optimizer.state.values())
+    fused = type(model.base_model.model.model.layers[0].self_attn.q_proj).__name__
+    assert fused.startswith("Fused")  # train.fused_lora: the layer ftlab runs on CUDA
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses == pytest.approx(reference, rel=2e-2)
+    assert losses[-1] < losses[0]  # it learns
+
+
+def test_the_chunked_loss_under_bf16_autocast_equals_the_full_loss():
+    """train.loss auto is the chunked loss on CUDA: the same loss and gradients as the full path, under bf16."""
+    from ftlab.config import TinyModelConfig
+    from ftlab.train import token_loss_sum
+
+    model, _ = build_tiny(TinyModelConfig(hidden_size=32, layers=1, heads=2, kv_heads=2, intermediate_size=64))
+    model.to(torch.bfloat16)
+    ids = torch.randint(3, 259, (2, 12), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :4] = -100  # a prompt
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    results = {}
+    for chunked in (False, True):
+        model.zero_grad()
+        loss, n = token_loss_sum(model, batch, autocast, chunked)
+        loss.backward()
+        results[chunked] = (float(loss), n, model.lm_head.weight.grad.float().clone())
+    assert results[True][1] == results[False][1] == 2 * 8
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-3)
+    torch.testing.assert_close(results[True][2], results[False][2], rtol=2e-2, atol=2e-2)
+
+
+# ------------------------------------------------------------------ the sampler's compiled step, with Inductor
+
+
+def test_the_static_cache_decode_step_compiled_by_inductor_decodes_as_model_generate(monkeypatch):
+    """What `ftlab eval` runs on CUDA (a StaticCache, the decode step under torch.compile; there "reduce-overhead"
+    adds CUDA graphs), with Inductor's CPU backend: every step runs compiled, and the greedy completions are
+    model.generate's. About 10-20 s: Inductor compiles the step twice (first shapes, then dynamic rows)."""
+    from ftlab.config import TinyModelConfig
+    from ftlab.evaluate import sampler as sampler_module
+    from ftlab.evaluate.lm import LM
+
+    monkeypatch.setattr(sampler_module, "_COMPILED", {})  # a compiled step of this test's own, with Inductor
+    model, tokenizer = build_tiny(TinyModelConfig(hidden_size=32, layers=1, heads=4, kv_heads=2,
+                                                  intermediate_size=64, max_position=512))
+    prompts = ["Question: 1+1?\nAnswer:", "Once upon a time", "x", "def add(a, b):\n    return", "The"]
+    lm = LM(model, tokenizer, batch_size=3, cache="static", compile=True)  # batches of 3 rows, then 2
+    ours = lm.generate(prompts, max_new_tokens=8)
+    assert lm.sampler.compile and lm.sampler._step is sampler_module._COMPILED["cpu"]  # no fallback
+    assert ours == LM(model, tokenizer, batch_size=3, sampler="hf").generate(prompts, max_new_tokens=8)
+
+
+# ------------------------------------------------------------------ fused AdamW on the CPU
+
+
+def test_adamw_is_fused_on_the_cpu_and_follows_the_foreach_update():
+    """make_optimizer uses torch's fused AdamW kernel wherever torch has it (CUDA, and the CPU since 2.4); on the
+    CPU it takes the foreach implementation's steps to float rounding."""
+    torch.manual_seed(0)
+    start = [torch.randn(37, 19), torch.randn(64)]
+    cfg = TrainConfig(lr=1e-2, weight_decay=0.1)
+    runs = {}
+    for name in ("ftlab", "foreach"):
+        params = [p.clone().requires_grad_(True) for p in start]
+        if name == "ftlab":
+            optimizer = make_optimizer([{"params": params, "lr": cfg.lr}], cfg)
+            assert optimizer.defaults["fused"] is True
+        else:
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                          weight_decay=cfg.weight_decay, foreach=True)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            optimizer.step()
+        runs[name] = params
+    for fused, reference in zip(runs["ftlab"], runs["foreach"]):
+        torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ FSDP's bf16 mixed precision, on gloo
+
+
+def _fsdp_worker(rank: int, port: int, pairs: str, out: str) -> None:
+    """One of two processes: shard a LoRA model with ftlab's bf16 policy, record the dtype a block's adapter
+    weight has while the block runs (FSDP has gathered it by then), train 3 steps; write what it saw to
+    out/rank<r>.json."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from ftlab import distributed
+
+    world, device = distributed.init("cpu")
+    try:
+        cfg = tiny_config(pairs, f"{out}/run", *FSDP_SETTINGS)
+        model, tokenizer = build_tiny(cfg.model.tiny)
+        model.to(resolve_dtype(cfg.model, device, False, cfg.train.precision))
+        model, params, optimizer, autocast, chunked = prepare(apply_method(model, cfg), cfg, device, world)
+        seen = []
+        block = model.base_model.model.model.layers[0]
+        adapter = block.self_attn.q_proj.lora_A["default"]  # an fp32 parameter: what it computes in is the policy's
+        block.register_forward_pre_hook(lambda m, args: seen.append(str(adapter.weight.dtype)))
+        source, _ = build_data(cfg, tokenizer)
+        losses = [train_step(model, source.next_step(), optimizer, params, 1.0, autocast, chunked, world).loss
+                  for _ in range(3)]
+        kept = sorted({str(p.dtype) for p in params} | {str(s["exp_avg"].dtype) for s in optimizer.state.values()})
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump({"losses": losses, "compute": sorted(set(seen)), "state": kept}, f)
+    finally:
+        distributed.close()
+
+
+FSDP_SETTINGS = ["method.name=lora", "method.rank=4", "method.dropout=0", "train.precision=bf16-autocast",
+                 "train.global_batch=8", "train.micro_batch=4", "train.lr=1e-2", "train.loss=full"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_fsdp_bf16_mixed_precision_on_gloo_trains_like_one_process(pairs, tmp_path):
+    """train.precision bf16-autocast under FSDP: the blocks compute with bf16 weights (the fp32 adapters too,
+    all-gathered in bf16), the adapters' shards and optimizer state stay fp32, and the losses follow one process's
+    bf16-autocast run."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp_worker, args=(port, str(pairs), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    one, _, _ = lora_steps(pairs, tmp_path, "one", *FSDP_SETTINGS)
+    for seen in ranks:
+        assert seen["compute"] == ["torch.bfloat16"]  # the policy's param_dtype, not the fp32 the CPU used to get
+        assert seen["state"] == ["torch.float32"]
+        assert seen["losses"] == pytest.approx(one, rel=2e-2)
+
+
+# ------------------------------------------------------------------ train.liger: checked where the run trains
+
+
+def test_liger_is_checked_where_the_run_trains_not_where_the_config_is_read(pairs, tmp_path, monkeypatch):
+    """A CPU-only Ray head accepts train.liger=true (a GPU worker trains it); the run refuses it at its start on a
+    machine without CUDA or without the package, naming the key."""
+    import importlib.util
+
+    cfg = tiny_config(pairs, tmp_path / "run", "train.liger=true")  # validated here, a machine without CUDA
+    with pytest.raises(ConfigError, match="train.liger"):
+        tiny_config(pairs, tmp_path / "run", "train.liger=true", "train.device=cpu")  # a contradiction anywhere
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else
+                        find_spec(name, *a))
+    with pytest.raises(ConfigError, match="train.liger: Liger kernels are not installed"):
+        check_liger(cfg, CUDA)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else
+                        find_spec(name, *a))
+    with pytest.raises(ConfigError, match="train.liger: .* CUDA only"):
+        check_liger(cfg, CPU)
+    check_liger(cfg, CUDA)  # package and CUDA: the run goes on
+
+
+# ------------------------------------------------------------------ ftlab run: evaluation and training take turns
+
+STUDY = """
+name: turns
+model: {name: tiny, tiny: {hidden_size: 32, layers: 1, heads: 2, kv_heads: 2, intermediate_size: 64, max_position: 64}}
+defaults:
+  train: {global_batch: 8, micro_batch: 8, warmup: 1, lr: 1.0e-3}
+  data: {regime: ift, seq_len: 32}
+settings:
+  - {name: first, data: {path: pairs.jsonl}, durations: [0.1]}
+  - {name: second, data: {path: pairs.jsonl}, durations: [0.2]}
+methods: [{name: full}]
+forgetting: [source_cloze]
+eval: {limit: 2}
+analyses: {spectrum: false, kl: false, diversity: []}
+"""
+
+
+def test_the_evaluators_model_is_freed_before_a_later_run_trains(pairs, tmp_path, monkeypatch):
+    """`ftlab run` evaluates each run after it trains; the evaluator's base model (bf16 on the GPU) must not stay
+    resident while the next run trains. Every evaluator model made is checked when training starts."""
+    import gc
+    import weakref
+
+    import ftlab.train as train_module
+    from ftlab.evaluate import checkpoints
+    from ftlab.experiment.study import run_experiment
+
+    made = []
+    init = checkpoints.Evaluator.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self.model))
+
+    resident = []
+    train = train_module.train
+
+    def checking_train(cfg):
+        gc.collect()
+        resident.append(sum(ref() is not None for ref in made))
+        return train(cfg)
+
+    monkeypatch.setattr(checkpoints.Evaluator, "__init__", recording_init)
+    monkeypatch.setattr(train_module, "train", checking_train)
+    (tmp_path / "turns.yaml").write_text(STUDY)  # beside the pairs fixture's pairs.jsonl
+    run_experiment(tmp_path / "turns.yaml", tmp_path / "study", report=False)
+    assert len(made) == 2  # the first run's evaluation made one, freed; the second run's evaluation another
+    assert resident == [0, 0]
