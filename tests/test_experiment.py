@@ -134,7 +134,9 @@ def check_paper_run(plan, alpha_sweep: bool = False) -> None:
     """What every run of every preset shares: the paper's optimizer and LoRA settings."""
     t, m = plan.cfg.train, plan.cfg.method
     assert plan.cfg.model.name == "meta-llama/Llama-2-7b-hf"
-    assert (t.optimizer, t.betas, t.grad_clip, t.min_lr_ratio) == ("lionw", [0.9, 0.95], 1.0, 0.01), plan.name
+    assert (t.optimizer, t.betas, t.grad_clip) == ("lionw", [0.9, 0.95], 1.0), plan.name
+    # IFT: cosine to 1% of the peak (alpha_f 0.01); CPT: cooldown to zero (alpha_f_cooldown 0)
+    assert t.min_lr_ratio == {"ift": 0.01, "cpt": 0.0}[plan.cfg.data.regime], plan.name
     if m.name == "lora":
         assert plan.method.startswith(f"lora-r{m.rank}")
         assert m.dropout == 0.05
@@ -143,6 +145,7 @@ def check_paper_run(plan, alpha_sweep: bool = False) -> None:
     if plan.cfg.data.regime == "ift":
         assert (t.schedule, t.warmup, t.tokens, t.checkpoints) == ("cosine", 0.1, None, []), plan.name
         assert plan.durations == [t.epochs]  # each duration a separate run with its own schedule
+        assert plan.cfg.data.packing  # the authors' step count implies packed examples (see code-ift.yaml)
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))
@@ -168,6 +171,20 @@ def test_grid_presets_expand_to_the_papers_grid(name, tmp_path):
             check_cpt_branches(runs, paper, schedules=method == "full")  # steps are the same for every method
 
 
+def test_presets_carry_the_papers_details(tmp_path):
+    code_cpt = load_experiment(ROOT / "configs" / "paper" / "code-cpt.yaml")
+    data = code_cpt.settings[0].data
+    assert (data["path"], data["hub_data_dir"], data.get("hub_config")) == ("hub:bigcode/starcoderdata", "python", None)
+    assert code_cpt.analyses.singular_values == ["model.layers.26.self_attn.q_proj.weight"]  # Fig S7: W_q, layer 26
+    for name in ("code-cpt", "code-ift"):  # the paper's diversity analysis: HumanEval samples, pass@k at T=0.8
+        plans = preset(name, tmp_path / name)
+        assert all(p.diversity == ["humaneval", "humaneval_t08"] for p in plans), name
+    from ftlab.evaluate.tasks import get_task
+
+    t08 = get_task("humaneval_t08")
+    assert (t08.temperature, t08.top_p, t08.samples, max(t08.ks)) == (0.8, 0.95, 256, 256)
+
+
 def check_cpt_branches(runs, paper, schedules: bool) -> None:
     """One long WSD run of the largest budget; every shorter budget restarts from it at its own cooldown's start."""
     (long,) = [p for p in runs if p.branch_of is None]
@@ -178,7 +195,8 @@ def check_cpt_branches(runs, paper, schedules: bool) -> None:
     long_steps = math.ceil(2e10 / per_step)
     for b in [long, *branches]:
         t = b.cfg.train
-        assert (t.schedule, t.cooldown, t.warmup, t.epochs) == ("wsd", 0.2, 100, None), b.name
+        assert (t.schedule, t.cooldown, t.warmup, t.epochs) == ("wsd", 0.2, 1000, None), b.name  # t_warmup=1000ba
+    inside_warmup = []
     for b in branches:
         budget = b.durations[0]
         steps = math.ceil(budget / per_step)
@@ -187,28 +205,31 @@ def check_cpt_branches(runs, paper, schedules: bool) -> None:
         # up to the restart the branch and the long run follow the same LR; from there the branch cools down
         assert not schedules or all(lr_factor(s, steps, b.cfg.train) == lr_factor(s, long_steps, long.cfg.train)
                    for s in range(b.branch_step))
-        assert lr_factor(b.branch_step, steps, b.cfg.train) < 1.0 == lr_factor(b.branch_step, long_steps,
-                                                                               long.cfg.train)
+        assert lr_factor(b.branch_step, steps, b.cfg.train) < lr_factor(b.branch_step, long_steps, long.cfg.train)
+        assert lr_factor(steps - 1, steps, b.cfg.train) == 0.0  # cooled down to zero at its budget
+        if b.branch_step < 1000:
+            inside_warmup.append(budget)
+    assert inside_warmup == [2.5e8, 5e8]  # 254 and 509 steps: they cool down from a partial warmup
     assert long.cfg.train.keep_states == sorted(b.branch_step for b in branches)
 
 
 def test_regularization_preset(tmp_path):
     plans = preset("regularization", tmp_path)
-    assert len(plans) == 30
+    assert len(plans) == 35
     methods = {}
     for p in plans:
         check_paper_run(p)
         methods.setdefault(p.method, []).append(p)
-    assert sorted(methods) == sorted(["full", "lora-r256", "full-wd5e-05", "full-wd0.0001", "full-attndrop0.05",
-                                      "full-attndrop0.1"])
+    assert sorted(methods) == sorted(["full", "lora-r16", "lora-r256", "full-wd5e-05", "full-wd0.0001",
+                                      "full-attndrop0.05", "full-attndrop0.1"])
     for label, runs in methods.items():
         assert sorted(p.durations[0] for p in runs) == [1, 2, 4, 8, 16], label
         for p in runs:
             wd = float(label.removeprefix("full-wd")) if "-wd" in label else 0.0
             drop = float(label.removeprefix("full-attndrop")) if "attndrop" in label else 0.0
             assert (p.cfg.train.weight_decay, p.cfg.model.attention_dropout) == (wd, drop), p.name
-            assert p.lr == (1e-4 if label == "lora-r256" else 5e-5), p.name  # code IFT's LRs
-            assert p.group == ("grid" if label in ("full", "lora-r256") else "regularization")
+            assert p.lr == {"lora-r16": 2e-4, "lora-r256": 1e-4}.get(label, 5e-5), p.name  # code IFT's LRs
+            assert p.group == ("grid" if label in ("full", "lora-r16", "lora-r256") else "regularization")
             assert (p.cfg.data.seq_len, p.cfg.train.global_batch) == (4096, 192)
 
 
@@ -238,6 +259,8 @@ def test_side_study_presets(tmp_path):
         check_paper_run(p, alpha_sweep=True)
     for p in targets:
         check_paper_run(p)
+    for p in alphas + targets:  # r=256 at 1e-4 (the paper's loss spikes at 2e-4), whatever its alpha or targets
+        assert p.lr == (1e-4 if p.cfg.method.rank == 256 else 2e-4), p.name
 
 
 def test_alpha_none_is_2r_in_the_peft_model():

@@ -85,7 +85,8 @@ def _hub_rows(source: str, cfg: DataConfig, skip: int) -> Iterator[tuple[int, di
     except ImportError:
         raise DataError(f"{source}: reading hub datasets needs the `datasets` package: "
                         "pip install 'ftlab[hub]'") from None
-    rows = datasets.load_dataset(source[len(HUB_PREFIX):], cfg.hub_config, split=cfg.hub_split, streaming=True)
+    rows = datasets.load_dataset(source[len(HUB_PREFIX):], cfg.hub_config, data_dir=cfg.hub_data_dir,
+                                 split=cfg.hub_split, streaming=True)
     if skip:
         rows = rows.skip(skip)
     for index, row in enumerate(rows, start=skip):

@@ -2,12 +2,13 @@
 
     ftlab pretrain configs/base-tiny.yaml --out runs/base-tiny
 
-1. Train a byte-level BPE tokenizer (digits one per token) on the built-in source domain's training text.
+1. Train a byte-level BPE tokenizer (digits one per token) on the config's training text (data.path; for the
+   shipped base, the built-in source domain), in a single-threaded child process (ftlab.tokenizer).
 2. Pretrain a tiny Llama from random initialisation on that text (the ordinary training loop, CPT regime).
 3. Export the final model with its tokenizer to <out>/model, a plain Hugging Face directory.
 
 Every step is deterministic on a CPU, so rerunning the recipe reproduces the shipped base bit for bit
-(src/ftlab/assets/base-tiny; `scripts/ship_base.sh` copies <out>/model there).
+(src/ftlab/assets/base-tiny is a copy of <out>/model; tests/test_pretrain.py reruns the recipe on a small corpus).
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ TOKENIZER_VOCAB = 2048
 
 
 def pretrain(config: str, overrides: list[str], out: str, vocab_size: int = TOKENIZER_VOCAB) -> Path:
-    from ftlab import domains
-    from ftlab.tokenizer import train_bpe
+    from ftlab.tokenizer import save_bpe
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok_dir = out_dir / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
-        print(f"ftlab pretrain: training a {vocab_size}-token BPE tokenizer on the source domain", flush=True)
-        tokenizer = train_bpe((d.text for d in domains.source_texts("train")), vocab_size)
+        data = load_config(config, overrides, out=str(out_dir / "run")).data  # validated before any work
+        print(f"ftlab pretrain: training a {vocab_size}-token BPE tokenizer on {data.path}", flush=True)
         tmp = tok_dir.with_name("tokenizer.tmp")
-        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_bpe(data, vocab_size, tmp)
         shutil.rmtree(tok_dir, ignore_errors=True)
         tmp.replace(tok_dir)
     cfg = load_config(config, [*overrides, f"model.tiny.tokenizer={tok_dir.resolve()}"], out=str(out_dir / "run"))

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ftlab.batches import budget_steps
 from ftlab.config import RunConfig, apply_overrides, from_dict, read_mapping, to_dict, validate
 from ftlab.errors import ConfigError
+from ftlab.optim import cooldown_steps
 
 
 @dataclass
@@ -203,13 +204,13 @@ def expand(exp: ExperimentConfig, out: str | Path) -> list[RunPlan]:
     plans: list[RunPlan] = []
     for s in exp.settings:
         for label, method, entry_lr in methods:
-            lr = _lr(exp, s, label, method["name"], entry_lr)
+            lr = _lr(exp, s, label, method, entry_lr)
             plans += _duration_runs(exp, s, "grid", label, method, lr, {}, out)
     if exp.regularization is not None:
         reg = exp.regularization
         s = _setting(exp, reg.setting, "regularization.setting")
         full = {"name": "full"}
-        lr = _lr(exp, s, "full", "full", next((e for lab, m, e in methods if m["name"] == "full"), None))
+        lr = _lr(exp, s, "full", full, next((e for lab, m, e in methods if m["name"] == "full"), None))
         for wd in reg.weight_decay:
             plans += _duration_runs(exp, s, "regularization", f"full-wd{wd:g}", full, lr,
                                     {"train": {"weight_decay": wd}}, out)
@@ -229,8 +230,8 @@ def expand(exp: ExperimentConfig, out: str | Path) -> list[RunPlan]:
     for plan in plans:
         same = to_dict(plan.cfg)
         same["output"].pop("dir")
-        same = json.dumps(same, sort_keys=True)
-        if same in trained:  # e.g. a sweep value equal to the grid's LR: the grid's run already answers it
+        same = json.dumps([plan.setting, same], sort_keys=True)
+        if same in trained:  # a sweep value equal to the grid's LR: the grid's run of that setting answers it
             continue
         if plan.name in kept:
             raise ConfigError(f"run {plan.name}: two different runs would share this name; give the method a `label`")
@@ -271,8 +272,13 @@ def _setting(exp: ExperimentConfig, name: str | None, key: str) -> Setting:
     raise ConfigError(f"{key}: no setting named {name!r}; settings: {', '.join(s.name for s in exp.settings)}")
 
 
-def _lr(exp: ExperimentConfig, s: Setting, label: str, name: str, entry_lr: float | None) -> float:
-    for key in (label, name):
+def _lr(exp: ExperimentConfig, s: Setting, label: str, method: dict, entry_lr: float | None) -> float:
+    """The LR of a method in a setting: settings.lr by the method's label (lora-r256-attn), by its rank (lora-r256:
+    the paper lowers r=256's LR whatever the targets), by its name (lora, full); else methods[].lr, else
+    defaults.train.lr."""
+    name = method["name"]
+    rank_key = f"lora-r{method['rank']}" if name == "lora" else name
+    for key in dict.fromkeys((label, rank_key, name)):
         if key in s.lr:
             value = s.lr[key]
             try:
@@ -314,22 +320,19 @@ def _duration_runs(exp: ExperimentConfig, s: Setting, group: str, label: str, me
     # CPT: one long WSD run; every shorter budget restarts from its state at the start of its own cooldown.
     probe = _run_config(exp, s, method, {"train": {"lr": lr}}, extra, "probe", where=f"setting {s.name}")
     t = probe.train
-    per_step = t.global_batch * probe.data.seq_len  # packed CPT: every step is exactly this many tokens
     longest = durations[-1]
-    steps = {d: max(1, math.ceil(d / per_step)) for d in durations}
-    cool_start = {d: steps[d] - max(1, round(t.cooldown * steps[d])) for d in durations}
-    warm = t.warmup if t.warmup >= 1 else max(1, round(t.warmup * steps[longest]))  # absolute: same in every branch
-    for d in durations[:-1]:
-        if cool_start[d] < warm:
-            raise ConfigError(f"settings[{s.name}].durations: {d:g} tokens is too short to branch: its cooldown "
-                              f"would start at step {cool_start[d]}, inside the {warm}-step warmup")
+    steps = {d: budget_steps(d, t.global_batch, probe.data.seq_len) for d in durations}
+    cool_start = {d: steps[d] - cooldown_steps(t, steps[d]) for d in durations}
+    # absolute, so every branch warms up exactly as the long run did; a budget whose cooldown starts inside the
+    # warmup cools down from wherever the warmup got to (optim.lr_factor)
+    warm = t.warmup if t.warmup >= 1 else max(1, round(t.warmup * steps[longest]))
     common = {"schedule": "wsd", "warmup": warm, "epochs": None}
     long_name = f"{prefix}/tokens-{longest:g}"
-    keep = sorted({cool_start[d] for d in durations[:-1]})
+    keep = sorted({cool_start[d] for d in durations[:-1] if cool_start[d] > 0})
     runs = [plan(long_name, {**common, "tokens": longest, "checkpoints": [], "keep_states": keep}, [longest])]
     for d in durations[:-1]:
-        runs.append(plan(f"{prefix}/tokens-{d:g}", {**common, "tokens": d, "checkpoints": []}, [d],
-                         branch_of=long_name, branch_step=cool_start[d]))
+        branch = {"branch_of": long_name, "branch_step": cool_start[d]} if cool_start[d] > 0 else {}
+        runs.append(plan(f"{prefix}/tokens-{d:g}", {**common, "tokens": d, "checkpoints": []}, [d], **branch))
     return runs
 
 
