@@ -1,0 +1,88 @@
+"""Paired bootstrap intervals and verdicts: right where the effect is known, calibrated where there is none."""
+
+import numpy as np
+import pytest
+
+from ftlab.analysis.statistics import Interval, classify, paired_difference, spearman, spearman_interval
+
+
+def binary(n, p, rng):
+    return (rng.random(n) < p).astype(float)
+
+
+def test_a_clear_effect_agrees_the_opposite_disagrees_none_is_inconclusive():
+    rng = np.random.default_rng(1)
+    a = binary(400, 0.4, rng)
+    better = np.where(rng.random(400) < 0.25, 1.0, a)  # b solves a quarter of what a missed, keeps the rest
+    d = paired_difference(a, better)
+    assert d.estimate == pytest.approx(better.mean() - a.mean())
+    assert d.low > 0 and d.verdict(+1) == "agree" and d.verdict(-1) == "disagree"
+    same = paired_difference(a, a.copy())
+    assert same.estimate == 0 and same.verdict(+1) == "inconclusive"
+    assert paired_difference(better, a).verdict(+1) == "disagree"
+
+
+def test_intervals_cover_a_null_difference_about_95_percent_of_the_time():
+    rng = np.random.default_rng(2)
+    hits = 0
+    for _ in range(150):
+        a, b = binary(120, 0.5, rng), binary(120, 0.5, rng)  # no true difference
+        d = paired_difference(a, b, n_boot=400, seed=int(rng.integers(1 << 30)))
+        hits += d.low <= 0 <= d.high
+    assert 0.88 <= hits / 150 <= 0.995
+
+
+def test_pairing_narrows_the_interval_when_the_arms_share_difficulty():
+    rng = np.random.default_rng(3)
+    difficulty = rng.random(300)
+    a = (difficulty < 0.5).astype(float)
+    b = (difficulty < 0.55).astype(float)  # the same easy problems and a few more: perfectly correlated arms
+    paired = paired_difference(a, b)
+    independent = paired_difference(a, b[rng.permutation(300)])
+    assert paired.high - paired.low < 0.5 * (independent.high - independent.low)
+    assert paired.verdict(+1) == "agree"
+
+
+def test_token_weighted_metrics_are_ratios_of_sums():
+    rng = np.random.default_rng(4)
+    tokens = rng.integers(5, 50, 80).astype(float)
+    a, b = rng.random(80) + 2.0, rng.random(80) + 2.1  # per-document mean losses
+    d = paired_difference(a, b, weights=tokens)
+    assert d.estimate == pytest.approx((b * tokens).sum() / tokens.sum() - (a * tokens).sum() / tokens.sum())
+
+
+def test_seeds_widen_the_interval_by_the_variation_across_training_runs():
+    rng = np.random.default_rng(5)
+    base = binary(500, 0.5, rng)
+    one = paired_difference(base, np.where(rng.random(500) < 0.1, 1.0, base))
+    # three seeds per arm whose outcomes move together by a run-level shift: seed variance dominates
+    a = np.stack([np.where(rng.random(500) < s, 1.0, base) for s in (0.0, 0.1, 0.2)])
+    b = np.stack([np.where(rng.random(500) < s, 1.0, base) for s in (0.05, 0.15, 0.25)])
+    seeded = paired_difference(a, b)
+    assert seeded.seeds == 3 and one.seeds == 1
+    assert seeded.se > 2 * one.se
+
+
+def test_mde_is_2_8_standard_errors():
+    assert Interval(0.1, 0.0, 0.2, 0.05, 100).mde == pytest.approx(0.05 * 2.801585)
+
+
+def test_spearman():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1])
+    rng = np.random.default_rng(6)
+    x = rng.random(30)
+    strong = spearman_interval(x, x + 0.05 * rng.random(30))
+    assert strong.low > 0.8
+    noise = spearman_interval(x, rng.random(30))
+    assert noise.low < 0 < noise.high
+
+
+def test_classify():
+    assert classify([]) == ("not enough data", {"agree": 0, "disagree": 0, "inconclusive": 0})
+    assert classify(["inconclusive"] * 3)[0] == "inconclusive"
+    assert classify(["agree", "inconclusive"])[0] == "supported"
+    assert classify(["disagree", "inconclusive"])[0] == "contradicted"
+    assert classify(["agree", "disagree", "inconclusive"]) == ("mixed", {"agree": 1, "disagree": 1,
+                                                                         "inconclusive": 1})
