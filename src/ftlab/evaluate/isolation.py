@@ -140,12 +140,11 @@ def _filesystem(script: str, program_fd: int) -> list[str]:
             argv += ["--ro-bind", top, top]
     for path in ETC:
         argv += ["--ro-bind-try", path, path]
-    made: set[str] = {"/"}
-    for prefix in interpreter_dirs():
+    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
+    made: set[str] = {"/", "/tmp"}
+    for prefix in interpreter_dirs():  # after /tmp's tmpfs: a virtual environment may live under /tmp
         argv += _parents(prefix, made) + ["--ro-bind", prefix, prefix]
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
-             "--perms", "1777", "--size", str(WORKDIR_BYTES), "--tmpfs", WORKDIR,
+    argv += ["--perms", "1777", "--size", str(WORKDIR_BYTES), "--tmpfs", WORKDIR,
              "--perms", "0444", "--file", str(program_fd), f"{WORKDIR}/program.py",
              *_parents(CHILD, made), "--ro-bind", script, CHILD,
              "--remount-ro", "/"]
