@@ -153,14 +153,14 @@ def main() -> None:
 
 def adapters_check(model, rows: list[list[int]], args, device: torch.device) -> None:
     """Random LoRA adapters (r=16, every linear layer) swapped onto the model one after another with ftlab's
-    swap (ftlab.evaluate.checkpoints: copied into one adapter's tensors in place), each decoded greedily by a new
+    swap (ftlab.evaluate.targets: copied into one adapter's tensors in place), each decoded greedily by a new
     Sampler (sharing the process's compiled step, as every checkpoint's evaluation does) and by model.generate.
     The compiled step must not recompile per adapter, and its CUDA graphs must read each adapter's weights."""
     import tempfile
 
     from peft import LoraConfig, get_peft_model
 
-    from ftlab.evaluate.checkpoints import _swap_adapter
+    from ftlab.evaluate.targets import _swap_adapter
 
     greedy, targets = Decoding(args.new_tokens), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                    "down_proj"]

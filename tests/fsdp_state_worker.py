@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ftlab import checkpoint, distributed, sharded_state
+from ftlab import checkpoint, distributed, state, state_sharded
 from ftlab.config import TinyModelConfig
 from ftlab.model import build_tiny
 
@@ -60,9 +60,9 @@ def main(out: Path) -> None:
     shard = sum(distributed_local(t).nbytes for t in tensors.values())  # what this process holds of the state
     largest = max(t.numel() * t.element_size() for t in tensors.values())  # one whole tensor
 
-    sharded_state.FILE_BYTES = FILE_BYTES
-    increase = peak_increase(lambda: checkpoint.save_state(out / "state", 1, model, optimizer,
-                                                           {"tokens": 0, "loader": {}}, world))
+    state_sharded.FILE_BYTES = FILE_BYTES
+    increase = peak_increase(lambda: state.save_state(out / "state", 1, model, optimizer,
+                                                      {"tokens": 0, "loader": {}}, world))
     # the final weights as a Hugging Face directory, gathered to rank 0
     weights = sum(p.numel() * p.element_size() for p in model.parameters())  # whole
     checkpoint_increase = peak_increase(lambda: checkpoint.save_checkpoint(model, tokenizer, out / "final", {},

@@ -25,7 +25,7 @@ from ftlab.architectures import (TARGETS, block_names, decoder_blocks, is_conv1d
                                  target_modules)
 from ftlab.config import RunConfig, load_config
 from ftlab.errors import ConfigError
-from ftlab.evaluate.checkpoints import evaluate_target
+from ftlab.evaluate.targets import evaluate_target
 from ftlab.evaluate.lm import LM
 from ftlab.evaluate.sampler import Decoding, Sampler
 from ftlab.methods import apply_method, lora_layers

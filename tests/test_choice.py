@@ -9,7 +9,7 @@ import pytest
 from ftlab.config import TinyModelConfig
 from ftlab.errors import DataError
 from ftlab.evaluate.choice import arc_doc, build_requests, hellaswag_doc, score_choices, winogrande_doc
-from ftlab.evaluate.docs import ChoiceDoc
+from ftlab.documents import ChoiceDoc
 from ftlab.evaluate.lm import LM
 from ftlab.model import build_tiny, save_pretrained
 

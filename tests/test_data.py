@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftlab import packing
+from ftlab import records as data_records
 from ftlab.config import DataConfig
 from ftlab.data import (
     IGNORE, Example, PackedText, collate, detect_format, load_cpt_eval, load_ift, prompt_response, read_records,
@@ -320,8 +320,9 @@ def test_resume_yields_the_same_sequences(tmp_path, tok, monkeypatch, k):
     state = json.loads(json.dumps(first.state()))
 
     seeks = []
-    real_rows = packing._jsonl_rows
-    monkeypatch.setattr(packing, "_jsonl_rows", lambda src, off, line: seeks.append((off, line)) or real_rows(src, off, line))
+    real_rows = data_records._jsonl_rows
+    monkeypatch.setattr(data_records, "_jsonl_rows",
+                        lambda src, off, line: seeks.append((off, line)) or real_rows(src, off, line))
     resumed = PackedText(cfg, tok, "train", seed=0)
     resumed.load_state(state)
     tail = [s["input_ids"].tolist() for s in resumed]

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_config, tiny_overrides
-from ftlab.checkpoint import branch_state
+from ftlab.state import branch_state
 from ftlab.train import train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -10,7 +10,7 @@ from ftlab.analysis.diversity import diversity, diversity_of, normalize
 from ftlab.config import TinyModelConfig
 from ftlab.errors import FtlabError
 from ftlab.evaluate.lm import LM
-from ftlab.evaluate.runner import evaluate_into, run_task
+from ftlab.evaluate.harness import evaluate_into, run_task
 from ftlab.evaluate.tasks import SUITES, get_task, load_docs
 from ftlab.model import build_tiny
 

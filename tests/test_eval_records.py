@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from ftlab.evaluate.lm import LM
-from ftlab.evaluate.runner import evaluate_into
+from ftlab.evaluate.harness import evaluate_into
 from ftlab.evaluate.tasks import get_task, load_docs
 from tokenizer_zoo import tiny_model
 

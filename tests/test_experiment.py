@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from ftlab.cli import main
 from ftlab.config import RunConfig, from_dict
 from ftlab.errors import ConfigError, FtlabError
-from ftlab.experiment.spec import expand, load_experiment
+from ftlab.experiment.spec import load_experiment, plan_runs
 from ftlab.experiment.status import study_status
 from ftlab.experiment.store import Store
 from ftlab.experiment.study import LOCK, _check_tasks, run_experiment
@@ -86,7 +86,7 @@ def reference(tmp_path_factory):
     exp.write_text(SMALL)
     out = root / "study"
     run_experiment(exp, out)
-    return exp, out, expand(load_experiment(exp), out)
+    return exp, out, plan_runs(load_experiment(exp), out)
 
 
 def dump(out: Path, volatile: bool = False) -> dict:
@@ -127,7 +127,7 @@ PAPER = {
 def preset(name: str, tmp_path: Path):
     exp = load_experiment(ROOT / "configs" / "paper" / f"{name}.yaml")
     _check_tasks(exp)  # the task names resolve, as `ftlab run` checks before training
-    return expand(exp, tmp_path)
+    return plan_runs(exp, tmp_path)
 
 
 def check_paper_run(plan, alpha_sweep: bool = False) -> None:
@@ -309,7 +309,7 @@ def test_bad_input_fails_before_any_training(case, tmp_path, capsys):
     out = tmp_path / "study"
     with pytest.raises(FtlabError, match=message):  # the checks `ftlab run` makes before anything else
         spec = load_experiment(exp)
-        expand(spec, out)
+        plan_runs(spec, out)
         _check_tasks(spec)
     with pytest.raises(FtlabError, match=message):
         run_experiment(exp, out)
@@ -387,7 +387,7 @@ def test_study_end_to_end_and_a_second_run_trains_nothing(reference, capsys):
     assert len(analyses) == len(trained)
     # KL of a full-FT checkpoint analysed after LoRA ones is measured against the plain base (not base + adapter)
     from ftlab.analysis.kl import kl_divergence, target_prompts
-    from ftlab.evaluate.checkpoints import Evaluator
+    from ftlab.evaluate.targets import Evaluator
     from ftlab.model import prepare_base
 
     evaluator = Evaluator(prepare_base(plans[0].cfg.model, out / "base"), "cpu")

@@ -324,11 +324,11 @@ def test_the_evaluators_model_is_freed_before_a_later_run_trains(pairs, tmp_path
     import weakref
 
     import ftlab.train as train_module
-    from ftlab.evaluate import checkpoints
+    from ftlab.evaluate import targets
     from ftlab.experiment.study import run_experiment
 
     made = []
-    init = checkpoints.Evaluator.__init__
+    init = targets.Evaluator.__init__
 
     def recording_init(self, *args, **kwargs):
         init(self, *args, **kwargs)
@@ -342,7 +342,7 @@ def test_the_evaluators_model_is_freed_before_a_later_run_trains(pairs, tmp_path
         resident.append(sum(ref() is not None for ref in made))
         return train(cfg)
 
-    monkeypatch.setattr(checkpoints.Evaluator, "__init__", recording_init)
+    monkeypatch.setattr(targets.Evaluator, "__init__", recording_init)
     monkeypatch.setattr(train_module, "train", checking_train)
     (tmp_path / "turns.yaml").write_text(STUDY)  # beside the pairs fixture's pairs.jsonl
     run_experiment(tmp_path / "turns.yaml", tmp_path / "study", report=False)

@@ -1,14 +1,21 @@
-"""LoRA and full FT invariants on a tiny Llama: B=0 is the base, merged == unmerged, rank(ΔW) <= r, PEFT parity."""
+"""What ftlab adds to PEFT for the two methods: the LoRA config it builds from method.*, which parameters train
+(targets, counts, frozen embeddings, rank limits), LoRA+'s optimizer groups in a real step, and the checkpoints it
+saves and loads. ΔW itself is tested against PEFT's merge in tests/test_spectrum.py and tests/test_variants.py."""
+
+import json
 
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from conftest import tiny_config
+from ftlab.checkpoint import save_checkpoint
 from ftlab.config import RunConfig, TinyModelConfig
 from ftlab.errors import ConfigError
-from ftlab.methods import apply_method, base_reader, count_params, delta_weights, param_groups, target_modules
-from ftlab.model import build_tiny, save_pretrained
+from ftlab.methods import apply_method, count_params, lora_layers, param_groups, target_modules
+from ftlab.model import build_tiny, load_trained, resolve_device, save_pretrained
+from ftlab.train import build_data, prepare, train_step
 
 TINY = TinyModelConfig(hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64, max_position=64)
 
@@ -43,87 +50,76 @@ def logits(model):
         return model(input_ids=IDS).logits
 
 
-def test_lora_with_b_zero_reproduces_base_outputs():
+ATTN, MLP = {"q_proj", "k_proj", "v_proj", "o_proj"}, {"gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.parametrize("method,peft_expects", [
+    ({}, {"r": 4, "lora_alpha": 8, "target_modules": ATTN | MLP, "use_rslora": False, "use_dora": False,
+          "init_lora_weights": True}),
+    ({"alpha": 3.0, "rslora": True, "targets": "attn"},
+     {"lora_alpha": 3.0, "target_modules": ATTN, "use_rslora": True}),
+    ({"dora": True, "targets": "mlp"}, {"target_modules": MLP, "use_dora": True}),
+    ({"init": "gaussian"}, {"init_lora_weights": "gaussian"}),
+    ({"init": "pissa", "rank": 2}, {"r": 2, "lora_alpha": 4, "init_lora_weights": "pissa"}),
+], ids=["default", "rslora-attn", "dora-mlp", "gaussian", "pissa"])
+def test_lora_is_built_from_the_method_config_and_starts_at_the_base_model(method, peft_expects):
+    """method.* becomes PEFT's LoraConfig (alpha defaults to 2r, the paper's; targets from the architecture table),
+    only the adapters train, and every initialisation starts the run at the base model's outputs."""
     model, _ = tiny_model()
     before = logits(model)
-    peft_model = apply_method(model, lora_cfg()).eval()
-    assert torch.equal(logits(peft_model), before)
+    cfg = lora_cfg(**{"rank": 4, **method})
+    peft_model = apply_method(model, cfg).eval()
+    lora = peft_model.peft_config["default"]
+    found = {key: getattr(lora, key) for key in peft_expects}
+    if "target_modules" in found:
+        found["target_modules"] = set(found["target_modules"])
+    assert found == peft_expects
+    assert lora.lora_dropout == 0.0 and not lora.fan_in_fan_out  # Llama's layers are nn.Linear
+    adapted = dict(lora_layers(peft_model))
+    assert len(adapted) == TINY.layers * len(lora.target_modules)
+    assert {name.rsplit(".", 1)[-1] for name in adapted} == set(lora.target_modules)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert len(trainable) == len(adapted) * (3 if cfg.method.dora else 2)  # A, B (DoRA: and the magnitude)
+    assert all(".lora_" in n for n in trainable)
+    # B = 0 (PiSSA: the residual plus the principal part is W): a run's step 0 is the base model
+    torch.testing.assert_close(logits(peft_model), before, atol=1e-5 if cfg.method.init == "pissa" else 1e-6,
+                               rtol=0)
 
 
-def test_merged_equals_unmerged():
-    model, _ = tiny_model()
-    peft_model = apply_method(model, lora_cfg()).eval()
-    randomize_lora(peft_model)
-    unmerged = logits(peft_model)
-    merged = peft_model.merge_and_unload()
-    torch.testing.assert_close(logits(merged), unmerged, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("rank", [1, 2, 4])
-def test_rank_of_lora_delta_is_at_most_r(rank):
-    model, _ = tiny_model()
-    base = {k: v.clone() for k, v in model.state_dict().items()}
-    peft_model = apply_method(model, lora_cfg(rank=rank))
-    randomize_lora(peft_model)
-    deltas = dict(delta_weights(peft_model, base.__getitem__))
-    assert len(deltas) == TINY.layers * 7  # all seven modules of every block
-    for name, delta in deltas.items():
-        assert delta.dtype == torch.float32
-        assert int(torch.linalg.matrix_rank(delta)) == rank, name  # exactly r: random A and B
-
-
-def test_delta_weights_full_and_lora_share_names_and_values():
-    """Same code path: full FT's ΔW equals W_ft - W_base; LoRA's equals PEFT's merged weight minus the base."""
-    model, _ = tiny_model()
-    base = {k: v.clone() for k, v in model.state_dict().items()}
-    with torch.no_grad():
-        model.model.layers[0].mlp.up_proj.weight.add_(1.0)
-    full = dict(delta_weights(model, base.__getitem__))
-    torch.testing.assert_close(full["model.layers.0.mlp.up_proj.weight"], torch.ones(64, 32))
-    assert all(d.abs().max() == 0 for n, d in full.items() if n != "model.layers.0.mlp.up_proj.weight")
-
-    model, _ = tiny_model()
-    peft_model = apply_method(model, lora_cfg())
-    randomize_lora(peft_model)
-    lora = dict(delta_weights(peft_model, base.__getitem__))
-    assert lora.keys() == full.keys()
-    merged = peft_model.merge_and_unload().state_dict()
-    for name, delta in lora.items():
-        torch.testing.assert_close(delta, merged[name] - base[name], atol=1e-6, rtol=0)
-
-
-def test_dora_delta_matches_merge():
-    model, _ = tiny_model()
-    base = {k: v.clone() for k, v in model.state_dict().items()}
-    peft_model = apply_method(model, lora_cfg(dora=True))
-    randomize_lora(peft_model)
-    deltas = dict(delta_weights(peft_model, base.__getitem__))
-    merged = peft_model.merge_and_unload().state_dict()
-    for name, delta in deltas.items():
-        torch.testing.assert_close(delta, merged[name] - base[name], atol=1e-5, rtol=0)
-
-
-def test_ftlab_adapter_loads_in_peft_with_identical_logits(tmp_path):
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_saved_checkpoint_loads_in_plain_transformers_or_peft_and_in_ftlab_with_the_live_logits(tmp_path, method):
+    """ftlab's save_checkpoint writes what other tools load (an adapter directory naming its base, or a full model
+    directory), the tokenizer and ftlab.json; ftlab's load_trained reads it back to the same model."""
     model, tok = tiny_model()
     save_pretrained(model, tok, tmp_path / "base")
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
-    peft_model = apply_method(model, lora_cfg(rslora=True)).eval()
-    randomize_lora(peft_model)
-    expected = logits(peft_model)
-    peft_model.save_pretrained(tmp_path / "adapter")
+    if method == "lora":
+        model = apply_method(model, lora_cfg(rslora=True))
+        randomize_lora(model)
+    else:
+        full = RunConfig()
+        full.method.name = "full"
+        model = apply_method(model, full)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    expected = logits(model.eval())
+    info = {"step": 7, "tokens": 448, "method": method, "base": str(tmp_path / "base")}
+    save_checkpoint(model, tok, tmp_path / "final", info)
 
-    fresh = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
-    loaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
-    assert torch.equal(logits(loaded), expected)
-
-
-def test_base_reader_streams_safetensors(tmp_path):
-    model, tok = tiny_model()
-    save_pretrained(model, tok, tmp_path / "base")
-    read = base_reader(str(tmp_path / "base"))
-    assert torch.equal(read("model.layers.1.self_attn.o_proj.weight"), model.model.layers[1].self_attn.o_proj.weight)
-    with pytest.raises(KeyError, match="not in the base model"):
-        read("model.layers.9.self_attn.o_proj.weight")
+    final = tmp_path / "final"
+    assert json.loads((final / "ftlab.json").read_text()) == info
+    assert not (tmp_path / "final.tmp").exists() and not list(final.glob("*.bin"))  # atomic, safetensors only
+    if method == "lora":
+        assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+            tmp_path / "base")
+        plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), final)
+    else:
+        plain = AutoModelForCausalLM.from_pretrained(final)
+    assert torch.equal(logits(plain.eval()), expected)
+    again, tokenizer = load_trained(final)
+    assert torch.equal(logits(again), expected)
+    assert tokenizer.get_vocab() == tok.get_vocab()
 
 
 def test_targets_and_counts():
@@ -163,10 +159,30 @@ def test_loraplus_gives_b_its_own_learning_rate():
     peft_model = apply_method(model, cfg)
     groups = param_groups(peft_model, cfg)
     assert [g["lr"] for g in groups] == [1e-4, 1.6e-3]
-    a_shapes = {tuple(p.shape) for p in groups[0]["params"]}
-    b_shapes = {tuple(p.shape) for p in groups[1]["params"]}
-    assert (4, 32) in a_shapes and (32, 4) in b_shapes and (16, 4) in b_shapes
-    assert len(groups[0]["params"]) == len(groups[1]["params"]) == TINY.layers * 7
+    names = {id(p): n for n, p in peft_model.named_parameters()}
+    a, b = ([names[id(p)] for p in g["params"]] for g in groups)
+    assert len(a) == len(b) == TINY.layers * 7
+    assert all(".lora_A." in n for n in a) and all(".lora_B." in n for n in b)
+    assert param_groups(peft_model, lora_cfg())[0]["params"] == [p for p in peft_model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("ratio", [None, 16.0])
+def test_loraplus_moves_b_at_ratio_times_the_lr_in_a_real_step(pairs, tmp_path, ratio):
+    """One step of ftlab's loop (prepare + train_step, AdamW) from B = 0: A gets no gradient and stays; Adam's first
+    step moves each element of B by lr·g/(|g| + eps), so the largest move is the lr of B's group: lr, or ratio·lr."""
+    cfg = tiny_config(pairs, tmp_path / "run", "method.name=lora", "method.rank=4", "method.dropout=0",
+                      "train.lr=1e-3", f"method.loraplus_ratio={'null' if ratio is None else ratio}")
+    model, tokenizer = build_tiny(cfg.model.tiny)
+    model = apply_method(model, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model, params, optimizer, autocast, chunked = prepare(model, cfg, resolve_device("cpu"))
+    steps, _ = build_data(cfg, tokenizer)
+    train_step(model, steps.next_step(), optimizer, params, cfg.train.grad_clip, autocast, chunked)
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(moved[n] == 0 for n in moved if ".lora_A." in n)
+    b_moves = [v for n, v in moved.items() if ".lora_B." in n]
+    assert len(b_moves) == TINY.layers * 7
+    assert max(b_moves) == pytest.approx(1e-3 * (ratio or 1), rel=1e-3)
 
 
 def test_other_architectures_map_all_to_every_linear_layer():
@@ -176,10 +192,9 @@ def test_other_architectures_map_all_to_every_linear_layer():
     torch.manual_seed(0)
     model = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, ffn_dim=32,
                                      num_attention_heads=2, max_position_embeddings=32, word_embed_proj_dim=16))
-    base = {k: v.clone() for k, v in model.state_dict().items()}
     assert target_modules(model, "all") == "all-linear"
     peft_model = apply_method(model, lora_cfg(rank=2))
-    randomize_lora(peft_model)
-    deltas = dict(delta_weights(peft_model, base.__getitem__))
-    assert len(deltas) == 2 * 6  # q, k, v, out_proj, fc1, fc2 per layer; never lm_head
-    assert all(int(torch.linalg.matrix_rank(d)) == 2 for d in deltas.values())
+    adapted = dict(lora_layers(peft_model))
+    per_layer = ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj", "self_attn.out_proj", "fc1", "fc2"]
+    assert sorted(adapted) == sorted(f"model.decoder.layers.{i}.{m}" for i in range(2) for m in per_layer)
+    assert all(layer.r["default"] == 2 for layer in adapted.values())  # never lm_head

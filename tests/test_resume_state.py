@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ftlab import checkpoint
+from ftlab import state as run_state
 from ftlab.config import TinyModelConfig
 from ftlab.errors import FtlabError
 from ftlab.model import build_tiny
@@ -72,7 +72,7 @@ def test_a_state_holds_the_generator_of_the_device_the_process_trains_on(tmp_pat
     """Saved on a machine with 8 visible GPUs, training on cuda:0: one CUDA state, cuda:0's, not 8."""
     cuda = FakeCuda(8).install(monkeypatch)
     model, optimizer = stepped()
-    checkpoint.save_state(tmp_path / "state", 1, model, optimizer, {"tokens": 0, "loader": {}},
+    run_state.save_state(tmp_path / "state", 1, model, optimizer, {"tokens": 0, "loader": {}},
                           device=torch.device("cuda", 0))
     rng = load_file(tmp_path / "state" / "step-00000001" / "rng.safetensors")
     assert rng.keys() == {"torch", "cuda"}
@@ -85,7 +85,7 @@ def test_a_state_from_8_gpus_resumes_where_fewer_are_visible(tmp_path, monkeypat
     resumes with 1 visible device (CUDA_VISIBLE_DEVICES=0, a Ray worker) or none: the device in use gets its own
     saved entry, nothing indexes past the visible devices, and the CPU stream continues exactly."""
     model, optimizer = stepped()
-    checkpoint.save_state(tmp_path / "state", 1, model, optimizer, {"tokens": 0, "loader": {}})
+    run_state.save_state(tmp_path / "state", 1, model, optimizer, {"tokens": 0, "loader": {}})
     saved = tmp_path / "state" / "step-00000001"
     rng = load_file(saved / "rng.safetensors")
     expected_cpu = torch.rand(4, generator=torch.Generator().set_state(rng["torch"]))
@@ -98,7 +98,7 @@ def test_a_state_from_8_gpus_resumes_where_fewer_are_visible(tmp_path, monkeypat
     cuda = FakeCuda(visible).install(monkeypatch)
     device = torch.device("cuda" if visible else "cpu")
     resumed, resumed_optimizer = stepped(seed=1)
-    progress = checkpoint.load_state(saved, resumed, resumed_optimizer, device=device)
+    progress = run_state.load_state(saved, resumed, resumed_optimizer, device=device)
     assert progress["step"] == 1
     assert torch.equal(torch.rand(4), expected_cpu)
     if visible:
@@ -109,12 +109,12 @@ def test_a_state_from_8_gpus_resumes_where_fewer_are_visible(tmp_path, monkeypat
 
 def test_a_state_in_an_unknown_layout_is_refused_by_name(tmp_path):
     model, optimizer = stepped()
-    checkpoint.save_state(tmp_path / "state", 1, model, optimizer, {"tokens": 0, "loader": {}})
+    run_state.save_state(tmp_path / "state", 1, model, optimizer, {"tokens": 0, "loader": {}})
     saved = tmp_path / "state" / "step-00000001"
     progress = json.loads((saved / "progress.json").read_text())
     (saved / "progress.json").write_text(json.dumps({**progress, "layout": "zarr"}))
     with pytest.raises(FtlabError, match="layout 'zarr'"):
-        checkpoint.load_state(saved, model, optimizer)
+        run_state.load_state(saved, model, optimizer)
 
 
 def test_saving_a_sharded_state_holds_no_whole_copy_and_one_process_reads_it(tmp_path):
@@ -138,13 +138,13 @@ def test_saving_a_sharded_state_holds_no_whole_copy_and_one_process_reads_it(tmp
     # the final checkpoint is gathered to rank 0 alone: rank 1 keeps no copy (2 MB; the old way 14.8 MB, the whole)
     assert memory[1]["checkpoint_increase"] < memory[1]["weights"] / 2, memory[1]
 
-    state = checkpoint.latest_state(tmp_path / "state")
+    state = run_state.latest_state(tmp_path / "state")
     files = [p.relative_to(state) for p in state.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} == {".safetensors", ".json"}
     assert sum(p.parts[0] == "sharded" and p.name.startswith("shard-00002-") for p in files) > 1  # several files a rank
     model, _ = build_tiny(SHAPE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    checkpoint.load_state(state, model, optimizer)
+    run_state.load_state(state, model, optimizer)
     reference = load_file(tmp_path / "reference.safetensors")
     for name, p in model.named_parameters():
         assert torch.equal(p, reference[f"weights/{name}"]), name

@@ -266,7 +266,7 @@ def test_every_checkpoint_of_a_run_shares_one_compiled_step(tmp_path, counted_co
     not one per checkpoint until torch's limit of 8 and then none. A later run's fresh evaluator (`ftlab run` frees
     it while a run trains) compiles nothing new; an adapter of another rank compiles once more. Every checkpoint
     decodes compiled and gives the completions model.generate gives on that checkpoint loaded on its own."""
-    from ftlab.evaluate.checkpoints import Evaluator
+    from ftlab.evaluate.targets import Evaluator
 
     base_dir, ckpts = base_and_adapters(tmp_path, [4] * 10 + [2])
     prompts, texts = PROMPTS + ["Hello"], set()
@@ -292,7 +292,7 @@ def test_every_checkpoint_of_a_run_shares_one_compiled_step(tmp_path, counted_co
 def test_checkpoints_are_swapped_in_place_and_another_rank_is_loaded_anew(tmp_path):
     """Adapters of one structure go into the same tensors (same adapter name, same addresses); an adapter of
     another rank replaces them under the same name; each gives the logits of the checkpoint loaded on its own."""
-    from ftlab.evaluate.checkpoints import Evaluator
+    from ftlab.evaluate.targets import Evaluator
 
     base_dir, ckpts = base_and_adapters(tmp_path, [4, 4, 2, 2])
     evaluator = Evaluator(str(base_dir), "cpu")

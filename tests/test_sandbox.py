@@ -19,7 +19,7 @@ from ftlab.cli import main
 from ftlab.errors import FtlabError
 from ftlab.evaluate import sandbox
 from ftlab.evaluate.code import load_humaneval, score_completions
-from ftlab.evaluate.docs import CodeDoc
+from ftlab.documents import CodeDoc
 from ftlab.evaluate.isolation import Isolation
 from ftlab.evaluate.sandbox import Detected, choose_isolation, run_many, run_program
 
@@ -291,7 +291,7 @@ def test_cli_says_which_isolation_runs(tmp_path, capsys):
 @pytest.mark.parametrize("mode", ["os", "python"])
 def test_the_choice_reaches_the_programs_through_score_completions_and_evaluate_into(tmp_path, mode):
     """A completion that passes only inside a PID namespace: its score follows the isolation passed in."""
-    from ftlab.evaluate.runner import evaluate_into
+    from ftlab.evaluate.harness import evaluate_into
     from ftlab.evaluate.tasks import get_task
 
     iso = choose_isolation("os") if mode == "os" else isolation(mode)  # bwrap, else unshare

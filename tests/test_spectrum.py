@@ -1,4 +1,5 @@
-"""`ftlab spectrum`: k values on known spectra, gram == svd in k, LoRA rank, PEFT parity (ΔW, intruders), CLI."""
+"""`ftlab spectrum`: k values on known spectra, gram == svd in k, LoRA rank, ΔW against PEFT's merge
+(tests/delta_oracle.py) and PEFT's forward, intruders against PEFT's count, sharded safetensors, the CLI."""
 
 import json
 import math
@@ -12,13 +13,13 @@ from peft.tuners.lora.intruders import reduce_intruder_dimension
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
+from delta_oracle import assert_spectrum_delta_is, base_weights, delta, merged_weights, saved_delta
 from ftlab.analysis.spectrum import k_values, matrix_stats, singular_values, spectrum_of, spectrum_target
 from ftlab.analysis.spectrum_math import gaussian_stats
 from ftlab.analysis.spectrum_sources import open_checkpoint
 from ftlab.cli import main
 from ftlab.config import TinyModelConfig
 from ftlab.errors import FtlabError
-from ftlab.methods import delta_weights
 from ftlab.model import build_tiny, save_pretrained
 
 TINY = TinyModelConfig(hidden_size=32, layers=2, heads=4, kv_heads=2, intermediate_size=64, max_position=64)
@@ -153,19 +154,55 @@ def test_lora_delta_has_rank_at_most_r(base_dir, tmp_path):
 
 
 @pytest.mark.parametrize("lora", [
+    {},
     {"use_rslora": True},
     {"rank_pattern": {"up_proj": 2}, "alpha_pattern": {"q_proj": 16}},
     {"use_dora": True},
-], ids=["rslora", "patterns", "dora"])
-def test_adapter_delta_matches_peft_merge(base_dir, tmp_path, lora):
+    {"use_dora": True, "use_rslora": True, "rank_pattern": {"down_proj": 5}},
+], ids=["lora", "rslora", "patterns", "dora", "dora-rslora-pattern"])
+def test_adapter_delta_is_peft_merge(base_dir, tmp_path, lora):
+    """ftlab's ΔW of a saved adapter is PEFT's merged weight minus the base, layer by layer (scaling, rsLoRA,
+    rank_pattern/alpha_pattern and DoRA's magnitude resolved as PEFT resolves them)."""
     peft_model = make_adapter(base_dir, tmp_path / "adapter", **lora)
-    reference = dict(delta_weights(peft_model, open_checkpoint(base_dir, base_dir).base_files.read))
+    reference = delta(base_weights(base_dir), merged_weights(peft_model))
+    ckpt = assert_spectrum_delta_is(base_dir, tmp_path / "adapter", reference)
+    assert ckpt.kind == ("dora" if "use_dora" in lora else "lora") and len(ckpt.names) == TINY.layers * 7
+    ranks = {name.split(".")[-2]: mod.rank for name, mod in ckpt.lora.items()}
+    assert ranks == {m: (lora.get("rank_pattern") or {}).get(m, 3) for m in ALL}
+
+
+@pytest.mark.parametrize("lora", [{}, {"use_dora": True}], ids=["lora", "dora"])
+def test_w_ft_in_the_base_model_gives_the_adapters_own_outputs(base_dir, tmp_path, lora):
+    """An oracle that does not use PEFT's merge: the base model with ftlab's W_ft put in every analysed layer
+    computes what the unmerged PEFT model computes."""
+    peft_model = make_adapter(base_dir, tmp_path / "adapter", std=0.05, **lora)
     ckpt = open_checkpoint(base_dir, tmp_path / "adapter")
-    assert ckpt.kind == ("dora" if "use_dora" in lora else "lora") and ckpt.names == list(reference)
-    for name in ckpt.names:
-        w_base, w_ft, delta = ckpt.load(name)
-        torch.testing.assert_close(delta, reference[name], atol=1e-6, rtol=0)
-        torch.testing.assert_close(w_ft, w_base + delta, atol=1e-6, rtol=0)
+    model = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+    with torch.no_grad():
+        for name in ckpt.names:
+            model.get_submodule(name.removesuffix(".weight")).weight.copy_(ckpt.load(name)[1])  # (out, in)
+    ids = torch.randint(3, 259, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, found = peft_model(input_ids=ids).logits, model(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(base_dir)(input_ids=ids).logits
+    assert (expected - base).abs().max() > 0.01  # the adapter changes the outputs: the test can fail
+    torch.testing.assert_close(found, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_sharded_base_and_checkpoint_are_read_through_their_index(base_dir, tmp_path):
+    """A model saved in several safetensors files (model.safetensors.index.json) reads as the single file does."""
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    _, tok = build_tiny(TINY)
+    model.save_pretrained(tmp_path / "base", max_shard_size="20KB")
+    tok.save_pretrained(tmp_path / "base")
+    make_full(base_dir, tmp_path / "full")
+    AutoModelForCausalLM.from_pretrained(tmp_path / "full").save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    for directory in ("base", "sharded"):
+        assert len(list((tmp_path / directory).glob("*.safetensors"))) > 3
+        assert (tmp_path / directory / "model.safetensors.index.json").exists()
+    reference = saved_delta(base_dir, tmp_path / "full")
+    ckpt = assert_spectrum_delta_is(tmp_path / "base", tmp_path / "sharded", reference)
+    assert ckpt.kind == "full" and ckpt.names == list(reference)
 
 
 def peft_intruders(peft_model) -> dict[str, int]:

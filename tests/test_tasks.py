@@ -6,14 +6,15 @@ from pathlib import Path
 import pytest
 
 from ftlab.errors import DataError, FtlabError
-from ftlab.evaluate.runner import forgetting_score
-from ftlab.evaluate.tasks import PAPER_SUITE, REGISTRY, expand, get_task, load_docs, read_jsonl
+from ftlab.evaluate.harness import forgetting_score
+from ftlab.evaluate.tasks import PAPER_SUITE, REGISTRY, get_task, load_docs, resolve_tasks
+from ftlab.io import read_jsonl
 
 BENCHMARKS = Path(__file__).parent / "data" / "benchmarks"  # the first 50 records of GSM8K's test and train
 
 
 def test_suites_expand_in_order_without_duplicates():
-    specs = expand(["paper-forgetting", "hellaswag", "gsm8k", "lm_eval:arc_easy"], limit=5)
+    specs = resolve_tasks(["paper-forgetting", "hellaswag", "gsm8k", "lm_eval:arc_easy"], limit=5)
     assert [s if isinstance(s, str) else s.name for s in specs] == [
         "hellaswag", "arc_challenge", "winogrande", "gsm8k", "lm_eval:arc_easy"]
     assert all(s.limit == 5 for s in specs if not isinstance(s, str))
@@ -86,7 +87,7 @@ def test_arc_original_nested_release_reads_like_the_hub_shape(tmp_path):
 def test_kshot_without_a_train_split_draws_from_the_evaluated_split(tmp_path):
     from dataclasses import replace
 
-    from ftlab.evaluate.runner import run_task
+    from ftlab.evaluate.harness import run_task
 
     folder = tmp_path / "winogrande"
     folder.mkdir()
@@ -111,7 +112,7 @@ def test_kshot_without_a_train_split_draws_from_the_evaluated_split(tmp_path):
 def test_a_later_call_without_forgetting_tasks_keeps_the_forgetting_score(tmp_path):
     from dataclasses import replace
 
-    from ftlab.evaluate.runner import evaluate_into
+    from ftlab.evaluate.harness import evaluate_into
 
     class Constant:
         def loglikelihood(self, requests):

@@ -1,4 +1,5 @@
-"""Resume of CPT runs, gradient accumulation, LoRA variants end to end, and model loading rules."""
+"""Resume of CPT runs, gradient accumulation, LoRA variants end to end (the ΔW ftlab reads from what a run saved is
+the trained model's, by PEFT's merge), and model loading rules."""
 
 import json
 
@@ -10,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 import ftlab.train as train_module
 from conftest import tiny_config
+from delta_oracle import assert_spectrum_delta_is, base_weights, delta, record_saves
 from ftlab.config import ModelConfig, TinyModelConfig
 from ftlab.errors import ConfigError
 from ftlab.model import build_tiny, load_model, load_trained, save_pretrained
@@ -36,8 +38,8 @@ def interrupt_after(monkeypatch, n_steps):
 
 
 def test_cpt_resume_gives_identical_weights(text, tmp_path, monkeypatch):
-    args = ("data.regime=cpt", "train.epochs=3", "method.name=lora", "method.rank=2", "method.dropout=0.1",
-            "train.global_batch=4", "train.micro_batch=2", "output.resume_every=2")
+    args = ("data.regime=cpt", "train.epochs=2", "method.name=lora", "method.rank=2", "method.dropout=0.1",
+            "train.global_batch=8", "train.micro_batch=4", "output.resume_every=2")
     reference = train(tiny_config(text, tmp_path / "ref", *args))
     cfg = tiny_config(text, tmp_path / "cut", *args)
     with monkeypatch.context() as m:
@@ -64,8 +66,11 @@ def logits_of(model, ids):
         return model(input_ids=ids).logits
 
 
-@pytest.mark.parametrize("variant", [["method.init=pissa"], ["method.dora=true"], ["method.rslora=true", "method.loraplus_ratio=4"]])
-def test_lora_variants_train_and_their_adapters_load_on_the_original_base(pairs, tmp_path, variant):
+@pytest.mark.parametrize("variant", [[], ["method.init=pissa"], ["method.dora=true"],
+                                     ["method.rslora=true", "method.loraplus_ratio=4"]],
+                         ids=["lora", "pissa", "dora", "rslora-loraplus"])
+def test_lora_variants_train_and_their_adapters_load_on_the_original_base(pairs, tmp_path, monkeypatch, variant):
+    live = record_saves(monkeypatch)
     cfg = tiny_config(pairs, tmp_path / "run", "method.name=lora", "method.rank=4", "method.dropout=0",
                       "train.epochs=1", *variant)
     run = train(cfg)
@@ -82,8 +87,25 @@ def test_lora_variants_train_and_their_adapters_load_on_the_original_base(pairs,
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]["eval_loss"]
     _, held_out = build_data(cfg, tokenizer)
     assert eval_loss(again, held_out, torch.autocast("cpu", enabled=False)) == pytest.approx(logged, abs=1e-4)
+    # ftlab's ΔW of the saved adapter is the trained model's weight change: PEFT's merge of the live model (for
+    # PiSSA: residual base + adapter) minus the original base, recorded as the run saved it
+    reference = delta(base_weights(run / "base"), live[run / "final"])
+    ckpt = assert_spectrum_delta_is(run / "base", run / "final", reference, atol=2e-6)
+    assert ckpt.kind == ("dora" if "method.dora=true" in variant else "lora")
     if "method.init=pissa" in variant:  # converted: a rank-2r LoRA adapter of the original base
         assert json.loads((run / "final" / "adapter_config.json").read_text())["r"] == 8
+        assert {mod.rank for mod in ckpt.lora.values()} == {8}
+
+
+def test_full_finetuning_delta_is_the_trained_weights_minus_the_base(pairs, tmp_path, monkeypatch):
+    live = record_saves(monkeypatch)
+    run = train(tiny_config(pairs, tmp_path / "run", "method.name=full", "train.epochs=1",
+                            "train.checkpoints=[0.5]"))
+    for saved in (run / "final", run / "checkpoints" / "epochs-0.5"):
+        reference = delta(base_weights(run / "base"), live[saved])
+        assert all(d.abs().max() > 0 for d in reference.values())  # every layer trained
+        ckpt = assert_spectrum_delta_is(run / "base", saved, reference, atol=0)
+        assert ckpt.kind == "full" and ckpt.names == list(reference)
 
 
 def test_training_from_a_local_model_directory(pairs, tmp_path):

@@ -28,8 +28,10 @@ import torch
 from torch import nn
 
 from ftlab import loss
-from ftlab.config import BUILTIN_PREFIX, ModelConfig, RunConfig
+from ftlab.builtin import BUILTIN_PREFIX, builtin_model_dir
+from ftlab.config import ModelConfig, RunConfig
 from ftlab.errors import ConfigError
+from ftlab.model import build_tiny
 
 
 @dataclass(frozen=True)
@@ -172,8 +174,6 @@ def structure(cfg: ModelConfig) -> nn.Module:
     """The model `cfg` names, built on the meta device from its config alone (the tiny model: from model.tiny,
     with the byte tokenizer's vocabulary; no check depends on the vocabulary)."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ftlab.model import build_tiny, builtin_model_dir
 
     if cfg.name == "tiny":
         with torch.device("meta"):

@@ -23,7 +23,6 @@ class Plan:
     total_steps: int
     steps_per_epoch: int | None  # None: a CPT stream whose length was not counted (duration in tokens)
     tokens_per_step: float  # expected input tokens per step (exact for CPT)
-    unit: str  # "epochs" or "tokens": the unit of train.epochs/tokens and train.checkpoints
 
 
 class IFTSteps:
@@ -111,14 +110,11 @@ def make_plan(cfg: RunConfig, steps) -> Plan:
         spe = math.ceil(steps.packed.count_sequences() / t.global_batch) if t.epochs is not None else None
     if t.epochs is not None:
         total = max(1, round(t.epochs * spe))
-        unit = "epochs"
     elif isinstance(steps, CPTSteps):
         total = budget_steps(t.tokens, t.global_batch, cfg.data.seq_len)
-        unit = "tokens"
     else:  # an IFT token budget: met on average
         total = max(1, math.ceil(t.tokens / per_step))
-        unit = "tokens"
-    return Plan(total_steps=total, steps_per_epoch=spe, tokens_per_step=per_step, unit=unit)
+    return Plan(total_steps=total, steps_per_epoch=spe, tokens_per_step=per_step)
 
 
 def budget_steps(tokens: float, global_batch: int, seq_len: int) -> int:
@@ -135,7 +131,7 @@ def checkpoint_due(cfg: RunConfig, plan: Plan, step: int, tokens_before: int, to
     last = step == plan.total_steps
     due = []
     for c in cfg.train.checkpoints:
-        if plan.unit == "epochs":
+        if cfg.train.unit == "epochs":
             at = min(plan.total_steps, max(1, round(c * plan.steps_per_epoch)))
             if at == step:
                 due.append(c)

@@ -1,62 +1,21 @@
-"""What a run writes: model checkpoints other tools load, and the resumable state only ftlab reads.
-
-Checkpoints: LoRA -> a PEFT adapter directory (`PeftModel.from_pretrained` loads it); full -> a Hugging Face
-model directory. Both in safetensors, with the tokenizer and an `ftlab.json` saying where in the run it is. A
-sharded (FSDP) model is gathered to rank 0's CPU one tensor at a time and written by rank 0 alone.
-
-Resumable state (state/step-N/ and the pointer state/LATEST), in one of two layouts (progress.json's "layout"):
-  whole    one unsharded process: trainable.safetensors, optimizer.safetensors, rng.safetensors, progress.json
-  sharded  FSDP over N processes: sharded/ (each process's shards, ftlab.sharded_state), rng/rank-R.safetensors
-           and rng/rank-R.json (each process's random generators), progress.json
-A state without "layout" is whole (written before sharded states existed, by any number of processes). Either
-layout resumes on any number of processes. Nothing is pickled. Every directory is written under a temporary name
-and renamed, and LATEST is replaced atomically, so a kill at any moment leaves the previous state intact.
+"""The model checkpoints a run saves, which other tools load: LoRA -> a PEFT adapter directory
+(`PeftModel.from_pretrained` loads it); full -> a Hugging Face model directory. Both in safetensors, with the
+tokenizer and an `ftlab.json` saying where in the run it is (ftlab.rundir reads it). A sharded (FSDP) model is
+gathered to rank 0's CPU one tensor at a time and written by rank 0 alone. The resumable state, which only ftlab
+reads, is ftlab.state.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import shutil
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers.utils import logging as hf_logging
 
-from ftlab import sharded_state
-from ftlab.distributed import SINGLE, World, barrier, full, like
-from ftlab.errors import FtlabError
-
-hf_logging.disable_progress_bar()  # our own bar is the progress; per-save shard bars are noise
-
-CPU = torch.device("cpu")
-WHOLE, SHARDED = "whole", "sharded"  # the layouts of a resumable state
-
-
-def _fresh_tmp(directory: Path) -> Path:
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _publish(tmp: Path, directory: Path) -> None:
-    if directory.exists():  # a kill after a rename but before the state that records it: rewrite identically
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+from ftlab.distributed import SINGLE, World, full
+from ftlab.io import fresh_dir, publish_dir, write_json
+from ftlab.rundir import INFO
 
 
 def save_checkpoint(model: nn.Module, tokenizer, directory: Path, info: dict,
@@ -68,7 +27,7 @@ def save_checkpoint(model: nn.Module, tokenizer, directory: Path, info: dict,
     gathered = _gathered_state(model, world) if world.distributed else None
     if not world.main:
         return
-    tmp = _fresh_tmp(Path(directory))
+    tmp = fresh_dir(directory)
     if gathered is not None:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=gathered)
     elif pissa_init is not None:
@@ -79,8 +38,8 @@ def save_checkpoint(model: nn.Module, tokenizer, directory: Path, info: dict,
     else:
         model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    (tmp / "ftlab.json").write_text(json.dumps(info, indent=2))
-    _publish(tmp, Path(directory))
+    write_json(tmp / INFO, info)
+    publish_dir(tmp, directory)
 
 
 def _gathered_state(model: nn.Module, world: World) -> dict[str, torch.Tensor]:
@@ -103,212 +62,3 @@ def _gathered_state(model: nn.Module, world: World) -> dict[str, torch.Tensor]:
         if world.main:
             out[name] = gathered[id(t)]
     return out
-
-
-# ----------------------------------------------------------------------------- resumable state
-
-
-def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """torch optimizer state_dict -> (tensors for safetensors, the rest as JSON)."""
-    tensors, scalars = {}, {}
-    for idx, slots in state["state"].items():
-        for key, value in slots.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
-            else:
-                scalars[f"{idx}.{key}"] = value
-    return tensors, {"scalars": scalars, "param_groups": state["param_groups"]}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
-    for flat, value in list(tensors.items()) + list(meta["scalars"].items()):
-        idx, key = flat.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def rng_state(device: torch.device = CPU) -> tuple[dict[str, torch.Tensor], dict]:
-    """This process's random generators: torch's CPU one, the CUDA one of the device it trains on (not every
-    visible device's: a resume may see fewer), Python's and NumPy's."""
-    tensors = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        tensors["cuda"] = torch.cuda.get_rng_state(device)
-    np_state = np.random.get_state()
-    meta = {"python": _jsonable(random.getstate()),
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
-    return tensors, meta
-
-
-def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict, device: torch.device = CPU) -> None:
-    torch.set_rng_state(tensors["torch"])
-    cuda = _saved_cuda_state(tensors, device)
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda, device)
-    random.setstate(_tupled(meta["python"]))
-    n = meta["numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
-
-
-def _saved_cuda_state(tensors: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor | None:
-    """The saved CUDA generator for `device`, if there is one: "cuda" (the device the saving process trained on),
-    or in states written before that, "cuda.I" of the same device index (one entry per device visible then).
-    A CPU resume of a GPU state has no CUDA stream to continue."""
-    if device.type != "cuda":
-        return None
-    if "cuda" in tensors:
-        return tensors["cuda"]
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return tensors.get(f"cuda.{index}")  # absent when the state saw fewer devices: never index past them
-
-
-def seed_rng(seed: int, rank: int, step: int) -> None:
-    """Generators for a process the state holds none for: seeded from (run seed, rank, step), the same each time."""
-    derived = int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
-    random.seed(derived)
-    np.random.seed(derived)
-    torch.manual_seed(derived)  # also every CUDA device's
-
-
-def _jsonable(x):
-    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
-
-
-def _tupled(x):
-    return tuple(_tupled(v) for v in x) if isinstance(x, list) else x
-
-
-def _rng_files(directory: Path, rank: int) -> tuple[Path, Path]:
-    """(tensors, JSON) of process `rank`'s generators in a sharded state."""
-    stem = directory / "rng" / f"rank-{rank:05d}"
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
-
-
-def save_state(state_root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-               progress: dict, world: World = SINGLE, device: torch.device = CPU) -> None:
-    """Everything needed to continue bit-for-bit from after `step`; previous states are removed after.
-
-    One unsharded process writes the whole layout. Under FSDP every process writes its own shards and generators
-    (nothing is gathered: ftlab.sharded_state), then rank 0 the progress record; all ranks call it."""
-    final = state_root / f"step-{step:08d}"
-    tmp = final.with_name(final.name + ".tmp")
-    if world.main:
-        state_root.mkdir(parents=True, exist_ok=True)
-        _fresh_tmp(final)
-    barrier(world)  # the temporary directory is fresh before any rank writes into it
-    if world.distributed:
-        tensors_path, meta_path = _rng_files(tmp, world.rank)
-        tensors_path.parent.mkdir(exist_ok=True)
-        rng_tensors, rng_meta = rng_state(device)
-        save_file(rng_tensors, tensors_path)
-        meta_path.write_text(json.dumps(rng_meta))
-        # a collective that returns once every rank's files are written, the generators' included
-        opt_meta = sharded_state.save(tmp / "sharded", model, optimizer, world.size)
-        record = {"layout": SHARDED, "processes": world.size, "optimizer": opt_meta}
-    else:
-        record = _save_whole(tmp, model, optimizer, device)
-    if not world.main:
-        return
-    (tmp / "progress.json").write_text(json.dumps({"step": step, **progress, **record}))
-    _publish(tmp, final)
-    write_json_atomic(state_root / "LATEST", {"dir": final.name})
-    for old in state_root.glob("step-*"):
-        if old.name != final.name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _save_whole(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device) -> dict:
-    trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, tmp / "trainable.safetensors")
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    rng_tensors, rng_meta = rng_state(device)
-    save_file(rng_tensors, tmp / "rng.safetensors")
-    return {"layout": WHOLE, "optimizer": opt_meta, "rng": rng_meta}
-
-
-def keep_state(state_root: Path, kept_root: Path) -> Path:
-    """Copy the latest state to kept_root/<its name>, where later saves do not remove it."""
-    latest = latest_state(state_root)
-    target = kept_root / latest.name
-    if not target.exists():
-        kept_root.mkdir(parents=True, exist_ok=True)
-        tmp = _fresh_tmp(target)
-        shutil.rmtree(tmp)
-        shutil.copytree(latest, tmp)
-        _publish(tmp, target)
-    return target
-
-
-def branch_state(kept: Path, state_root: Path) -> None:
-    """Start a run from another run's kept state: it becomes this run's latest state (the run then resumes)."""
-    if latest_state(state_root) is not None:
-        return  # the branch has already started; its own latest state wins
-    target = state_root / kept.name
-    tmp = _fresh_tmp(target)
-    shutil.rmtree(tmp)
-    shutil.copytree(kept, tmp)
-    _publish(tmp, target)
-    write_json_atomic(state_root / "LATEST", {"dir": target.name})
-
-
-def latest_state(state_root: Path) -> Path | None:
-    pointer = state_root / "LATEST"
-    if not pointer.exists():
-        return None
-    return state_root / json.loads(pointer.read_text())["dir"]
-
-
-def load_state(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, world: World = SINGLE,
-               device: torch.device = CPU, seed: int = 0) -> dict:
-    """Restore weights, optimizer and random generators from `directory`, whatever number of processes wrote it
-    (all ranks call it); returns its progress record (step, tokens, loader). `seed`: the run's train.seed."""
-    progress = json.loads((directory / "progress.json").read_text())
-    layout = progress.get("layout", WHOLE)
-    if layout == SHARDED:
-        sharded_state.load(directory / "sharded", model, optimizer, progress["optimizer"], world.distributed)
-    elif layout == WHOLE:
-        _load_whole(directory, model, optimizer, progress["optimizer"])
-    else:
-        raise FtlabError(f"{directory}: a resumable state in layout {layout!r}, which this version of ftlab cannot "
-                         f"read (it reads {WHOLE!r} and {SHARDED!r}); resume it with the ftlab that wrote it")
-    _restore_rng(directory, progress, world, device, seed)
-    return progress
-
-
-def _load_whole(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, opt_meta: dict) -> None:
-    """Read the whole tensors one at a time; under FSDP each rank keeps its shard of each."""
-    params = dict(model.named_parameters())
-    with torch.no_grad(), safe_open(str(directory / "trainable.safetensors"), framework="pt") as f:
-        for name in f.keys():
-            params[name].copy_(like(f.get_tensor(name), params[name]))
-    device = next(model.parameters()).device
-    order = [p for group in optimizer.param_groups for p in group["params"]]  # state index -> parameter
-    opt_tensors = {}
-    with safe_open(str(directory / "optimizer.safetensors"), framework="pt") as f:
-        for key in f.keys():
-            value = f.get_tensor(key)
-            if not key.endswith(".step"):
-                param = order[int(key.split(".", 1)[0])]
-                value = like(value.to(device), param) if value.shape == param.shape else value.to(device)
-            opt_tensors[key] = value
-    optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, opt_meta))
-
-
-def _restore_rng(directory: Path, progress: dict, world: World, device: torch.device, seed: int) -> None:
-    """Each process continues its own saved random stream. On another number of processes than saved, process r
-    continues saved process r's stream if there was one and the others start from seed_rng; a note says so."""
-    sharded = progress.get("layout") == SHARDED
-    saved = progress["processes"] if sharded else 1
-    if world.rank >= saved:
-        seed_rng(seed, world.rank, progress["step"])
-    elif sharded:
-        tensors_path, meta_path = _rng_files(directory, world.rank)
-        set_rng_state(load_file(tensors_path), json.loads(meta_path.read_text()), device)
-    else:
-        set_rng_state(load_file(directory / "rng.safetensors"), progress["rng"], device)
-    if saved != world.size and world.main:
-        print(f"ftlab: the state was saved by {saved} process(es) and resumes on {world.size}: process r < "
-              f"{min(saved, world.size)} continues saved process r's random stream, the others start one seeded "
-              f"from (train.seed, rank, step); dropout masks differ from those of an uninterrupted run on {saved}",
-              flush=True)

@@ -8,11 +8,15 @@
     ftlab run EXP.yaml [key=value ...] --out DIR   a whole study: grid, train, evaluate, analyse, report
     ftlab status DIR                               what a study has done, is running, failed and has left
     ftlab demo [--full] [--out DIR]                the whole study on the embedded default, ending in the report
+
+The entry point: the only place that sets process-wide state (process_settings). Each command imports the modules
+it needs when it runs, so one command does not pay for another's dependencies.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ftlab.errors import FtlabError, TrainingError
@@ -45,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ftlab.evaluate.checkpoints import evaluate_target
+    from ftlab.evaluate.targets import evaluate_target
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     written = evaluate_target(args.target, tasks, data_dir=args.data_dir, base=args.base, device=args.device,
@@ -186,6 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def process_settings() -> None:
+    """What the `ftlab` process sets for itself: this is the one place (importing ftlab changes nothing global).
+    The libraries' own progress bars and a warning off (progress.quiet_libraries); under torchrun, only rank 0's
+    stdout is shown (progress and messages once; errors, on stderr, from every rank)."""
+    from ftlab.distributed import launched
+    from ftlab.progress import quiet_libraries
+
+    quiet_libraries()
+    if launched() and os.environ["RANK"] != "0":
+        sys.stdout = open(os.devnull, "w")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -193,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
+    process_settings()
     try:
         return args.func(args)
     except FtlabError as e:

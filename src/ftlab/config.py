@@ -2,8 +2,9 @@
 
     cfg = load_config("cfg.yaml", ["method.rank=64", "train.lr=2e-4"], out="runs/x")
 
-Every key is checked: unknown keys fail with a did-you-mean, wrong types and impossible values fail naming
-the dotted key, all before any model is loaded. `to_dict(cfg)` round-trips through `from_dict`.
+Loading is four steps: YAML + overrides -> `from_dict` (unknown keys fail with a did-you-mean, wrong types naming
+the dotted key) -> `resolve_paths` (relative paths beside the config file) -> `validate` (impossible values, one
+function per section), all before any model is loaded. `to_dict(cfg)` round-trips through `from_dict`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from ftlab.builtin import BUILTIN_PREFIX, DATA_KINDS, builtin_model_dir
 from ftlab.errors import ConfigError
 
 HUB_PREFIX = "hub:"  # data.path "hub:owner/name" reads a hub dataset through `datasets`
-BUILTIN_PREFIX = "builtin:"  # data.path "builtin:math-ift" reads a built-in domain (ftlab.domains)
 
 
 @dataclass
@@ -118,6 +119,16 @@ class TrainConfig:
     fused_lora: bool = True  # LoRA layers as one autograd function in the compute dtype (ftlab.lora_fused)
     liger: bool = False  # Liger's Triton RMSNorm, RoPE and SwiGLU kernels (CUDA; pip install liger-kernel)
 
+    @property
+    def unit(self) -> Literal["epochs", "tokens"]:
+        """The unit of the run's duration, of train.checkpoints and of its checkpoints' names (epochs-2)."""
+        return "epochs" if self.epochs is not None else "tokens"
+
+    @property
+    def duration(self) -> float:
+        """How long the run trains, in `unit`."""
+        return self.epochs if self.epochs is not None else self.tokens
+
 
 @dataclass
 class OutputConfig:
@@ -150,7 +161,7 @@ def from_dict(cls: type, data: Any, where: str = "") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")]  # internal: set by code
     kwargs = {}
     for key, value in data.items():
         dotted = f"{where}.{key}" if where else str(key)
@@ -278,7 +289,7 @@ def read_mapping(path: Path, kind: str) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), out: str | None = None) -> RunConfig:
-    """Read YAML (or start from defaults), apply overrides and --out, validate, and return the config."""
+    """Read YAML (or start from defaults), apply overrides and --out, resolve paths, validate, and return the config."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -287,105 +298,138 @@ def load_config(path: str | Path | None, overrides: list[str] = (), out: str | N
     if out is not None:
         data.setdefault("output", {})["dir"] = out
     cfg = from_dict(RunConfig, data)
-    validate(cfg, base_dir=path.parent if path is not None else Path("."))
+    resolve_paths(cfg, path.parent if path is not None else Path("."))
+    validate(cfg)
     return cfg
+
+
+# ----------------------------------------------------------------------------- paths
 
 
 def resolve_path(value: str, base_dir: Path) -> str:
     """Paths in a config file are relative to the working directory, else to the config file's folder."""
-    if value.startswith(HUB_PREFIX) or Path(value).is_absolute() or Path(value).exists():
+    if value.startswith((HUB_PREFIX, BUILTIN_PREFIX)) or Path(value).is_absolute() or Path(value).exists():
         return value
     beside = base_dir / value
     return str(beside) if beside.exists() else value
 
 
-def validate(cfg: RunConfig, base_dir: Path = Path(".")) -> None:
-    """Impossible values fail here, before any work, naming the key."""
+def resolve_paths(cfg: RunConfig, base_dir: Path) -> None:
+    """Resolve, in place, the config's file paths (data.path, data.eval_path, model.tiny.tokenizer) that do not exist
+    from the working directory but do beside the config file (base_dir)."""
+    cfg.data.path = resolve_path(cfg.data.path, base_dir) if cfg.data.path else cfg.data.path
+    if cfg.data.eval_path is not None:
+        cfg.data.eval_path = resolve_path(cfg.data.eval_path, base_dir)
+    if cfg.model.tiny.tokenizer is not None:
+        cfg.model.tiny.tokenizer = resolve_path(cfg.model.tiny.tokenizer, base_dir)
 
-    def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: {msg}")
 
-    t, m, d, o = cfg.train, cfg.method, cfg.data, cfg.output
-    need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
-    need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas", f"expected two numbers in [0, 1), got {t.betas}")
-    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-    need(t.global_batch >= 1, "train.global_batch", "must be >= 1")
-    need(t.micro_batch >= 1, "train.micro_batch", "must be >= 1")
-    need(t.global_batch % t.micro_batch == 0, "train.global_batch",
-         f"must be a multiple of train.micro_batch ({t.micro_batch}), got {t.global_batch}")
-    need((t.epochs is None) != (t.tokens is None), "train.epochs",
-         "set exactly one of train.epochs and train.tokens (the other to null)")
-    need(t.epochs is None or t.epochs > 0, "train.epochs", f"must be > 0, got {t.epochs}")
-    need(t.tokens is None or t.tokens > 0, "train.tokens", f"must be > 0, got {t.tokens}")
-    total = t.epochs if t.epochs is not None else t.tokens
-    for i, c in enumerate(t.checkpoints):
-        need(0 < c <= total, f"train.checkpoints[{i}]", f"must be in (0, {total}] (the run's duration), got {c}")
-    need(t.warmup >= 0, "train.warmup", "must be >= 0")
-    need(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
-    need(0 < t.cooldown <= 1, "train.cooldown", "must be in (0, 1]")
-    need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
-    need(t.log_every >= 1, "train.log_every", "must be >= 1")
-    need(t.eval_every >= 0, "train.eval_every", "must be >= 0")
-    need(all(k >= 1 for k in t.keep_states), "train.keep_states", f"steps must be >= 1, got {t.keep_states}")
-    need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
-         f"expected auto, cpu, cuda or cuda:N, got {t.device!r}")
-    need(not (t.liger and t.device == "cpu"), "train.liger", "Liger's kernels run on CUDA only; train.device is cpu")
-    # the liger-kernel package and CUDA are checked where the run trains (ftlab.train.check_liger), not here
+# ----------------------------------------------------------------------------- validation
 
-    need(m.rank >= 1, "method.rank", f"must be >= 1, got {m.rank}")
-    need(m.alpha is None or m.alpha > 0, "method.alpha", "must be > 0")
-    need(0 <= m.dropout < 1, "method.dropout", "must be in [0, 1)")
-    need(m.loraplus_ratio is None or m.loraplus_ratio > 0, "method.loraplus_ratio", "must be > 0")
-    if isinstance(m.targets, str):
-        need(m.targets in ("all", "attn", "mlp"), "method.targets",
-             f"expected all, attn, mlp or a list of module names, got {m.targets!r}")
+
+def _need(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Impossible values fail here, before any work, naming the key (paths are resolved first: resolve_paths)."""
+    validate_train(cfg)
+    validate_method(cfg)
+    validate_model(cfg)
+    validate_data(cfg)
+    validate_output(cfg)
+
+
+def validate_model(cfg: RunConfig) -> None:
+    m, tiny = cfg.model, cfg.model.tiny
+    _need(tiny.hidden_size >= 1 and tiny.layers >= 1 and tiny.heads >= 1, "model.tiny", "sizes must be >= 1")
+    _need(tiny.hidden_size % tiny.heads == 0, "model.tiny.heads", "must divide model.tiny.hidden_size")
+    _need(tiny.heads % tiny.kv_heads == 0, "model.tiny.kv_heads", "must divide model.tiny.heads")
+    _need(0 <= m.attention_dropout < 1, "model.attention_dropout", "must be in [0, 1)")
+    if tiny.tokenizer is not None:
+        _need(Path(tiny.tokenizer).is_dir(), "model.tiny.tokenizer", f"{tiny.tokenizer} is not a tokenizer directory")
+    if m.name.startswith(BUILTIN_PREFIX):
+        builtin_model_dir(m.name)  # raises ConfigError naming model.name if unknown
+    elif m.name != "tiny" and not Path(m.name).exists():
+        looks_like_hub_id = m.name.count("/") == 1 and not m.name.startswith((".", "/"))
+        _need(looks_like_hub_id, "model.name", f"{m.name!r} is neither a local directory nor a hub id (owner/name)")
+
+
+def validate_data(cfg: RunConfig) -> None:
+    d = cfg.data
+    _need(d.seq_len >= 8, "data.seq_len", f"must be >= 8, got {d.seq_len}")
+    _need(0 <= d.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
+    _need(d.eval_max_examples >= 1, "data.eval_max_examples", "must be >= 1")
+    _need(bool(d.path), "data.path", "is required (a JSONL or text file, a directory, or hub:owner/name)")
+    if d.path.startswith(BUILTIN_PREFIX):
+        kind = d.path.removeprefix(BUILTIN_PREFIX)
+        _need(kind in DATA_KINDS, "data.path",
+              f"unknown built-in data {kind!r}; expected one of {', '.join(DATA_KINDS)}")
     else:
-        need(len(m.targets) > 0, "method.targets", "the list of module names is empty")
+        _need(d.path.startswith(HUB_PREFIX) or Path(d.path).exists(), "data.path", f"{d.path} does not exist")
+    if d.eval_path is not None:
+        _need(d.eval_path.startswith(HUB_PREFIX) or Path(d.eval_path).exists(), "data.eval_path",
+              f"{d.eval_path} does not exist")
+    if d.regime == "cpt":
+        _need(d.format in ("auto", "text"), "data.format", f"CPT reads raw text; got format {d.format!r}")
+        _need(not d.packing, "data.packing", "is for IFT examples; CPT text is always packed")
+    else:
+        _need(d.format != "text", "data.format", "text is for data.regime=cpt; IFT needs prompt/response pairs")
+
+
+def validate_method(cfg: RunConfig) -> None:
+    m = cfg.method
+    _need(m.rank >= 1, "method.rank", f"must be >= 1, got {m.rank}")
+    _need(m.alpha is None or m.alpha > 0, "method.alpha", "must be > 0")
+    _need(0 <= m.dropout < 1, "method.dropout", "must be in [0, 1)")
+    _need(m.loraplus_ratio is None or m.loraplus_ratio > 0, "method.loraplus_ratio", "must be > 0")
+    if isinstance(m.targets, str):
+        _need(m.targets in ("all", "attn", "mlp"), "method.targets",
+              f"expected all, attn, mlp or a list of module names, got {m.targets!r}")
+    else:
+        _need(len(m.targets) > 0, "method.targets", "the list of module names is empty")
     if m.name == "lora" and cfg.model.name == "tiny":
         tiny = cfg.model.tiny
         smallest = min(tiny.hidden_size, tiny.hidden_size // tiny.heads * tiny.kv_heads, tiny.intermediate_size)
-        need(m.rank <= smallest, "method.rank", f"{m.rank} is larger than the smallest target layer allows ({smallest})")
+        _need(m.rank <= smallest, "method.rank",
+              f"{m.rank} is larger than the smallest target layer allows ({smallest})")
 
-    tiny = cfg.model.tiny
-    need(tiny.hidden_size >= 1 and tiny.layers >= 1 and tiny.heads >= 1, "model.tiny", "sizes must be >= 1")
-    need(tiny.hidden_size % tiny.heads == 0, "model.tiny.heads", "must divide model.tiny.hidden_size")
-    need(tiny.heads % tiny.kv_heads == 0, "model.tiny.kv_heads", "must divide model.tiny.heads")
-    need(0 <= cfg.model.attention_dropout < 1, "model.attention_dropout", "must be in [0, 1)")
-    if tiny.tokenizer is not None:
-        tiny.tokenizer = resolve_path(tiny.tokenizer, base_dir)
-        need(Path(tiny.tokenizer).is_dir(), "model.tiny.tokenizer", f"{tiny.tokenizer} is not a tokenizer directory")
-    if cfg.model.name.startswith(BUILTIN_PREFIX):
-        from ftlab.model import builtin_model_dir
 
-        builtin_model_dir(cfg.model.name)  # raises ConfigError naming model.name if unknown
-    elif cfg.model.name != "tiny" and not Path(cfg.model.name).exists():
-        looks_like_hub_id = cfg.model.name.count("/") == 1 and not cfg.model.name.startswith((".", "/"))
-        need(looks_like_hub_id, "model.name", f"{cfg.model.name!r} is neither a local directory nor a hub id (owner/name)")
+def validate_train(cfg: RunConfig) -> None:
+    t = cfg.train
+    _need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    _need(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas",
+          f"expected two numbers in [0, 1), got {t.betas}")
+    _need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    _need(t.global_batch >= 1, "train.global_batch", "must be >= 1")
+    _need(t.micro_batch >= 1, "train.micro_batch", "must be >= 1")
+    _need(t.global_batch % t.micro_batch == 0, "train.global_batch",
+          f"must be a multiple of train.micro_batch ({t.micro_batch}), got {t.global_batch}")
+    _need((t.epochs is None) != (t.tokens is None), "train.epochs",
+          "set exactly one of train.epochs and train.tokens (the other to null)")
+    _need(t.epochs is None or t.epochs > 0, "train.epochs", f"must be > 0, got {t.epochs}")
+    _need(t.tokens is None or t.tokens > 0, "train.tokens", f"must be > 0, got {t.tokens}")
+    for i, c in enumerate(t.checkpoints):
+        _need(0 < c <= t.duration, f"train.checkpoints[{i}]",
+              f"must be in (0, {t.duration}] (the run's duration), got {c}")
+    _need(t.warmup >= 0, "train.warmup", "must be >= 0")
+    _need(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+    _need(0 < t.cooldown <= 1, "train.cooldown", "must be in (0, 1]")
+    _need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+    _need(t.log_every >= 1, "train.log_every", "must be >= 1")
+    _need(t.eval_every >= 0, "train.eval_every", "must be >= 0")
+    _need(all(k >= 1 for k in t.keep_states), "train.keep_states", f"steps must be >= 1, got {t.keep_states}")
+    _need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
+          f"expected auto, cpu, cuda or cuda:N, got {t.device!r}")
+    _need(not (t.liger and t.device == "cpu"), "train.liger", "Liger's kernels run on CUDA only; train.device is cpu")
+    # the liger-kernel package and CUDA are checked where the run trains (ftlab.train.check_liger), not here
 
-    need(d.seq_len >= 8, "data.seq_len", f"must be >= 8, got {d.seq_len}")
-    need(0 <= d.eval_fraction < 1, "data.eval_fraction", "must be in [0, 1)")
-    need(d.eval_max_examples >= 1, "data.eval_max_examples", "must be >= 1")
-    need(bool(d.path), "data.path", "is required (a JSONL or text file, a directory, or hub:owner/name)")
-    d.path = resolve_path(d.path, base_dir)
-    if d.path.startswith(BUILTIN_PREFIX):
-        from ftlab.domains import KINDS
 
-        kind = d.path.removeprefix(BUILTIN_PREFIX)
-        need(kind in KINDS, "data.path", f"unknown built-in data {kind!r}; expected one of {', '.join(KINDS)}")
-    else:
-        need(d.path.startswith(HUB_PREFIX) or Path(d.path).exists(), "data.path", f"{d.path} does not exist")
-    if d.eval_path is not None:
-        d.eval_path = resolve_path(d.eval_path, base_dir)
-        need(d.eval_path.startswith(HUB_PREFIX) or Path(d.eval_path).exists(), "data.eval_path", f"{d.eval_path} does not exist")
-    if d.regime == "cpt":
-        need(d.format in ("auto", "text"), "data.format", f"CPT reads raw text; got format {d.format!r}")
-        need(not d.packing, "data.packing", "is for IFT examples; CPT text is always packed")
-    else:
-        need(d.format != "text", "data.format", "text is for data.regime=cpt; IFT needs prompt/response pairs")
-
-    need(bool(o.dir), "output.dir", "is required (pass --out DIR)")
-    need(o.resume_every >= 1, "output.resume_every", "must be >= 1")
+def validate_output(cfg: RunConfig) -> None:
+    o = cfg.output
+    _need(bool(o.dir), "output.dir", "is required (pass --out DIR)")
+    _need(o.resume_every >= 1, "output.resume_every", "must be >= 1")
 
 
 def dump_yaml(cfg: RunConfig) -> str:

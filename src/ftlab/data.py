@@ -3,7 +3,7 @@
     train, held_out = load_ift(cfg.data, tokenizer, seed)     # list[Example] each
     batch = collate(train[:4], tokenizer.pad_token_id)        # input_ids, attention_mask, labels: (B, T)
 
-Records come from JSONL files, whole .txt/.md files, directories of them, or a hub dataset (read in `packing.py`).
+Records come from JSONL files, whole .txt/.md files, directories of them, or a hub dataset (read in `records.py`).
 Raw-text packing for continued pretraining (CPT) lives in `packing.py`; it is re-exported here.
 """
 
@@ -16,7 +16,8 @@ import torch
 
 from ftlab.config import DataConfig
 from ftlab.errors import DataError
-from ftlab.packing import IGNORE, PackedText, load_cpt_eval, read_records
+from ftlab.packing import IGNORE, PackedText, load_cpt_eval
+from ftlab.records import read_records
 
 __all__ = [
     "IGNORE", "Example", "PackedText", "collate", "detect_format", "load_cpt_eval", "load_ift", "model_inputs",

@@ -11,41 +11,42 @@ the loss stays normalised by the whole global batch, so the gradient is the one 
 Rank 0 alone writes the run directory, the metrics and the progress.
 
 Checkpoints are gathered to rank 0 one tensor at a time and written in exactly the single-process format (a
-Hugging Face directory or a PEFT adapter). The resumable state is written sharded, each process its own part
-(ftlab.sharded_state, with torch.distributed.checkpoint), and read back resharded, so a run resumes on any number
-of processes (ftlab.checkpoint).
+Hugging Face directory or a PEFT adapter; ftlab.checkpoint). The resumable state is written sharded, each process
+its own part (ftlab.state_sharded, with torch.distributed.checkpoint), and read back resharded, so a run resumes on
+any number of processes (ftlab.state). Only rank 0 prints: the CLI (ftlab.cli.main) silences the others' stdout.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ftlab import state_sharded
 from ftlab.architectures import decoder_blocks
+from ftlab.errors import ConfigError, FtlabError
 
 
 @dataclass(frozen=True)
 class World:
-    """This process's place among the run's processes (rank 0 of 1 and not sharded when not launched by torchrun).
+    """This process's place among the run's processes (rank 0 of 1 and not distributed when not launched by
+    torchrun).
 
-    Under torchrun the model is sharded even with one process (FSDP's own overhead can be measured so)."""
+    Under torchrun the run is distributed, its model sharded, even with one process (FSDP's own overhead can be
+    measured so)."""
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
-    sharded: bool = False
+    distributed: bool = False  # in a process group, the model sharded with FSDP
 
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.sharded
 
 
 SINGLE = World()
@@ -58,23 +59,17 @@ def launched() -> bool:
 
 def launch_command(nproc: int, config: str, overrides: list[str], out: str) -> list[str]:
     """`ftlab train` under torchrun on this machine with nproc processes (ftlab train --nproc, ftlab run --nproc)."""
-    import sys
-
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
             "-m", "ftlab", "train", config, *overrides, "--out", out]
 
 
 def check_supported(cfg) -> None:
     """What a sharded run cannot do, refused before anything is launched or written (cfg: a RunConfig)."""
-    from ftlab.errors import ConfigError
-
     if cfg.method.name == "lora" and cfg.method.init == "pissa":
         raise ConfigError("method.init: pissa is not supported with several processes; train it on one")
     if cfg.train.loss == "chunked":  # it calls the head outside the sharded root's forward
         raise ConfigError("train.loss: chunked is not available with several processes (FSDP); use auto or full")
-    from ftlab import sharded_state
-
-    if not sharded_state.available():
+    if not state_sharded.available():
         raise ConfigError("several processes save their resumable state with torch.distributed.checkpoint's "
                           f"safetensors storage, which this torch ({torch.__version__}) lacks (2.11 and 2.13 have it)")
 
@@ -82,7 +77,7 @@ def check_supported(cfg) -> None:
 def init(device_name: str) -> tuple[World, torch.device]:
     """Join the process group torchrun set up: NCCL on CUDA, gloo on the CPU; returns (world, this rank's device)."""
     world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")),
-                  sharded=True)
+                  distributed=True)
     cuda = torch.cuda.is_available() and device_name != "cpu"
     if cuda:
         device = torch.device("cuda", world.local_rank)
@@ -91,10 +86,6 @@ def init(device_name: str) -> tuple[World, torch.device]:
         device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
-    if not world.main:  # progress and messages come from rank 0; errors (stderr) from every rank
-        import sys
-
-        sys.stdout = open(os.devnull, "w")
     return world, device
 
 
@@ -128,8 +119,6 @@ def shard(model: nn.Module, device: torch.device, world: World,
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     blocks = decoder_blocks(inner)
     if blocks is None:  # architectures.preflight refuses this before a run starts
-        from ftlab.errors import FtlabError
-
         raise FtlabError("distributed training needs the model's list of decoder blocks to shard; none was found")
     for block in blocks:
         fully_shard(block, mp_policy=policy)

@@ -1,26 +1,21 @@
 """Full finetuning versus LoRA: the only place the two methods differ is which parameters train.
 
 LoRA comes from PEFT, so its adapters are the ecosystem's standard format; which layers it adapts
-(method.targets) is ftlab.architectures' table per architecture. `delta_weights()` yields the
-weight change of every linear layer in fp32 for either method by one code path:
-
-    ΔW = (W_layer - W_base) + ΔW_adapter
-
-For full FT the adapter term is absent; for LoRA the first term is zero (or PiSSA's residual change) and the
-adapter term is PEFT's own scaling·B@A (DoRA: the merged weight minus the base layer's).
+(method.targets) is ftlab.architectures' table per architecture. LoRA+ is two optimizer groups (`param_groups`).
+ΔW of either method is computed in one place, from a saved checkpoint against its base, in fp32:
+ftlab.analysis.spectrum_sources (W_ft - W_base for a full model; for an adapter, PEFT's merge arithmetic, checked
+against PEFT's own merge by tests/delta_oracle.py).
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
-import torch
 from torch import nn
 
 from ftlab.architectures import check_rank, is_conv1d, target_modules, targeted_layers  # per architecture
-from ftlab.config import RunConfig
+from ftlab.config import MethodConfig, RunConfig
 
 
 @dataclass
@@ -76,6 +71,40 @@ def count_params(model: nn.Module) -> ParamCounts:
     return ParamCounts(trainable, frozen)
 
 
+def lora_variant(m: MethodConfig) -> list[str]:
+    """The LoRA options besides rank, alpha and targets, one word each: rsLoRA, DoRA, init=pissa, LoRA+ x16 ([] for
+    plain LoRA and for full FT). What describe prints, the report's rows show and a study's method labels carry."""
+    if m.name != "lora":
+        return []
+    options = (("rsLoRA", m.rslora), ("DoRA", m.dora), (f"init={m.init}", m.init != "default"),
+               (f"LoRA+ x{m.loraplus_ratio or 0:g}", m.loraplus_ratio is not None))
+    return [word for word, on in options if on]
+
+
+def method_label(m: MethodConfig) -> str:
+    """A method's short name, as a study names its runs' folders: full; lora-r16, then -attn (targets), -a32 (an
+    alpha given), and each LoRA variant word in lower case without spaces or '=' (lora-r16-rslora-initpissa)."""
+    if m.name == "full":
+        return "full"
+    parts = [f"lora-r{m.rank}"]
+    if m.targets != "all":
+        parts.append(m.targets if isinstance(m.targets, str) else "+".join(m.targets))
+    if m.alpha is not None:
+        parts.append(f"a{m.alpha:g}")
+    parts += [word.lower().replace(" ", "").replace("=", "") for word in lora_variant(m)]
+    return "-".join(parts)
+
+
+def describe(cfg: RunConfig) -> str:
+    """The method in one line, as a run prints it when it starts."""
+    m = cfg.method
+    if m.name == "full":
+        return "full finetuning" + (" (embeddings frozen)" if m.freeze_embeddings else "")
+    variant = lora_variant(m)
+    return f"LoRA r={m.rank} alpha={cfg.lora_alpha():g} dropout={m.dropout:g} targets={m.targets}" + (
+        f" ({', '.join(variant)})" if variant else "")
+
+
 def lora_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """(name, PEFT LoRA layer) for every adapted linear layer; name is the base model's module name."""
     from peft.tuners.lora import LoraLayer
@@ -101,71 +130,3 @@ def _base_name(name: str) -> str:
     """Strip PEFT's wrapper prefix so names match the base checkpoint: base_model.model.X -> X."""
     prefix = "base_model.model."
     return name[len(prefix):] if name.startswith(prefix) else name
-
-
-def _adapter_delta(layer: nn.Module) -> torch.Tensor:
-    """ΔW of every active adapter of one PEFT LoRA layer, (out, in), fp32, exactly as PEFT would merge it."""
-    base = layer.get_base_layer().weight
-    total = torch.zeros(base.shape, dtype=torch.float32, device=base.device)
-    for adapter in layer.active_adapters:
-        if adapter not in layer.lora_A:
-            continue
-        if layer.use_dora.get(adapter, False):
-            merged = copy.deepcopy(layer)  # DoRA rescales columns: merge a copy, never the live layer
-            merged.merge(adapter_names=[adapter])
-            total += merged.get_base_layer().weight.float() - base.float()
-        else:
-            total += layer.get_delta_weight(adapter).float()  # scaling · B @ A
-    return total
-
-
-@torch.no_grad()
-def delta_weights(model: nn.Module, base: Callable[[str], torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (weight name, ΔW in fp32, shape (out, in)) for every linear layer but the head, for either method.
-
-    base(name) returns that weight of the original base model (e.g. read lazily from its safetensors), so a
-    full model's worth of base weights is never held at once.
-    """
-    adapted = dict(lora_layers(model))
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = inner.get_output_embeddings()
-    for name, module in inner.named_modules():
-        name = _base_name(name)
-        if name in adapted:
-            layer = adapted[name]
-            weight = layer.get_base_layer().weight
-            delta = weight.float() - base(f"{name}.weight").to(weight.device).float()
-            yield f"{name}.weight", delta + _adapter_delta(layer)
-        elif isinstance(module, nn.Linear) and module is not head and not _inside_lora(name, adapted):
-            yield f"{name}.weight", module.weight.float() - base(f"{name}.weight").to(module.weight.device).float()
-
-
-def _inside_lora(name: str, adapted: dict) -> bool:
-    """The lora_A/lora_B/base_layer linears that live inside an adapted layer are parts of it, not layers."""
-    return any(name.startswith(parent + ".") for parent in adapted)
-
-
-def base_reader(model_dir: str) -> Callable[[str], torch.Tensor]:
-    """base(name) -> tensor, read one tensor at a time from a model directory's safetensors files."""
-    import json
-    from pathlib import Path
-
-    from safetensors import safe_open
-
-    directory = Path(model_dir)
-    index = directory / "model.safetensors.index.json"
-    if index.exists():
-        where = {k: directory / f for k, f in json.loads(index.read_text())["weight_map"].items()}
-    else:
-        where = {}
-        for f in sorted(directory.glob("*.safetensors")):
-            with safe_open(f, framework="pt") as handle:
-                where.update({k: f for k in handle.keys()})
-
-    def read(name: str) -> torch.Tensor:
-        if name not in where:
-            raise KeyError(f"{name} is not in the base model at {model_dir}")
-        with safe_open(where[name], framework="pt") as handle:
-            return handle.get_tensor(name)
-
-    return read

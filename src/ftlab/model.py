@@ -13,8 +13,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers import PreTrainedTokenizerFast
 
-from ftlab.config import BUILTIN_PREFIX, ModelConfig, TinyModelConfig
-from ftlab.errors import ConfigError
+from ftlab.builtin import BUILTIN_PREFIX, builtin_model_dir
+from ftlab.config import ModelConfig, TinyModelConfig
+from ftlab.errors import ConfigError, FtlabError
+from ftlab.io import fresh_dir, publish_dir
+from ftlab.rundir import RunLayout, base_of, is_adapter
 
 # A plain-text chat template for the byte tokenizer: "<|user|>\n...\n<|assistant|>\n...</s>\n".
 TINY_CHAT_TEMPLATE = (
@@ -95,19 +98,10 @@ def build_tiny(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast | None =
 
 def save_pretrained(model, tokenizer, directory: Path) -> None:
     """Write a Hugging Face model directory (safetensors) atomically: a temporary name, then a rename."""
-    directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
+    tmp = fresh_dir(directory)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    if directory.exists():
-        import shutil
-
-        shutil.rmtree(directory)
-    tmp.rename(directory)
+    publish_dir(tmp, directory)
 
 
 def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name: str | None = None):
@@ -157,7 +151,7 @@ def prepare_base(cfg: ModelConfig, run_dir: Path) -> str:
         return str(builtin_model_dir(cfg.name))
     if cfg.name != "tiny":
         return cfg.name
-    base = Path(run_dir) / "base"
+    base = RunLayout(run_dir).base
     if not (base / "config.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(cfg.tiny.tokenizer) if cfg.tiny.tokenizer else None
         model, tokenizer = build_tiny(cfg.tiny, tokenizer)
@@ -165,29 +159,17 @@ def prepare_base(cfg: ModelConfig, run_dir: Path) -> str:
     return str(base.resolve())
 
 
-def builtin_model_dir(name: str) -> Path:
-    """The model directory a `builtin:<name>` model name stands for (shipped inside the package)."""
-    from importlib import resources
-
-    assets = Path(str(resources.files("ftlab") / "assets"))
-    key = name.removeprefix(BUILTIN_PREFIX)
-    directory = assets / key
-    if not (directory / "config.json").exists():
-        known = sorted(p.name for p in assets.iterdir() if (p / "config.json").exists()) if assets.exists() else []
-        raise ConfigError(f"model.name: no built-in model {key!r}; built-in models: {', '.join(known) or 'none'}")
-    return directory
-
-
 def load_trained(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a checkpoint: a full model directory, or a PEFT adapter on the base it names."""
+    """(model, tokenizer) from a checkpoint: a full model directory, or a PEFT adapter on the base it names
+    (rundir.base_of)."""
     directory = Path(directory)
-    adapter = directory / "adapter_config.json"
-    if not adapter.exists():
+    if not is_adapter(directory):
         return load_model(ModelConfig(name=str(directory)), torch.device(device), dtype)
-    import json
-
     from peft import PeftModel
 
-    base = json.loads(adapter.read_text())["base_model_name_or_path"]
+    base = base_of(directory)
+    if base is None:
+        raise FtlabError(f"{directory}: an adapter that names no base model (adapter_config.json's "
+                         "base_model_name_or_path, or ftlab.json's base)")
     model, tokenizer = load_model(ModelConfig(name=base), torch.device(device), dtype)
     return PeftModel.from_pretrained(model, directory).eval(), tokenizer

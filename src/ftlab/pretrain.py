@@ -17,32 +17,27 @@ import shutil
 from pathlib import Path
 
 from ftlab.config import load_config
+from ftlab.io import copy_dir, fresh_dir, publish_dir
+from ftlab.rundir import INFO, RunLayout
+from ftlab.tokenizer import save_bpe
 from ftlab.train import train
 
 TOKENIZER_VOCAB = 2048
 
 
 def pretrain(config: str, overrides: list[str], out: str, vocab_size: int = TOKENIZER_VOCAB) -> Path:
-    from ftlab.tokenizer import save_bpe
-
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok_dir = out_dir / "tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
         data = load_config(config, overrides, out=str(out_dir / "run")).data  # validated before any work
         print(f"ftlab pretrain: training a {vocab_size}-token BPE tokenizer on {data.path}", flush=True)
-        tmp = tok_dir.with_name("tokenizer.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = fresh_dir(tok_dir)
         save_bpe(data, vocab_size, tmp)
-        shutil.rmtree(tok_dir, ignore_errors=True)
-        tmp.replace(tok_dir)
+        publish_dir(tmp, tok_dir)
     cfg = load_config(config, [*overrides, f"model.tiny.tokenizer={tok_dir.resolve()}"], out=str(out_dir / "run"))
     run = train(cfg)
     model_dir = out_dir / "model"
-    tmp = out_dir / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run / "final", tmp, ignore=shutil.ignore_patterns("ftlab.json"))
-    shutil.rmtree(model_dir, ignore_errors=True)
-    tmp.replace(model_dir)
+    copy_dir(RunLayout(run).final, model_dir, ignore=shutil.ignore_patterns(INFO))
     print(f"ftlab pretrain: base model in {model_dir}", flush=True)
     return model_dir

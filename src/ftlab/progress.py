@@ -1,9 +1,11 @@
-"""Progress of long work: a tqdm bar on a terminal, plain lines (at most every 30 s, and at the end) in a log."""
+"""Progress of long work: a tqdm bar on a terminal, plain lines (at most every 30 s, and at the end) in a log; and the
+libraries' own bars and notices turned off for a process that shows ftlab's (`quiet_libraries`)."""
 
 from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 from tqdm import tqdm
 
@@ -42,3 +44,14 @@ def format_seconds(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def quiet_libraries() -> None:
+    """Process-wide, so called by entry points only (ftlab.cli.main; a Ray worker's task), never at import: Hugging
+    Face's progress bars off (ftlab's bar is the progress; a bar per file loaded or saved is noise), and hidden the
+    FutureWarning that transformers 5 raises on every PEFT adapter load (PEFT still calls a deprecated name; nothing
+    for a user to act on; the tests set the same filter in pyproject.toml)."""
+    from transformers.utils import logging as hf_logging  # heavy: only for a process that runs models
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -24,7 +24,6 @@ import dataclasses
 import html
 import io
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from ftlab.analysis.claims import Claim, check_claims
 from ftlab.analysis.plots import Plot, draw_all
 from ftlab.analysis.collect import collect
 from ftlab.analysis.results import Row, Study
+from ftlab.io import write_text
 
 SECTIONS = ("summary", "claims", "figures", "runs", "missing")  # the page's section ids (scripts/check_report.py)
 ROW_COLUMNS = ("run", "checkpoint", "group", "lr", "duration", "duration_unit", "step", "tokens", "learning",
@@ -48,27 +48,21 @@ def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     page = Path(out) if out is not None else Path(study_dir) / "report.html"
     data_dir = page.with_suffix("")
     data_dir.mkdir(parents=True, exist_ok=True)
-    _write(data_dir / "results.json", json.dumps(
+    write_text(data_dir / "results.json", json.dumps(
         {"ftlab_version": __version__, "study": study.to_dict(), "claims": [dataclasses.asdict(c) for c in claims],
          "figures": [{"id": p.id, "title": p.title, "skipped": p.skipped, "table": p.table} for p in plots]},
         indent=1, default=str) + "\n")
-    _write(data_dir / "rows.csv", _csv([row_record(r) for r in study.rows], ROW_COLUMNS))
-    _write(data_dir / "claims.csv", _csv([{"id": c.id, "status": c.status, "finding": c.finding,
-                                           "sentence": c.sentence, "rule": c.rule} for c in claims]))
+    write_text(data_dir / "rows.csv", _csv([row_record(r) for r in study.rows], ROW_COLUMNS))
+    write_text(data_dir / "claims.csv", _csv([{"id": c.id, "status": c.status, "finding": c.finding,
+                                               "sentence": c.sentence, "rule": c.rule} for c in claims]))
     for p in plots:
         target = data_dir / f"{p.id}.csv"
         if p.skipped is None:
-            _write(target, _csv(p.table))
+            write_text(target, _csv(p.table))
         elif target.exists():
             target.unlink()
-    _write(page, render(study, claims, plots, data_dir.name))
+    write_text(page, render(study, claims, plots, data_dir.name))
     return page
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _csv(records: list[dict], columns: tuple[str, ...] | None = None) -> str:

@@ -19,9 +19,12 @@ from typing import Iterable, Iterator
 
 from transformers import PreTrainedTokenizerFast
 
-from ftlab.config import BUILTIN_PREFIX, DataConfig
+from ftlab import domains
+from ftlab.builtin import BUILTIN_PREFIX
+from ftlab.config import DataConfig
 from ftlab.errors import FtlabError
 from ftlab.model import TINY_CHAT_TEMPLATE
+from ftlab.records import read_records
 
 SPECIALS = ["<pad>", "<s>", "</s>"]
 
@@ -47,13 +50,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
 def corpus(cfg: DataConfig) -> Iterator[str]:
     """The training texts a data config names (a built-in domain's train split, or its files), in order."""
     if cfg.path.startswith(BUILTIN_PREFIX):
-        from ftlab import domains
-
         for record in domains.records(cfg.path.removeprefix(BUILTIN_PREFIX), "train"):
             yield record["text"]
         return
-    from ftlab.packing import read_records
-
     for source, line, record in read_records(cfg.path, cfg):
         text = record.get(cfg.text_field)
         if not isinstance(text, str):

@@ -9,8 +9,6 @@ and started again with the same command resumes from its last saved state and en
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import math
 import time
 from dataclasses import dataclass, replace
@@ -19,17 +17,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ftlab import checkpoint, distributed
+from ftlab import distributed, domains, lora_fused, state
 from ftlab.architectures import decoder_blocks, preflight
 from ftlab.batches import CPTSteps, IFTSteps, checkpoint_due, count_inputs, count_targets, make_plan, stack
-from ftlab.config import BUILTIN_PREFIX, RunConfig, dump_yaml, from_dict, to_dict
+from ftlab.builtin import BUILTIN_PREFIX
+from ftlab.checkpoint import save_checkpoint
+from ftlab.config import RunConfig
 from ftlab.data import IGNORE, PackedText, collate, load_cpt_eval, load_ift, model_inputs, pack_examples
 from ftlab.distributed import SINGLE, World
 from ftlab.errors import ConfigError, FtlabError, TrainingError
-from ftlab.methods import apply_method, count_params, param_groups
+from ftlab.io import fresh_dir, publish_dir
+from ftlab.loss import chunked_loss_sum
+from ftlab.loss import supports as supports_chunked_loss
+from ftlab.methods import apply_method, count_params, describe, param_groups
 from ftlab.model import load_model, prepare_base, resolve_device, resolve_dtype, resolve_precision
 from ftlab.optim import lr_factor, make_optimizer, set_lr
 from ftlab.progress import Progress
+from ftlab.rundir import RunDir
 
 
 @dataclass
@@ -49,11 +53,9 @@ def use_chunked_loss(cfg: RunConfig, model, device: torch.device, world: World =
     """train.loss: chunked (ftlab.loss: no full-vocabulary logits), full, or auto (chunked on CUDA where exact).
 
     Under FSDP the loss is the full path (chunked is refused by distributed.check_supported)."""
-    from ftlab import loss
-
     if cfg.train.loss == "full" or world.distributed:
         return False
-    if not loss.supports(model):
+    if not supports_chunked_loss(model):
         if cfg.train.loss == "chunked":
             raise FtlabError("train.loss: chunked needs logits = lm_head(last hidden state) (no soft-capping or "
                              "logit scale); this model's head is different: use train.loss=full")
@@ -65,8 +67,6 @@ def speed_options(model, cfg: RunConfig) -> None:
     """Fused LoRA layers, Liger kernels, activation checkpointing and torch.compile of the decoder blocks, in
     place; the numerics are unchanged."""
     if cfg.method.name == "lora" and cfg.train.fused_lora:
-        from ftlab import lora_fused
-
         lora_fused.enable(model)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if cfg.train.liger:
@@ -124,8 +124,6 @@ def prepare(model, cfg: RunConfig, device: torch.device, world: World = SINGLE):
 def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast, chunked: bool = False) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over labelled positions of one micro-batch, and their count."""
     if chunked:
-        from ftlab.loss import chunked_loss_sum
-
         return chunked_loss_sum(model, batch, autocast)
     with autocast:
         # no KV cache: training never decodes, and a cache would make every compiled block recompile
@@ -196,94 +194,6 @@ def eval_loss(model, batches: list[dict[str, torch.Tensor]], autocast) -> float:
     return total / max(count, 1)
 
 
-class RunDir:
-    """The run directory: resolved config, lock, metrics log, checkpoints and resumable state.
-
-    Only the main process (rank 0) locks and writes it; the others read it and log nothing."""
-
-    def __init__(self, cfg: RunConfig, main: bool = True):
-        self.path = Path(cfg.output.dir)
-        self.main = main
-        self.metrics = self.path / "metrics.jsonl"
-        self.state = self.path / "state"
-        self.checkpoints = self.path / "checkpoints"
-        self._lock = None
-        if not main:
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / ".lock", "w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FtlabError(f"{self.path} is in use by another ftlab process; wait for it or choose another --out") from None
-        try:
-            self._check_config(cfg)
-        except BaseException:
-            self._lock.close()
-            raise
-
-    def _check_config(self, cfg: RunConfig) -> None:
-        saved = self.path / "config.yaml"
-        if saved.exists():
-            import yaml
-
-            old = to_dict(from_dict(RunConfig, yaml.safe_load(saved.read_text())))
-            new = to_dict(cfg)
-            old["output"]["dir"] = new["output"]["dir"]  # the same run may be reached by another path
-            if old != new:
-                key = _first_difference(old, new)
-                raise ConfigError(f"{self.path} holds a run with a different config ({key}: "
-                                  f"{_lookup(old, key)!r} there, {_lookup(new, key)!r} now); use another --out")
-        checkpoint.write_json_atomic(self.path / "config.json", to_dict(cfg))  # machine-readable twin
-        tmp = saved.with_name("config.yaml.tmp")
-        tmp.write_text(dump_yaml(cfg))
-        tmp.replace(saved)
-
-    def __enter__(self) -> "RunDir":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._lock is not None:
-            self._lock.close()  # releases the lock
-
-    def log(self, record: dict) -> None:
-        if not self.main:
-            return
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def truncate_log(self, step: int) -> None:
-        """Drop log lines after `step` (written before a kill, redone after the resume)."""
-        if not self.main or not self.metrics.exists():
-            return
-        kept = []
-        for line in self.metrics.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError):
-                pass  # a line cut short by the kill
-        tmp = self.metrics.with_name("metrics.jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(self.metrics)
-
-
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
-    for key in a.keys() | b.keys():
-        va, vb = a.get(key), b.get(key)
-        if va != vb:
-            if isinstance(va, dict) and isinstance(vb, dict):
-                return _first_difference(va, vb, f"{prefix}{key}.")
-            return f"{prefix}{key}"
-    return prefix.rstrip(".")
-
-
-def _lookup(d: dict, dotted: str):
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
-
-
 def build_data(cfg: RunConfig, tokenizer):
     """(step source, held-out micro-batches) for the regime."""
     pad = tokenizer.pad_token_id
@@ -334,7 +244,7 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     torch.manual_seed(cfg.train.seed)
     if world.main:  # files other ranks then read: the tiny base, built-in data
         prepare_base(cfg.model, run.path)
-        _materialize_builtin_data(cfg, run.path)
+        _materialize_builtin_data(cfg, run)
     distributed.barrier(world)
     base_name = prepare_base(cfg.model, run.path)
     # several processes: rank 0 reads the weights on the CPU, the others build the structure on the meta device;
@@ -343,11 +253,11 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     dtype = resolve_dtype(cfg.model, device, cfg.method.name == "full", cfg.train.precision)
     model, tokenizer = load_model(cfg.model, load_on, dtype, base_name)
     model = apply_method(model, cfg)
-    pissa_init = _save_pissa_init(model, run.path) if cfg.method.name == "lora" and cfg.method.init == "pissa" else None
+    pissa_init = _save_pissa_init(model, run) if cfg.method.name == "lora" and cfg.method.init == "pissa" else None
     print(f"ftlab: {describe(cfg)} | {count_params(model)}" +
         (f" | FSDP over {world.size} processes" if world.distributed else ""), flush=True)
 
-    cfg = _materialize_builtin_data(cfg, run.path)
+    cfg = _materialize_builtin_data(cfg, run)
     steps, eval_batches = build_data(cfg, tokenizer)
     plan = make_plan(cfg, steps)
     model, params, optimizer, autocast, chunked = prepare(model, cfg, device, world)
@@ -357,9 +267,9 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
         check_packing_isolates(model, autocast, device)
 
     step, tokens = 0, 0
-    saved = checkpoint.latest_state(run.state)
+    saved = state.latest_state(run.state)
     if saved is not None:
-        progress = checkpoint.load_state(saved, model, optimizer, world, device, cfg.train.seed)
+        progress = state.load_state(saved, model, optimizer, world, device, cfg.train.seed)
         step, tokens = progress["step"], progress["tokens"]
         steps.load_state(progress["loader"])
         done = "already complete" if step >= plan.total_steps else "resuming"
@@ -370,11 +280,9 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     def save(directory: Path, step: int) -> None:
         info = {"step": step, "tokens": tokens, "epoch": step / plan.steps_per_epoch if plan.steps_per_epoch else None,
                 "method": cfg.method.name, "base": base_name}
-        checkpoint.save_checkpoint(model, tokenizer, directory, info, pissa_init, world)
+        save_checkpoint(model, tokenizer, directory, info, pissa_init, world)
 
-    if world.main:
-        checkpoint.write_json_atomic(run.path / "plan.json", {"total_steps": plan.total_steps,
-                                                              "tokens_per_step": plan.tokens_per_step})
+    run.write_plan(plan.total_steps, plan.tokens_per_step)
     print(f"ftlab: {plan.total_steps} steps of {cfg.train.global_batch} sequences "
           f"(~{plan.tokens_per_step:,.0f} tokens each), {len(eval_batches)} held-out batches", flush=True)
     if step == 0 and eval_batches:  # the base model's held-out loss, for comparison
@@ -400,59 +308,45 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
         if bar is not None:
             bar.update(loss=f"{result.loss:.4f}", tok_s=f"{tok_per_s:,.0f}")
         for value in due:
-            save(run.checkpoints / f"{plan.unit}-{value:g}", step)
+            save(run.checkpoint(cfg.train.unit, value), step)
         if last and cfg.output.save_final:
-            save(run.path / "final", step)
+            save(run.final, step)
         keep = step in cfg.train.keep_states
         if last or due or keep or step % cfg.output.resume_every == 0:
-            checkpoint.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": steps.state()},
-                                  world, device)
+            state.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": steps.state()},
+                             world, device)
             distributed.barrier(world)  # the state is on disk before any rank goes on
             if keep and world.main:  # a state other runs restart from (a CPT duration's own cooldown)
-                checkpoint.keep_state(run.state, run.path / "kept")
+                state.keep_state(run.state, run.kept)
             window_tokens, window_start = 0, time.perf_counter()  # saving time is not training time
     if bar is not None:
         bar.close()
 
 
-def _materialize_builtin_data(cfg: RunConfig, run_path: Path) -> RunConfig:
+def _materialize_builtin_data(cfg: RunConfig, run: RunDir) -> RunConfig:
     """data.path builtin:<kind> -> JSONL files of that built-in domain in <run>/data (train and held-out)."""
     if not cfg.data.path.startswith(BUILTIN_PREFIX):
         return cfg
-    from ftlab import domains
-
     kind = cfg.data.path.removeprefix(BUILTIN_PREFIX)
     files = {}
     for split in ("train", "heldout"):
-        files[split] = run_path / "data" / f"{kind}-{split}.jsonl"
+        files[split] = run.builtin_data(kind, split)
         if not files[split].exists():
             files[split].parent.mkdir(parents=True, exist_ok=True)
-            tmp = files[split].with_name(files[split].name + ".tmp")
-            domains.write_jsonl(kind, split, tmp)
-            tmp.replace(files[split])
+            domains.write_jsonl(kind, split, files[split])
     data = replace(cfg.data, path=str(files["train"]), eval_path=cfg.data.eval_path or str(files["heldout"]))
     return replace(cfg, data=data)
 
 
-def describe(cfg: RunConfig) -> str:
-    m = cfg.method
-    if m.name == "full":
-        return "full finetuning" + (" (embeddings frozen)" if m.freeze_embeddings else "")
-    extras = [x for x, on in (("rsLoRA", m.rslora), ("DoRA", m.dora), (f"init={m.init}", m.init != "default"),
-                              (f"LoRA+ x{m.loraplus_ratio:g}" if m.loraplus_ratio else "", bool(m.loraplus_ratio))) if on]
-    return f"LoRA r={m.rank} alpha={cfg.lora_alpha():g} dropout={m.dropout:g} targets={m.targets}" + (
-        f" ({', '.join(extras)})" if extras else "")
-
-
-def _save_pissa_init(model, run_path: Path) -> Path:
+def _save_pissa_init(model, run: RunDir) -> Path:
     """PiSSA's starting adapter, needed to convert later checkpoints to adapters of the original base."""
-    directory = run_path / "pissa-init"
+    directory = run.pissa_init
     if not (directory / "adapter_model.safetensors").exists():
         config = model.peft_config["default"]
         original = config.init_lora_weights
         config.init_lora_weights = True  # saved as a plain LoRA start, as PEFT's conversion expects
-        tmp = directory.with_name("pissa-init.tmp")
+        tmp = fresh_dir(directory)
         model.save_pretrained(tmp)
         config.init_lora_weights = original
-        tmp.replace(directory)
+        publish_dir(tmp, directory)
     return directory

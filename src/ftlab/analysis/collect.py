@@ -25,29 +25,18 @@ duration = the requested duration in the run's unit (epochs or tokens): from the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ftlab.analysis.results import BaseResult, Diversity, MatrixSpectrum, Row, Spectrum, Study, _diversity
-from ftlab.config import BUILTIN_PREFIX, HUB_PREFIX, RunConfig, from_dict
+from ftlab.builtin import BUILTIN_PREFIX
+from ftlab.config import HUB_PREFIX, RunConfig, from_dict
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.evaluate.tasks import REGISTRY
-
-
-def find_runs(root: Path) -> list[Path]:
-    """Run directories below root (config.yaml plus final/ or checkpoints/); a run's own subfolders are not searched."""
-    found = []
-    for here, dirs, _ in os.walk(root):
-        path = Path(here)
-        if (path / "config.yaml").is_file() and ((path / "final").is_dir() or (path / "checkpoints").is_dir()):
-            found.append(path)
-            dirs[:] = []
-            continue
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not d.endswith(".tmp"))
-    return sorted(found)
+from ftlab.methods import lora_variant
+from ftlab.rundir import checkpoint_duration, find_runs, run_checkpoints
 
 
 def collect(root: str | Path) -> Study:
@@ -104,8 +93,7 @@ def _collect_run(root: Path, run: Path, study: Study) -> None:
         study.missing.append(f"{name}: config.yaml unreadable ({e}); run skipped")
         return
     setting = _setting(cfg)
-    ckpts = [c for c in (run / "checkpoints").glob("*") if c.is_dir() and not c.name.endswith(".tmp")]
-    ckpts += [run / "final"] if (run / "final").is_dir() else []
+    ckpts = run_checkpoints(run)
     if not ckpts:
         study.missing.append(f"{name}: no checkpoint yet")
         return
@@ -138,14 +126,12 @@ def _row(cfg: RunConfig, run: str, setting: str, ckpt: Path, label: str, base_ev
         info = {}
     row = Row(run=run, checkpoint=ckpt.name, method=m.name, setting=setting, lr=t.lr, weight_decay=t.weight_decay,
               attention_dropout=cfg.model.attention_dropout, optimizer=t.optimizer, regime=cfg.data.regime,
-              duration=_duration(cfg, ckpt.name, info), duration_unit="epochs" if t.epochs is not None else "tokens",
+              duration=checkpoint_duration(t, ckpt.name, info), duration_unit=t.unit,
               step=info.get("step"), tokens=info.get("tokens"))
     if m.name == "lora":
         row.rank, row.alpha = m.rank, cfg.lora_alpha()
         row.targets = m.targets if isinstance(m.targets, str) else ",".join(m.targets)
-        options = (("rsLoRA", m.rslora), ("DoRA", m.dora), (f"init={m.init}", m.init != "default"),
-                   (f"LoRA+ x{m.loraplus_ratio or 0:g}", m.loraplus_ratio is not None))
-        row.variant = " ".join(text for text, on in options if on)
+        row.variant = " ".join(lora_variant(m))
 
     ev = _read_json(ckpt / "eval.json", missing, f"{label}/eval.json")
     if ev is None:
@@ -177,19 +163,6 @@ def _row(cfg: RunConfig, run: str, setting: str, ckpt: Path, label: str, base_ev
     kl = _read_json(ckpt / "kl.json", missing, f"{label}/kl.json")
     row.kl = float(kl["kl"]) if kl and isinstance(kl.get("kl"), (int, float)) else None
     return row
-
-
-def _duration(cfg: RunConfig, name: str, info: dict) -> float | None:
-    unit = "epochs" if cfg.train.epochs is not None else "tokens"
-    if name.startswith(unit + "-"):
-        try:
-            return float(name[len(unit) + 1:])
-        except ValueError:
-            pass
-    if name == "final":
-        return float(cfg.train.epochs if cfg.train.epochs is not None else cfg.train.tokens)
-    value = info.get("epoch" if unit == "epochs" else "tokens")
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _mark_duplicates(rows: list[Row]) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ftlab.errors import FtlabError
 from ftlab.evaluate.code import pass_at_k
-from ftlab.evaluate.tasks import read_jsonl
+from ftlab.io import read_jsonl
 
 
 def normalize(text: str) -> str:

@@ -12,15 +12,17 @@ one batch of texts at a time, so at most one batch of logits per model is held.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ftlab import domains
+from ftlab.builtin import PROMPT_DOMAINS
 from ftlab.config import ModelConfig
 from ftlab.errors import FtlabError
 from ftlab.model import load_model, resolve_device
+from ftlab.rundir import base_of, is_adapter
 
 
 @torch.inference_mode()
@@ -77,23 +79,20 @@ def kl_for_checkpoint(base_dir: str | Path | None, ckpt_dir: str | Path, texts: 
                       device: str = "auto") -> dict:
     """kl_divergence of a checkpoint (full model or PEFT adapter directory) from its base, on texts.
 
-    base_dir None: the base the checkpoint names (adapter_config.json's base_model_name_or_path, else the run's
-    ftlab.json "base"). An adapter is loaded onto the one base model and the base's logits come from it with the
-    adapter disabled; a full checkpoint is a second model. fp32 weights on CPU, bf16 on CUDA (as `ftlab eval`).
+    base_dir None: the base the checkpoint names (rundir.base_of: adapter_config.json's base_model_name_or_path,
+    else the run's ftlab.json "base"). An adapter is loaded onto the one base model and the base's logits come from
+    it with the adapter disabled; a full checkpoint is a second model. fp32 weights on CPU, bf16 on CUDA (as
+    `ftlab eval`).
     """
     ckpt = Path(ckpt_dir)
-    adapter = ckpt / "adapter_config.json"
     if base_dir is None:
-        if adapter.exists():
-            base_dir = json.loads(adapter.read_text())["base_model_name_or_path"]
-        elif (ckpt / "ftlab.json").exists():
-            base_dir = json.loads((ckpt / "ftlab.json").read_text())["base"]
-        else:
+        base_dir = base_of(ckpt)
+        if base_dir is None:
             raise FtlabError(f"{ckpt}: neither adapter_config.json nor ftlab.json names its base; pass base_dir")
     dev = resolve_device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     base, tokenizer = load_model(ModelConfig(name=str(base_dir)), dev, dtype)
-    if adapter.exists():
+    if is_adapter(ckpt):
         from peft import PeftModel
 
         tuned = PeftModel.from_pretrained(base, ckpt)
@@ -104,15 +103,14 @@ def kl_for_checkpoint(base_dir: str | Path | None, ckpt_dir: str | Path, texts: 
 
 def target_prompts(kind: str, n: int) -> list[str]:
     """The first n prompts of a built-in domain's held-out problems: "math" (the `math` task's questions,
-    "Question: ...\\nAnswer:") or "code" (held-out functions' signature + docstring, HumanEval's prompt shape)."""
-    from ftlab import domains
-
+    "Question: ...\\nAnswer:") or "code" (held-out functions' signature + docstring, HumanEval's prompt shape): the
+    builtin.PROMPT_DOMAINS."""
     if kind == "math":
         prompts = [d.prompt for d in domains.math_eval()]
     elif kind == "code":
         prompts = [p["prompt"] for p in domains.code_pairs("heldout")]
     else:
-        raise FtlabError(f"target_prompts: kind must be 'math' or 'code', got {kind!r}")
+        raise FtlabError(f"target_prompts: kind must be one of {', '.join(PROMPT_DOMAINS)}, got {kind!r}")
     if not 0 < n <= len(prompts):
         raise FtlabError(f"target_prompts: n must be in 1..{len(prompts)} for {kind}, got {n}")
     return prompts[:n]

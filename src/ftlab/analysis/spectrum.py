@@ -42,12 +42,15 @@ import torch
 from ftlab.analysis.spectrum_math import (frobenius, gaussian_stats, intruders_and_spectra, k_values,
                                          matrix_stats, resolve_method, singular_values)
 from ftlab.analysis.spectrum_sources import Checkpoint, linear_weights, open_checkpoint
-from ftlab.checkpoint import write_json_atomic
 from ftlab.errors import FtlabError
+from ftlab.evaluate.targets import resolve
+from ftlab.io import write_json
+from ftlab.model import resolve_device
 from ftlab.progress import Progress
 
 __all__ = ["k_values", "matrix_stats", "singular_values", "intruders_and_spectra", "gaussian_stats",
-           "spectrum_of", "spectrum_target", "resolve_spectrum_target", "analyse", "settings_of"]
+           "spectrum_of", "spectrum_into", "spectrum_target", "resolve_spectrum_target", "analyse", "settings_of",
+           "document"]
 
 VERSION = 1
 RESULTS = "spectrum.json"
@@ -66,8 +69,6 @@ def spectrum_of(base: str | Path, finetuned: str | Path, *, top_k: int = 10, eps
                 method: str = "auto", singular_values: tuple[str, ...] | list[str] = (),
                 device: str = "auto") -> dict:
     """The spectrum entry of one checkpoint (a full model or adapter directory) against `base`."""
-    from ftlab.model import resolve_device
-
     ckpt = open_checkpoint(base, finetuned)
     settings = settings_of(top_k, epsilon, method, singular_values)
     units = Progress(len(ckpt.names), unit="matrix")
@@ -85,8 +86,6 @@ def spectrum_target(finetuned: str | Path, base: str | Path | None = None, *, ou
     written to <checkpoint>/spectrum.json (reused on a rerun with the same base and settings); `out` gets the
     whole document, atomically.
     """
-    from ftlab.model import resolve_device
-
     base_dir, paths, is_run = resolve_spectrum_target(finetuned, base)
     settings = settings_of(top_k, epsilon, method, singular_values)
     base_names = linear_weights(base_dir)
@@ -101,21 +100,29 @@ def spectrum_target(finetuned: str | Path, base: str | Path | None = None, *, ou
         if entry is None:
             entry = analyse(ckpt, settings, dev, units, base_cache)
             if is_run:
-                write_json_atomic(ckpt.path / RESULTS, _document(base_str, settings, [entry]))
+                write_json(ckpt.path / RESULTS, document(base_str, settings, [entry]))
         print(_line(entry) + (" (reused)" if done[ckpt.path] is not None else ""), file=sys.stderr)
         entries.append(entry)
     units.close()
-    doc = _document(base_str, settings, entries)
+    doc = document(base_str, settings, entries)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(out), doc)
+        write_json(Path(out), doc)
     return doc
+
+
+def spectrum_into(base: str | Path, finetuned: str | Path, *, singular_values: tuple[str, ...] | list[str] = (),
+                  device: str = "auto") -> dict:
+    """The spectrum entry of one checkpoint against `base` with the default settings, also written to
+    <finetuned>/spectrum.json as `ftlab spectrum` writes a run's (a document with this one checkpoint)."""
+    entry = spectrum_of(base, finetuned, singular_values=singular_values, device=device)
+    doc = document(str(Path(base).resolve()), settings_of(singular_values=singular_values), [entry])
+    write_json(Path(finetuned) / RESULTS, doc)
+    return entry
 
 
 def resolve_spectrum_target(finetuned: str | Path, base: str | Path | None) -> tuple[Path, list[Path], bool]:
     """(base directory, checkpoint directories, whether `finetuned` is a run) for `[BASE] FINETUNED`."""
-    from ftlab.evaluate.checkpoints import resolve
-
     target = resolve(str(finetuned), None if base is None else str(base))
     is_run = target.base_results is not None
     if is_run and not target.checkpoints:
@@ -183,7 +190,8 @@ def _line(entry: dict) -> str:
             f"({s['k90_frac_mean']:.3f} of min(m, n)), ||ΔW||/||W_base|| mean {rel}, intruders {s['intruders_total']}")
 
 
-def _document(base: str, settings: dict, entries: list[dict]) -> dict:
+def document(base: str, settings: dict, entries: list[dict]) -> dict:
+    """A spectrum document (the module docstring's "Output") of these checkpoint entries against `base`."""
     return {"version": VERSION, "base": base, "settings": settings, "checkpoints": entries}
 
 

@@ -32,6 +32,7 @@ import torch
 
 from ftlab.architectures import is_conv1d, linear_layers, module_label
 from ftlab.errors import FtlabError
+from ftlab.rundir import is_adapter, read_info
 
 ADAPTER_PREFIX = "base_model.model."  # PEFT's prefix on saved adapter tensors
 ADAPTER_ROLES = {"lora_A.weight": "A", "lora_B.weight": "B", "lora_magnitude_vector": "magnitude"}
@@ -158,9 +159,8 @@ def open_checkpoint(base: Path | str, path: Path | str, base_names: dict[str, La
         raise FtlabError(f"{base}: the base must be a local model directory with config.json and *.safetensors")
     base_names = base_names if base_names is not None else linear_weights(base)
     base_files = TensorFiles(base)
-    info_file = path / "ftlab.json"
-    info = json.loads(info_file.read_text()) if info_file.exists() else {}
-    if (path / "adapter_config.json").exists():
+    info = read_info(path)
+    if is_adapter(path):
         return _open_adapter(base, path, base_names, base_files, info)
     if not (path / "config.json").exists():
         raise FtlabError(f"{path}: not a model directory (config.json) or an adapter directory (adapter_config.json)")

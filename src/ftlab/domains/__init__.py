@@ -13,6 +13,8 @@ stdlib, PSF licence: data/LICENSES.md); math is generated from a fixed seed. Eve
 id (or question), so train and held-out are disjoint and stable.
 
     ftlab train data.path=builtin:math-ift ...     # a run materialises the data with write_jsonl(kind, split, path)
+
+The training views (KINDS) and the domain each belongs to are ftlab.builtin's table.
 """
 
 from __future__ import annotations
@@ -20,24 +22,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ftlab.builtin import DATA_KINDS as KINDS
 from ftlab.domains.code import code_execution_choice, code_pairs, code_records, code_texts
 from ftlab.domains.math import math_eval, math_fewshot, math_pairs, math_problems, math_texts
 from ftlab.domains.source import source_cloze, source_continuation, source_question, source_texts
+from ftlab.io import write_text
 
 __all__ = [
     "KINDS", "code_execution_choice", "code_pairs", "code_records", "code_texts", "math_eval", "math_fewshot",
     "math_pairs", "math_problems", "math_texts", "records", "source_cloze", "source_continuation",
     "source_question", "source_texts", "write_jsonl",
 ]
-
-# The training data views, by the name data.path=builtin:<kind> uses, and the JSONL record shape each writes.
-KINDS = {
-    "source-cpt": "{text}: source documents",
-    "code-cpt": "{text}: function sources",
-    "code-ift": "{prompt, completion}: signature + docstring -> body",
-    "math-cpt": "{text}: question + worked solution",
-    "math-ift": "{question, answer}: GSM8K shape",
-}
 
 
 def records(kind: str, split: str) -> list[dict]:
@@ -53,8 +48,6 @@ def records(kind: str, split: str) -> list[dict]:
 
 
 def write_jsonl(kind: str, split: str, path: str | Path) -> None:
-    """Write one view as JSONL that ftlab's data loaders read (data.path=<path>, regime cpt or ift by the kind)."""
-    rows = records(kind, split)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    """Write one view as JSONL that ftlab's data loaders read (data.path=<path>, regime cpt or ift by the kind),
+    atomically."""
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records(kind, split)))

@@ -25,6 +25,8 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
+from ftlab.io import write_bytes
+
 PYTHON_VERSION = "3.11.7"  # the stdlib the shipped files were built from
 FILES = ("source.jsonl.gz", "code.jsonl.gz")
 HELDOUT_PERCENT = 5  # share of ids held out, by hash (see is_heldout)
@@ -251,7 +253,5 @@ def build(out_dir: str | Path, check_version: bool = True) -> dict[str, bytes]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in out.items():
-        tmp = out_dir / (name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(out_dir / name)
+        write_bytes(out_dir / name, data)
     return out

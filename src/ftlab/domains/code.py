@@ -13,7 +13,7 @@ import functools
 import random
 
 from ftlab.domains.build import in_split, read_shipped
-from ftlab.evaluate.docs import ChoiceDoc, TextDoc
+from ftlab.documents import ChoiceDoc, TextDoc
 
 
 @functools.lru_cache(maxsize=1)

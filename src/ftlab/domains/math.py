@@ -15,7 +15,7 @@ import functools
 import hashlib
 import random
 
-from ftlab.evaluate.docs import GenDoc, TextDoc
+from ftlab.documents import GenDoc, TextDoc
 
 POOL = 4000  # problems generated (seed POOL_SEED) before the split
 POOL_SEED = 0

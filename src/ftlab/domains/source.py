@@ -19,7 +19,7 @@ import random
 import re
 
 from ftlab.domains.build import in_split, read_shipped, short_name
-from ftlab.evaluate.docs import ChoiceDoc, TextDoc
+from ftlab.documents import ChoiceDoc, TextDoc
 
 CONTEXT_WORDS = 24  # continuation task: words of context ...
 ENDING_WORDS = 10  # ... and of each ending

@@ -20,7 +20,7 @@ import random
 import re
 
 from ftlab.errors import DataError, FtlabError
-from ftlab.evaluate.docs import ChoiceDoc, Score
+from ftlab.documents import ChoiceDoc, Score
 
 TARGET_DELIMITER = " "  # between a context and its answer (lm-eval's target_delimiter)
 FEWSHOT_DELIMITER = "\n\n"  # after each solved example (lm-eval's fewshot_delimiter)

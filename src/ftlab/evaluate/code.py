@@ -26,10 +26,10 @@ from pathlib import Path
 
 from ftlab.errors import DataError, FtlabError
 from ftlab.evaluate.choice import field, mean_score
-from ftlab.evaluate.docs import CodeDoc, Score
+from ftlab.documents import CodeDoc, Score
 from ftlab.evaluate.isolation import Isolation
 from ftlab.evaluate.sandbox import run_many
-from ftlab.evaluate.tasks import read_jsonl
+from ftlab.io import read_jsonl
 
 TASK, VERSION = "humaneval", "2"  # 2: bigcode's stripped prompt and stop words; completions decoded with the prompt
 # bigcode's HumanEval stop words (the Codex paper's five, "\n@" for a decorator, "\n```" for a closed code block),

@@ -23,7 +23,7 @@ import re
 from ftlab.errors import DataError, FtlabError
 from ftlab.evaluate.choice import draw_shots, field, mean_score
 from ftlab.evaluate.code import pass_at_k
-from ftlab.evaluate.docs import GenDoc, Score
+from ftlab.documents import GenDoc, Score
 
 STOP = ["Question:", "</s>", "<|im_end|>"]
 INVALID = "[invalid]"  # what extraction returns when nothing matches (lm-eval's regex filter fallback)

@@ -17,7 +17,7 @@ stop-string check decodes every row every step, and its dynamic cache grows by c
 - cache "static": a transformers StaticCache of the batch's prompt + max_new_tokens slots (rounded up to
   STATIC_ROUND so few shapes occur), filled from the prefill, with the one-token decode step optionally under
   torch.compile ("reduce-overhead": CUDA graphs on CUDA). "auto" is static + compile on CUDA, dynamic elsewhere.
-  One compiled step serves every Sampler of the process (evaluate/checkpoints.py keeps one adapter name, so the
+  One compiled step serves every Sampler of the process (evaluate/targets.py keeps one adapter name, so the
   checkpoints of a study reuse it); a step that fails, or reaches torch's recompile limit, is said so on stderr
   and decoding goes on eagerly.
 

@@ -10,13 +10,16 @@ nothing but the package.
 
 from __future__ import annotations
 
-import gzip
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
+from ftlab import domains
+from ftlab.builtin import BUILTIN_PREFIX
+from ftlab.documents import TextDoc
 from ftlab.errors import DataError, FtlabError
+from ftlab.evaluate import choice, code, gsm8k
+from ftlab.io import read_jsonl
 
 Kind = Literal["choice", "gsm8k", "code", "perplexity"]
 
@@ -116,7 +119,7 @@ def get_task(name: str) -> TaskSpec:
     return REGISTRY[name]
 
 
-def expand(names: list[str], limit: int | None = None) -> list[TaskSpec | str]:
+def resolve_tasks(names: list[str], limit: int | None = None) -> list[TaskSpec | str]:
     """Task and suite names -> specs (lm_eval:<task> names stay strings), each at most once, in order."""
     out: list[TaskSpec | str] = []
     for name in names:
@@ -130,26 +133,6 @@ def expand(names: list[str], limit: int | None = None) -> list[TaskSpec | str]:
 
 
 # ----------------------------------------------------------------------------- documents
-
-
-def read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    """(FILE:LINE, record) for every line of a .jsonl or .jsonl.gz file."""
-    if not path.exists():
-        raise DataError(f"{path}: not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{i}: expected a JSON object")
-            rows.append((f"{path}:{i}", record))
-    return rows
 
 
 def _records(spec: TaskSpec, source: str, data_dir: str | None, split: str) -> list[tuple[str, dict]]:
@@ -166,9 +149,6 @@ def _records(spec: TaskSpec, source: str, data_dir: str | None, split: str) -> l
 
 
 def _builtin(name: str, spec: TaskSpec) -> list:
-    from ftlab import domains
-    from ftlab.evaluate.docs import TextDoc
-
     makers: dict[str, Callable[[], list]] = {
         "source_continuation": domains.source_continuation, "source_question": domains.source_question,
         "source_cloze": domains.source_cloze, "source_loss": lambda: domains.source_texts("heldout"),
@@ -183,8 +163,6 @@ def _builtin(name: str, spec: TaskSpec) -> list:
 
 
 def _convert(spec: TaskSpec, rows: list[tuple[str, dict]]) -> list:
-    from ftlab.evaluate import choice, code, gsm8k
-
     if spec.format == "hellaswag":
         return [choice.hellaswag_doc(r, where) for where, r in rows]
     if spec.format == "arc":
@@ -213,12 +191,10 @@ def load_docs(spec: TaskSpec, data_dir: str | None = None, fewshot: bool = False
     source = spec.fewshot_source if fewshot else spec.source
     if source is None:
         return []
-    if source.startswith("builtin:"):
-        name = source.removeprefix("builtin:")
+    if source.startswith(BUILTIN_PREFIX):
+        name = source.removeprefix(BUILTIN_PREFIX)
         if name == "human-eval":
-            from ftlab.evaluate.code import load_humaneval
-
-            docs = load_humaneval()
+            docs = code.load_humaneval()
         else:
             docs = _builtin(name, spec)
     else:

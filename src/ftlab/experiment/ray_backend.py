@@ -3,8 +3,9 @@
     ftlab run EXP.yaml --out DIR --backend ray [--ray-address ADDR] [--gpus-per-run N]
 
 This process (the driver) stays the study's runner: it holds DIR's lock, is the only writer of results.sqlite, and
-evaluates and analyses each run when its training comes back, with the local backend's code (study.Runner), on its
-own device. A Ray task only trains: `train(cfg)` in a worker, holding the GPUs the run asks for.
+evaluates and analyses each run when its training comes back, with the local backend's code (the study's Runner,
+handed in by its caller as a `StudyRunner`), on its own device. A Ray task only trains: `launch.train_plan` in a
+worker, holding the GPUs the run asks for.
 
 - Dependencies: a CPT branch restarts from a state its long run keeps, so it is submitted once its long run has
   trained; if the long run failed, the branch is recorded failed without training, as locally.
@@ -18,19 +19,20 @@ own device. A Ray task only trains: `train(cfg)` in a worker, holding the GPUs t
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
-from ftlab.checkpoint import latest_state
 from ftlab.errors import ConfigError, FtlabError
+from ftlab.experiment.launch import RUN_ERRORS, failure_reason, train_plan
 from ftlab.experiment.spec import RunPlan
-from ftlab.experiment.study import RUN_ERRORS, Runner, failure_reason, train_plan
+from ftlab.progress import quiet_libraries
+from ftlab.rundir import RunLayout
+from ftlab.state import saved_step
 
 INSTALL = "pip install 'ftlab[ray]'"
 MAX_RETRIES = 3  # Ray's retries of a run whose worker died; each resumes from the run's last saved state
@@ -50,6 +52,22 @@ class RayOptions:
                               f"device; a fraction shares a GPU between runs), got {self.gpus_per_run:g}")
 
 
+class StudyRunner(Protocol):
+    """What the Ray backend needs of the study's runner (ftlab.experiment.study.Runner): the runs and the store, and
+    what to do with a run once its training is over (evaluate and record it, or record it failed)."""
+
+    plans: list[RunPlan]
+    root: Path
+    store: Any  # the results store; the backend records a submitted run as running
+    failed_long: set[str]  # long runs that failed: their CPT branches fail without training
+
+    def todo(self) -> list[RunPlan]: ...
+    def finish(self, plan: RunPlan) -> None: ...
+    def fail(self, plan: RunPlan, reason: str, trace: str) -> None: ...
+    def branch_failed(self, plan: RunPlan) -> None: ...
+    def summary(self) -> None: ...
+
+
 def require_ray() -> ModuleType:
     """The ray module, imported only here (for --backend ray), or an error that says how to install it."""
     try:
@@ -59,7 +77,7 @@ def require_ray() -> ModuleType:
     return ray
 
 
-def run_on_ray(runner: Runner, options: RayOptions) -> None:
+def run_on_ray(runner: StudyRunner, options: RayOptions) -> None:
     """Train the study's unfinished runs as Ray tasks; evaluate, analyse and record each here as it comes back."""
     ray = require_ray()
     started = not ray.is_initialized()
@@ -86,7 +104,7 @@ def _gpus(ray: ModuleType, options: RayOptions) -> float:
     return gpus
 
 
-def _run_all(ray: ModuleType, runner: Runner, gpus: float) -> None:
+def _run_all(ray: ModuleType, runner: StudyRunner, gpus: float) -> None:
     """Submit every run that waits on nothing; as each comes back, submit its branches, then evaluate it."""
     task = ray.remote(train_task).options(num_gpus=gpus, max_retries=MAX_RETRIES)  # num_cpus: Ray's default 1
     todo = runner.todo()
@@ -119,7 +137,7 @@ def _run_all(ray: ModuleType, runner: Runner, gpus: float) -> None:
                 for branch in branches:
                     runner.branch_failed(branch)
                 continue
-            if not (Path(plan.cfg.output.dir) / "plan.json").exists():
+            if not RunLayout(plan.cfg.output.dir).plan.exists():
                 raise FtlabError(f"{plan.name} trained on Ray node {result['node']}, but its run directory "
                                  f"{plan.cfg.output.dir} is not here: --out must be on a filesystem every node "
                                  f"shares")
@@ -156,6 +174,7 @@ def train_task(plan: RunPlan, root: str, cwd: str) -> dict:
     Returns what the driver records (workers never write the store): {"ok": True, "resumed_at": the step of the
     state it started from, or None, "node": ...} or {"ok": False, "reason": ..., "traceback": ...}.
     """
+    quiet_libraries()  # a worker process is an entry point of its own, as `ftlab` is (cli.process_settings)
     node = socket.gethostname()
     previous = os.getcwd()
     if Path(cwd).is_dir():
@@ -164,8 +183,7 @@ def train_task(plan: RunPlan, root: str, cwd: str) -> dict:
         raise FtlabError(f"--out {plan.cfg.output.dir} is relative to {cwd}, which does not exist on Ray node "
                          f"{node}: the study directory must be on a filesystem every node mounts at the same path")
     try:
-        state = latest_state(Path(plan.cfg.output.dir) / "state")
-        resumed_at = json.loads((state / "progress.json").read_text())["step"] if state is not None else None
+        resumed_at = saved_step(RunLayout(plan.cfg.output.dir).state)
         try:
             train_plan(plan, Path(root))
         except RUN_ERRORS as e:

@@ -1,7 +1,7 @@
-"""Experiment files: one YAML describes a whole LoRA-versus-full-finetuning study; `expand` makes its runs.
+"""Experiment files: one YAML describes a whole LoRA-versus-full-finetuning study; `plan_runs` makes its runs.
 
     exp = load_experiment("configs/demo.yaml", ["settings.0.durations=[1,2]"])
-    for run in expand(exp, "out/"): ...      # RunPlan: a name, a validated RunConfig, how its durations work
+    for run in plan_runs(exp, "out/"): ...   # RunPlan: a name, a validated RunConfig, how its durations work
 
 The grid is settings (a target domain in a regime) x methods (full FT; LoRA ranks, targets, alpha) x learning
 rates, plus two side studies: the regularization comparison (full FT with weight decay or attention dropout) and
@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from ftlab.batches import budget_steps
-from ftlab.config import RunConfig, apply_overrides, from_dict, read_mapping, to_dict, validate
+from ftlab.builtin import PROMPT_DOMAINS, data_domain
+from ftlab.config import (MethodConfig, RunConfig, apply_overrides, from_dict, read_mapping, resolve_paths, to_dict,
+                          validate)
 from ftlab.errors import ConfigError
-from ftlab.optim import cooldown_steps
+from ftlab.methods import method_label
+from ftlab.optim import cooldown_steps, warmup_steps
+from ftlab.rundir import duration_name
 
 
 @dataclass
@@ -38,6 +42,8 @@ class Setting:
     learning: list[str] = field(default_factory=list)  # learning tasks (ftlab eval names)
     lr: dict = field(default_factory=dict)  # method label or name -> LR for this setting (e.g. {lora-r256: 1e-4})
     diversity: list[str] | None = None  # sampled tasks for the diversity analysis (None: analyses.diversity)
+    kl_domain: str | None = None  # whose held-out prompts KL is measured on: math or code (None: the built-in
+    # data's own domain when it is one of those; the user's own data without it: KL is skipped, and the study says so)
 
 
 @dataclass
@@ -49,7 +55,7 @@ class MethodEntry:
     alphas: list[float] = field(default_factory=list)  # empty: alpha = 2r (the paper); else one method per alpha
     targets: str | list[str] = "all"  # all | attn | mlp | module names
     lr: float | None = None  # this method's LR unless the setting names one
-    label: str | None = None  # suffix to tell entries apart (default: from targets/alpha when they differ)
+    label: str | None = None  # suffix to tell entries apart (default: from targets, alpha and options: method_label)
     options: dict = field(default_factory=dict)  # other method.* keys: dropout, rslora, dora, init, ...
 
 
@@ -108,6 +114,8 @@ class ExperimentConfig:
     lr_sweep: LRSweep | None = None
     analyses: Analyses = field(default_factory=Analyses)
     tracking: Tracking = field(default_factory=Tracking)
+    # where relative paths in the file resolve (its folder): set by parse_experiment, never read from the YAML
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
 
 @dataclass
@@ -125,6 +133,7 @@ class RunPlan:
     branch_step: int | None = None  # ... at this optimizer step (the start of this run's cooldown)
     learning: list[str] = field(default_factory=list)
     diversity: list[str] = field(default_factory=list)
+    kl_domain: str | None = None  # whose held-out prompts KL is measured on; None: KL is skipped for this run
 
     @property
     def regime(self) -> str:
@@ -143,8 +152,7 @@ def parse_experiment(data: dict, overrides: list[str], base_dir: Path, where: st
         exp = from_dict(ExperimentConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    exp._base_dir = base_dir  # type: ignore[attr-defined]
-    return exp
+    return replace(exp, base_dir=Path(base_dir))
 
 
 def _list_aware(overrides: list[str], data: dict) -> list[str]:
@@ -178,10 +186,15 @@ def _lists_back(node):
     return node
 
 
-# ----------------------------------------------------------------------------- expansion
+# ----------------------------------------------------------------------------- the runs
 
 
-def expand(exp: ExperimentConfig, out: str | Path) -> list[RunPlan]:
+def run_path(out: str | Path, name: str) -> Path:
+    """Where the study in `out` keeps the run called `name` (runs/<setting>/<method>/<duration>)."""
+    return Path(out) / "runs" / name
+
+
+def plan_runs(exp: ExperimentConfig, out: str | Path) -> list[RunPlan]:
     """Every run of the study, validated; bad input fails here, before any training, naming the key."""
     if not exp.settings:
         raise ConfigError("settings: the experiment has no settings (a target domain in a regime)")
@@ -195,6 +208,9 @@ def expand(exp: ExperimentConfig, out: str | Path) -> list[RunPlan]:
             raise ConfigError(f"settings[{i}].durations: expected distinct positive values, got {s.durations}")
         if names.count(s.name) > 1:
             raise ConfigError(f"settings[{i}].name: duplicate setting name {s.name!r}")
+        if s.kl_domain is not None and s.kl_domain not in PROMPT_DOMAINS:
+            raise ConfigError(f"settings[{i}].kl_domain: expected one of {', '.join(PROMPT_DOMAINS)}, "
+                              f"got {s.kl_domain!r}")
     methods = [m for i, entry in enumerate(exp.methods) for m in _methods(entry, i)]
     labels = [label for label, _, _ in methods]
     for label in labels:
@@ -251,15 +267,11 @@ def _methods(entry: MethodEntry, i: int) -> list[tuple[str, dict, float | None]]
     out = []
     for r in entry.ranks:
         for alpha in entry.alphas or [None]:
-            label = f"lora-r{r}"
-            if entry.targets != "all":
-                label += "-" + (entry.targets if isinstance(entry.targets, str) else "+".join(entry.targets))
-            if alpha is not None:
-                label += f"-a{alpha:g}"
+            method = {"name": "lora", "rank": r, "alpha": alpha, "targets": entry.targets, **entry.options}
+            label = method_label(from_dict(MethodConfig, method, f"{where}.options"))
             if entry.label:
                 label += f"-{entry.label}"
-            out.append((label, {"name": "lora", "rank": r, "alpha": alpha, "targets": entry.targets,
-                                **entry.options}, entry.lr))
+            out.append((label, method, entry.lr))
     return out
 
 
@@ -305,17 +317,17 @@ def _duration_runs(exp: ExperimentConfig, s: Setting, group: str, label: str, me
     durations = sorted(s.durations)
 
     def plan(name: str, train: dict, covers: list[float], **kw) -> RunPlan:
-        cfg = _run_config(exp, s, method, {"train": {"lr": lr, **train}}, extra, str(Path(out) / "runs" / name),
+        cfg = _run_config(exp, s, method, {"train": {"lr": lr, **train}}, extra, str(run_path(out, name)),
                           where=f"run {name}")
         diversity = exp.analyses.diversity if s.diversity is None else s.diversity
         return RunPlan(name, s.name, group, label, lr, cfg, covers, learning=list(s.learning),
-                       diversity=list(diversity), **kw)
+                       diversity=list(diversity), kl_domain=_kl_domain(s, cfg), **kw)
 
     if regime == "ift":
         if s.durations_as == "checkpoints":
-            return [plan(f"{prefix}/epochs-{durations[-1]:g}", {"epochs": durations[-1], "tokens": None,
-                                                                 "checkpoints": durations[:-1]}, durations)]
-        return [plan(f"{prefix}/epochs-{d:g}", {"epochs": d, "tokens": None, "checkpoints": []}, [d])
+            return [plan(f"{prefix}/{duration_name('epochs', durations[-1])}", {"epochs": durations[-1],
+                         "tokens": None, "checkpoints": durations[:-1]}, durations)]
+        return [plan(f"{prefix}/{duration_name('epochs', d)}", {"epochs": d, "tokens": None, "checkpoints": []}, [d])
                 for d in durations]
     # CPT: one long WSD run; every shorter budget restarts from its state at the start of its own cooldown.
     probe = _run_config(exp, s, method, {"train": {"lr": lr}}, extra, "probe", where=f"setting {s.name}")
@@ -325,14 +337,15 @@ def _duration_runs(exp: ExperimentConfig, s: Setting, group: str, label: str, me
     cool_start = {d: steps[d] - cooldown_steps(t, steps[d]) for d in durations}
     # absolute, so every branch warms up exactly as the long run did; a budget whose cooldown starts inside the
     # warmup cools down from wherever the warmup got to (optim.lr_factor)
-    warm = t.warmup if t.warmup >= 1 else max(1, round(t.warmup * steps[longest]))
+    warm = max(1, warmup_steps(t, steps[longest]))  # >= 1: read as steps, not as a fraction of a branch's
     common = {"schedule": "wsd", "warmup": warm, "epochs": None}
-    long_name = f"{prefix}/tokens-{longest:g}"
+    long_name = f"{prefix}/{duration_name('tokens', longest)}"
     keep = sorted({cool_start[d] for d in durations[:-1] if cool_start[d] > 0})
     runs = [plan(long_name, {**common, "tokens": longest, "checkpoints": [], "keep_states": keep}, [longest])]
     for d in durations[:-1]:
         branch = {"branch_of": long_name, "branch_step": cool_start[d]} if cool_start[d] > 0 else {}
-        runs.append(plan(f"{prefix}/tokens-{d:g}", {**common, "tokens": d, "checkpoints": []}, [d], **branch))
+        runs.append(plan(f"{prefix}/{duration_name('tokens', d)}", {**common, "tokens": d, "checkpoints": []}, [d],
+                         **branch))
     return runs
 
 
@@ -350,10 +363,18 @@ def _run_config(exp: ExperimentConfig, s: Setting, method: dict, lr: dict, extra
     data.setdefault("output", {})["dir"] = out
     try:
         cfg = from_dict(RunConfig, data)
-        validate(cfg, base_dir=getattr(exp, "_base_dir", Path(".")))
+        resolve_paths(cfg, exp.base_dir)
+        validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     return cfg
+
+
+def _kl_domain(s: Setting, cfg: RunConfig) -> str | None:
+    """Whose held-out prompts KL is measured on: the setting's kl_domain, else its built-in data's domain when that
+    is a target domain (math, code); None (KL skipped) for the user's own data or the source domain."""
+    domain = s.kl_domain or data_domain(cfg.data.path)
+    return domain if domain in PROMPT_DOMAINS else None
 
 
 def _merge(into: dict, update: dict) -> None:

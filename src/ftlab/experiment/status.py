@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import time
 from pathlib import Path
 
 import yaml
 
-from ftlab.errors import FtlabError
 from ftlab.config import parse_mapping
-from ftlab.experiment.spec import expand, parse_experiment
+from ftlab.errors import FtlabError
+from ftlab.experiment.spec import parse_experiment, plan_runs
 from ftlab.experiment.store import BASE, Store
-from ftlab.experiment.study import LOCK
+from ftlab.experiment.study import EXPERIMENT, LOCK, RESULTS
+from ftlab.rundir import RunLayout, read_metrics, read_plan
 
 
 def study_status(out: str | Path) -> list[dict]:
     root = Path(out)
-    saved = root / "experiment.yaml"
-    if not (root / "results.sqlite").exists() or not saved.exists():
-        raise FtlabError(f"{root}: not a study directory (no results.sqlite / experiment.yaml); start one with "
+    saved = root / EXPERIMENT
+    if not (root / RESULTS).exists() or not saved.exists():
+        raise FtlabError(f"{root}: not a study directory (no {RESULTS} / {EXPERIMENT}); start one with "
                          f"`ftlab run EXP.yaml --out {root}`")
     record = yaml.safe_load(saved.read_text())
     source = Path(record["source"])  # relative data paths resolve beside the file that was run
     exp = parse_experiment(parse_mapping(record["text"], source), record.get("overrides", []), source.parent, source)
-    plans = expand(exp, root)
-    store = Store(root / "results.sqlite")
+    plans = plan_runs(exp, root)
+    store = Store(root / RESULTS)
     try:
         runs = store.runs()
         evaluated = {}
@@ -62,17 +62,16 @@ def _runner_alive(root: Path) -> bool:
 
 
 def _progress(run_dir: Path) -> dict:
-    """Step, tokens/s and ETA of a run in progress, from its plan.json and metrics.jsonl."""
-    plan, metrics = run_dir / "plan.json", run_dir / "metrics.jsonl"
-    if not plan.exists() or not metrics.exists():
+    """Step, tokens/s and ETA of a run in progress, from its plan.json and metrics.jsonl (being written: a last line
+    cut short is read as not there yet)."""
+    plan, metrics = read_plan(run_dir), RunLayout(run_dir).metrics
+    if plan is None or not metrics.exists():
         return {"step": "starting"}
-    total = json.loads(plan.read_text())["total_steps"]
-    lines = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-    last = next((x for x in reversed(lines) if "tokens_per_s" in x), None)
+    total = plan["total_steps"]
+    last = next((x for x in reversed(read_metrics(run_dir)) if "tokens_per_s" in x), None)
     if last is None:
         return {"step": f"0/{total}"}
-    per_step = json.loads(plan.read_text())["tokens_per_step"]
-    eta = (total - last["step"]) * per_step / max(last["tokens_per_s"], 1e-9)
+    eta = (total - last["step"]) * plan["tokens_per_step"] / max(last["tokens_per_s"], 1e-9)
     age = time.time() - metrics.stat().st_mtime
     return {"step": f"{last['step']}/{total}", "tokens_per_s": last["tokens_per_s"],
             "eta": time.strftime("%H:%M:%S", time.gmtime(eta)), "last_update_s": round(age)}

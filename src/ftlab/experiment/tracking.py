@@ -8,10 +8,10 @@ a resumed study logs each run once, when it finishes. Backends are imported only
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ftlab.errors import ConfigError
+from ftlab.rundir import read_metrics
 
 INSTALL = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
@@ -55,7 +55,7 @@ class Tracker:
         """The run's training curve (loss, lr, eval_loss by step)."""
         if self.backend == "none":
             return
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        records = read_metrics(run_dir)
         series = [(r["step"], {k: v for k, v in r.items() if k != "step" and isinstance(v, (int, float))})
                   for r in records]
         self._log(plan.name, series, {"lr": plan.lr, "method": plan.method, "setting": plan.setting})

@@ -7,7 +7,6 @@ swapped in as an adapter on that same base; full-FT checkpoints are whole models
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +14,14 @@ import torch
 
 from ftlab.config import ModelConfig
 from ftlab.errors import FtlabError
+from ftlab.evaluate.harness import evaluate_into, read_results
 from ftlab.evaluate.isolation import Isolation
-from ftlab.evaluate.runner import evaluate_into, read_results
+from ftlab.evaluate.lm import LM
 from ftlab.evaluate.sandbox import choose_isolation
-from ftlab.evaluate.tasks import expand
+from ftlab.evaluate.tasks import resolve_tasks
 from ftlab.model import load_model, resolve_device
 from ftlab.progress import Progress
+from ftlab.rundir import RunLayout, base_of, is_adapter, is_run, run_checkpoints
 
 
 @dataclass
@@ -32,31 +33,24 @@ class Target:
     checkpoints: list[Path]  # adapter or full model directories (empty: evaluate the base only)
 
 
-def _is_adapter(d: Path) -> bool:
-    return (d / "adapter_config.json").exists()
-
-
 def resolve(path: str, base: str | None = None) -> Target:
+    """What `path` stands for: a run (its base and its checkpoints in order), an adapter (on `base`, else the base
+    it names), or a model directory (evaluated on its own)."""
     p = Path(path)
-    if (p / "config.yaml").exists() and ((p / "final").exists() or (p / "checkpoints").exists()):
-        ckpts = sorted((p / "checkpoints").glob("*/"), key=_checkpoint_order) if (p / "checkpoints").exists() else []
-        ckpts = [c for c in ckpts if not c.name.endswith(".tmp")] + ([p / "final"] if (p / "final").exists() else [])
-        info = json.loads((ckpts[-1] / "ftlab.json").read_text()) if ckpts else {}
-        run_base = base or info.get("base")
+    if is_run(p):
+        ckpts = run_checkpoints(p)
+        run_base = base or (base_of(ckpts[-1]) if ckpts else None)
         if run_base is None:
             raise FtlabError(f"{p}: a run with no finished checkpoint; nothing to evaluate yet")
-        return Target(run_base, p / "base_eval", ckpts)
-    if _is_adapter(p):
-        adapter_base = base or json.loads((p / "adapter_config.json").read_text())["base_model_name_or_path"]
+        return Target(run_base, RunLayout(p).base_eval, ckpts)
+    if is_adapter(p):
+        adapter_base = base or base_of(p)
+        if adapter_base is None:
+            raise FtlabError(f"{p}: the adapter names no base model; pass it (--base / BASE)")
         return Target(adapter_base, None, [p])
     if (p / "config.json").exists():
         return Target(str(p), None, [])
     raise FtlabError(f"{path}: not a run directory, an adapter directory or a model directory")
-
-
-def _checkpoint_order(d: Path) -> tuple:
-    info = d / "ftlab.json"
-    return (json.loads(info.read_text())["step"],) if info.exists() else (float("inf"),)
 
 
 def evaluate_target(path: str, tasks: list[str], data_dir: str | None = None, base: str | None = None,
@@ -64,7 +58,7 @@ def evaluate_target(path: str, tasks: list[str], data_dir: str | None = None, ba
                     isolation: str = "auto") -> list[Path]:
     """Evaluate everything `path` stands for; returns the directories whose eval.json was written.
     isolation: what a task that runs generated code requires (sandbox.choose_isolation: auto, os, bwrap)."""
-    specs = expand(tasks, limit)
+    specs = resolve_tasks(tasks, limit)
     sandbox = None
     if any(getattr(spec, "kind", None) == "code" for spec in specs):  # refused here, before a model is loaded
         sandbox = choose_isolation(isolation)
@@ -110,8 +104,6 @@ class Evaluator:
                 yield self.peft_model
 
     def evaluate_base(self, directory: Path, specs: list, data_dir: str | None) -> dict:
-        from ftlab.evaluate.lm import LM
-
         Path(directory).mkdir(parents=True, exist_ok=True)
         with self.plain_base() as base:
             return evaluate_into(directory, LM(base, self.tokenizer, self.device, self.batch_size), base,
@@ -119,7 +111,7 @@ class Evaluator:
 
     def load(self, ckpt: Path):
         """The model a checkpoint stands for (an adapter swapped onto the base, or a whole model)."""
-        if _is_adapter(ckpt):
+        if is_adapter(ckpt):
             if ckpt != self.adapter:
                 self.peft_model = _swap_adapter(self.peft_model, self.model, ckpt)
                 self.adapter = ckpt
@@ -130,8 +122,6 @@ class Evaluator:
         return current
 
     def evaluate(self, ckpt: Path, specs: list, data_dir: str | None, base_results: dict | None) -> dict:
-        from ftlab.evaluate.lm import LM
-
         current = self.load(Path(ckpt))
         return evaluate_into(Path(ckpt), LM(current, self.tokenizer, self.device, self.batch_size), current,
                              self.tokenizer, specs, data_dir, base_results, isolation=self.isolation)

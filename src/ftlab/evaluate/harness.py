@@ -1,4 +1,4 @@
-"""Evaluate models and checkpoints on tasks; write results next to each checkpoint.
+"""The evaluation harness: run tasks on a loaded model and write the results next to its checkpoint.
 
     ftlab eval runs/lora --tasks builtin            # the base once, then every checkpoint of the run
     ftlab eval path/to/model --tasks gsm8k,hellaswag --data-dir benchmarks/
@@ -14,7 +14,6 @@ A task whose result with the same version is already there is not run again.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from dataclasses import asdict, replace
@@ -23,11 +22,14 @@ from pathlib import Path
 import torch
 
 from ftlab import __version__
-from ftlab.checkpoint import write_json_atomic
+from ftlab.documents import Score
 from ftlab.errors import FtlabError
-from ftlab.evaluate.docs import Score
+from ftlab.evaluate.choice import score_choices
+from ftlab.evaluate.code import STOP, generation_prompt, score_completions, truncate_completion
+from ftlab.evaluate.gsm8k import score_gsm8k, score_gsm8k_sampled
 from ftlab.evaluate.isolation import Isolation
 from ftlab.evaluate.tasks import LM_EVAL_PREFIX, TaskSpec, load_docs
+from ftlab.io import read_json, write_json, write_jsonl
 
 RESULTS = "eval.json"
 
@@ -38,8 +40,6 @@ def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234,
     (None: the strongest that works here; see sandbox.choose_isolation)."""
     docs = load_docs(spec, data_dir)
     if spec.kind == "choice":
-        from ftlab.evaluate.choice import score_choices
-
         # k-shot examples come from the train split when the task names one; otherwise, as lm-eval does for a
         # task without one, from the evaluated split itself with the document being scored left out.
         from_eval = spec.num_fewshot > 0 and spec.fewshot_source is None
@@ -50,8 +50,6 @@ def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234,
         return score_choices(lm, docs, spec.name, spec.version, shots_docs=shots, num_fewshot=spec.num_fewshot,
                              seed=seed, shots_from_eval_split=from_eval)
     if spec.kind == "gsm8k":
-        from ftlab.evaluate.gsm8k import score_gsm8k, score_gsm8k_sampled
-
         shots = load_docs(spec, data_dir, fewshot=True)
         if spec.samples > 1 or spec.temperature > 0:  # sampled: pass@k over spec.samples completions per problem
             scores, samples = score_gsm8k_sampled(lm, docs, shots, num_fewshot=spec.num_fewshot,
@@ -62,8 +60,6 @@ def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234,
                                           max_new_tokens=spec.max_new_tokens, seed=seed)
         return [_renamed(s, spec) for s in scores], samples
     if spec.kind == "code":
-        from ftlab.evaluate.code import STOP, generation_prompt, score_completions, truncate_completion
-
         outs = lm.generate([generation_prompt(d) for d in docs], max_new_tokens=spec.max_new_tokens, stop=STOP,
                            temperature=spec.temperature, top_p=spec.top_p, n=spec.samples, seed=seed)
         completions = [[truncate_completion(c) for c in row] for row in outs]
@@ -136,7 +132,7 @@ def git_commit() -> str | None:
 
 def read_results(directory: Path) -> dict:
     path = Path(directory) / RESULTS
-    return json.loads(path.read_text()) if path.exists() else {"scores": []}
+    return read_json(path, "evaluation results") if path.exists() else {"scores": []}
 
 
 def evaluate_into(directory: Path, lm, model, tokenizer, specs: list, data_dir: str | None,
@@ -162,15 +158,13 @@ def evaluate_into(directory: Path, lm, model, tokenizer, specs: list, data_dir: 
         if samples:
             sample_dir = directory / "eval_samples"
             sample_dir.mkdir(exist_ok=True)
-            tmp = sample_dir / f"{name}.jsonl.tmp"
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in samples))
-            tmp.replace(sample_dir / f"{name}.jsonl")
+            write_jsonl(sample_dir / f"{name}.jsonl", samples)
         task_specs = [s for s in specs if not isinstance(s, str)]
         if any(s.role == "forgetting" for s in task_specs) or "forgetting" not in results:
             # another call with only non-forgetting tasks (e.g. sampling for diversity) keeps the score it found
             results["forgetting"] = forgetting_score(results["scores"], task_specs, base_results)
         results.update(ftlab_version=__version__, git_commit=git_commit())
-        write_json_atomic(directory / RESULTS, results)  # after every task: a kill loses at most one task
+        write_json(directory / RESULTS, results)  # after every task: a kill loses at most one task
     return results
 
 

@@ -1,4 +1,8 @@
-"""The document shapes evaluators consume, whatever file format or built-in domain they came from."""
+"""The document shapes evaluators consume, whatever file format or built-in domain they came from.
+
+A neutral module: the built-in domains (ftlab.domains) make these documents and the evaluators (ftlab.evaluate)
+score them; neither imports the other for them. It imports nothing of ftlab.
+"""
 
 from __future__ import annotations
 
