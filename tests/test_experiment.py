@@ -28,7 +28,7 @@ from ftlab.config import RunConfig, from_dict
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.experiment.spec import load_experiment, plan_runs
 from ftlab.experiment.status import study_status
-from ftlab.experiment.store import Store
+from ftlab.results.store import Store
 from ftlab.experiment.study import LOCK, _check_tasks, run_experiment
 from ftlab.optim import lr_factor
 
@@ -479,6 +479,20 @@ def test_sigkill_at_every_stage_resumes_to_the_uninterrupted_results(reference, 
     for table in uninterrupted:  # the rows that differ, if any
         assert sorted(set(resumed[table]) ^ set(uninterrupted[table])) == [], table
     assert resumed == uninterrupted
+    # and what the report makes of them: the same study, claims and figures (the study's own directory aside)
+    from ftlab.report import write_report
+
+    pages = []
+    for study in (out, ref_out):
+        write_report(study)
+        data = json.loads((study / "report" / "results.json").read_text())
+        data["study"].pop("root")
+        for row in data["study"]["rows"]:
+            row.pop("cost")  # wall time, speed, memory: what training cost this time
+        data["figures"] = [f for f in data["figures"] if f["id"] != "cost"]
+        pages.append(data)
+    assert pages[0]["study"] == pages[1]["study"]
+    assert pages[0] == pages[1]
 
 
 # ----------------------------------------------------------------------------- 6. a failing run
@@ -507,8 +521,8 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, capsys):
     exp, out = tmp_path / "failing.yaml", tmp_path / "study"
     exp.write_text(FAILING)
     run_experiment(exp, out, report=False)
-    runs = dump(out, volatile=True)["runs"]
-    status = {r[0]: (r[10], r[11]) for r in runs}
+    runs = store_runs(out)
+    status = {name: (r["status"], r["reason"]) for name, r in runs.items()}
     assert status["short/full/epochs-1"] == ("done", None)
     assert status["long/full/epochs-1"][0] == "failed"
     reason = status["long/full/epochs-1"][1]
@@ -523,17 +537,20 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, capsys):
     # without --retry-failed the failed run is left alone; with it, it is tried again (and fails again)
     run_experiment(exp, out, report=False)
     assert "] long/full/epochs-1" not in capsys.readouterr().out  # no "[2/2] long/..." start line
-    assert dump(out, volatile=True)["runs"] == runs
+    assert store_runs(out) == runs
     run_experiment(exp, out, report=False, retry_failed=True)
     assert "[2/2] long/full/epochs-1" in capsys.readouterr().out
-    again = {r[0]: r for r in dump(out, volatile=True)["runs"]}
-    assert again["long/full/epochs-1"][10:12] == status_row(runs, "long/full/epochs-1")[10:12]
-    assert again["long/full/epochs-1"][-1] > status_row(runs, "long/full/epochs-1")[-1]  # updated: tried again
-    assert again["short/full/epochs-1"] == status_row(runs, "short/full/epochs-1")
+    again = store_runs(out)
+    assert (again["long/full/epochs-1"]["status"], again["long/full/epochs-1"]["reason"]) == status["long/full/epochs-1"]
+    assert again["long/full/epochs-1"]["updated"] > runs["long/full/epochs-1"]["updated"]  # updated: tried again
+    assert again["short/full/epochs-1"] == runs["short/full/epochs-1"]
 
 
-def status_row(rows, name):
-    return next(r for r in rows if r[0] == name)
+def store_runs(out: Path) -> dict[str, dict]:
+    """The study's runs table by name, every column."""
+    with Store(out / "results.sqlite") as store:
+        return store.runs()
+
 
 
 # ----------------------------------------------------------------------------- 7. one runner per study

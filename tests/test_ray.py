@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from ftlab.cli import main
 from ftlab.experiment.ray_backend import RayOptions
-from ftlab.experiment.store import Store
+from ftlab.results.store import Store
 from ftlab.experiment.study import run_experiment
 
 # One CPT setting x (full, LoRA r=2): each a long run of 10240 tokens (40 steps of 8 x 32 tokens) and a 1536-token

@@ -1,4 +1,5 @@
-"""`ftlab report` on a hand-written study directory: no training, only the files runs and evaluations write.
+"""`ftlab report` on a hand-written folder of runs: no training, only the files runs and evaluations write, indexed
+into a results store (ftlab.results.index) that the report reads.
 
 The fake study follows the paper's shape: full FT at two learning rates, full FT with weight decay and with
 attention dropout, LoRA r=1/4/16 at two learning rates each; checkpoints at 1 and 2 epochs plus final/ (4 epochs).
@@ -16,10 +17,9 @@ import yaml
 
 pytest.importorskip("matplotlib")
 
-from ftlab.analysis.claims import CHECKS  # noqa: E402
-from ftlab.analysis.plots import FIGURES  # noqa: E402
-from ftlab.analysis.collect import collect  # noqa: E402
-from ftlab.analysis.results import Study  # noqa: E402
+from ftlab.report.claims import CHECKS  # noqa: E402
+from ftlab.report.plots import FIGURES  # noqa: E402
+from ftlab.results.index import index_folder, study_of  # noqa: E402
 from ftlab.cli import main  # noqa: E402
 from ftlab.errors import FtlabError  # noqa: E402
 from ftlab.report import write_report  # noqa: E402
@@ -27,28 +27,40 @@ from ftlab.report import write_report  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "scripts" / "check_report.py"
 FORGETTING = [("source_continuation", "acc_norm"), ("source_question", "acc_norm"), ("source_cloze", "acc")]
-BASE_LEARNING, BASE_FORGETTING = 0.05, 0.60
+BASE_LEARNING, BASE_SOURCE = 0.05, 0.60
 DURATIONS = {"epochs-1": 1.0, "epochs-2": 2.0, "final": 4.0}
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _eval(learning: float, forgetting: float) -> dict:
+def _eval(learning: float, source: float) -> dict:
     scores = [{"task": "math", "version": "1", "metric": "exact_match_strict", "value": learning, "n": 100,
                "stderr": 0.01, "extra": {}}]
-    scores += [{"task": t, "version": "1", "metric": m, "value": forgetting, "n": 100, "stderr": 0.01, "extra": {}}
+    scores += [{"task": t, "version": "1", "metric": m, "value": source, "n": 100, "stderr": 0.01, "extra": {}}
                for t, m in FORGETTING]
-    return {"scores": scores, "forgetting": {"tasks": sorted(t for t, _ in FORGETTING), "value": forgetting,
-                                             "base": BASE_FORGETTING, "drop": BASE_FORGETTING - forgetting}}
+    return {"scores": scores}
 
 
-def _diversity(unique: float, p1: float) -> dict:
-    return {"task": "math", "n": 10, "problems": 20, "unique_mean": unique, "unique_pass_mean": unique * 0.4,
-            "unique_fail_mean": unique * 0.6,
-            "pass_at_k": {str(k): 1 - (1 - p1) ** k for k in range(1, 11)}, "per_problem": []}
+def _samples(path: Path, unique: int, passing: int) -> None:
+    """math_sampled's records in `path`: 20 problems x 8 samples, `unique` distinct completions per problem, the
+    first `passing` samples of each passing; its pass@1 added to eval.json."""
+    from ftlab.evaluate.code import pass_at_k
+
+    n, records = 8, []
+    for problem in range(20):
+        metrics = {f"pass@{k}": pass_at_k(n, passing, k) for k in (1, 4, 8)}
+        records += [{"id": f"p{problem}", "sample": i, "completion": f"answer {i % unique}", "passed": i < passing,
+                     "metrics": metrics} for i in range(n)]
+    (path / "eval_samples").mkdir(exist_ok=True)
+    (path / "eval_samples" / "math_sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    results = json.loads((path / "eval.json").read_text())
+    results["scores"].append({"task": "math_sampled", "version": "1", "metric": "pass@1",
+                              "value": pass_at_k(n, passing, 1), "n": 20, "stderr": 0.0, "extra": {}})
+    (path / "eval.json").write_text(json.dumps(results))
 
 
-def _spectrum(names: list[str], k90: float, with_values: bool) -> dict:
-    entries = []
+def _spectrum(names: list[str], k90: float, with_values: bool) -> dict[str, dict]:
+    """Each checkpoint's spectrum.json (a document of one checkpoint, as `ftlab spectrum` writes one per checkpoint)."""
+    entries = {}
     for name in names:
         matrices = []
         for layer in range(3):
@@ -64,16 +76,16 @@ def _spectrum(names: list[str], k90: float, with_values: bool) -> dict:
                     m["singular_values"] = {"delta": sv, "base": [2 * math.exp(-i / 30) for i in range(64)],
                                             "finetuned": [2 * math.exp(-i / 29) for i in range(64)]}
                 matrices.append(m)
-        entries.append({"path": f"x/{name}", "name": name, "step": 1, "tokens": 1, "matrices": matrices,
-                        "summary": {"k90_mean": k90, "k90_frac_mean": k90 / 64, "rel_change_mean": 0.1,
-                                    "intruders_total": 0}})
+        entry = {"path": f"x/{name}", "name": name, "step": 1, "tokens": 1, "matrices": matrices,
+                 "summary": {"k90_mean": k90, "k90_frac_mean": k90 / 64, "rel_change_mean": 0.1, "intruders_total": 0}}
+        entries[name] = {"version": 1, "base": "base", "settings": {}, "checkpoints": [entry]}
         k90 *= 1.2  # grows with training
-    return {"version": 1, "base": "base", "settings": {}, "checkpoints": entries}
+    return entries
 
 
 def make_run(root: Path, name: str, method: str, lr: float, rank: int = 16, wd: float = 0.0, drop: float = 0.0,
              skill: float = 1.0, gentleness: float = 0.0, extras: bool = False) -> Path:
-    """A finished, evaluated run: learning = 0.3·skill·(1 + log2 d)/3 ..., forgetting falls with duration,
+    """A finished, evaluated run: learning = 0.2·skill·(1 + log2 d), the source score falls with duration,
     less so the larger `gentleness` (0 = full FT, 1 = no forgetting)."""
     run = root / name
     config = {"model": {"name": "tiny", "attention_dropout": drop},
@@ -84,25 +96,25 @@ def make_run(root: Path, name: str, method: str, lr: float, rank: int = 16, wd: 
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     (run / "base_eval").mkdir()
-    (run / "base_eval" / "eval.json").write_text(json.dumps(_eval(BASE_LEARNING, BASE_FORGETTING)))
-    (run / "base_eval" / "diversity.json").write_text(json.dumps(_diversity(8.0, 0.05)))
+    (run / "base_eval" / "eval.json").write_text(json.dumps(_eval(BASE_LEARNING, BASE_SOURCE)))
+    _samples(run / "base_eval", unique=8, passing=0)
     for ckpt, d in DURATIONS.items():
         path = run / ("checkpoints/" + ckpt if ckpt != "final" else "final")
         path.mkdir(parents=True)
         learning = 0.2 * skill * (1 + math.log2(d))
-        forgetting = BASE_FORGETTING - 0.04 * (1 - gentleness) * (1 + math.log2(d))
+        source = BASE_SOURCE - 0.04 * (1 - gentleness) * (1 + math.log2(d))
         (path / "ftlab.json").write_text(json.dumps({"step": int(10 * d), "tokens": int(1000 * d), "epoch": d,
                                                      "method": method, "base": "base"}))
-        (path / "eval.json").write_text(json.dumps(_eval(learning, forgetting)))
+        (path / "eval.json").write_text(json.dumps(_eval(learning, source)))
         if extras:
-            (path / "kl.json").write_text(json.dumps({"kl": 0.5 * (BASE_FORGETTING - forgetting) + 0.01 * d,
-                                                      "tokens": 500}))
-            unique = 3.0 if method == "full" else 3.0 + 4.0 * gentleness
-            (path / "diversity.json").write_text(json.dumps(_diversity(unique, min(learning, 0.9))))
-    if method == "full":
-        (run / "spectrum.json").write_text(json.dumps(_spectrum(list(DURATIONS), 40.0, with_values=True)))
-    else:
-        (run / "final" / "spectrum.json").write_text(json.dumps(_spectrum(["final"], rank * 0.8, False)))
+            (path / "kl.json").write_text(json.dumps({"kl": 0.5 * (BASE_SOURCE - source) + 0.01 * d, "tokens": 500}))
+            unique = 3 if method == "full" else 3 + round(4 * gentleness)
+            _samples(path, unique=unique, passing=min(7, round(8 * learning)))
+    spectra = (_spectrum(list(DURATIONS), 40.0, with_values=True) if method == "full"
+               else _spectrum(["final"], rank * 0.8, False))
+    for ckpt, doc in spectra.items():
+        ckpt_dir = run / ("checkpoints/" + ckpt if ckpt != "final" else "final")
+        (ckpt_dir / "spectrum.json").write_text(json.dumps(doc))
     return run
 
 
@@ -128,27 +140,29 @@ def report(study_dir: Path) -> Path:
     return write_report(study_dir)
 
 
-def test_collect_finds_every_run_and_maps_the_config(study_dir):
-    study = collect(study_dir)
+def test_the_index_finds_every_run_and_maps_the_config(study_dir):
+    study = study_of(study_dir)
     assert len({r.run for r in study.rows}) == 10 and len(study.rows) == 30
-    assert len(study.bases) == 10 and study.bases[0].learning == pytest.approx(BASE_LEARNING)
+    assert len(study.bases) == 1 and study.bases[0].learning == pytest.approx(BASE_LEARNING)  # one setting
     r4 = next(r for r in study.rows if r.run == "lora/r4-lr1e-2" and r.checkpoint == "epochs-2")
     assert (r4.method, r4.rank, r4.alpha, r4.targets, r4.lr, r4.regime) == ("lora", 4, 8.0, "all", 1e-2, "ift")
     assert (r4.duration, r4.duration_unit, r4.step, r4.tokens) == (2.0, "epochs", 20, 2000)
     assert r4.learning == pytest.approx(0.2 * 0.75 * 2) and r4.learning_tasks == ["math"]
-    assert r4.forgetting_drop == pytest.approx(BASE_FORGETTING - r4.forgetting)
-    assert r4.base_learning == pytest.approx(BASE_LEARNING) and r4.base_forgetting == BASE_FORGETTING
-    assert r4.diversity is not None and r4.diversity.pass_at_k[10] > r4.diversity.pass_at_k[1]
+    assert r4.forgetting == pytest.approx(BASE_SOURCE - r4.source) and r4.forgetting > 0
+    assert r4.base_learning == pytest.approx(BASE_LEARNING) and r4.base_source == pytest.approx(BASE_SOURCE)
+    assert r4.diversity is not None and r4.diversity.pass_at_k[8] > r4.diversity.pass_at_k[1]
+    assert r4.diversity.unique_mean == 3 + round(4 * 0.6) and len(r4.diversity.per_problem) == 20
+    assert set(r4.examples) == {"math_sampled/pass@1", "math_sampled/pass@4", "math_sampled/pass@8"}
     assert r4.spectrum is None and r4.kl is not None  # LoRA spectra only in final/
     wd = next(r for r in study.rows if r.run == "full-wd/lr1e-3")
     drop = next(r for r in study.rows if r.run == "full-drop/lr1e-3")
     assert (wd.weight_decay, wd.group, drop.attention_dropout, drop.group) == (
         1e-4, "full FT wd=0.0001", 0.1, "full FT attn-drop=0.1")
     full_final = next(r for r in study.rows if r.run == "full/lr1e-3" and r.checkpoint == "final")
-    assert full_final.spectrum.k90_mean == pytest.approx(40 * 1.2 ** 2)  # matched by name in <run>/spectrum.json
+    assert full_final.spectrum.k90_mean == pytest.approx(sum(m.k90 for m in full_final.spectrum.matrices) / 21)
     assert len(full_final.spectrum.matrices) == 21 and full_final.spectrum.matrices[0].singular_values
-    assert not any("no eval.json" in m for m in study.missing)
-    assert Study.from_dict(json.loads(json.dumps(study.to_dict()))) == study  # a store can rebuild it
+    assert not any("measured" in m for m in study.missing)
+    assert study_of(study_dir) == study  # indexed afresh: the same store, the same study
 
 
 def test_report_has_every_figure_claim_and_table(report, study_dir):
@@ -184,13 +198,13 @@ def test_missing_evaluations_are_listed_and_the_report_still_renders(study_dir, 
     (partial / "lora/r4-lr1e-2/checkpoints/epochs-2/eval.json").unlink()
     for kl in partial.rglob("kl.json"):
         kl.unlink()
-    study = collect(partial)
-    assert f"lora/r4-lr1e-2/checkpoints/epochs-2: no eval.json (`ftlab eval {partial}/lora/r4-lr1e-2`)" in study.missing
-    assert "no checkpoint has kl.json" in study.missing
+    study = study_of(partial)
+    assert "lora/r4-lr1e-2/epochs-2: no learning task measured" in study.missing
+    assert "no checkpoint has KL to the base" in study.missing
     page = write_report(partial).read_text()
     assert page.count("<img ") == len(FIGURES) - 1
     assert '<li id="skipped-kl_forgetting">' in page and "not enough data" in page
-    assert "r4-lr1e-2/checkpoints/epochs-2: no eval.json" in page
+    assert "lora/r4-lr1e-2/epochs-2: no learning task measured" in page
     assert not (partial / "report" / "kl_forgetting.csv").exists()
 
 
@@ -201,7 +215,7 @@ def test_duplicate_final_and_unreadable_config(tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.yaml").write_text("method: {name: lora, rnak: 4}\n")
     (tmp_path / "broken" / "final").mkdir()
-    study = collect(tmp_path)
+    study = study_of(tmp_path)
     twin = next(r for r in study.rows if r.checkpoint == "epochs-4")
     assert twin.duplicate_of == "final" and len(study.points()) == 3 and len(study.rows) == 4
     assert any(m.startswith("broken: config.yaml unreadable") and "method.rnak" in m for m in study.missing)
@@ -218,9 +232,9 @@ def test_a_single_run_reports_what_it_has(tmp_path):
 def test_no_runs_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FtlabError, match="no run directories found"):
-        collect(tmp_path / "empty")
+        index_folder(tmp_path / "empty")
     with pytest.raises(FtlabError, match="not a directory"):
-        collect(tmp_path / "nope")
+        study_of(tmp_path / "nope")
     assert main(["report", str(tmp_path / "empty")]) == 2
 
 

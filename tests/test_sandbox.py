@@ -306,7 +306,7 @@ def test_the_choice_reaches_the_programs_through_score_completions_and_evaluate_
             return [[inside + d.canonical_solution] for d in load_humaneval()[:len(prompts)]]
 
     spec = replace(get_task("humaneval"), limit=2, samples=1, ks=(1,))
-    results = evaluate_into(tmp_path, Canonical(), None, None, [spec], None, None, isolation=iso)
+    results = evaluate_into(tmp_path, Canonical(), None, None, [spec], None, isolation=iso)
     assert [s["value"] for s in results["scores"] if s["metric"] == "pass@1"] == [1.0 if mode == "os" else 0.0]
 
 

@@ -86,3 +86,17 @@ def test_classify():
     assert classify(["disagree", "inconclusive"])[0] == "contradicted"
     assert classify(["agree", "disagree", "inconclusive"]) == ("mixed", {"agree": 1, "disagree": 1,
                                                                          "inconclusive": 1})
+
+
+def test_a_comparison_over_several_tasks_averages_their_differences():
+    from ftlab.analysis.statistics import Part, paired_difference_of
+
+    rng = np.random.default_rng(7)
+    a1, a2 = binary(200, 0.3, rng), binary(50, 0.6, rng)
+    b1 = np.where(rng.random(200) < 0.3, 1.0, a1)
+    b2 = a2.copy()
+    d = paired_difference_of([Part(a1, b1), Part(a2, b2)])
+    assert d.estimate == pytest.approx(((b1.mean() - a1.mean()) + 0.0) / 2)
+    assert d.n == 250 and d.low > 0
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference_of([Part(a1, b1), Part(np.stack([a2, a2]), b2)])

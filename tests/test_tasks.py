@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from ftlab.errors import DataError, FtlabError
-from ftlab.evaluate.harness import forgetting_score
 from ftlab.evaluate.tasks import PAPER_SUITE, REGISTRY, get_task, load_docs, resolve_tasks
 from ftlab.io import read_jsonl
 
@@ -49,17 +48,6 @@ def test_bad_task_files_name_file_and_line(tmp_path):
         load_docs(get_task("gsm8k"), data_dir=str(tmp_path))
     with pytest.raises(DataError, match="not found"):
         read_jsonl(tmp_path / "missing.jsonl")
-
-
-def test_forgetting_score_is_the_mean_with_base_and_drop():
-    specs = [get_task(n) for n in ("hellaswag", "arc_challenge", "winogrande", "gsm8k")]
-    scores = [{"task": "hellaswag", "metric": "acc_norm", "value": 0.6}, {"task": "hellaswag", "metric": "acc", "value": 0.1},
-              {"task": "arc_challenge", "metric": "acc_norm", "value": 0.3}, {"task": "winogrande", "metric": "acc", "value": 0.6},
-              {"task": "gsm8k", "metric": "exact_match_strict", "value": 0.9}]
-    base = {"forgetting": {"tasks": ["arc_challenge", "hellaswag", "winogrande"], "value": 0.6}}
-    score = forgetting_score(scores, specs, base)
-    assert score["value"] == pytest.approx(0.5) and score["base"] == 0.6 and score["drop"] == pytest.approx(0.1)
-    assert forgetting_score(scores[:2], specs, base) is None  # incomplete: no score rather than a wrong one
 
 
 ARC_ORIGINAL = {"id": "Mercury_7175875", "answerKey": "C",
@@ -109,7 +97,9 @@ def test_kshot_without_a_train_split_draws_from_the_evaluated_split(tmp_path):
         assert len(shots) == 2 and not any(s.startswith(f"Item {i} ") for s in shots)
 
 
-def test_a_later_call_without_forgetting_tasks_keeps_the_forgetting_score(tmp_path):
+def test_a_later_call_adds_its_tasks_and_keeps_the_others(tmp_path):
+    """eval.json holds each task's own scores; a later call (sampling for diversity, say) adds its task and leaves
+    the others as they were (numbers across tasks, like the source score, are the store reader's)."""
     from dataclasses import replace
 
     from ftlab.evaluate.harness import evaluate_into
@@ -121,9 +111,7 @@ def test_a_later_call_without_forgetting_tasks_keeps_the_forgetting_score(tmp_pa
         def text_scores(self, texts, contexts=None):
             return [(2.0, 1, 1)] * len(texts)
 
-    specs = [replace(get_task("source_cloze"), limit=4)]
-    first = evaluate_into(tmp_path, Constant(), None, None, specs, None, None)
-    assert first["forgetting"]["tasks"] == ["source_cloze"]
-    later = evaluate_into(tmp_path, Constant(), None, None, [replace(get_task("math_loss"), limit=2)], None, None)
-    assert later["forgetting"] == first["forgetting"] and {s["task"] for s in later["scores"]} == {
-        "source_cloze", "math_loss"}
+    first = evaluate_into(tmp_path, Constant(), None, None, [replace(get_task("source_cloze"), limit=4)], None)
+    later = evaluate_into(tmp_path, Constant(), None, None, [replace(get_task("math_loss"), limit=2)], None)
+    assert "forgetting" not in later and {s["task"] for s in later["scores"]} == {"source_cloze", "math_loss"}
+    assert [s for s in later["scores"] if s["task"] == "source_cloze"] == first["scores"]

@@ -30,25 +30,27 @@ def run_demo(out: str, full: bool = False) -> Path:
 
 
 def print_summary(root: Path) -> None:
-    """Learning and forgetting per setting, method and duration, then the claims check."""
-    from ftlab.analysis.claims import check_claims
-    from ftlab.analysis.collect import collect
+    """Learning and forgetting per setting, method and duration (from the study's store), then the claims check."""
+    from ftlab.report.claims import check_claims
+    from ftlab.results.index import study_of
 
-    study = collect(root)
-    rows = [r for r in study.points() if r.learning is not None or r.forgetting is not None]
+    study = study_of(root)
+    rows = [r for r in study.points() if r.learning is not None or r.source is not None]
     rows.sort(key=lambda r: (r.setting, r.method != "full", r.rank or 0, r.weight_decay, r.attention_dropout,
                              r.duration or 0))
-    print(f"\n{'setting':<28} {'method':<22} {'duration':>9} {'learning':>9} {'forgetting':>10} {'drop':>7} {'k90':>6}")
+    print(f"\n{'setting':<28} {'method':<22} {'duration':>9} {'learning':>9} {'source':>7} {'forgetting':>10} "
+          f"{'src loss':>8} {'k90':>6}")
     last = None
     for r in rows:
         if r.setting != last:
             base = study.base_of(r.setting)
             if base is not None:
-                print(f"{r.setting:<28} {'base':<22} {'':>9} {_f(base.learning):>9} {_f(base.forgetting):>10}")
+                print(f"{r.setting:<28} {'base':<22} {'':>9} {_f(base.learning):>9} {_f(base.source):>7} {'':>10} "
+                      f"{_f(base.source_loss):>8}")
             last = r.setting
         k90 = r.spectrum.k90_mean if r.spectrum is not None and r.spectrum.k90_mean is not None else None
-        print(f"{r.setting:<28} {r.group:<22} {r.duration or 0:>9g} {_f(r.learning):>9} {_f(r.forgetting):>10} "
-              f"{_f(r.forgetting_drop):>7} {_f(k90, 1):>6}")
+        print(f"{r.setting:<28} {r.group:<22} {r.duration or 0:>9g} {_f(r.learning):>9} {_f(r.source):>7} "
+              f"{_f(r.forgetting):>10} {_f(r.source_loss):>8} {_f(k90, 1):>6}")
     print("\nThe paper's findings on this run:")
     for claim in check_claims(study):
         print(f"  [{claim.status}] {claim.finding}\n      {claim.sentence}")

@@ -5,6 +5,7 @@
       .lock                           held by the process that trains the run
       metrics.jsonl                   one line per logged step (appended while training)
       plan.json                       {total_steps, tokens_per_step}, once the run knows them
+      run.json                        what training cost: wall_s (summed over resumes), peak_memory_gb, device, params
       base/                           the base model of model.name=tiny, built once
       data/<kind>-<split>.jsonl       data.path=builtin:<kind>, materialised
       pissa-init/                     PiSSA's starting adapter (method.init=pissa)
@@ -47,6 +48,7 @@ class RunLayout:
         self.lock = self.path / ".lock"
         self.metrics = self.path / "metrics.jsonl"
         self.plan = self.path / "plan.json"
+        self.cost = self.path / "run.json"
         self.base = self.path / "base"
         self.data = self.path / "data"
         self.pissa_init = self.path / "pissa-init"

@@ -26,7 +26,7 @@ from ftlab.config import RunConfig
 from ftlab.data import IGNORE, PackedText, collate, load_cpt_eval, load_ift, model_inputs, pack_examples
 from ftlab.distributed import SINGLE, World
 from ftlab.errors import ConfigError, FtlabError, TrainingError
-from ftlab.io import fresh_dir, publish_dir
+from ftlab.io import fresh_dir, publish_dir, read_json, write_json
 from ftlab.loss import chunked_loss_sum
 from ftlab.loss import supports as supports_chunked_loss
 from ftlab.methods import apply_method, count_params, describe, param_groups
@@ -260,6 +260,7 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     cfg = _materialize_builtin_data(cfg, run)
     steps, eval_batches = build_data(cfg, tokenizer)
     plan = make_plan(cfg, steps)
+    cost = CostMeter(run, device, count_params(model)) if world.main else None
     model, params, optimizer, autocast, chunked = prepare(model, cfg, device, world)
     if world.distributed:  # the weights are rank 0's; from here each process draws its own dropout masks
         torch.manual_seed(cfg.train.seed * 1_000_003 + world.rank)
@@ -318,9 +319,40 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
             distributed.barrier(world)  # the state is on disk before any rank goes on
             if keep and world.main:  # a state other runs restart from (a CPT duration's own cooldown)
                 state.keep_state(run.state, run.kept)
+            if cost is not None:
+                cost.write()
             window_tokens, window_start = 0, time.perf_counter()  # saving time is not training time
     if bar is not None:
         bar.close()
+
+
+class CostMeter:
+    """What training a run costs, in <run>/run.json: wall time summed over the sessions that trained it (up to each
+    one's last state save: a kill loses at most one resume interval of it), the peak memory of its device (CUDA:
+    the most allocated; CPU: the process's peak resident size, which includes whatever else the process holds),
+    the device, and the trainable and total parameters."""
+
+    def __init__(self, run: RunDir, device: torch.device, params):
+        self.run, self.device, self.params = run, device, params
+        previous = read_json(run.cost, "run cost") if run.cost.exists() else {}
+        self.before_s, self.peak_before = previous.get("wall_s", 0.0), previous.get("peak_memory_gb", 0.0)
+        self.start = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def peak_memory_gb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+    def write(self) -> None:
+        write_json(self.run.cost, {
+            "wall_s": round(self.before_s + time.perf_counter() - self.start, 3),
+            "peak_memory_gb": round(max(self.peak_before, self.peak_memory_gb()), 4),
+            "device": str(self.device), "trainable_params": self.params.trainable,
+            "total_params": self.params.trainable + self.params.frozen})
 
 
 def _materialize_builtin_data(cfg: RunConfig, run: RunDir) -> RunConfig:

@@ -114,10 +114,13 @@ def spectrum_target(finetuned: str | Path, base: str | Path | None = None, *, ou
 def spectrum_into(base: str | Path, finetuned: str | Path, *, singular_values: tuple[str, ...] | list[str] = (),
                   device: str = "auto") -> dict:
     """The spectrum entry of one checkpoint against `base` with the default settings, also written to
-    <finetuned>/spectrum.json as `ftlab spectrum` writes a run's (a document with this one checkpoint)."""
-    entry = spectrum_of(base, finetuned, singular_values=singular_values, device=device)
-    doc = document(str(Path(base).resolve()), settings_of(singular_values=singular_values), [entry])
-    write_json(Path(finetuned) / RESULTS, doc)
+    <finetuned>/spectrum.json as `ftlab spectrum` writes a run's (a document with this one checkpoint); one already
+    there with the same base and settings is reused."""
+    base_str, settings = str(Path(base).resolve()), settings_of(singular_values=singular_values)
+    entry = _reusable(Path(finetuned) / RESULTS, base_str, settings)
+    if entry is None:
+        entry = spectrum_of(base, finetuned, singular_values=singular_values, device=device)
+        write_json(Path(finetuned) / RESULTS, document(base_str, settings, [entry]))
     return entry
 
 

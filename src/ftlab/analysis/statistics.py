@@ -76,37 +76,65 @@ def _aggregate(values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     return (values * weights).sum(axis=-1) / weights.sum(axis=-1)
 
 
+@dataclass(frozen=True)
+class Part:
+    """One task of a comparison: per-example values of both arms on the same examples.
+
+    a: (seeds_a, n) or (n,); b: (seeds_b, n) or (n,); example j is the same document in both; seed i of a task is
+    the same training run in every part. weights: (n,), e.g. tokens per document for a token-weighted metric (then
+    a and b hold per-document means)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    weights: np.ndarray | None = None
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray, weights: np.ndarray | None = None, n_boot: int = N_BOOT,
                       seed: int = SEED) -> Interval:
-    """agg(b) - agg(a) over the same examples, with its paired (and, with seeds, two-level) bootstrap interval.
+    """agg(b) - agg(a) over the same examples, with its paired (and, with seeds, two-level) bootstrap interval."""
+    return paired_difference_of([Part(a, b, weights)], n_boot, seed)
 
-    a: (seeds_a, n) or (n,); b: (seeds_b, n) or (n,); example j is the same document in both. weights: (n,), e.g.
-    tokens per document for a token-weighted metric (then a and b hold per-document means)."""
-    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
-    if a.shape[1] != b.shape[1] or a.shape[1] == 0:
-        raise ValueError(f"paired_difference needs the same examples in both arms, got {a.shape[1]} and {b.shape[1]}")
-    w = None if weights is None else np.asarray(weights, dtype=float)
-    n = a.shape[1]
-    estimate = float(_aggregate(b, w).mean() - _aggregate(a, w).mean())
+
+def paired_difference_of(parts: list[Part], n_boot: int = N_BOOT, seed: int = SEED) -> Interval:
+    """The mean over parts (tasks) of agg(b) - agg(a), with its bootstrap interval: each replicate draws the seeds
+    of each arm once (a seed is one training run, whatever the task) and the examples of each part."""
+    parts = [_checked(p) for p in parts]
+    if not parts:
+        raise ValueError("paired_difference_of needs at least one part")
+    seeds_a, seeds_b = len(parts[0].a), len(parts[0].b)
+    if any((len(p.a), len(p.b)) != (seeds_a, seeds_b) for p in parts):
+        raise ValueError("every part of a comparison needs the same seeds in each arm")
+    estimate = float(np.mean([_aggregate(p.b, p.weights).mean() - _aggregate(p.a, p.weights).mean()
+                              for p in parts]))
     rng = np.random.default_rng(seed)
-    diffs = np.concatenate([_replicates(a, b, w, min(BLOCK, n_boot - start), rng)
+    diffs = np.concatenate([_replicates(parts, min(BLOCK, n_boot - start), rng)
                             for start in range(0, n_boot, BLOCK)])  # (R,)
     low, high = np.quantile(diffs, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
-    return Interval(estimate, float(low), float(high), float(diffs.std(ddof=1)), n, min(len(a), len(b)))
+    return Interval(estimate, float(low), float(high), float(diffs.std(ddof=1)),
+                    sum(p.a.shape[1] for p in parts), min(seeds_a, seeds_b))
 
 
-def _replicates(a: np.ndarray, b: np.ndarray, w: np.ndarray | None, count: int,
-                rng: np.random.Generator) -> np.ndarray:
-    """`count` bootstrap replicates of agg(b) - agg(a): examples drawn once for both arms, seeds per arm."""
-    n = a.shape[1]
-    idx = rng.integers(0, n, size=(count, n))  # (R, n): the examples of each replicate, shared by both arms
-    wr = None if w is None else w[idx][:, None, :]  # (R, 1, n)
-    arms = []
-    for x in (a, b):
-        seeds = rng.integers(0, len(x), size=(count, len(x)))  # (R, S): the seeds of each replicate
-        per_seed = x[seeds[:, :, None], idx[:, None, :]]  # (R, S, n)
-        arms.append(_aggregate(per_seed, wr).mean(axis=1))  # (R,)
-    return arms[1] - arms[0]
+def _checked(p: Part) -> Part:
+    a, b = np.atleast_2d(np.asarray(p.a, dtype=float)), np.atleast_2d(np.asarray(p.b, dtype=float))
+    if a.shape[1] != b.shape[1] or a.shape[1] == 0:
+        raise ValueError(f"a paired comparison needs the same examples in both arms, got {a.shape[1]} and "
+                         f"{b.shape[1]}")
+    return Part(a, b, None if p.weights is None else np.asarray(p.weights, dtype=float))
+
+
+def _replicates(parts: list[Part], count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` bootstrap replicates of the mean over parts of agg(b) - agg(a): per replicate, the seeds of each arm
+    drawn once for all parts, and per part the examples, drawn once for both arms."""
+    seeds = [rng.integers(0, len(x), size=(count, len(x))) for x in (parts[0].a, parts[0].b)]  # (R, S) each
+    total = np.zeros(count)
+    for p in parts:
+        n = p.a.shape[1]
+        idx = rng.integers(0, n, size=(count, n))  # (R, n): the examples of each replicate, shared by both arms
+        wr = None if p.weights is None else p.weights[idx][:, None, :]  # (R, 1, n)
+        arms = [_aggregate(x[s[:, :, None], idx[:, None, :]], wr).mean(axis=1)  # (R, S, n) -> (R,)
+                for x, s in zip((p.a, p.b), seeds)]
+        total += arms[1] - arms[0]
+    return total / len(parts)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:

@@ -4,12 +4,14 @@
     ftlab eval path/to/model --tasks gsm8k,hellaswag --data-dir benchmarks/
     ftlab eval path/to/adapter --tasks lm_eval:arc_easy
 
-Results land in <checkpoint>/eval.json (task, version, metric, value, n, stderr; the forgetting score with the
-base model's value and the drop) and per-example records in <checkpoint>/eval_samples/<task>.jsonl, one line per
+Results land in <checkpoint>/eval.json (each task's scores as computed: task, version, metric, value, n, stderr)
+and per-example records in <checkpoint>/eval_samples/<task>.jsonl, one line per
 document in document order (one per sample for sampled tasks), each with the document's "id" and a "metrics"
 mapping of its value of each metric the task reports: a task's metric is the mean of its records' values (for
 perplexity tasks the token-weighted mean; see score_choices, score_gsm8k, score_completions and _text_record).
-A task whose result with the same version is already there is not run again.
+A task whose result with the same version is already there is not run again. These are the checkpoint's
+artefacts; numbers derived from several tasks or models (learning, the source score, forgetting) are computed once,
+in the results store's reader (ftlab.results.load), which ftlab.results.index fills from these files.
 """
 
 from __future__ import annotations
@@ -136,8 +138,8 @@ def read_results(directory: Path) -> dict:
 
 
 def evaluate_into(directory: Path, lm, model, tokenizer, specs: list, data_dir: str | None,
-                  base_results: dict | None, isolation: Isolation | None = None) -> dict:
-    """Run the tasks not yet recorded in directory/eval.json, then rewrite it (atomically) with the summary."""
+                  isolation: Isolation | None = None) -> dict:
+    """Run the tasks not yet recorded in directory/eval.json, rewriting it (atomically) after each task."""
     directory = Path(directory)
     results = read_results(directory)
     done = {(s["task"], s["version"]) for s in results["scores"]}
@@ -159,24 +161,6 @@ def evaluate_into(directory: Path, lm, model, tokenizer, specs: list, data_dir: 
             sample_dir = directory / "eval_samples"
             sample_dir.mkdir(exist_ok=True)
             write_jsonl(sample_dir / f"{name}.jsonl", samples)
-        task_specs = [s for s in specs if not isinstance(s, str)]
-        if any(s.role == "forgetting" for s in task_specs) or "forgetting" not in results:
-            # another call with only non-forgetting tasks (e.g. sampling for diversity) keeps the score it found
-            results["forgetting"] = forgetting_score(results["scores"], task_specs, base_results)
         results.update(ftlab_version=__version__, git_commit=git_commit())
         write_json(directory / RESULTS, results)  # after every task: a kill loses at most one task
     return results
-
-
-def forgetting_score(scores: list[dict], specs: list[TaskSpec], base: dict | None) -> dict | None:
-    """The unweighted mean of the forgetting tasks' headline metrics, with the base model's value and the drop."""
-    wanted = {s.name: s.metric for s in specs if s.role == "forgetting"}
-    values = {s["task"]: s["value"] for s in scores if wanted.get(s["task"]) == s["metric"]}
-    if not wanted or values.keys() != wanted.keys():
-        return None
-    score = {"tasks": sorted(values), "value": sum(values.values()) / len(values)}
-    base_score = (base or {}).get("forgetting")
-    if base_score and base_score.get("tasks") == score["tasks"]:
-        score["base"] = base_score["value"]
-        score["drop"] = base_score["value"] - score["value"]
-    return score

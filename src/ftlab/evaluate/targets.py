@@ -14,7 +14,7 @@ import torch
 
 from ftlab.config import ModelConfig
 from ftlab.errors import FtlabError
-from ftlab.evaluate.harness import evaluate_into, read_results
+from ftlab.evaluate.harness import evaluate_into
 from ftlab.evaluate.isolation import Isolation
 from ftlab.evaluate.lm import LM
 from ftlab.evaluate.sandbox import choose_isolation
@@ -72,9 +72,8 @@ def evaluate_target(path: str, tasks: list[str], data_dir: str | None = None, ba
         evaluator.evaluate_base(base_dir, specs, data_dir)
         written.append(base_dir)
     units.update(model="base")
-    base_results = read_results(base_dir) if written else None
     for ckpt in target.checkpoints:
-        evaluator.evaluate(ckpt, specs, data_dir, base_results)
+        evaluator.evaluate(ckpt, specs, data_dir)
         written.append(ckpt)
         units.update(model=ckpt.name)
     units.close()
@@ -107,7 +106,7 @@ class Evaluator:
         Path(directory).mkdir(parents=True, exist_ok=True)
         with self.plain_base() as base:
             return evaluate_into(directory, LM(base, self.tokenizer, self.device, self.batch_size), base,
-                                 self.tokenizer, specs, data_dir, None, isolation=self.isolation)
+                                 self.tokenizer, specs, data_dir, isolation=self.isolation)
 
     def load(self, ckpt: Path):
         """The model a checkpoint stands for (an adapter swapped onto the base, or a whole model)."""
@@ -121,10 +120,10 @@ class Evaluator:
         current.eval()
         return current
 
-    def evaluate(self, ckpt: Path, specs: list, data_dir: str | None, base_results: dict | None) -> dict:
+    def evaluate(self, ckpt: Path, specs: list, data_dir: str | None) -> dict:
         current = self.load(Path(ckpt))
         return evaluate_into(Path(ckpt), LM(current, self.tokenizer, self.device, self.batch_size), current,
-                             self.tokenizer, specs, data_dir, base_results, isolation=self.isolation)
+                             self.tokenizer, specs, data_dir, isolation=self.isolation)
 
 
 ADAPTER = "checkpoint"  # the one adapter name a base ever holds: the compiled decode step guards on the active

@@ -33,8 +33,10 @@ class TaskSpec:
     kind: Kind  # choice: log-likelihood multiple choice; gsm8k: generation + extraction; code: execution
     source: str  # "builtin:<name>", a path under --data-dir, or "hub:<owner/name>"
     format: str  # hellaswag | arc | winogrande | gsm8k | humaneval | builtin
-    metric: str  # the headline metric (the one summaries and the forgetting score use)
-    role: Literal["learning", "forgetting", "other"] = "other"
+    metric: str  # the headline metric (the one summaries, the source score and learning average)
+    # learning: a target benchmark; forgetting: a source benchmark (the source score is their mean); source_loss:
+    # held-out source text whose per-document loss measures forgetting with far less noise; other: reported only
+    role: Literal["learning", "forgetting", "source_loss", "other"] = "other"
     hub_split: str = "test"
     hub_config: str | None = None
     fewshot_source: str | None = None  # where k-shot examples come from (a train split)
@@ -58,7 +60,7 @@ PAPER_SUITE = {
                               ks=(1, 2, 4, 8, 16, 32, 64, 128, 256)),
     "gsm8k": TaskSpec("gsm8k", "1", "gsm8k", "gsm8k/test.jsonl", "gsm8k", "exact_match_strict", "learning",
                       hub_split="test", hub_config="main", fewshot_source="gsm8k/train.jsonl", num_fewshot=5),
-    # Forgetting (source benchmarks): the unweighted mean of these three is the forgetting score.
+    # Forgetting (source benchmarks): the unweighted mean of these three is the source score.
     "hellaswag": TaskSpec("hellaswag", "1", "choice", "hellaswag/hellaswag_val.jsonl", "hellaswag", "acc_norm",
                           "forgetting", hub_split="validation"),
     "arc_challenge": TaskSpec("arc_challenge", "1", "choice", "ARC-Challenge/ARC-Challenge-Test.jsonl", "arc",
@@ -76,7 +78,8 @@ BUILTIN = {
     "source_question": TaskSpec("source_question", "1", "choice", "builtin:source_question", "builtin",
                                 "acc_norm", "forgetting"),
     "source_cloze": TaskSpec("source_cloze", "1", "choice", "builtin:source_cloze", "builtin", "acc", "forgetting"),
-    "source_loss": TaskSpec("source_loss", "1", "perplexity", "builtin:source_loss", "builtin", "loss", "other"),
+    "source_loss": TaskSpec("source_loss", "1", "perplexity", "builtin:source_loss", "builtin", "loss",
+                            "source_loss"),
     "math": TaskSpec("math", "1", "gsm8k", "builtin:math", "builtin", "exact_match_strict", "learning",
                      fewshot_source="builtin:math_fewshot", num_fewshot=3, max_new_tokens=160),
     "math_loss": TaskSpec("math_loss", "1", "perplexity", "builtin:math_loss", "builtin", "loss", "other"),

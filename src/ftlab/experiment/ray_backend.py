@@ -53,15 +53,16 @@ class RayOptions:
 
 
 class StudyRunner(Protocol):
-    """What the Ray backend needs of the study's runner (ftlab.experiment.study.Runner): the runs and the store, and
-    what to do with a run once its training is over (evaluate and record it, or record it failed)."""
+    """What the Ray backend needs of the study's runner (ftlab.experiment.study.Runner): the runs, how to record a
+    run's status, and what to do with a run once its training is over (evaluate and record it, or record it
+    failed)."""
 
     plans: list[RunPlan]
     root: Path
-    store: Any  # the results store; the backend records a submitted run as running
     failed_long: set[str]  # long runs that failed: their CPT branches fail without training
 
     def todo(self) -> list[RunPlan]: ...
+    def record(self, plan: RunPlan, status: str, reason: str | None = None) -> None: ...
     def finish(self, plan: RunPlan) -> None: ...
     def fail(self, plan: RunPlan, reason: str, trace: str) -> None: ...
     def branch_failed(self, plan: RunPlan) -> None: ...
@@ -116,7 +117,7 @@ def _run_all(ray: ModuleType, runner: StudyRunner, gpus: float) -> None:
     def submit(plan: RunPlan) -> None:
         print(f"ftlab run: [{runner.plans.index(plan) + 1}/{len(runner.plans)}] {plan.name} -> Ray "
               f"({gpus:g} GPU)", flush=True)
-        runner.store.put_run(plan, "running")  # submitted: queued or training
+        runner.record(plan, "running")  # submitted: queued or training
         pending[task.remote(plan, str(runner.root), cwd)] = plan
 
     for plan in todo:

@@ -11,8 +11,9 @@ import yaml
 from ftlab.config import parse_mapping
 from ftlab.errors import FtlabError
 from ftlab.experiment.spec import parse_experiment, plan_runs
-from ftlab.experiment.store import BASE, Store
 from ftlab.experiment.study import EXPERIMENT, LOCK, RESULTS
+from ftlab.results.schema import BASE
+from ftlab.results.store import Store
 from ftlab.rundir import RunLayout, read_metrics, read_plan
 
 
@@ -26,14 +27,8 @@ def study_status(out: str | Path) -> list[dict]:
     source = Path(record["source"])  # relative data paths resolve beside the file that was run
     exp = parse_experiment(parse_mapping(record["text"], source), record.get("overrides", []), source.parent, source)
     plans = plan_runs(exp, root)
-    store = Store(root / RESULTS)
-    try:
-        runs = store.runs()
-        evaluated = {}
-        for (run, n) in store.db.execute("SELECT run, COUNT(*) FROM checkpoints GROUP BY run"):
-            evaluated[run] = n
-    finally:
-        store.close()
+    with Store(root / RESULTS) as store:
+        runs, evaluated = store.runs(), store.checkpoint_counts()
     alive = _runner_alive(root)
     rows = []
     for plan in plans:

@@ -1,13 +1,15 @@
 """`ftlab run EXP.yaml --out DIR`: a whole study, resumable: train, evaluate, analyse, store, report.
 
     DIR/experiment.yaml       the experiment as run (a second `ftlab run` with another one is refused)
-    DIR/results.sqlite        the results store (ftlab.experiment.store): runs, checkpoints, metrics, spectra
-    DIR/base/<setting>/       the base model's evaluation per setting (eval.json)
-    DIR/runs/<setting>/<method>/<duration>/   each run (ftlab train's layout) with eval.json, spectrum.json, ...
-    DIR/report.html           the report (ftlab report DIR)
+    DIR/results.sqlite        the results store (ftlab.results): every number of the study
+    DIR/base/<setting>/       the base model's evaluation per setting (eval.json, eval_samples/)
+    DIR/runs/<setting>/<method>/<duration>/   each run (ftlab train's layout); each checkpoint holds its artefacts:
+                              eval.json, eval_samples/, spectrum.json, kl.json
+    DIR/report.html           the report (ftlab report DIR), from the store alone
 
-Every stage is skipped when the store already records it, so the same command after a kill (or a crash) picks up
-where it stopped; a run that fails is recorded with its reason and the others go on. The runs train (launch.py) one
+Every stage is skipped when its artefacts or the store already hold it, so the same command after a kill (or a
+crash) picks up where it stopped, and lands the same numbers as an uninterrupted study; a run that fails is
+recorded with its reason and the others go on. The runs train (launch.py) one
 after another in this process, or, with `--backend ray`, in parallel on a Ray cluster (ray_backend.py, handed this
 module's Runner); either way this process evaluates, analyses and writes the store.
 """
@@ -16,14 +18,12 @@ from __future__ import annotations
 
 import fcntl
 import gc
-import shutil
 import traceback
 from pathlib import Path
 
 import torch
 import yaml
 
-from ftlab.analysis.diversity import diversity_of
 from ftlab.analysis.kl import kl_divergence, target_prompts
 from ftlab.analysis.spectrum import spectrum_into
 from ftlab.builtin import PROMPT_DOMAINS
@@ -33,16 +33,18 @@ from ftlab.evaluate.tasks import get_task, resolve_tasks
 from ftlab.experiment.launch import RUN_ERRORS, failure_reason, train_plan
 from ftlab.experiment.ray_backend import RayOptions, require_ray, run_on_ray
 from ftlab.experiment.spec import ExperimentConfig, RunPlan, load_experiment, plan_runs
-from ftlab.experiment.store import BASE, Store
 from ftlab.experiment.tracking import Tracker
 from ftlab.experiment.tracking import require as require_tracking
 from ftlab.io import write_json, write_text
 from ftlab.model import prepare_base
-from ftlab.rundir import RunLayout, read_info, read_metrics
+from ftlab.results.index import base_record, measure_base, measure_checkpoint, run_cost, run_record
+from ftlab.results.schema import EXPERIMENT, STORE, base_run
+from ftlab.results.store import Store
+from ftlab.rundir import RunLayout
 
 LOCK = ".ftlab-run.lock"
-EXPERIMENT = "experiment.yaml"  # the experiment as run: its source, overrides and text
-RESULTS = "results.sqlite"  # the results store
+RESULTS = STORE
+KL = "kl.json"  # a checkpoint's KL(base || finetuned) on its setting's target prompts
 
 
 class StudyDir:
@@ -130,7 +132,9 @@ def _note_skipped_kl(exp: ExperimentConfig, plans: list[RunPlan]) -> None:
 
 
 class Runner:
-    """The study's runs, in order, and everything after training: evaluation, analysis, the store."""
+    """The study's runs, in order, and everything after training: evaluation and analysis write artefacts into each
+    checkpoint, then ftlab.results.index puts their numbers into the store (the checkpoint's row last, so its
+    presence means the checkpoint is done)."""
 
     def __init__(self, exp: ExperimentConfig, plans: list[RunPlan], root: Path, store: Store, tracker: Tracker,
                  retry_failed: bool = False, nproc: int = 1):
@@ -138,7 +142,7 @@ class Runner:
         self.nproc = nproc  # processes (GPUs) each run trains on, one run after another
         self.finished = ("done",) if retry_failed else ("done", "failed")
         self.evaluator = None
-        self.base_results: dict[str, dict] = {}
+        self.bases: set[str] = set()  # settings whose base model is measured
         runs = store.runs()
         # long runs that failed (and stay failed): their CPT branches are recorded failed without training
         self.failed_long = {p.name for p in plans if p.branch_of is None and "failed" in self.finished
@@ -165,10 +169,14 @@ class Runner:
             print(f"ftlab run: {len(failed)} run(s) failed: {', '.join(failed)} (reasons: ftlab status "
                   f"{self.root})", flush=True)
 
+    def record(self, plan: RunPlan, status: str, reason: str | None = None) -> None:
+        """The run's row in the store, with this status."""
+        self.store.put_run(run_record(plan.name, plan.setting, plan.group, plan.method, plan.cfg, status, reason))
+
     # ------------------------------------------------------------------ one run
 
     def run_one(self, plan: RunPlan) -> None:
-        self.store.put_run(plan, "running")
+        self.record(plan, "running")
         self.release_evaluator()  # training here needs the device's memory
         try:
             train_plan(plan, self.root, self.nproc)
@@ -179,7 +187,7 @@ class Runner:
 
     def fail(self, plan: RunPlan, reason: str, trace: str) -> None:
         """Record a run whose training failed: the reason in the store, the traceback in <run>/failure.txt."""
-        self.store.put_run(plan, "failed", reason)
+        self.record(plan, "failed", reason)
         print(f"ftlab run: {plan.name} failed: {reason}", flush=True)
         run = RunLayout(plan.cfg.output.dir)
         if run.path.exists():
@@ -188,16 +196,16 @@ class Runner:
             self.failed_long.add(plan.name)
 
     def branch_failed(self, plan: RunPlan) -> None:
-        self.store.put_run(plan, "failed", f"the long run {plan.branch_of} it restarts from failed")
+        self.record(plan, "failed", f"the long run {plan.branch_of} it restarts from failed")
 
     def finish(self, plan: RunPlan) -> None:
-        """A trained run: log it, evaluate and analyse its checkpoints, then record it done."""
+        """A trained run: log it, evaluate and analyse its checkpoints, then record it done with its cost."""
         run = RunLayout(plan.cfg.output.dir)
-        speed = _tokens_per_s(run.path)
         self.tracker.log_run(plan, run.path)
         for ckpt, duration in self._checkpoints(plan, run):
             self.evaluate_checkpoint(plan, ckpt, duration)
-        self.store.put_run(plan, "done", None, speed)
+        self.record(plan, "done")
+        self.store.put_cost(plan.name, run_cost(run.path))
 
     def _checkpoints(self, plan: RunPlan, run: RunLayout) -> list[tuple[Path, float]]:
         """(checkpoint dir, the duration it stands for): named checkpoints that are durations, then final/."""
@@ -205,34 +213,28 @@ class Runner:
         return [(run.checkpoint(unit, d), d) for d in plan.durations[:-1]] + [(run.final, plan.durations[-1])]
 
     def evaluate_checkpoint(self, plan: RunPlan, ckpt: Path, duration: float) -> None:
-        """Evaluate one checkpoint of a trained run (unless the store has it), then analyse it."""
-        base = self._base(plan)
-        base_copy = RunLayout(plan.cfg.output.dir).base_eval
-        if not (base_copy / "eval.json").exists():  # the report reads each run's base results beside it
-            base_copy.mkdir(parents=True, exist_ok=True)
-            write_json(base_copy / "eval.json", base)
-            diversity = self.root / "base" / plan.setting / "diversity.json"
-            if diversity.exists():
-                shutil.copyfile(diversity, base_copy / "diversity.json")
-        if not self.store.has_checkpoint(plan.name, ckpt.name):
-            specs = resolve_tasks([*plan.learning, *self.exp.forgetting], self.exp.eval.limit)
-            results = self._evaluator().evaluate(ckpt, specs, self.exp.eval.data_dir, base)
-            info = read_info(ckpt)
-            self.store.put_checkpoint(plan.name, ckpt.name, str(ckpt), info, duration, results["scores"])
-            self.tracker.log_checkpoint(plan, ckpt.name, info, results)
+        """Evaluate and analyse one checkpoint of a trained run into its directory, then index it (unless the store
+        has it: every step below skips what its files already hold, so a killed study redoes only the rest)."""
+        self._base(plan)
+        if self.store.has_checkpoint(plan.name, ckpt.name):
+            return
+        self._evaluator().evaluate(ckpt, self._specs(plan), self.exp.eval.data_dir)
         self.analyse(plan, ckpt)
+        result = measure_checkpoint(plan.name, ckpt, duration)
+        self.store.put_checkpoint(result)
+        self.tracker.log_checkpoint(plan, result)
+
+    def _specs(self, plan: RunPlan) -> list:
+        return resolve_tasks([*plan.learning, *self.exp.forgetting], self.exp.eval.limit)
 
     def analyse(self, plan: RunPlan, ckpt: Path) -> None:
+        """The checkpoint's spectrum.json, its sampled tasks (diversity, on final models, as the paper) and kl.json."""
         a = self.exp.analyses
-        base_dir = self._base_model_dir(plan)
-        if a.spectrum and not self.store.has_spectrum(plan.name, ckpt.name):
-            entry = spectrum_into(base_dir, ckpt, singular_values=a.singular_values)
-            self.store.put_spectrum(plan.name, ckpt.name, entry["matrices"])
-        for task in plan.diversity if ckpt.name == "final" else []:  # the paper: diversity of final models
-            if not self.store.has_analysis(plan.name, ckpt.name, f"diversity:{task}"):
-                value = self._diversity(ckpt, task, base=False)
-                self.store.put_analysis(plan.name, ckpt.name, f"diversity:{task}", value)
-        if a.kl and plan.kl_domain and not self.store.has_analysis(plan.name, ckpt.name, "kl"):
+        if a.spectrum:
+            spectrum_into(self._base_model_dir(plan), ckpt, singular_values=a.singular_values)  # reused if there
+        if ckpt.name == "final" and plan.diversity:
+            self._evaluator().evaluate(ckpt, [get_task(t) for t in plan.diversity], self.exp.eval.data_dir)
+        if a.kl and plan.kl_domain and not (ckpt / KL).exists():
             evaluator = self._evaluator()
             model = evaluator.load(ckpt)
             texts = target_prompts(plan.kl_domain, a.kl_prompts)
@@ -241,20 +243,7 @@ class Runner:
             else:
                 with evaluator.plain_base() as base:
                     value = kl_divergence(base, model, evaluator.tokenizer, texts, device=evaluator.device)
-            value = {k: value[k] for k in ("kl", "tokens", "texts")}
-            write_json(ckpt / "kl.json", value)
-            self.store.put_analysis(plan.name, ckpt.name, "kl", value)
-
-    def _diversity(self, directory: Path, task: str, base: bool) -> dict:
-        """Sample the task on a checkpoint (or the base), then count unique outputs: <dir>/diversity.json."""
-        spec = get_task(task)
-        if base:
-            self._evaluator().evaluate_base(directory, [spec], self.exp.eval.data_dir)
-        else:
-            self._evaluator().evaluate(directory, [spec], self.exp.eval.data_dir, None)
-        value = diversity_of(directory, spec.name)
-        write_json(directory / "diversity.json", value)
-        return value
+            write_json(ckpt / KL, {k: value[k] for k in ("kl", "tokens", "texts")})
 
     # ------------------------------------------------------------------ the base model
 
@@ -277,25 +266,15 @@ class Runner:
     def _base_model_dir(self, plan: RunPlan) -> str:
         return prepare_base(plan.cfg.model, self.root / "base")
 
-    def _base(self, plan: RunPlan) -> dict:
-        """The base model's results on this setting's tasks (evaluated once, stored under (base)/<setting>)."""
-        if plan.setting not in self.base_results:
-            specs = resolve_tasks([*plan.learning, *self.exp.forgetting], self.exp.eval.limit)
+    def _base(self, plan: RunPlan) -> None:
+        """The base model on this setting's tasks (and its sampled tasks), in DIR/base/<setting>, indexed once as the
+        store's "(base)/<setting>"."""
+        if plan.setting in self.bases:
+            return
+        if not self.store.has_checkpoint(base_run(plan.setting), "base"):
             directory = self.root / "base" / plan.setting
-            results = self._evaluator().evaluate_base(directory, specs, self.exp.eval.data_dir)
-            self.store.put_base(plan.setting)
-            if not self.store.has_checkpoint(f"{BASE}/{plan.setting}", "base"):
-                self.store.put_checkpoint(f"{BASE}/{plan.setting}", "base", str(directory), {"step": 0, "tokens": 0},
-                                          0.0, results["scores"])
-            for task in plan.diversity:
-                if not self.store.has_analysis(f"{BASE}/{plan.setting}", "base", f"diversity:{task}"):
-                    value = self._diversity(directory, task, base=True)
-                    self.store.put_analysis(f"{BASE}/{plan.setting}", "base", f"diversity:{task}", value)
-            self.base_results[plan.setting] = results
-        return self.base_results[plan.setting]
-
-
-def _tokens_per_s(run_dir: Path) -> float | None:
-    """The run's mean training speed over its logged steps (None before any)."""
-    speeds = [r["tokens_per_s"] for r in read_metrics(run_dir) if r.get("tokens_per_s")]
-    return round(sum(speeds) / len(speeds), 1) if speeds else None
+            specs = self._specs(plan) + [get_task(t) for t in plan.diversity]
+            self._evaluator().evaluate_base(directory, specs, self.exp.eval.data_dir)
+            self.store.put_run(base_record(plan.setting))
+            self.store.put_checkpoint(measure_base(plan.setting, directory))
+        self.bases.add(plan.setting)

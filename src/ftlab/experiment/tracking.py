@@ -2,7 +2,7 @@
 
     tracking: {backend: tensorboard}     # in the experiment file; none (the default) needs nothing installed
 
-The tracker reads what the run already wrote (metrics.jsonl, eval.json), so tracking never changes training and
+The tracker reads what the run already wrote (metrics.jsonl, and a checkpoint's scores as indexed), so tracking never changes training and
 a resumed study logs each run once, when it finishes. Backends are imported only when named.
 """
 
@@ -60,13 +60,13 @@ class Tracker:
                   for r in records]
         self._log(plan.name, series, {"lr": plan.lr, "method": plan.method, "setting": plan.setting})
 
-    def log_checkpoint(self, plan, checkpoint: str, info: dict, results: dict) -> None:
+    def log_checkpoint(self, plan, result) -> None:
+        """A checkpoint's scores (result: the ftlab.results.index.CheckpointResult the store got), at its step."""
         if self.backend == "none":
             return
-        values = {f"eval/{s['task']}/{s['metric']}": s["value"] for s in results.get("scores", [])}
-        if results.get("forgetting"):
-            values["eval/forgetting"] = results["forgetting"]["value"]
-        self._log(plan.name, [(info.get("step", 0), values)], None)
+        values = {f"eval/{task}/{metric}": value for task, _, metric, value, *_ in result.metrics
+                  if isinstance(value, (int, float))}
+        self._log(plan.name, [(result.step or 0, values)], None)
 
     def _log(self, run: str, series: list[tuple[int, dict]], params: dict | None) -> None:
         if self.backend == "tensorboard":

@@ -1,14 +1,16 @@
-"""`ftlab report DIR`: one self-contained HTML page on a study, and every number in it as CSV and JSON.
+"""`ftlab report DIR`: one self-contained HTML page on a study, and every number in it as CSV and JSON, read from
+the study's results store alone (a folder of plain `ftlab train`/`ftlab eval` runs is first indexed into one).
 
     ftlab report studies/math-ift                      # -> studies/math-ift/report.html + studies/math-ift/report/
     ftlab report studies/math-ift --out /tmp/r.html    # -> /tmp/r.html + /tmp/r/
 
 The page (OUT, default DIR/report.html) works offline in any browser: figures are PNGs embedded as data: URIs,
 the CSS is inline, there is no script and no link outside the file. It holds a header (study directory, runs,
-checkpoints, ftlab version), the claims check (ftlab.analysis.claims), the figures (ftlab.analysis.plots; skipped
+checkpoints, ftlab version), the claims check (ftlab.report.claims), the figures (ftlab.report.plots; skipped
 ones listed with the reason), one table row per (run, checkpoint), and what is missing.
 Next to it, in the folder named after OUT without its suffix (DIR/report/ by default):
-    results.json       the Study (every row), the claims with their numbers, each figure's table
+    results.json       the Study (every row; per-example values stay in the store), the claims with their numbers,
+                       each figure's table
     rows.csv           one line per (run, checkpoint)
     claims.csv         one line per finding
     <figure id>.csv    the numbers each drawn figure plotted (tradeoff, regularization, lr_sweep, k90_layers,
@@ -28,28 +30,29 @@ import struct
 from pathlib import Path
 
 from ftlab import __version__
-from ftlab.analysis.claims import Claim, check_claims
-from ftlab.analysis.plots import Plot, draw_all
-from ftlab.analysis.collect import collect
-from ftlab.analysis.results import Row, Study
 from ftlab.io import write_text
+from ftlab.report.claims import Claim, check_claims
+from ftlab.report.plots import Plot, draw_all
+from ftlab.results.index import study_of
+from ftlab.results.rows import Row, Study
 
 SECTIONS = ("summary", "claims", "figures", "runs", "missing")  # the page's section ids (scripts/check_report.py)
-ROW_COLUMNS = ("run", "checkpoint", "group", "lr", "duration", "duration_unit", "step", "tokens", "learning",
-               "base_learning", "forgetting", "base_forgetting", "forgetting_drop", "k90_mean", "k90_frac_mean",
-               "rel_change_mean", "intruders_total", "unique_mean", "kl", "setting", "duplicate_of")
+ROW_COLUMNS = ("run", "checkpoint", "group", "lr", "seed", "duration", "duration_unit", "step", "tokens", "learning",
+               "base_learning", "source", "base_source", "forgetting", "source_loss", "base_source_loss", "k90_mean",
+               "k90_frac_mean", "rel_change_mean", "intruders_total", "unique_mean", "kl", "wall_s",
+               "tokens_per_s", "peak_memory_gb", "trainable_params", "setting", "duplicate_of")
 
 
 def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Collect the study, check the claims, draw the figures, write the page and its data; returns the page."""
-    study = collect(study_dir)
+    """Read the study's store, check the claims, draw the figures, write the page and its data; returns the page."""
+    study = study_of(study_dir)
     claims = check_claims(study)
     plots = draw_all(study)
     page = Path(out) if out is not None else Path(study_dir) / "report.html"
     data_dir = page.with_suffix("")
     data_dir.mkdir(parents=True, exist_ok=True)
     write_text(data_dir / "results.json", json.dumps(
-        {"ftlab_version": __version__, "study": study.to_dict(), "claims": [dataclasses.asdict(c) for c in claims],
+        {"ftlab_version": __version__, "study": _without_examples(study), "claims": [dataclasses.asdict(c) for c in claims],
          "figures": [{"id": p.id, "title": p.title, "skipped": p.skipped, "table": p.table} for p in plots]},
         indent=1, default=str) + "\n")
     write_text(data_dir / "rows.csv", _csv([row_record(r) for r in study.rows], ROW_COLUMNS))
@@ -75,10 +78,20 @@ def _csv(records: list[dict], columns: tuple[str, ...] | None = None) -> str:
     return buf.getvalue()
 
 
+def _without_examples(study: Study) -> dict:
+    """The Study as JSON-able data, without the per-example values (the store's examples table holds them)."""
+    data = dataclasses.asdict(study)
+    for row in data["rows"] + data["bases"]:
+        row.pop("examples", None)
+    return data
+
+
 def row_record(r: Row) -> dict:
     """One table row: the row's own fields plus its spectrum and diversity summaries."""
     record = {k: getattr(r, k) for k in ROW_COLUMNS if hasattr(r, k)}
     record["group"] = r.group
+    record.update(wall_s=r.cost.wall_s, tokens_per_s=r.cost.tokens_per_s, peak_memory_gb=r.cost.peak_memory_gb,
+                  trainable_params=r.cost.trainable_params)
     s = r.spectrum
     record.update(k90_mean=s and s.k90_mean, k90_frac_mean=s and s.k90_frac_mean,
                   rel_change_mean=s and s.rel_change_mean, intruders_total=s and s.intruders_total,
@@ -155,7 +168,7 @@ def _claims_html(claims: list[Claim]) -> str:
         f'<td>{_e(c.sentence)}</td><td class="rule">{_e(c.rule)}</td></tr>' for c in claims)
     return (f'<section id="claims"><h2>Does this study reproduce the paper?</h2>'
             f'<p class="meta">One row per finding of Biderman et al. (2024), decided by the rule in the last column; '
-            f'forgetting score = mean source-task accuracy (higher = less forgotten).</p>'
+            f'forgetting = the base model\'s source score minus the checkpoint\'s (higher = more forgotten).</p>'
             f'<div class="scroll"><table class="claims"><thead><tr><th>finding</th><th>status</th><th>this study</th>'
             f'<th>rule</th></tr></thead><tbody>{rows}</tbody></table></div></section>\n')
 
@@ -180,7 +193,8 @@ def _figures_html(plots: list[Plot], data_dir: str) -> str:
 
 
 ROW_TABLE = (("lr", "lr"), ("duration", "duration"), ("learning", "learning"), ("base_learning", "base L"),
-             ("forgetting", "forgetting"), ("base_forgetting", "base F"), ("forgetting_drop", "drop"),
+             ("source", "source"), ("base_source", "base S"), ("forgetting", "forgetting"),
+             ("source_loss", "source loss"), ("base_source_loss", "base loss"),
              ("k90_mean", "k90 mean"), ("k90_frac_mean", "k90/min(m,n)"), ("rel_change_mean", "‖ΔW‖/‖W‖"),
              ("intruders_total", "intruders"), ("unique_mean", "unique"), ("kl", "KL"))  # (record key, header)
 
@@ -195,9 +209,10 @@ def _rows_html(study: Study) -> str:
         body.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(f"<th>{_e(h)}</th>" for h in ("run", "checkpoint", "method", *(h for _, h in ROW_TABLE)))
     units = ", ".join(sorted({r.duration_unit for r in study.rows}))
-    note = (f"duration in {units}; learning = mean headline metric of the learning tasks; base L / base F: the base "
-            "model's learning and forgetting score on the same tasks; drop = base forgetting score − the "
-            "checkpoint's. A checkpoint marked (= x) is the same model as x and is left out of figures and claims.")
+    note = (f"duration in {units}; learning = mean headline metric of the learning tasks; source = the source score, "
+            "the mean headline metric of the source benchmarks; base L / base S: the base model's on the same tasks; "
+            "forgetting = base S − source (higher = more forgotten); source loss: held-out source-domain loss, "
+            "nats/token. A checkpoint marked (= x) is the same model as x and is left out of figures and claims.")
     return (f'<section id="runs"><h2>Runs and checkpoints</h2><p class="meta">{_e(note)}</p>'
             f'<div class="scroll"><table class="rows"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div></section>\n')

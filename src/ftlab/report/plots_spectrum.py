@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ftlab.analysis.plots_base import MODULE_ORDER, Plot, _figure, _png
-from ftlab.analysis.results import Row, Study, best_lr_rows, plain_full
+from ftlab.report.plots_base import MODULE_ORDER, Plot, _figure, _png
+from ftlab.results.rows import Row, Study, best_lr_rows, plain_full
 
 
 # ----------------------------------------------------------------------------- 4. k90 per layer (paper Fig. 6)

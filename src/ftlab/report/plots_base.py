@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ftlab.analysis.results import Row, plain_full
+from ftlab.results.rows import Row, plain_full
 from ftlab.errors import FtlabError
 
 FULL = "#c0392b"  # plain full FT
@@ -94,7 +94,7 @@ def _by_group(rows: list[Row]) -> dict[str, list[Row]]:
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points (forgetting score, learning) no other point beats on both (both maximized), by forgetting."""
+    """The points (source score, learning) no other point beats on both (both maximized), by source score."""
     front, best = [], float("-inf")
     for f, l in sorted(points, key=lambda p: (-p[0], -p[1])):
         if l > best:

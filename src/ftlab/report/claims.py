@@ -1,9 +1,9 @@
 """Does a study reproduce the paper? One verdict per finding, with the numbers behind it.
 
-    claims = check_claims(collect("studies/math-ift"))
+    claims = check_claims(study_of("studies/math-ift"))
     claims[0].status, claims[0].sentence, claims[0].numbers
 
-Every check compares rows of one setting only (regime, data and base model; see ftlab.analysis.results), and
+Every check compares rows of one setting only (regime, data and base model; see ftlab.results.rows), and
 counts comparisons that agree or disagree with the paper:
     supported        every comparison agrees
     contradicted     none agrees
@@ -11,7 +11,8 @@ counts comparisons that agree or disagree with the paper:
     not enough data  nothing to compare (the sentence says what is missing)
 "Best LR" means each group's best learning rate (results.best_lrs: highest learning at the longest duration
 all its runs reached). "Plain full FT" means full FT without attention dropout, at the smallest weight decay its
-setting used. Forgetting is the forgetting SCORE (mean source accuracy): higher means less forgotten.
+setting used. The source score is the mean source-benchmark accuracy (higher = less forgotten); forgetting is the
+base's source score minus a checkpoint's (higher = more forgotten).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
-from ftlab.analysis.results import Row, Study, best_lr_rows, best_lrs, plain_full
+from ftlab.results.rows import Row, Study, best_lr_rows, best_lrs, plain_full
 
 Status = Literal["supported", "contradicted", "mixed", "not enough data"]
 NO_DATA: Status = "not enough data"
@@ -85,11 +86,11 @@ def learns_less(study: Study) -> Claim:
 def forgets_less(study: Study) -> Claim:
     claim = Claim("forgets_less", "LoRA forgets less than full finetuning (at matched training duration).",
                   "For each LoRA group (rank), at each duration where plain full FT was also evaluated (best LR of "
-                  "each, chosen by learning): agree if LoRA's forgetting score > full FT's.")
-    pairs = _against_full(study, "forgetting", lambda lora, full: lora > full)
-    return _counted(claim, pairs, "LoRA kept a higher forgetting score than full FT in {a} of {n} comparisons"
-                    + _example(pairs, "forgetting"),
-                    "not enough data: no duration with both a full-FT and a LoRA forgetting score")
+                  "each, chosen by learning): agree if LoRA's source score > full FT's.")
+    pairs = _against_full(study, "source", lambda lora, full: lora > full)
+    return _counted(claim, pairs, "LoRA kept a higher source score than full FT in {a} of {n} comparisons"
+                    + _example(pairs, "source"),
+                    "not enough data: no duration with both a full-FT and a LoRA source score")
 
 
 def _example(pairs: list[dict], key: str) -> str:
@@ -107,20 +108,20 @@ def _example(pairs: list[dict], key: str) -> str:
 def forgetting_order(study: Study) -> Claim:
     claim = Claim("forgetting_order", "Forgetting grows with training duration and is ordered by rank "
                   "(higher LoRA rank forgets more; full FT the most).",
-                  "Duration: in every run, each pair of consecutive checkpoints agrees if the forgetting score did "
+                  "Duration: in every run, each pair of consecutive checkpoints agrees if the source score did "
                   "not rise. Rank: at each duration, LoRA ranks in increasing order then plain full FT (best LR of "
-                  "each); each adjacent pair agrees if the higher rank's forgetting score is not above the lower's.")
+                  "each); each adjacent pair agrees if the higher rank's source score is not above the lower's.")
     by_run: dict[str, list[Row]] = {}
     for r in study.points():
-        if r.forgetting is not None and r.duration is not None:
+        if r.source is not None and r.duration is not None:
             by_run.setdefault(r.run, []).append(r)
     duration_pairs = []
     for run, rows in sorted(by_run.items()):
         rows.sort(key=lambda r: r.duration)
-        duration_pairs += [{"run": run, "from": a.duration, "to": b.duration, "forgetting_from": a.forgetting,
-                            "forgetting_to": b.forgetting, "agree": b.forgetting <= a.forgetting}
+        duration_pairs += [{"run": run, "from": a.duration, "to": b.duration, "source_from": a.source,
+                            "source_to": b.source, "agree": b.source <= a.source}
                            for a, b in zip(rows, rows[1:])]
-    rows, full = _selected(study, lambda r: r.forgetting is not None)
+    rows, full = _selected(study, lambda r: r.source is not None)
     ladders: dict[tuple[str, float | None], dict[int, Row]] = {}
     for r in sorted(rows, key=lambda r: len(r.group), reverse=True):  # the plainest group of a rank wins
         if r.method == "lora" and r.rank is not None:
@@ -129,8 +130,8 @@ def forgetting_order(study: Study) -> Claim:
     for key, by_rank in sorted(ladders.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         ladder = [by_rank[k] for k in sorted(by_rank)] + ([full[key]] if key in full else [])
         rank_pairs += [{"setting": key[0], "duration": key[1], "lower": a.group, "higher": b.group,
-                        "forgetting_lower": a.forgetting, "forgetting_higher": b.forgetting,
-                        "agree": b.forgetting <= a.forgetting} for a, b in zip(ladder, ladder[1:])]
+                        "source_lower": a.source, "source_higher": b.source,
+                        "agree": b.source <= a.source} for a, b in zip(ladder, ladder[1:])]
     pairs = duration_pairs + rank_pairs
     a_d, a_r = sum(p["agree"] for p in duration_pairs), sum(p["agree"] for p in rank_pairs)
     claim = _counted(claim, pairs, "", "not enough data: no run with two evaluated checkpoints and no duration "
@@ -138,7 +139,7 @@ def forgetting_order(study: Study) -> Claim:
     claim.numbers.update(duration=duration_pairs, rank=rank_pairs)
     del claim.numbers["comparisons"]
     if pairs:
-        claim.sentence = (f"the forgetting score did not rise with training in {a_d} of {len(duration_pairs)} "
+        claim.sentence = (f"the source score did not rise with training in {a_d} of {len(duration_pairs)} "
                           f"consecutive checkpoint pairs; the higher rank forgot at least as much in {a_r} of "
                           f"{len(rank_pairs)} adjacent-rank pairs")
     return claim
@@ -149,9 +150,9 @@ def regularization(study: Study) -> Claim:
                   "learning, LoRA forgets less than regularized full finetuning.",
                   "For each full-FT run with weight decay or attention dropout (above plain full FT's), at each "
                   "duration: among LoRA checkpoints of the setting (any rank and duration, best LR) that learned at "
-                  "least as much, agree if one has a higher forgetting score; disagree if none has. A point no LoRA "
+                  "least as much, agree if one has a higher source score; disagree if none has. A point no LoRA "
                   "checkpoint learned as much as is not comparable and not counted.")
-    points = [r for r in study.points() if r.learning is not None and r.forgetting is not None]
+    points = [r for r in study.points() if r.learning is not None and r.source is not None]
     plain = {id(r) for r in plain_full(points)}
     regularized = [r for r in points if r.method == "full" and id(r) not in plain]
     if not regularized:
@@ -164,15 +165,15 @@ def regularization(study: Study) -> Claim:
         if not peers:
             incomparable.append({"run": r.run, "duration": r.duration, "learning": r.learning})
             continue
-        better = max(peers, key=lambda p: p.forgetting)
+        better = max(peers, key=lambda p: p.source)
         pairs.append({"setting": r.setting, "regularized": r.group, "duration": r.duration, "learning": r.learning,
-                      "forgetting": r.forgetting, "lora": f"{better.group} @ {_fmt(better.duration)}",
-                      "lora_learning": better.learning, "lora_forgetting": better.forgetting,
-                      "agree": better.forgetting > r.forgetting})
+                      "source": r.source, "lora": f"{better.group} @ {_fmt(better.duration)}",
+                      "lora_learning": better.learning, "lora_source": better.source,
+                      "agree": better.source > r.source})
     best_lora = max((p.learning for p in lora), default=None)
     empty = (f"not enough data: no LoRA checkpoint learned as much as any regularized full-FT checkpoint "
              f"(best LoRA learning {_fmt(best_lora)} vs regularized {_fmt(min(r.learning for r in regularized))}); "
-             "train higher ranks or longer" if lora else "not enough data: no LoRA run with learning and forgetting")
+             "train higher ranks or longer" if lora else "not enough data: no LoRA run with learning and source scores")
     _counted(claim, pairs, "a LoRA checkpoint that learned at least as much forgot less than regularized full FT in "
              "{a} of {n} comparisons" + (f" ({len(incomparable)} regularized checkpoints learned more than every "
                                           "LoRA one, not counted)" if incomparable else ""), empty)
@@ -201,8 +202,8 @@ def diversity(study: Study) -> Claim:
                           "agree": r.diversity.unique_mean < base.diversity.unique_mean})
     has_base = any(p["higher"] == "base" for p in pairs)
     return _counted(claim, pairs, "the ordering full FT < LoRA < base held in {a} of {n} comparisons of unique "
-                    "outputs per problem" + ("" if has_base else " (the base model has no diversity.json)"),
-                    "not enough data: no diversity.json to compare (full FT with LoRA, or a checkpoint with the base)")
+                    "outputs per problem" + ("" if has_base else " (the base model's diversity is not measured)"),
+                    "not enough data: no diversity measured to compare (full FT with LoRA, or a checkpoint with the base)")
 
 
 def delta_rank(study: Study) -> Claim:

@@ -4,18 +4,22 @@
 
 Each function returns a Plot: the PNG (bytes, deterministic for the same input: no timestamp or software
 metadata) and `table`, every number it drew, one dict per point, for the report's CSV export. A figure whose
-data is absent is not drawn: `skipped` says "not enough data: <why>". Conventions follow the paper: x =
-forgetting score, y = learning; colour = method and rank (full FT red, LoRA ranks a sequential blue palette);
-marker size = training duration; one line per method/rank joining its durations (its best learning rate).
+data is absent is not drawn: `skipped` says "not enough data: <why>". Conventions follow the paper: x = source
+score (mean source-benchmark accuracy: the paper's forgetting metric), y = learning; colour = method and rank (full
+FT red, LoRA ranks a sequential blue palette); marker size = training duration; one line per method/rank joining its
+durations (its best learning rate).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ftlab.analysis.plots_base import BASE, Plot, _by_group, _figure, _grid, _png, _settings, _unit, colours, pareto
-from ftlab.analysis.plots_spectrum import k90_layers, singular_values
-from ftlab.analysis.results import Row, Study, best_lr_rows, best_lrs, plain_full, sweep_duration
+from ftlab.analysis.statistics import spearman
+from ftlab.report.plots_base import BASE, Plot, _by_group, _figure, _grid, _png, _settings, _unit, colours, pareto
+from ftlab.report.plots_spectrum import k90_layers, singular_values
+from ftlab.results.rows import Row, Study, best_lr_rows, best_lrs, plain_full, sweep_duration
 
 
 # ----------------------------------------------------------------------------- 1. learning vs forgetting
@@ -23,12 +27,12 @@ from ftlab.analysis.results import Row, Study, best_lr_rows, best_lrs, plain_ful
 
 def tradeoff(study: Study) -> Plot:
     plot = Plot("tradeoff", "Learning vs forgetting",
-                "Each dot a checkpoint: x = forgetting score (mean source-task accuracy; right = less forgotten), "
+                "Each dot a checkpoint: x = source score (mean source-task accuracy; right = less forgotten), "
                 "y = learning. Colour = method and rank, size = training duration; lines join the durations of each "
                 "group's best learning rate (other learning rates faint). Dashed: the Pareto frontier. Star: base.")
-    points = [r for r in study.points() if r.learning is not None and r.forgetting is not None]
+    points = [r for r in study.points() if r.learning is not None and r.source is not None]
     if not points:
-        plot.skipped = "not enough data: no checkpoint has both a learning and a forgetting score"
+        plot.skipped = "not enough data: no checkpoint has both a learning and a source score"
         return plot
     regularized = {id(r) for r in points if r.method == "full"} - {id(r) for r in plain_full(points)}
     points = [r for r in points if id(r) not in regularized]  # weight decay / dropout: the regularization figure
@@ -39,30 +43,30 @@ def tradeoff(study: Study) -> Plot:
         rows = [r for r in points if r.setting == setting]
         durations = sorted({r.duration for r in rows if r.duration is not None})
         size = {d: 30 + 170 * i / max(len(durations) - 1, 1) for i, d in enumerate(durations)}
-        front = pareto([(r.forgetting, r.learning) for r in rows])
+        front = pareto([(r.source, r.learning) for r in rows])
         for group, grows in _by_group(rows).items():
             chosen = [r for r in grows if id(r) in best]
             faint = [r for r in grows if id(r) not in best]
-            ax.plot([r.forgetting for r in chosen], [r.learning for r in chosen], "-", color=palette[group], lw=1.2)
-            ax.scatter([r.forgetting for r in chosen], [r.learning for r in chosen],
+            ax.plot([r.source for r in chosen], [r.learning for r in chosen], "-", color=palette[group], lw=1.2)
+            ax.scatter([r.source for r in chosen], [r.learning for r in chosen],
                        s=[size.get(r.duration, 40) for r in chosen], color=palette[group], edgecolor="black",
                        linewidth=0.5, label=group, zorder=3)
-            ax.scatter([r.forgetting for r in faint], [r.learning for r in faint],
+            ax.scatter([r.source for r in faint], [r.learning for r in faint],
                        s=[size.get(r.duration, 40) for r in faint], color=palette[group], alpha=0.3, zorder=2)
         ax.plot([f for f, _ in front], [l for _, l in front], "--", color="black", lw=1, label="Pareto frontier")
         base = study.base_of(setting)
-        if base and base.learning is not None and base.forgetting is not None:
-            ax.scatter([base.forgetting], [base.learning], marker="*", s=260, color=BASE, edgecolor="black",
+        if base and base.learning is not None and base.source is not None:
+            ax.scatter([base.source], [base.learning], marker="*", s=260, color=BASE, edgecolor="black",
                        label="base", zorder=4)
             plot.table.append({"setting": setting, "group": "base", "run": base.run, "checkpoint": "base",
-                               "duration": 0, "learning": base.learning, "forgetting": base.forgetting,
+                               "duration": 0, "learning": base.learning, "source": base.source,
                                "best_lr": True, "pareto": False})
         for r in rows:
             plot.table.append({"setting": setting, "group": r.group, "run": r.run, "checkpoint": r.checkpoint,
-                               "duration": r.duration, "learning": r.learning, "forgetting": r.forgetting,
-                               "best_lr": id(r) in best, "pareto": (r.forgetting, r.learning) in front})
+                               "duration": r.duration, "learning": r.learning, "source": r.source,
+                               "best_lr": id(r) in best, "pareto": (r.source, r.learning) in front})
         ax.set(title=f"{setting} (size: {_unit(rows)} {', '.join(f'{d:g}' for d in durations)})",
-               xlabel="forgetting score (higher = less forgotten)",
+               xlabel="source score (higher = less forgotten)",
                ylabel=f"learning ({', '.join(rows[0].learning_tasks)})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
@@ -75,9 +79,9 @@ def tradeoff(study: Study) -> Plot:
 
 def regularization(study: Study) -> Plot:
     plot = Plot("regularization", "Regularization: LoRA vs weight decay and attention dropout",
-                "Learning (left) and forgetting score (right) against training duration for plain full FT, full FT "
+                "Learning (left) and source score (right) against training duration for plain full FT, full FT "
                 "with weight decay or attention dropout, and LoRA (best learning rate of each).")
-    points = [r for r in study.points() if r.learning is not None or r.forgetting is not None]
+    points = [r for r in study.points() if r.learning is not None or r.source is not None]
     plain = {id(r) for r in plain_full(points)}
     regularized = [r for r in points if r.method == "full" and id(r) not in plain]
     settings = _settings(regularized)
@@ -92,14 +96,14 @@ def regularization(study: Study) -> Plot:
         rows = [r for r in rows_all if r.setting == setting]
         for group, grows in _by_group(rows).items():
             style = "--" if group in {r.group for r in regularized} else "-"
-            for ax, key in ((ax_l, "learning"), (ax_f, "forgetting")):
+            for ax, key in ((ax_l, "learning"), (ax_f, "source")):
                 xy = [(r.duration, getattr(r, key)) for r in grows if getattr(r, key) is not None]
                 ax.plot([x for x, _ in xy], [y for _, y in xy], style + "o", color=palette[group], label=group, ms=4)
             for r in grows:
                 plot.table.append({"setting": setting, "group": group, "run": r.run, "checkpoint": r.checkpoint,
-                                   "duration": r.duration, "learning": r.learning, "forgetting": r.forgetting})
+                                   "duration": r.duration, "learning": r.learning, "source": r.source})
         ax_l.set(title=f"{setting}: learning", xlabel=_unit(rows), ylabel="learning")
-        ax_f.set(title=f"{setting}: forgetting", xlabel=_unit(rows), ylabel="forgetting score (higher = less)")
+        ax_f.set(title=f"{setting}: source score", xlabel=_unit(rows), ylabel="source score (higher = less forgotten)")
         durations = sorted({r.duration for r in rows if r.duration is not None})
         for ax in (ax_l, ax_f):
             ax.set_xscale("log", base=2)
@@ -158,58 +162,39 @@ def _group_order(rows: list[Row], group: str) -> tuple:
 def kl_forgetting(study: Study) -> Plot:
     plot = Plot("kl_forgetting", "KL(base || finetuned) vs forgetting",
                 "Each dot a checkpoint: x = KL divergence of the finetuned model from the base on target prompts "
-                "(nats/token), y = forgetting drop (base score - checkpoint score). ρ: Spearman rank correlation.")
-    rows = [r for r in study.points() if r.kl is not None and r.forgetting_drop is not None]
+                "(nats/token), y = forgetting (base source score - checkpoint's). ρ: Spearman rank correlation.")
+    rows = [r for r in study.points() if r.kl is not None and r.forgetting is not None]
     if not rows:
-        plot.skipped = "not enough data: no checkpoint has both kl.json and a forgetting drop (base_eval needed)"
+        plot.skipped = "not enough data: no checkpoint has both KL and forgetting (the base must be evaluated)"
         return plot
     palette = colours(rows)
     fig = _figure(6.5, 4.4)
     ax = fig.subplots()
     for group, grows in _by_group(rows).items():
-        ax.scatter([r.kl for r in grows], [r.forgetting_drop for r in grows], color=palette[group], label=group,
+        ax.scatter([r.kl for r in grows], [r.forgetting for r in grows], color=palette[group], label=group,
                    edgecolor="black", linewidth=0.5)
-    rho = spearman([r.kl for r in rows], [r.forgetting_drop for r in rows]) if len(rows) >= 3 else None
+    rho = spearman([r.kl for r in rows], [r.forgetting for r in rows]) if len(rows) >= 3 else float("nan")
+    rho = None if math.isnan(rho) else rho  # fewer than 3 points, or a constant side
     ax.set(title="KL vs forgetting" + (f" (ρ = {rho:.2f}, n = {len(rows)})" if rho is not None else ""),
-           xlabel="KL(base || finetuned), nats/token", ylabel="forgetting drop")
+           xlabel="KL(base || finetuned), nats/token", ylabel="forgetting")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     plot.table = [{"setting": r.setting, "group": r.group, "run": r.run, "checkpoint": r.checkpoint,
-                   "duration": r.duration, "kl": r.kl, "forgetting_drop": r.forgetting_drop} for r in rows]
+                   "duration": r.duration, "kl": r.kl, "forgetting": r.forgetting} for r in rows]
     plot.png = _png(fig)
     return plot
-
-
-def spearman(x: list[float], y: list[float]) -> float | None:
-    """Spearman's rank correlation (average ranks for ties); None when a side is constant."""
-    def ranks(v: list[float]) -> np.ndarray:
-        a = np.asarray(v, dtype=float)
-        order = a.argsort(kind="stable")
-        r = np.empty(len(a))
-        r[order] = np.arange(len(a))
-        for value in np.unique(a):  # ties share their mean rank
-            r[a == value] = r[a == value].mean()
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return None
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-# ----------------------------------------------------------------------------- 7. diversity
 
 
 def diversity(study: Study) -> Plot:
     plot = Plot("diversity", "Diversity of sampled generations",
                 "Left: pass@k against k. Right: unique outputs per problem (mean), among passing and failing samples. "
-                "Each group at its longest duration with a diversity.json (best learning rate); the base for "
+                "Each group at its longest duration with its diversity measured (best learning rate); the base for "
                 "reference.")
     from matplotlib.patches import Patch
 
     rows = [r for r in best_lr_rows(study.points()) if r.diversity is not None]
     if not rows and not any(b.diversity for b in study.bases):
-        plot.skipped = "not enough data: no checkpoint has a diversity.json"
+        plot.skipped = "not enough data: no checkpoint has its diversity measured (a sampled task)"
         return plot
     settings = _settings(rows) or sorted({b.setting for b in study.bases if b.diversity})
     palette = colours(rows)

@@ -1,0 +1,207 @@
+"""The results store's tables -> a Study (ftlab.results.rows): the one way the report, the claims and the demo's
+summary get their numbers.
+
+Derived numbers are computed here and nowhere else: learning (the mean headline metric of the learning tasks),
+the source score (the same over the source benchmark tasks), forgetting (the base's source score minus the
+checkpoint's), the held-out source loss, the duplicates (final/ saved at the step of a listed checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+
+from ftlab.results.rows import (BaseResult, Cost, Diversity, MatrixSpectrum, Row, Spectrum, Study, TaskInfo)
+from ftlab.results.schema import BASE, RUN_COLUMNS
+
+Key = tuple[str, str]  # (run, checkpoint)
+
+
+def read_study(db: sqlite3.Connection, root: str) -> Study:
+    tasks = _tasks(db)
+    runs = {row[0]: dict(zip(RUN_COLUMNS, row)) for row in db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs")}
+    scores, stderr = _metrics(db)
+    examples = _examples(db)
+    spectra = _spectra(db)
+    analyses = _analyses(db)
+    study = Study(root=root, tasks=tasks)
+    ckpts = db.execute("SELECT run, name, step, tokens, duration FROM checkpoints ORDER BY run, step, name")
+    rows: dict[str, list[Row]] = defaultdict(list)
+    for run, name, step, tokens, duration in ckpts:
+        key = (run, name)
+        if run.startswith(BASE + "/"):
+            study.bases.append(_base(run, runs[run]["setting"], scores.get(key, {}), stderr.get(key, {}),
+                                     examples.get(key, {}), analyses.get(key, {}), tasks))
+            continue
+        rec = runs[run]
+        row = Row(run=run, checkpoint=name, method=rec["method"], setting=rec["setting"], label=rec["label"],
+                  rank=rec["rank"], alpha=rec["alpha"], targets=rec["targets"] or "", variant=rec["variant"] or "",
+                  lr=rec["lr"], weight_decay=rec["weight_decay"] or 0.0,
+                  attention_dropout=rec["attention_dropout"] or 0.0, optimizer=rec["optimizer"] or "",
+                  seed=rec["seed"] or 0, regime=rec["regime"], duration=duration,
+                  duration_unit=rec["duration_unit"] or "epochs", step=step, tokens=tokens,
+                  scores=scores.get(key, {}), stderr=stderr.get(key, {}), examples=examples.get(key, {}),
+                  spectrum=spectra.get(key),
+                  cost=Cost(rec["wall_s"], rec["tokens_per_s"], rec["peak_memory_gb"], rec["device"] or "",
+                            rec["trainable_params"], rec["total_params"]))
+        _measures(row, row.scores, tasks)
+        extra = analyses.get(key, {})
+        row.kl = extra.get("kl", {}).get("kl")
+        row.diversity = _pick_diversity(extra, tasks)
+        rows[run].append(row)
+    for run_rows in rows.values():
+        _mark_duplicates(run_rows)
+        study.rows.extend(run_rows)
+    for row in study.rows:
+        base = study.base_of(row.setting)
+        if base is not None:
+            row.base_learning = _mean_of(base.scores, row.learning_tasks, tasks)
+            row.base_source = _mean_of(base.scores, row.source_tasks, tasks)
+            row.base_source_loss = base.source_loss
+            if row.source is not None and row.base_source is not None:
+                row.forgetting = row.base_source - row.source
+    study.missing = _missing(db, study, runs)
+    return study
+
+
+def _tasks(db) -> dict[str, TaskInfo]:
+    out = {}
+    for task, version, kind, role, metric in db.execute("SELECT * FROM tasks ORDER BY task, version"):
+        out[task] = TaskInfo(task, version, kind, role, metric)  # the latest version's role wins
+    return out
+
+
+def _metrics(db) -> tuple[dict[Key, dict[str, float]], dict[Key, dict[str, float]]]:
+    scores: dict[Key, dict[str, float]] = {}
+    stderr: dict[Key, dict[str, float]] = {}
+    for run, ckpt, task, metric, value, err in db.execute(
+            "SELECT run, checkpoint, task, metric, value, stderr FROM metrics ORDER BY run, checkpoint, task, metric"):
+        if value is not None:
+            scores.setdefault((run, ckpt), {})[f"{task}/{metric}"] = value
+        if err is not None:
+            stderr.setdefault((run, ckpt), {})[f"{task}/{metric}"] = err
+    return scores, stderr
+
+
+def _examples(db) -> dict[Key, dict[str, dict[str, tuple[float, float]]]]:
+    out: dict[Key, dict[str, dict[str, tuple[float, float]]]] = {}
+    for run, ckpt, task, metric, doc, value, weight in db.execute("SELECT * FROM examples ORDER BY rowid"):
+        out.setdefault((run, ckpt), {}).setdefault(f"{task}/{metric}", {})[doc] = (value, weight)
+    return out
+
+
+def _spectra(db) -> dict[Key, Spectrum]:
+    matrices: dict[Key, list[MatrixSpectrum]] = defaultdict(list)
+    query = ("SELECT run, checkpoint, matrix, layer, module, rows, cols, k90, k90_frac, rel_change, intruders, "
+             "k90_base, k90_finetuned, k90_gaussian, singular_values FROM spectra ORDER BY run, checkpoint, rowid")
+    for run, ckpt, name, layer, module, m, n, k90, frac, rel, intr, kb, kf, kg, sv in db.execute(query):
+        matrices[run, ckpt].append(MatrixSpectrum(name, layer, module or "", [m, n], k90, frac, kb, kf, kg, rel, intr,
+                                                  json.loads(sv) if sv else None))
+    out = {}
+    for key, ms in matrices.items():
+        rel = [m.rel_change for m in ms if m.rel_change is not None]
+        intruders = [m.intruders for m in ms]
+        out[key] = Spectrum(sum(m.k90 for m in ms) / len(ms), sum(m.k90_frac for m in ms) / len(ms),
+                            sum(rel) / len(rel) if rel else None,
+                            None if any(i is None for i in intruders) else sum(intruders), ms)
+    return out
+
+
+def _analyses(db) -> dict[Key, dict[str, dict]]:
+    out: dict[Key, dict[str, dict]] = defaultdict(dict)
+    for run, ckpt, kind, value in db.execute("SELECT * FROM analyses"):
+        out[run, ckpt][kind] = json.loads(value)
+    return out
+
+
+def _mean_of(scores: dict[str, float], names: list[str], tasks: dict[str, TaskInfo]) -> float | None:
+    keys = [f"{t}/{tasks[t].metric}" for t in names if t in tasks]
+    values = [scores[k] for k in keys if k in scores]
+    return sum(values) / len(values) if keys and len(values) == len(keys) else None
+
+
+def _measures(row, scores: dict[str, float], tasks: dict[str, TaskInfo]) -> None:
+    """learning, source score and source loss of a row (or a base) from its scores and the tasks' roles."""
+    present = sorted({key.split("/", 1)[0] for key in scores})
+    row.learning_tasks = [t for t in present if t in tasks and tasks[t].role == "learning"
+                          and f"{t}/{tasks[t].metric}" in scores]
+    row.source_tasks = [t for t in present if t in tasks and tasks[t].role == "forgetting"
+                        and f"{t}/{tasks[t].metric}" in scores]
+    row.learning = _mean_of(scores, row.learning_tasks, tasks) if row.learning_tasks else None
+    row.source = _mean_of(scores, row.source_tasks, tasks) if row.source_tasks else None
+    losses = [scores[f"{t}/loss"] for t in present if t in tasks and tasks[t].role == "source_loss"
+              and f"{t}/loss" in scores]
+    row.source_loss = sum(losses) / len(losses) if losses else None
+
+
+def _base(run: str, setting: str, scores, stderr, examples, analyses, tasks) -> BaseResult:
+    base = BaseResult(run=run, setting=setting, scores=scores, stderr=stderr, examples=examples)
+    _measures(base, scores, tasks)
+    base.diversity = _pick_diversity(analyses, tasks)
+    return base
+
+
+def _pick_diversity(analyses: dict[str, dict], tasks: dict[str, TaskInfo]) -> Diversity | None:
+    """The diversity of a learning task where there is one (HumanEval), else the first measured."""
+    reports = {k.removeprefix("diversity:"): v for k, v in sorted(analyses.items()) if k.startswith("diversity:")}
+    if not reports:
+        return None
+    learning = [t for t in reports if t in tasks and tasks[t].role == "learning"]
+    task = (learning or list(reports))[0]
+    d = reports[task]
+    return Diversity(task=task, n=d["n"], problems=d["problems"], unique_mean=d["unique_mean"],
+                     unique_pass_mean=d["unique_pass_mean"], unique_fail_mean=d["unique_fail_mean"],
+                     pass_at_k={int(k): float(v) for k, v in d["pass_at_k"].items()},
+                     per_problem={p["problem"]: float(p["unique"]) for p in d.get("per_problem", [])})
+
+
+def _mark_duplicates(rows: list[Row]) -> None:
+    """final/ saved at the same step as a listed checkpoint is one model twice: keep the measured one (the listed one
+    when both or neither are)."""
+    final = next((r for r in rows if r.checkpoint == "final"), None)
+    twin = next((r for r in rows if final is not None and r is not final and r.step is not None
+                 and r.step == final.step), None)
+    if twin is None:
+        return
+    if final.scores and not twin.scores:
+        twin.duplicate_of = "final"
+    else:
+        final.duplicate_of = twin.checkpoint
+
+
+def _missing(db, study: Study, runs: dict[str, dict]) -> list[str]:
+    """What the report should say is absent, in a stable order."""
+    out = [f"{source}: {text}" for source, text in db.execute("SELECT source, text FROM notes ORDER BY source, text")]
+    indexed = {r.run for r in study.rows}
+    for name, rec in sorted(runs.items()):
+        if name.startswith(BASE + "/"):
+            continue
+        if rec["status"] == "failed":
+            out.append(f"{name}: failed ({rec['reason']})")
+        elif name not in indexed:
+            out.append(f"{name}: {rec['status']}, no checkpoint measured yet")
+    for r in study.points():
+        where = f"{r.run}/{r.checkpoint}"
+        if r.learning is None:
+            out.append(f"{where}: no learning task measured")
+        if r.source is None:
+            out.append(f"{where}: no source benchmark measured (forgetting needs every one of them)")
+    for setting in sorted({r.setting for r in study.rows}):
+        if study.base_of(setting) is None:
+            out.append(f"{setting}: the base model is not measured, so forgetting (its drop) is unknown")
+    by_setting: dict[str, set[tuple[str, ...]]] = defaultdict(set)
+    for r in study.points():
+        if r.learning_tasks:
+            by_setting[r.setting].add(tuple(r.learning_tasks))
+    out += [f"{s}: learning averages different tasks across checkpoints ({'; '.join(map(', '.join, sorted(v)))}); "
+            "evaluate every checkpoint on the same tasks" for s, v in sorted(by_setting.items()) if len(v) > 1]
+    for attr, what in (("spectrum", "a ΔW spectrum"), ("kl", "KL to the base")):
+        points = study.points()
+        lacking = [r for r in points if getattr(r, attr) is None]
+        if points and len(lacking) == len(points):
+            out.append(f"no checkpoint has {what}")
+        elif lacking:
+            out.append(f"{len(lacking)} of {len(points)} checkpoints have no {what}: "
+                       + ", ".join(f"{r.run}/{r.checkpoint}" for r in lacking[:5]) + (" ..." if len(lacking) > 5 else ""))
+    return out
