@@ -71,9 +71,6 @@ class Store:
         self._tx([(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})",
                    tuple(row.get(k) for k in RUN_COLUMNS))])
 
-    def set_status(self, run: str, status: str, reason: str | None = None) -> None:
-        self._tx([("UPDATE runs SET status=?, reason=?, updated=? WHERE name=?", (status, reason, time.time(), run))])
-
     def put_cost(self, run: str, cost: dict) -> None:
         """wall_s, tokens_per_s, peak_memory_gb, device, trainable_params, total_params of a run."""
         keys = [k for k in ("wall_s", "tokens_per_s", "peak_memory_gb", "device", "trainable_params",
