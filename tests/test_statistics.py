@@ -100,3 +100,13 @@ def test_a_comparison_over_several_tasks_averages_their_differences():
     assert d.n == 250 and d.low > 0
     with pytest.raises(ValueError, match="same seeds"):
         paired_difference_of([Part(a1, b1), Part(np.stack([a2, a2]), b2)])
+
+
+def test_a_level_interval_is_the_score_with_its_bootstrap_spread():
+    from ftlab.analysis.statistics import level_interval
+
+    rng = np.random.default_rng(8)
+    values = binary(400, 0.3, rng)
+    i = level_interval([(values, None)])
+    assert i.estimate == pytest.approx(values.mean()) and i.low < values.mean() < i.high
+    assert i.se == pytest.approx(values.std(ddof=1) / np.sqrt(400), rel=0.15)  # the bootstrap SE of a mean

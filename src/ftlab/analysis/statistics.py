@@ -137,6 +137,15 @@ def _replicates(parts: list[Part], count: int, rng: np.random.Generator) -> np.n
     return total / len(parts)
 
 
+def level_interval(parts: list[tuple[np.ndarray, np.ndarray | None]], n_boot: int = N_BOOT,
+                   seed: int = SEED) -> Interval:
+    """One checkpoint's (or arm's) score with its bootstrap interval: the mean over parts (tasks) of agg(values),
+    values (seeds, n) or (n,) with optional weights (n,); seeds and examples resampled as in paired_difference_of.
+    What a figure's error bar shows."""
+    zero = [Part(np.zeros_like(np.atleast_2d(np.asarray(v, dtype=float))[:1]), v, w) for v, w in parts]
+    return paired_difference_of(zero, n_boot, seed)
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman's rank correlation (average ranks for ties); nan when either side is constant."""
     rx, ry = _ranks(np.asarray(x, dtype=float)), _ranks(np.asarray(y, dtype=float))

@@ -37,7 +37,7 @@ from ftlab.experiment.tracking import Tracker
 from ftlab.experiment.tracking import require as require_tracking
 from ftlab.io import write_json, write_text
 from ftlab.model import prepare_base
-from ftlab.results.index import base_record, measure_base, measure_checkpoint, run_cost, run_record
+from ftlab.results.index import base_record, index_training, measure_base, measure_checkpoint, run_record
 from ftlab.results.schema import EXPERIMENT, STORE, base_run
 from ftlab.results.store import Store
 from ftlab.rundir import RunLayout
@@ -205,7 +205,7 @@ class Runner:
         for ckpt, duration in self._checkpoints(plan, run):
             self.evaluate_checkpoint(plan, ckpt, duration)
         self.record(plan, "done")
-        self.store.put_cost(plan.name, run_cost(run.path))
+        index_training(self.store, plan.name, run.path)
 
     def _checkpoints(self, plan: RunPlan, run: RunLayout) -> list[tuple[Path, float]]:
         """(checkpoint dir, the duration it stands for): named checkpoints that are durations, then final/."""

@@ -79,8 +79,10 @@ def _csv(records: list[dict], columns: tuple[str, ...] | None = None) -> str:
 
 
 def _without_examples(study: Study) -> dict:
-    """The Study as JSON-able data, without the per-example values (the store's examples table holds them)."""
+    """The Study as JSON-able data, without the per-example values and the training curves (the store's examples and
+    curves tables hold them)."""
     data = dataclasses.asdict(study)
+    data.pop("curves")
     for row in data["rows"] + data["bases"]:
         row.pop("examples", None)
     return data

@@ -161,6 +161,14 @@ def run_cost(run_dir: Path) -> dict:
     return cost
 
 
+def index_training(store, run: str, run_dir: Path) -> None:
+    """What training a run wrote beside its checkpoints: its cost (run.json, tokens/s) and its curve (metrics log)."""
+    from ftlab.rundir import read_metrics
+
+    store.put_cost(run, run_cost(run_dir))
+    store.put_curve(run, read_metrics(run_dir))
+
+
 def setting_of(cfg) -> str:
     """A plain run's setting: "ift: math-ift @ base-tiny": the regime, the data (built-in kind, hub id, or a file's
     last two path parts without suffix) and the base model's last path part. Runs compare within one setting."""
@@ -197,7 +205,7 @@ def index_run(store, root: Path, run_dir: Path) -> None:
         return
     setting = setting_of(cfg)
     store.put_run(run_record(name, setting, "run", method_label(cfg.method), cfg, "done"))
-    store.put_cost(name, run_cost(run_dir))
+    index_training(store, name, run_dir)
     for ckpt in run_checkpoints(run_dir):
         duration = checkpoint_duration(cfg.train, ckpt.name, read_info(ckpt))
         if duration is None:

@@ -61,6 +61,9 @@ def read_study(db: sqlite3.Connection, root: str) -> Study:
             row.base_source_loss = base.source_loss
             if row.source is not None and row.base_source is not None:
                 row.forgetting = row.base_source - row.source
+    for run, step, tokens, loss, eval_loss, lr in db.execute("SELECT * FROM curves ORDER BY run, step"):
+        study.curves.setdefault(run, []).append({"step": step, "tokens": tokens, "loss": loss, "eval_loss": eval_loss,
+                                                 "lr": lr})
     study.missing = _missing(db, study, runs)
     return study
 

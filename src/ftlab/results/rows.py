@@ -195,6 +195,7 @@ class Study:
     bases: list[BaseResult] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # "runs/x/checkpoints/epochs-2: not evaluated", ...
     tasks: dict[str, TaskInfo] = field(default_factory=dict)
+    curves: dict[str, list[dict]] = field(default_factory=dict)  # run -> its logged steps {step, tokens, loss, ...}
 
     def points(self) -> list[Row]:
         """The rows analyses use: all but duplicates (final/ saved at the same step as a listed checkpoint)."""

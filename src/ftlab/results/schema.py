@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS analyses (
     kind TEXT NOT NULL,             -- kl | diversity:<task>
     value TEXT NOT NULL,            -- JSON
     PRIMARY KEY (run, checkpoint, kind));
+CREATE TABLE IF NOT EXISTS curves (
+    run TEXT NOT NULL, step INTEGER NOT NULL, tokens INTEGER,
+    loss REAL,                      -- training loss of the step (mean per target token)
+    eval_loss REAL,                 -- held-out loss, at the steps it was measured
+    lr REAL, PRIMARY KEY (run, step));
 CREATE TABLE IF NOT EXISTS notes (source TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY (source, text));
 """
 BASE = "(base)"  # runs.name of a setting's base model: "(base)/<setting>", its one checkpoint "base"

@@ -97,6 +97,12 @@ class Store:
                            (*key, result.path, result.step, result.tokens, result.epoch, result.duration)))
         self._tx(statements)
 
+    def put_curve(self, run: str, records: list[dict]) -> None:
+        """A run's training curve (its metrics log: step, tokens, loss, eval_loss, lr), replacing the one stored."""
+        rows = [(run, r["step"], r.get("tokens"), r.get("loss"), r.get("eval_loss"), r.get("lr")) for r in records]
+        self._tx([("DELETE FROM curves WHERE run=?", (run,))] +
+                 [("INSERT OR REPLACE INTO curves VALUES (?,?,?,?,?,?)", row) for row in rows])
+
     def put_note(self, source: str, text: str) -> None:
         """Something the report should say (a run skipped while indexing, KL not measured and why)."""
         self._tx([("INSERT OR IGNORE INTO notes VALUES (?,?)", (source, text))])
@@ -122,7 +128,8 @@ class Store:
         asked. Without them, two studies of one experiment in different directories dump the same: runs.config
         then leaves out output.dir (the run's directory)."""
         out = {}
-        for table in ("runs", "checkpoints", "tasks", "metrics", "examples", "spectra", "analyses", "notes"):
+        for table in ("runs", "checkpoints", "tasks", "metrics", "examples", "spectra", "analyses", "curves",
+                      "notes"):
             cur = self.db.execute(f"SELECT * FROM {table}")
             cols = [c[0] for c in cur.description]
             keep = [i for i, c in enumerate(cols) if volatile or c not in VOLATILE]
