@@ -26,10 +26,10 @@ from safetensors.torch import load_file
 from ftlab.cli import main
 from ftlab.config import RunConfig, from_dict
 from ftlab.errors import ConfigError, FtlabError
-from ftlab.experiment.spec import load_experiment, plan_runs
+from ftlab.experiment.spec import load_experiment, parse_experiment, plan_runs
 from ftlab.experiment.status import study_status
 from ftlab.results.store import Store
-from ftlab.experiment.study import LOCK, _check_tasks, run_experiment
+from ftlab.experiment.study import LOCK, _check_tasks, run_experiment, sweep_picks
 from ftlab.optim import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -614,3 +614,79 @@ def test_a_tracking_backend_that_is_not_installed_fails_before_the_study_starts(
     assert main(["run", str(exp), "tracking.backend=wandb", "--out", str(out)]) == 2
     assert "tracking.backend" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- 7. seeds and the LR sweep's pick
+
+
+def test_seeds_train_every_run_once_per_seed(tmp_path):
+    data = yaml.safe_load(SMALL)
+    data["seeds"] = [0, 3]
+    exp = parse_experiment(data, [], tmp_path, "seeded.yaml")
+    plans = plan_runs(exp, tmp_path)
+    single = plan_runs(parse_experiment(yaml.safe_load(SMALL), [], tmp_path, "small.yaml"), tmp_path)
+    assert len(plans) == 2 * len(single)
+    for seed in (0, 3):
+        mine = [p for p in plans if p.name.endswith(f"/seed-{seed}")]
+        assert sorted(p.name.removesuffix(f"/seed-{seed}") for p in mine) == sorted(p.name for p in single)
+        assert all(p.cfg.train.seed == seed and p.cfg.output.dir.endswith(f"seed-{seed}") for p in mine)
+        branch = next(p for p in mine if p.branch_of)  # a CPT budget restarts from the same seed's long run
+        assert branch.branch_of == f"{LONG[branch.method.split('-')[0]]}/seed-{seed}"
+    with pytest.raises(ConfigError, match="seeds"):
+        plan_runs(parse_experiment({**data, "seeds": [1, 1]}, [], tmp_path, "x.yaml"), tmp_path)
+
+
+SWEEP = """
+name: sweep
+model:
+  name: tiny
+  tiny: {hidden_size: 32, layers: 1, heads: 2, kv_heads: 2, intermediate_size: 64, max_position: 320}
+defaults:
+  train: {optimizer: adamw, global_batch: 8, micro_batch: 8, seed: 0, warmup: 1}
+  data: {eval_max_examples: 8}
+settings:
+  - name: math-ift
+    data: {regime: ift, path: "builtin:math-ift", seq_len: 320}
+    durations: [0.005, 0.01]
+    durations_as: checkpoints
+    learning: [math_solution]
+    lr: {full: sweep, lora: sweep}
+methods:
+  - {name: full}
+  - {name: lora, ranks: [2]}
+lr_sweep: {full: [1.0e-4, 3.0e-3], lora: [1.0e-4, 3.0e-2]}
+forgetting: [source_cloze]
+eval: {limit: 4}
+analyses: {spectrum: false, kl: false, diversity: []}
+"""
+
+
+def test_the_grid_trains_at_the_lr_its_sweep_picked(tmp_path, capsys):
+    exp, out = tmp_path / "sweep.yaml", tmp_path / "study"
+    exp.write_text(SWEEP)
+    first = plan_runs(load_experiment(exp), out)
+    assert {p.name for p in first if p.waits_for_sweep} == {"math-ift/full/epochs-0.01", "math-ift/lora-r2/epochs-0.01"}
+    assert sorted(p.name for p in first if p.group == "lr-sweep") == [
+        "math-ift/full/lr0.0001/epochs-0.005", "math-ift/full/lr0.003/epochs-0.005",
+        "math-ift/lora-r2/lr0.0001/epochs-0.005", "math-ift/lora-r2/lr0.03/epochs-0.005"]
+    run_experiment(exp, out, report=False)
+    with Store(out / "results.sqlite") as store:
+        study, runs = store.study(), store.runs()
+        picks = sweep_picks(store, first)
+    swept = {(r.label, r.lr): r.learning for r in study.points() if r.grp == "lr-sweep"}
+    for label in ("full", "lora-r2"):  # the LR whose sweep run learned most at 0.005 epochs
+        best = max((lr for lbl, lr in swept if lbl == label), key=lambda lr: swept[label, lr])
+        assert picks["math-ift", label] == best
+        assert runs[f"math-ift/{label}/epochs-0.01"]["lr"] == best
+        assert runs[f"math-ift/{label}/epochs-0.01"]["status"] == "done"
+    assert {r["status"] for r in study_status(out)} == {"done", "base"}
+    capsys.readouterr()
+    run_experiment(exp, out, report=False)  # resumed: the same pick, nothing trains again
+    assert "trainable" not in capsys.readouterr().out
+
+
+def test_sweep_without_a_sweep_is_refused(tmp_path):
+    data = yaml.safe_load(SWEEP)
+    del data["lr_sweep"]
+    with pytest.raises(ConfigError, match='settings\\[math-ift\\].lr.full: "sweep" needs an lr_sweep'):
+        plan_runs(parse_experiment(data, [], tmp_path, "x.yaml"), tmp_path)

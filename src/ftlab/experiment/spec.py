@@ -40,7 +40,9 @@ class Setting:
     durations: list[float] = field(default_factory=list)  # IFT: epochs; CPT: training tokens
     durations_as: Literal["runs", "checkpoints"] = "runs"  # IFT only: separate runs (paper) or checkpoints of one
     learning: list[str] = field(default_factory=list)  # learning tasks (ftlab eval names)
-    lr: dict = field(default_factory=dict)  # method label or name -> LR for this setting (e.g. {lora-r256: 1e-4})
+    # method label, rank key or name -> LR for this setting (e.g. {lora-r256: 1e-4}); "sweep": the best of the
+    # lr_sweep's LRs for that method in this setting (its runs train first; the grid then trains at the winner)
+    lr: dict = field(default_factory=dict)
     diversity: list[str] | None = None  # sampled tasks for the diversity analysis (None: analyses.diversity)
     kl_domain: str | None = None  # whose held-out prompts KL is measured on: math or code (None: the built-in
     # data's own domain when it is one of those; the user's own data without it: KL is skipped, and the study says so)
@@ -70,10 +72,10 @@ class Regularization:
 
 @dataclass
 class LRSweep:
-    """Every method of the grid at each LR, at one duration of one setting."""
+    """Every method of the grid at each LR, at one duration of a setting (of each setting that asks for "sweep")."""
 
-    setting: str | None = None  # default: the first setting
-    duration: float | None = None  # default: the setting's shortest duration
+    setting: str | None = None  # default: every setting whose lr asks for "sweep", else the first setting
+    duration: float | None = None  # default: the setting's shortest duration (with several settings: each its own)
     full: list[float] = field(default_factory=list)
     lora: list[float] = field(default_factory=list)
 
@@ -114,6 +116,8 @@ class ExperimentConfig:
     lr_sweep: LRSweep | None = None
     analyses: Analyses = field(default_factory=Analyses)
     tracking: Tracking = field(default_factory=Tracking)
+    seeds: list[int] = field(default_factory=list)  # train every run once per seed (intervals then include the
+    # variation between training runs); empty: once, with defaults.train.seed
     # where relative paths in the file resolve (its folder): set by parse_experiment, never read from the YAML
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
@@ -134,6 +138,7 @@ class RunPlan:
     learning: list[str] = field(default_factory=list)
     diversity: list[str] = field(default_factory=list)
     kl_domain: str | None = None  # whose held-out prompts KL is measured on; None: KL is skipped for this run
+    waits_for_sweep: bool = False  # its LR is the lr_sweep's pick, not known until the sweep's runs are measured
 
     @property
     def regime(self) -> str:
@@ -194,8 +199,11 @@ def run_path(out: str | Path, name: str) -> Path:
     return Path(out) / "runs" / name
 
 
-def plan_runs(exp: ExperimentConfig, out: str | Path) -> list[RunPlan]:
-    """Every run of the study, validated; bad input fails here, before any training, naming the key."""
+def plan_runs(exp: ExperimentConfig, out: str | Path, chosen: dict[tuple[str, str], float] | None = None
+              ) -> list[RunPlan]:
+    """Every run of the study, validated; bad input fails here, before any training, naming the key. `chosen`:
+    (setting, method label) -> the LR the lr_sweep picked (ftlab.experiment.study.sweep_picks); a run whose LR is
+    "sweep" and has no pick yet is planned with waits_for_sweep."""
     if not exp.settings:
         raise ConfigError("settings: the experiment has no settings (a target domain in a regime)")
     if not exp.methods:
@@ -217,43 +225,97 @@ def plan_runs(exp: ExperimentConfig, out: str | Path) -> list[RunPlan]:
         if labels.count(label) > 1:
             raise ConfigError(f"methods: duplicate method {label!r}; give one of the entries a `label`")
 
+    sweeping = _swept(exp, methods)
     plans: list[RunPlan] = []
+    for s in sweeping:  # first: a later grid run identical to one of these is this run (kept once, below)
+        duration = exp.lr_sweep.duration if exp.lr_sweep.duration is not None else min(s.durations)
+        one = Setting(**{**s.__dict__, "durations": [duration], "durations_as": "runs"})
+        for label, method, _ in methods:
+            for lr in (exp.lr_sweep.full if method["name"] == "full" else exp.lr_sweep.lora):
+                plans += _duration_runs(exp, one, "lr-sweep", label, method, lr, {}, out, tag=f"lr{lr:g}")
     for s in exp.settings:
         for label, method, entry_lr in methods:
-            lr = _lr(exp, s, label, method, entry_lr)
-            plans += _duration_runs(exp, s, "grid", label, method, lr, {}, out)
+            lr, waits = _pick(exp, s, label, method, _lr(exp, s, label, method, entry_lr), chosen)
+            plans += _duration_runs(exp, s, "grid", label, method, lr, {}, out, waits=waits)
     if exp.regularization is not None:
         reg = exp.regularization
         s = _setting(exp, reg.setting, "regularization.setting")
         full = {"name": "full"}
-        lr = _lr(exp, s, "full", full, next((e for lab, m, e in methods if m["name"] == "full"), None))
+        entry_lr = next((e for lab, m, e in methods if m["name"] == "full"), None)
+        lr, waits = _pick(exp, s, "full", full, _lr(exp, s, "full", full, entry_lr), chosen)
         for wd in reg.weight_decay:
             plans += _duration_runs(exp, s, "regularization", f"full-wd{wd:g}", full, lr,
-                                    {"train": {"weight_decay": wd}}, out)
+                                    {"train": {"weight_decay": wd}}, out, waits=waits)
         for p in reg.attention_dropout:
             plans += _duration_runs(exp, s, "regularization", f"full-attndrop{p:g}", full, lr,
-                                    {"model": {"attention_dropout": p}}, out)
-    if exp.lr_sweep is not None:
-        sweep = exp.lr_sweep
-        s = _setting(exp, sweep.setting, "lr_sweep.setting")
-        duration = sweep.duration if sweep.duration is not None else min(s.durations)
-        one = Setting(**{**s.__dict__, "durations": [duration], "durations_as": "runs"})
-        for label, method, _ in methods:
-            for lr in (sweep.full if method["name"] == "full" else sweep.lora):
-                plans += _duration_runs(exp, one, "lr-sweep", label, method, lr, {}, out, tag=f"lr{lr:g}")
+                                    {"model": {"attention_dropout": p}}, out, waits=waits)
     kept: dict[str, RunPlan] = {}
     trained: set[str] = set()  # resolved configs (output.dir left out) that a kept run already trains
     for plan in plans:
         same = to_dict(plan.cfg)
         same["output"].pop("dir")
         same = json.dumps([plan.setting, same], sort_keys=True)
-        if same in trained:  # a sweep value equal to the grid's LR: the grid's run of that setting answers it
+        if same in trained and not plan.waits_for_sweep:  # a grid run at a swept LR and duration: the sweep's run
             continue
         if plan.name in kept:
             raise ConfigError(f"run {plan.name}: two different runs would share this name; give the method a `label`")
         trained.add(same)
         kept[plan.name] = plan
-    return list(kept.values())
+    return _seeded(exp, list(kept.values()), out)
+
+
+SWEEP = "sweep"  # a settings.lr value: the lr_sweep's best LR for that method
+
+
+def _swept(exp: ExperimentConfig, methods: list) -> list[Setting]:
+    """The settings the lr_sweep runs in: its `setting`, else every setting whose lr asks for "sweep" (else the
+    first); a setting that asks for "sweep" without a sweep is an error naming the key."""
+    asking = [s for s in exp.settings if SWEEP in s.lr.values()]
+    if exp.lr_sweep is None:
+        if asking:
+            key = next(k for k, v in asking[0].lr.items() if v == SWEEP)
+            raise ConfigError(f"settings[{asking[0].name}].lr.{key}: \"sweep\" needs an lr_sweep with the LRs to try")
+        return []
+    sweep = exp.lr_sweep
+    chosen = [_setting(exp, sweep.setting, "lr_sweep.setting")] if sweep.setting or not asking else asking
+    if len(chosen) > 1 and sweep.duration is not None:
+        raise ConfigError("lr_sweep.duration: with several settings swept, each sweeps at its own shortest "
+                          "duration; leave duration out or name one setting")
+    for s in asking:
+        if s not in chosen:
+            raise ConfigError(f"settings[{s.name}].lr: asks for \"sweep\" but lr_sweep.setting is {sweep.setting!r}")
+    kinds = {m["name"] for _, m, _ in methods}
+    for kind in kinds:
+        if not getattr(sweep, kind):
+            raise ConfigError(f"lr_sweep.{kind}: list the LRs to try for {kind} (the grid has {kind} methods)")
+    return chosen
+
+
+def _pick(exp: ExperimentConfig, s: Setting, label: str, method: dict, lr, chosen) -> tuple[float, bool]:
+    """(the LR a run trains at, whether it still waits for the sweep): a number stays; "sweep" is the sweep's pick
+    for (setting, label) once known, else the sweep's first LR as a stand-in (the run waits)."""
+    if lr != SWEEP:
+        return lr, False
+    if chosen and (s.name, label) in chosen:
+        return chosen[s.name, label], False
+    return (exp.lr_sweep.full if method["name"] == "full" else exp.lr_sweep.lora)[0], True
+
+
+def _seeded(exp: ExperimentConfig, plans: list[RunPlan], out: str | Path) -> list[RunPlan]:
+    """Each run once per seed of exp.seeds (runs/.../seed-<s> when there are several), else as planned."""
+    if not exp.seeds:
+        return plans
+    if len(exp.seeds) != len(set(exp.seeds)):
+        raise ConfigError(f"seeds: expected distinct seeds, got {exp.seeds}")
+    out_plans = []
+    for seed in exp.seeds:
+        for p in plans:
+            name = p.name if len(exp.seeds) == 1 else f"{p.name}/seed-{seed}"
+            branch = p.branch_of if p.branch_of is None or len(exp.seeds) == 1 else f"{p.branch_of}/seed-{seed}"
+            cfg = replace(p.cfg, train=replace(p.cfg.train, seed=seed),
+                          output=replace(p.cfg.output, dir=str(run_path(out, name))))
+            out_plans.append(replace(p, name=name, cfg=cfg, branch_of=branch))
+    return out_plans
 
 
 def _methods(entry: MethodEntry, i: int) -> list[tuple[str, dict, float | None]]:
@@ -284,7 +346,7 @@ def _setting(exp: ExperimentConfig, name: str | None, key: str) -> Setting:
     raise ConfigError(f"{key}: no setting named {name!r}; settings: {', '.join(s.name for s in exp.settings)}")
 
 
-def _lr(exp: ExperimentConfig, s: Setting, label: str, method: dict, entry_lr: float | None) -> float:
+def _lr(exp: ExperimentConfig, s: Setting, label: str, method: dict, entry_lr: float | None) -> float | str:
     """The LR of a method in a setting: settings.lr by the method's label (lora-r256-attn), by its rank (lora-r256:
     the paper lowers r=256's LR whatever the targets), by its name (lora, full); else methods[].lr, else
     defaults.train.lr."""
@@ -293,6 +355,8 @@ def _lr(exp: ExperimentConfig, s: Setting, label: str, method: dict, entry_lr: f
     for key in dict.fromkeys((label, rank_key, name)):
         if key in s.lr:
             value = s.lr[key]
+            if value == SWEEP:
+                return SWEEP
             try:
                 value = float(value)  # YAML 1.1 reads 1e-3 as a string
             except (TypeError, ValueError):
@@ -310,7 +374,7 @@ def _lr(exp: ExperimentConfig, s: Setting, label: str, method: dict, entry_lr: f
 
 
 def _duration_runs(exp: ExperimentConfig, s: Setting, group: str, label: str, method: dict, lr: float,
-                   extra: dict, out: str | Path, tag: str | None = None) -> list[RunPlan]:
+                   extra: dict, out: str | Path, tag: str | None = None, waits: bool = False) -> list[RunPlan]:
     """The runs one (setting, method, LR) needs to cover the setting's durations."""
     regime = s.data.get("regime", exp.defaults.get("data", {}).get("regime", "ift"))
     prefix = f"{s.name}/{label}" + (f"/{tag}" if tag else "")
@@ -321,7 +385,7 @@ def _duration_runs(exp: ExperimentConfig, s: Setting, group: str, label: str, me
                           where=f"run {name}")
         diversity = exp.analyses.diversity if s.diversity is None else s.diversity
         return RunPlan(name, s.name, group, label, lr, cfg, covers, learning=list(s.learning),
-                       diversity=list(diversity), kl_domain=_kl_domain(s, cfg), **kw)
+                       diversity=list(diversity), kl_domain=_kl_domain(s, cfg), waits_for_sweep=waits, **kw)
 
     if regime == "ift":
         if s.durations_as == "checkpoints":

@@ -11,7 +11,7 @@ import yaml
 from ftlab.config import parse_mapping
 from ftlab.errors import FtlabError
 from ftlab.experiment.spec import parse_experiment, plan_runs
-from ftlab.experiment.study import EXPERIMENT, LOCK, RESULTS
+from ftlab.experiment.study import EXPERIMENT, LOCK, RESULTS, sweep_picks
 from ftlab.results.schema import BASE
 from ftlab.results.store import Store
 from ftlab.rundir import RunLayout, read_metrics, read_plan
@@ -26,14 +26,16 @@ def study_status(out: str | Path) -> list[dict]:
     record = yaml.safe_load(saved.read_text())
     source = Path(record["source"])  # relative data paths resolve beside the file that was run
     exp = parse_experiment(parse_mapping(record["text"], source), record.get("overrides", []), source.parent, source)
-    plans = plan_runs(exp, root)
     with Store(root / RESULTS) as store:
+        plans = plan_runs(exp, root)
+        if any(p.waits_for_sweep for p in plans):  # the runs at the LR sweep's pick, where it is known
+            plans = plan_runs(exp, root, sweep_picks(store, plans))
         runs, evaluated = store.runs(), store.checkpoint_counts()
     alive = _runner_alive(root)
     rows = []
     for plan in plans:
         r = runs.get(plan.name, {})
-        status = r.get("status", "left")
+        status = r.get("status", "waiting for the LR sweep" if plan.waits_for_sweep else "left")
         if status == "running" and not alive:
             status = "interrupted"
         row = {"run": plan.name, "status": status, "reason": r.get("reason"), "checkpoints":

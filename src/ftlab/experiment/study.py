@@ -97,10 +97,20 @@ def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] =
         print(f"ftlab run: {len(plans)} runs in {len(exp.settings)} settings -> {study.path}", flush=True)
         _note_skipped_kl(exp, plans)
         runner = Runner(exp, plans, study.path, store, tracker, retry_failed, nproc)
-        if ray is None:
-            runner.run_all()
-        else:
-            run_on_ray(runner, ray)
+        while True:  # once more after an LR sweep, for the runs that train at its pick
+            if ray is None:
+                runner.run_all()
+            else:
+                run_on_ray(runner, ray)
+            waiting = [p for p in runner.plans if p.waits_for_sweep]
+            replanned = plan_runs(exp, out, sweep_picks(store, runner.plans)) if waiting else runner.plans
+            if not waiting or sum(p.waits_for_sweep for p in replanned) == len(waiting):
+                break
+            runner.plans = replanned
+        for plan in runner.plans:
+            if plan.waits_for_sweep:
+                print(f"ftlab run: {plan.name} not trained: no LR of its sweep finished with a learning score",
+                      flush=True)
         if report:
             from ftlab.report import write_report  # matplotlib: only when a report is written
 
@@ -111,6 +121,20 @@ def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] =
         store.close()
         study.close()
     return study.path
+
+
+def sweep_picks(store: Store, plans: list[RunPlan]) -> dict[tuple[str, str], float]:
+    """(setting, method label) -> the LR the study's lr_sweep picked: the one whose run learned most at the sweep's
+    duration (mean over seeds; ties to the smaller LR), once every LR of that method's sweep is done or failed."""
+    sweep = [p for p in plans if p.group == "lr-sweep"]
+    status = store.runs()
+    finished = {(p.setting, p.method) for p in sweep}
+    finished -= {(p.setting, p.method) for p in sweep if status.get(p.name, {}).get("status") not in ("done", "failed")}
+    learned: dict[tuple[str, str], dict[float, list[float]]] = {}
+    for r in store.study().points():
+        if r.grp == "lr-sweep" and r.learning is not None and (r.setting, r.label) in finished:
+            learned.setdefault((r.setting, r.label), {}).setdefault(r.lr, []).append(r.learning)
+    return {key: max(sorted(by_lr), key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr])) for key, by_lr in learned.items()}
 
 
 def _check_tasks(exp: ExperimentConfig) -> None:
@@ -149,9 +173,10 @@ class Runner:
                             and runs.get(p.name, {}).get("status") == "failed"}
 
     def todo(self) -> list[RunPlan]:
-        """The runs the store does not record as finished, in the study's order."""
+        """The runs the store does not record as finished, in the study's order (not those still waiting for the LR
+        sweep's pick)."""
         done = {name for name, r in self.store.runs().items() if r["status"] in self.finished}
-        return [p for p in self.plans if p.name not in done]
+        return [p for p in self.plans if p.name not in done and not p.waits_for_sweep]
 
     def run_all(self) -> None:
         """The local backend: each run in turn, in this process."""

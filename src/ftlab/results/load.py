@@ -36,6 +36,7 @@ def read_study(db: sqlite3.Connection, root: str) -> Study:
             continue
         rec = runs[run]
         row = Row(run=run, checkpoint=name, method=rec["method"], setting=rec["setting"], label=rec["label"],
+                  grp=rec["grp"],
                   rank=rec["rank"], alpha=rec["alpha"], targets=rec["targets"] or "", variant=rec["variant"] or "",
                   lr=rec["lr"], weight_decay=rec["weight_decay"] or 0.0,
                   attention_dropout=rec["attention_dropout"] or 0.0, optimizer=rec["optimizer"] or "",

@@ -97,6 +97,7 @@ class Row:
     method: str  # "full" or "lora"
     setting: str = ""  # rows compare within one setting
     label: str = ""  # the study's method label: full, lora-r16, full-wd0.1, lora-r16-attn ...
+    grp: str = ""  # what the run is in its study: grid, regularization, lr-sweep (run: a plain ftlab train run)
     rank: int | None = None  # LoRA rank (None for full FT)
     alpha: float | None = None  # LoRA alpha
     targets: str = ""  # LoRA targets: all, attn, mlp or comma-joined module names
