@@ -115,3 +115,25 @@ def test_a_later_call_adds_its_tasks_and_keeps_the_others(tmp_path):
     later = evaluate_into(tmp_path, Constant(), None, None, [replace(get_task("math_loss"), limit=2)], None)
     assert "forgetting" not in later and {s["task"] for s in later["scores"]} == {"source_cloze", "math_loss"}
     assert [s for s in later["scores"] if s["task"] == "source_cloze"] == first["scores"]
+
+
+def test_held_out_source_text_is_read_from_the_data_dir(tmp_path):
+    from ftlab.evaluate.harness import run_task
+
+    folder = tmp_path / "source"
+    folder.mkdir()
+    (folder / "heldout.jsonl").write_text('{"id": "a", "text": "one two"}\n{"text": "three"}\n')
+    spec = get_task("source_heldout")
+    assert (spec.kind, spec.role, spec.metric) == ("perplexity", "source_loss", "loss")
+    docs = load_docs(spec, data_dir=str(tmp_path))
+    assert [(d.id, d.text) for d in docs] == [("a", "one two"), (f"{folder / 'heldout.jsonl'}:2", "three")]
+
+    class Constant:
+        def text_scores(self, texts, contexts=None):
+            return [(2.0 * len(t), len(t), 0) for t in texts]
+
+    scores, records = run_task(Constant(), spec, str(tmp_path))
+    assert {s.metric: s.value for s in scores}["loss"] == 2.0 and [r["tokens"] for r in records] == [7, 5]
+    (folder / "heldout.jsonl").write_text('{"content": "no text field"}\n')
+    with pytest.raises(DataError, match="heldout.jsonl:1: expected a non-empty string field 'text'"):
+        load_docs(spec, data_dir=str(tmp_path))

@@ -67,6 +67,11 @@ PAPER_SUITE = {
                               "acc_norm", "forgetting", hub_config="ARC-Challenge"),
     "winogrande": TaskSpec("winogrande", "1", "choice", "winogrande/dev.jsonl", "winogrande", "acc", "forgetting",
                            hub_split="validation", hub_config="winogrande_xl"),
+    # Forgetting measured with power: the loss on held-out text of the base model's own domain, per document (paired
+    # between checkpoints). Yours to supply: --data-dir source/heldout.jsonl, {"text": ...} per line (a sample of
+    # pretraining-like text the runs do not train on, e.g. a slice of a public web corpus for a Llama-2 base).
+    "source_heldout": TaskSpec("source_heldout", "1", "perplexity", "source/heldout.jsonl", "text", "loss",
+                               "source_loss"),
 }
 HUB_IDS = {"gsm8k": "openai/gsm8k", "hellaswag": "Rowan/hellaswag", "arc_challenge": "allenai/ai2_arc",
            "winogrande": "allenai/winogrande"}
@@ -105,7 +110,8 @@ SUITES = {
     "paper-forgetting": ["hellaswag", "arc_challenge", "winogrande"],
     "builtin": ["source_continuation", "source_question", "source_cloze", "source_loss", "math", "math_solution",
                 "math_loss", "code_exec", "code_body", "code_loss"],
-    "builtin-forgetting": ["source_continuation", "source_question", "source_cloze"],
+    # the three source benchmarks (their mean: the source score) and the held-out source loss (forgetting with power)
+    "builtin-forgetting": ["source_continuation", "source_question", "source_cloze", "source_loss"],
     "builtin-diversity": ["math_sampled"],
 }
 LM_EVAL_PREFIX = "lm_eval:"  # any lm-evaluation-harness task, run through lm-eval itself
@@ -176,7 +182,16 @@ def _convert(spec: TaskSpec, rows: list[tuple[str, dict]]) -> list:
         return [gsm8k.gsm8k_doc(r, where) for where, r in rows]
     if spec.format == "humaneval":
         return [code.code_doc(r, where) for where, r in rows]
+    if spec.format == "text":
+        return [TextDoc(_text(r, where), str(r.get("id", where))) for where, r in rows]
     raise FtlabError(f"task {spec.name}: unknown format {spec.format!r}")
+
+
+def _text(record: dict, where: str) -> str:
+    text = record.get("text")
+    if not isinstance(text, str) or not text:
+        raise DataError(f"{where}: expected a non-empty string field 'text'")
+    return text
 
 
 def _arc_hub_shape(record: dict) -> dict:

@@ -250,11 +250,17 @@ class Runner:
         self.tracker.log_checkpoint(plan, result)
 
     def _specs(self, plan: RunPlan) -> list:
-        return resolve_tasks([*plan.learning, *self.exp.forgetting], self.exp.eval.limit)
+        """The tasks a checkpoint is evaluated on: its setting's learning tasks and the study's forgetting tasks; an
+        LR sweep's runs only learning (they are there to pick an LR by it)."""
+        forgetting = [] if plan.group == "lr-sweep" else self.exp.forgetting
+        return resolve_tasks([*plan.learning, *forgetting], self.exp.eval.limit)
 
     def analyse(self, plan: RunPlan, ckpt: Path) -> None:
-        """The checkpoint's spectrum.json, its sampled tasks (diversity, on final models, as the paper) and kl.json."""
+        """The checkpoint's spectrum.json, its sampled tasks (diversity, on final models, as the paper) and kl.json;
+        none for an LR sweep's runs."""
         a = self.exp.analyses
+        if plan.group == "lr-sweep":
+            return
         if a.spectrum:
             spectrum_into(self._base_model_dir(plan), ckpt, singular_values=a.singular_values)  # reused if there
         if ckpt.name == "final" and plan.diversity:
