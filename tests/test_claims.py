@@ -1,164 +1,312 @@
-"""The claims check on hand-made studies: every finding can come out supported, contradicted, mixed or not
-enough data, and the decision rules pick the comparisons the docstrings say."""
+"""The paper's findings checked with intervals, on synthetic studies whose effects are known: per-example values drawn
+with seeded generators (300 documents of 0/1 scores, per-document source losses weighted by tokens, unique outputs
+per problem), so each verdict must come out as built: a clear effect in the paper's direction -> supported, none ->
+inconclusive, the opposite -> contradicted, both -> mixed, no data -> not enough data."""
 
+import zlib
+
+import numpy as np
 import pytest
 
-from ftlab.report.claims import CHECKS, check_claims, verdict
-from ftlab.results.rows import Diversity, Row, Spectrum, Study, best_lrs
+from ftlab.report import findings_paper
+from ftlab.report.claims import CHECKS, Claim, check_claims
+from ftlab.results.rows import BaseResult, Diversity, MatrixSpectrum, Row, Spectrum, Study, TaskInfo
+
+SETTING = "ift: math @ tiny"
+N, PROBLEMS = 300, 60
+TASKS = {"math": TaskInfo("math", "1", "gsm8k", "learning", "exact_match_strict"),
+         "source_cloze": TaskInfo("source_cloze", "1", "choice", "forgetting", "acc"),
+         "source_loss": TaskInfo("source_loss", "1", "perplexity", "source_loss", "loss")}
+_rng = np.random.default_rng(0)
+HARD_TARGET, HARD_SOURCE = _rng.random(N), _rng.random(N)  # each document's difficulty, shared by every checkpoint
+TOKENS = _rng.integers(20, 200, N).astype(float)
+BASE_LOSS = 2.0 + _rng.random(N)
+DOCS = [f"d{i}" for i in range(N)]
 
 
-def row(run: str, method: str = "full", d: float = 1.0, learning: float | None = None,
-        source: float | None = None, rank: int | None = None, lr: float = 1e-3, **kw) -> Row:
-    if method == "lora" and rank is None:
-        rank = 4
-    return Row(run=run, checkpoint=f"epochs-{d:g}", method=method, setting="ift: math @ tiny", rank=rank,
-               alpha=2.0 * rank if rank else None, targets="all" if method == "lora" else "", lr=lr,
-               duration=d, learning=learning, source=source, **kw)
+def measure(m, learn, keep, rise, unique, noise: int):
+    """Fill a row or base with per-example values: accuracy learn/keep on the target/source tasks, source loss the
+    base's plus `rise`, `unique` outputs per problem; each checkpoint its own noise around them."""
+    rng = np.random.default_rng(noise)
+    if learn is not None:
+        m.learning_tasks = ["math"]
+        hit = (HARD_TARGET + 0.15 * rng.standard_normal(N) < learn).astype(float)
+        m.examples["math/exact_match_strict"] = {d: (v, 1.0) for d, v in zip(DOCS, hit)}
+        m.learning = float(hit.mean())
+    if keep is not None:
+        m.source_tasks = ["source_cloze"]
+        hit = (HARD_SOURCE + 0.15 * rng.standard_normal(N) < keep).astype(float)
+        m.examples["source_cloze/acc"] = {d: (v, 1.0) for d, v in zip(DOCS, hit)}
+        m.source = float(hit.mean())
+    if rise is not None:
+        loss = BASE_LOSS + rise + 0.05 * rng.standard_normal(N)
+        m.examples["source_loss/loss"] = {d: (v, w) for d, v, w in zip(DOCS, loss, TOKENS)}
+        m.source_loss = float((loss * TOKENS).sum() / TOKENS.sum())
+    if unique is not None:
+        per = np.clip(unique + rng.standard_normal(PROBLEMS), 1, 10)
+        m.diversity = Diversity(task="math_sampled", n=10, problems=PROBLEMS, unique_mean=float(per.mean()),
+                                per_problem={f"p{i}": float(u) for i, u in enumerate(per)})
+    m.scores = {"math/exact_match_strict": m.learning or 0.0}
+    return m
 
 
-def claim(study: Study, cid: str):
-    return next(c for c in check_claims(study) if c.id == cid)
+BASE = measure(BaseResult("base", SETTING), 0.05, 0.6, 0.0, 8.0, noise=1)
 
 
-def test_verdict():
-    assert [verdict(2, 0), verdict(0, 2), verdict(1, 1), verdict(0, 0)] == [
-        "supported", "contradicted", "mixed", "not enough data"]
+def ckpt(method="full", *, learn=0.5, keep=0.45, rise=0.3, unique=None, rank=None, d=1.0, lr=1e-4, seed=0,
+         run=None, setting=SETTING, optimizer="adamw", **kw) -> Row:
+    """A checkpoint (the final one of its own run unless `run` names a shared one)."""
+    rank = rank or (4 if method == "lora" else None)
+    run = run or f"{method}-r{rank}-lr{lr:g}-wd{kw.get('weight_decay', 0):g}-{optimizer}/d{d:g}"
+    row = Row(run=run, checkpoint=f"epochs-{d:g}", method=method, setting=setting, rank=rank,
+              alpha=kw.pop("alpha", 2.0 * rank if rank else None), targets="all" if rank else "", lr=lr, seed=seed,
+              optimizer=optimizer, duration=d, **kw)
+    measure(row, learn, keep, rise, unique, zlib.crc32(f"{run}/{setting}/{d}/{seed}".encode()))
+    row.base_source, row.base_source_loss = BASE.source, BASE.source_loss
+    row.forgetting = None if row.source is None else BASE.source - row.source
+    return row
 
 
-def test_one_claim_per_finding_and_all_empty_is_not_enough_data():
-    claims = check_claims(Study("s", rows=[row("only", learning=0.5, source=0.5)]))
-    assert [c.id for c in claims] == [c.__name__ for c in CHECKS]
-    assert len(claims) == 7
-    assert {c.status for c in claims} == {"not enough data"}
-    assert all(c.sentence.startswith("not enough data") and c.rule for c in claims)
+def study(*rows: Row, base: bool = True) -> Study:
+    return Study("s", rows=list(rows), bases=[BASE] if base else [], tasks=TASKS)
 
 
-def test_learns_and_forgets_less():
-    full = [row("f", d=d, learning=0.5 * d, source=0.6 - 0.1 * d) for d in (1, 2)]
-    lora = [row("l", "lora", d=d, learning=0.4 * d, source=0.6 - 0.05 * d) for d in (1, 2)]
-    study = Study("s", rows=full + lora)
-    assert claim(study, "learns_less").status == "supported"
-    assert claim(study, "learns_less").numbers["agree"] == 2
-    assert claim(study, "forgets_less").status == "supported"
-    assert "at duration 2: full FT 1 vs LoRA r=4 0.8" in claim(study, "learns_less").sentence
-    # LoRA learns more and forgets more: both contradicted
-    lora = [row("l", "lora", d=d, learning=0.6 * d, source=0.6 - 0.2 * d) for d in (1, 2)]
-    study = Study("s", rows=full + lora)
-    assert claim(study, "learns_less").status == "contradicted"
-    assert claim(study, "forgets_less").status == "contradicted"
-    # matched at one duration only: mixed, with counts
-    lora = [row("l", "lora", d=1, learning=0.4, source=0.55), row("l", "lora", d=2, learning=1.2, source=0.3)]
-    c = claim(Study("s", rows=full + lora), "learns_less")
-    assert c.status == "mixed" and "1 of 2" in c.sentence
+def claim(s: Study, check) -> Claim:
+    return check(s)
 
 
-def test_comparisons_use_each_groups_best_lr():
-    full = [row("f", d=1, learning=0.5, source=0.5)]
-    good = [row("l-good", "lora", d=1, learning=0.45, source=0.55, lr=1e-2)]
-    bad = [row("l-bad", "lora", d=1, learning=0.1, source=0.4, lr=1e-4)]  # worse LR: not the one compared
-    study = Study("s", rows=full + good + bad)
-    assert best_lrs(study.rows)[("ift: math @ tiny", "LoRA r=4")] == 1e-2
-    c = claim(study, "forgets_less")
-    assert c.status == "supported" and c.numbers["comparisons"][0]["lora_source"] == 0.55
+# ----------------------------------------------------------------------------- the registry
 
 
-def test_regularized_full_ft_is_not_plain_full_ft():
-    plain = [row("f", d=1, learning=0.5, source=0.5)]
-    wd = [row("f-wd", d=1, learning=0.9, source=0.1, weight_decay=0.1)]  # would contradict if taken as plain
-    lora = [row("l", "lora", d=1, learning=0.4, source=0.6)]
-    assert claim(Study("s", rows=plain + wd + lora), "learns_less").status == "supported"
+def test_registry_and_no_data():
+    assert CHECKS[:len(findings_paper.PAPER_CHECKS)] == findings_paper.PAPER_CHECKS
+    lone = Study("s", rows=[Row(run="r", checkpoint="final", method="full", setting=SETTING, learning=0.5)])
+    claims = check_claims(lone)
+    assert len(claims) == len(CHECKS)
+    for c in claims[:len(findings_paper.PAPER_CHECKS)]:
+        assert c.status == "not enough data" and c.sentence.startswith("not enough data: ") and c.rule
+        assert c.source.endswith("Biderman et al. 2024") and c.counts == {"agree": 0, "disagree": 0,
+                                                                            "inconclusive": 0}
+    # pairs exist but no per-example values: says so rather than guessing from the means
+    bare = [Row(run=m, checkpoint="final", method=m, rank=4 if m == "lora" else None, setting=SETTING, duration=1.0,
+                learning=x) for m, x in (("full", 0.5), ("lora", 0.3))]
+    c = findings_paper.learns_less(Study("s", rows=bare))
+    assert c.status == "not enough data" and "1 pair to compare, but none with per-example learning" in c.sentence
 
 
-def test_forgetting_order():
-    rows = []
-    for rank, gentle in ((1, 0.03), (4, 0.06), (None, 0.1)):
-        method = "full" if rank is None else "lora"
-        rows += [row(f"{method}{rank}", method, d=d, rank=rank, learning=0.1 * d, source=0.6 - gentle * d)
-                 for d in (1, 2, 4)]
-    c = claim(Study("s", rows=rows), "forgetting_order")
-    assert c.status == "supported"
-    assert (len(c.numbers["duration"]), len(c.numbers["rank"])) == (6, 6)  # 3 runs x 2 steps; 3 durations x 2
-    # rank order reversed (r=1 forgets the most) while duration still agrees: mixed
-    rows = [row("r1", "lora", d=d, rank=1, learning=0.1, source=0.6 - 0.2 * d) for d in (1, 2)]
-    rows += [row("r4", "lora", d=d, rank=4, learning=0.1, source=0.6 - 0.1 * d) for d in (1, 2)]
-    c = claim(Study("s", rows=rows), "forgetting_order")
-    assert c.status == "mixed" and c.numbers["agree"] == 2 and c.numbers["disagree"] == 2
-    # forgetting shrinks with training and the higher rank forgets less: contradicted
-    rows = [row("r1", "lora", d=d, rank=1, learning=0.1, source=0.3 + 0.1 * d) for d in (1, 2)]
-    rows += [row("r4", "lora", d=d, rank=4, learning=0.1, source=0.5 + 0.1 * d) for d in (1, 2)]
-    assert claim(Study("s", rows=rows), "forgetting_order").status == "contradicted"
+# ----------------------------------------------------------------------------- LoRA against plain full FT
+
+FULL = dict(learn=0.5, keep=0.45, rise=0.3)
+PAPERS_WAY = dict(learn=0.35, keep=0.55, rise=0.1)  # LoRA learns less and forgets less
+NO_EFFECT = FULL
+OPPOSITE = dict(learn=0.65, keep=0.35, rise=0.5)
 
 
-def test_regularization():
-    plain = [row("f", d=1, learning=0.5, source=0.4)]
-    wd = [row("f-wd", d=1, learning=0.48, source=0.41, weight_decay=1e-4)]
-    drop = [row("f-drop", d=1, learning=0.47, source=0.42, attention_dropout=0.1)]
-    lora = [row("l", "lora", d=d, learning=0.25 * d, source=0.6 - 0.05 * d) for d in (1, 2)]
-    study = Study("s", rows=plain + wd + drop + lora)
-    c = claim(study, "regularization")
-    assert c.status == "supported" and c.numbers["agree"] == 2
-    assert all(p["lora"] == "LoRA r=4 @ 2" for p in c.numbers["comparisons"])
-    # LoRA that learned as much forgot more: contradicted
-    lora = [row("l", "lora", d=d, learning=0.25 * d, source=0.6 - 0.2 * d) for d in (1, 2)]
-    assert claim(Study("s", rows=plain + wd + drop + lora), "regularization").status == "contradicted"
-    # no LoRA learned as much: not comparable, so not enough data (with the reason)
-    lora = [row("l", "lora", d=1, learning=0.2, source=0.6)]
-    c = claim(Study("s", rows=plain + wd + lora), "regularization")
-    assert c.status == "not enough data" and "no LoRA checkpoint learned as much" in c.sentence
-    assert claim(Study("s", rows=plain + lora), "regularization").sentence == (
-        "not enough data: no full-FT run with weight decay or attention dropout")
+@pytest.mark.parametrize("lora, status", [(PAPERS_WAY, "supported"), (NO_EFFECT, "inconclusive"),
+                                          (OPPOSITE, "contradicted")])
+def test_lora_against_full_ft(lora, status):
+    s = study(ckpt(**FULL), ckpt("lora", **lora))
+    for check, instrument in ((findings_paper.learns_less, "learning"), (findings_paper.forgets_less, "source"),
+                              (findings_paper.forgets_less_loss, "source_loss")):
+        c = claim(s, check)
+        assert c.status == status, (check.__name__, c.sentence)
+        assert c.instrument == c.headline.instrument == instrument and c.mde > 0
+        h = c.headline
+        assert h.what == "LoRA r=4 vs full FT at 1 epochs" and h.interval.low <= h.interval.estimate <= h.interval.high
+        assert c.sentence.startswith(f"{h.text()}; {c.counts['agree']} agree, {c.counts['disagree']} disagree")
+        assert f"detectable {c.mde:.2g}" in c.sentence and "one training seed" in " ".join(c.notes)
+        assert (status == "contradicted") == any(n.startswith("this study contradicts the paper here: LoRA r=4")
+                                                 for n in c.notes)
+    assert claim(s, findings_paper.learns_less).headline.interval.estimate == pytest.approx(
+        s.rows[1].learning - s.rows[0].learning)
 
 
-def _div(unique: float) -> Diversity:
-    return Diversity(task="math", n=10, problems=5, unique_mean=unique, unique_pass_mean=unique / 2,
-                     unique_fail_mean=unique / 2, pass_at_k={1: 0.2, 10: 0.5})
+def test_both_directions_are_mixed_and_say_where():
+    s = study(ckpt(**FULL), ckpt("lora", rank=1, **PAPERS_WAY), ckpt("lora", rank=16, **OPPOSITE))
+    c = claim(s, findings_paper.forgets_less_loss)
+    assert c.status == "mixed" and c.counts == {"agree": 1, "disagree": 1, "inconclusive": 0}
+    assert any(n.startswith("this study contradicts the paper in 1 of 2 comparisons: LoRA r=16") for n in c.notes)
+
+
+def test_each_group_at_its_best_lr_and_regularized_full_ft_is_not_plain():
+    rows = [ckpt(**FULL), ckpt("lora", lr=1e-3, **PAPERS_WAY),
+            ckpt("lora", lr=1e-5, learn=0.1, keep=0.3, rise=0.6),  # a worse LR: not the one compared
+            ckpt(weight_decay=0.1, learn=0.1, keep=0.7, rise=0.0)]  # regularized full FT: not plain full FT
+    for check in (findings_paper.learns_less, findings_paper.forgets_less, findings_paper.forgets_less_loss):
+        c = claim(study(*rows), check)
+        assert c.status == "supported" and len(c.comparisons) == 1, c.sentence
+
+
+def test_comparisons_stay_within_one_optimizer():
+    rows = [ckpt(learn=0.5), ckpt(learn=0.2, optimizer="lionw"),
+            ckpt("lora", learn=0.35), ckpt("lora", learn=0.1, optimizer="lionw")]
+    c = claim(study(*rows), findings_paper.learns_less)
+    assert c.status == "supported" and c.counts["agree"] == 2  # LoRA AdamW vs LionW full FT would disagree
+    assert sorted((x.detail["arm_a"], x.detail["arm_b"]) for x in c.comparisons) == [
+        ("full FT", "LoRA r=4"), ("full FT lionw", "LoRA r=4 lionw")]
+
+
+def test_seeds_widen_the_interval():
+    one = claim(study(ckpt(**FULL), ckpt("lora", learn=0.42)), findings_paper.learns_less)
+    # three training seeds per arm whose outcomes differ from run to run by as much as the effect
+    rows = [ckpt(learn=0.5 + s, seed=i) for i, s in enumerate((-0.08, 0.0, 0.08))]
+    rows += [ckpt("lora", learn=0.42 + s, seed=i) for i, s in enumerate((0.08, -0.08, 0.0))]
+    seeded = claim(study(*rows), findings_paper.learns_less)
+    assert one.status == "supported" and seeded.headline.interval.seeds == 3
+    width = [c.headline.interval.high - c.headline.interval.low for c in (one, seeded)]
+    assert width[1] > 1.5 * width[0]
+    assert not any("one training seed" in n for n in seeded.notes)
+
+
+# ----------------------------------------------------------------------------- forgetting with duration and rank
+
+
+def test_forgetting_grows_across_separate_runs():
+    """The paper's protocol: each epoch count a separate run (no run has two checkpoints)."""
+    runs = [ckpt(d=d, rise=0.1 * d, keep=0.6 - 0.05 * d) for d in (1, 2, 4)]
+    assert len({r.run for r in runs}) == 3
+    c = claim(study(*runs), findings_paper.forgetting_grows_with_duration)
+    assert c.status == "supported" and c.counts["agree"] == 2 and c.instrument == "source_loss"
+    assert c.headline.what == "full FT at 4 epochs vs 2 epochs"
+    # without per-document source loss, the source score decides (lower = more forgotten)
+    runs = [ckpt(d=d, rise=None, keep=0.6 - 0.1 * d) for d in (1, 2)]
+    c = claim(study(*runs), findings_paper.forgetting_grows_with_duration)
+    assert c.status == "supported" and c.headline.instrument == "source" and c.headline.interval.estimate < 0
+    # the source loss falls with training: contradicted, and the note says where
+    c = claim(study(*[ckpt(d=d, rise=0.5 - 0.1 * d) for d in (1, 2)]), findings_paper.forgetting_grows_with_duration)
+    assert c.status == "contradicted" and "this study contradicts the paper here: full FT at 2 epochs" in c.notes[-1]
+    # no effect, and different LRs are never paired
+    c = claim(study(ckpt(d=1, lr=1e-4), ckpt(d=2, lr=1e-4), ckpt(d=2, lr=1e-3, rise=0.9)),
+              findings_paper.forgetting_grows_with_duration)
+    assert c.status == "inconclusive" and len(c.comparisons) == 1
+    assert "no configuration evaluated at two durations" in claim(
+        study(ckpt(d=1), ckpt(d=2, lr=1e-3)), findings_paper.forgetting_grows_with_duration).sentence
+
+
+def test_both_instruments_are_named_when_used():
+    rows = [ckpt(d=d, rise=0.1 * d) for d in (1, 2)] + [ckpt("lora", d=d, rise=None, keep=0.6 - 0.1 * d)
+                                                       for d in (1, 2)]
+    c = claim(study(*rows), findings_paper.forgetting_grows_with_duration)
+    assert c.status == "supported" and c.headline.instrument == "source_loss"
+    assert "source loss in 1 comparisons, on the source score in 1" in c.sentence
+
+
+def test_forgetting_ordered_by_rank():
+    rows = [ckpt("lora", rank=k, rise=x) for k, x in ((1, 0.05), (4, 0.15), (16, 0.25))] + [ckpt(rise=0.35)]
+    rows.append(ckpt("lora", rank=4, alpha=4.0, rise=0.9))  # not the paper's alpha: the plain r=4 stands for rank 4
+    c = claim(study(*rows), findings_paper.forgetting_ordered_by_rank)
+    assert c.status == "supported" and c.counts["agree"] == 3
+    assert [x.what for x in c.comparisons] == ["LoRA r=4 vs LoRA r=1 at 1 epochs", "LoRA r=16 vs LoRA r=4 at 1 epochs",
+                                               "full FT vs LoRA r=16 at 1 epochs"]
+    reversed_ = [ckpt("lora", rank=k, rise=x) for k, x in ((1, 0.35), (4, 0.25))]
+    assert claim(study(*reversed_), findings_paper.forgetting_ordered_by_rank).status == "contradicted"
+    assert claim(study(ckpt("lora")), findings_paper.forgetting_ordered_by_rank).status == "not enough data"
+
+
+# ----------------------------------------------------------------------------- regularization at matched duration
+
+
+def test_regularization_both_halves():
+    plain, wd = ckpt(**FULL), ckpt(weight_decay=1e-4, **FULL)
+    lora = ckpt("lora", rank=16, learn=0.48, keep=0.55, rise=0.1)
+    c = claim(study(plain, wd, lora), findings_paper.regularization)
+    assert c.status == "supported" and c.counts["agree"] == 3
+    learning, forgetting, lora_less = c.comparisons
+    assert (learning.instrument, forgetting.instrument, lora_less.instrument) == ("learning", "source_loss",
+                                                                                    "source_loss")
+    assert learning.detail["margin"] == pytest.approx(0.5 * (plain.learning - BASE.learning), abs=0.02)
+    assert c.headline is lora_less and lora_less.what == "LoRA r=16 vs full FT wd=0.0001 at 1 epochs"
+    # weight decay that changes what full FT learns (beyond half its effect): the first half disagrees
+    wd_far = ckpt(weight_decay=1e-4, learn=0.15, keep=0.45, rise=0.3)
+    c = claim(study(plain, wd_far, lora), findings_paper.regularization)
+    assert c.status == "mixed" and c.comparisons[0].verdict == "disagree"
+    # LoRA that forgets more than regularized full FT: the second half disagrees
+    c = claim(study(plain, wd, ckpt("lora", rank=16, rise=0.6)), findings_paper.regularization)
+    assert c.comparisons[-1].verdict == "disagree" and c.status == "mixed"
+
+
+def test_regularization_never_crosses_durations():
+    rows = [ckpt(d=1, **FULL), ckpt(d=1, weight_decay=1e-4, **FULL),
+            ckpt("lora", rank=16, d=2, learn=0.6, keep=0.6, rise=0.0)]  # LoRA only at another duration
+    c = claim(study(*rows), findings_paper.regularization)
+    assert len(c.comparisons) == 2 and not any("LoRA" in x.what for x in c.comparisons)
+    assert {x.detail["duration"] for x in c.comparisons} == {1.0}
+    c = claim(study(ckpt(d=2), ckpt(d=1, weight_decay=1e-4), ckpt("lora", d=2)), findings_paper.regularization)
+    assert c.status == "not enough data" and "at the regularized runs' durations" in c.sentence
+    assert "no full-FT run with weight decay" in claim(study(ckpt(), ckpt("lora")),
+                                                      findings_paper.regularization).sentence
+
+
+# ----------------------------------------------------------------------------- diversity
 
 
 def test_diversity():
-    from ftlab.results.rows import BaseResult
-
-    base = [BaseResult("f", "ift: math @ tiny", learning=0.05, learning_tasks=["math"], source=0.6,
-                       scores={"math/exact_match_strict": 0.05}, diversity=_div(8))]
-    rows = [row("f", learning=0.5, diversity=_div(2)), row("l", "lora", learning=0.4, diversity=_div(5))]
-    c = claim(Study("s", rows=rows, bases=base), "diversity")
-    assert c.status == "supported" and c.numbers["agree"] == 3  # full < LoRA, full < base, LoRA < base
-    rows = [row("f", learning=0.5, diversity=_div(6)), row("l", "lora", learning=0.4, diversity=_div(5))]
-    c = claim(Study("s", rows=rows, bases=base), "diversity")
-    assert c.status == "mixed" and c.numbers["disagree"] == 1
-    c = claim(Study("s", rows=rows), "diversity")  # no base diversity: full vs LoRA only, and it says so
-    assert c.status == "contradicted" and "the base model's diversity is not measured" in c.sentence
-    assert claim(Study("s", rows=[row("f", learning=0.5)]), "diversity").status == "not enough data"
+    c = claim(study(ckpt(unique=2.0), ckpt("lora", unique=5.0)), findings_paper.diversity)
+    assert c.status == "supported" and c.counts["agree"] == 3  # full < LoRA, full < base, LoRA < base
+    assert c.instrument == "unique" and c.headline.interval.n == PROBLEMS
+    c = claim(study(ckpt(unique=6.0), ckpt("lora", unique=3.0)), findings_paper.diversity)
+    assert c.status == "mixed" and c.counts == {"agree": 2, "disagree": 1, "inconclusive": 0}
+    c = claim(study(ckpt(unique=6.0), ckpt("lora", unique=3.0), base=False), findings_paper.diversity)
+    assert c.status == "contradicted" and any("base model's diversity is not measured" in n for n in c.notes)
+    assert claim(study(ckpt(), ckpt("lora")), findings_paper.diversity).status == "not enough data"
 
 
-def test_delta_rank():
-    full = [row("f", d=d, learning=0.5, spectrum=Spectrum(k90_mean=k)) for d, k in ((1, 40.0), (2, 60.0))]
-    lora1 = [row("l1", "lora", rank=1, learning=0.3)]
-    lora16 = [row("l16", "lora", rank=16, learning=0.3)]
-    assert claim(Study("s", rows=full + lora1), "delta_rank").status == "supported"
-    c = claim(Study("s", rows=full + lora1 + lora16), "delta_rank")
-    assert c.status == "mixed" and (c.numbers["agree"], c.numbers["disagree"]) == (2, 2)
-    assert "40-60" in c.sentence
-    assert claim(Study("s", rows=full + lora16), "delta_rank").status == "contradicted"
-    assert "no LoRA run" in claim(Study("s", rows=full), "delta_rank").sentence
-    assert "spectrum.json" in claim(Study("s", rows=lora1 + [row("f", learning=0.5)]), "delta_rank").sentence
+# ----------------------------------------------------------------------------- ΔW's rank
 
 
-@pytest.mark.parametrize("lora_best, status", [(1e-2, "supported"), (1e-3, "contradicted")])
-def test_best_lr(lora_best, status):
-    rows = [row("f-hi", lr=1e-3, learning=0.5), row("f-lo", lr=1e-4, learning=0.3)]
-    for lr in (1e-3, 1e-2):
-        rows.append(row(f"l-{lr}", "lora", lr=lr, learning=0.4 if lr == lora_best else 0.2))
-    c = claim(Study("s", rows=rows), "best_lr")
-    assert c.status == status
-    assert c.numbers["comparisons"][0]["ratio"] == pytest.approx(lora_best / 1e-3)
-    single = [r for r in rows if r.run != "f-lo"]  # one full-FT LR: no sweep to take a best from
-    assert claim(Study("s", rows=single), "best_lr").status == "not enough data"
+def spectrum(k90: float, width: int = 400) -> Spectrum:
+    return Spectrum(k90_mean=k90, matrices=[MatrixSpectrum("q", shape=[width, width], k90=k90),
+                                            MatrixSpectrum("up", shape=[2 * width, width], k90=k90)])
 
 
-def test_best_lr_mixed_across_ranks():
-    rows = [row("f-hi", lr=1e-3, learning=0.5), row("f-lo", lr=1e-4, learning=0.3)]
-    for rank, best in ((1, 1e-2), (4, 1e-3)):
-        rows += [row(f"l{rank}-{lr}", "lora", rank=rank, lr=lr, learning=0.4 if lr == best else 0.2)
-                 for lr in (1e-3, 1e-2)]
-    c = claim(Study("s", rows=rows), "best_lr")
-    assert c.status == "mixed" and "LoRA r=1 10x" in c.sentence
+def test_delta_rank_counts_ranks_up_to_a_fiftieth_of_the_width():
+    loras = [ckpt("lora", rank=k) for k in (1, 4, 8, 16)]
+    c = claim(study(ckpt(spectrum=spectrum(60.0)), *loras), findings_paper.delta_rank)
+    # width 400: r <= 8 counted (thresholds 10, 40, 80), r=16 reported only
+    assert c.status == "mixed" and c.counts == {"agree": 2, "disagree": 1, "inconclusive": 0}
+    assert [x.detail["threshold"] for x in c.comparisons] == [10, 40, 80]
+    assert c.headline.what == "full FT at 1 epochs vs r=8" and c.headline.interval.estimate == -20
+    assert c.headline.interval.low == c.headline.interval.high == -20  # one seed: no sampling noise
+    assert "r=16 met k90 >= 160 in 0 of 1" in c.sentence and "mean k90 60-60" in c.sentence
+    assert claim(study(ckpt(spectrum=spectrum(90.0)), *loras), findings_paper.delta_rank).status == "supported"
+    assert claim(study(ckpt(spectrum=spectrum(5.0)), *loras), findings_paper.delta_rank).status == "contradicted"
+
+
+def test_delta_rank_threshold_is_capped_by_the_width():
+    # r=32 at width 400: 10 r = 320 exceeds what a full-rank change reaches; the threshold is width/2 = 200
+    c = claim(study(ckpt(spectrum=spectrum(210.0)), ckpt("lora", rank=4), ckpt("lora", rank=32)),
+              findings_paper.delta_rank)
+    assert "r=32 met k90 >= 200 in 1 of 1" in c.sentence and c.status == "supported" and len(c.comparisons) == 1
+    # only ranks above width/50: nothing counted, the reported ones still in the sentence
+    c = claim(study(ckpt(spectrum=spectrum(20.0, width=64)), ckpt("lora", rank=4)), findings_paper.delta_rank)
+    assert c.status == "not enough data" and "r=4 met k90 >= 32 in 0 of 1" in c.sentence
+
+
+def test_delta_rank_per_setting_and_with_seeds():
+    other = ckpt("lora", rank=1, setting="cpt: code @ tiny")  # another setting's rank is not compared
+    c = claim(study(ckpt(spectrum=spectrum(60.0)), other), findings_paper.delta_rank)
+    assert c.status == "not enough data" and "no LoRA run in a setting" in c.sentence
+    seeds = [ckpt(seed=i, spectrum=spectrum(k)) for i, k in enumerate((50.0, 70.0))]
+    c = claim(study(*seeds, ckpt("lora", rank=4)), findings_paper.delta_rank)
+    i = c.headline.interval  # mean 60, se 10, t(1) = 12.7: the interval over two seeds spans the threshold 40
+    assert c.status == "inconclusive" and i.seeds == 2 and i.estimate == 20 and i.low < 0 < i.high
+    assert "no full-FT checkpoint has a spectrum" in claim(study(ckpt(), ckpt("lora")),
+                                                           findings_paper.delta_rank).sentence
+
+
+# ----------------------------------------------------------------------------- KL to the base
+
+
+@pytest.mark.parametrize("kl, status", [((1, 2, 3, 4, 5, 6), "supported"), ((6, 5, 4, 3, 2, 1), "contradicted"),
+                                        ((3, 6, 1, 5, 2, 4), "inconclusive")])
+def test_kl_predicts_forgetting(kl, status):
+    rows = [ckpt(d=d, rise=0.1 * d, kl=float(k)) for d, k in zip(range(1, 7), kl)]
+    c = claim(study(*rows), findings_paper.kl_predicts_forgetting)
+    assert c.status == status and c.headline.instrument == "rho"
+    assert c.headline.what == f"KL vs source-loss rise over 6 checkpoints ({SETTING})"
+    few = claim(study(*rows[:3]), findings_paper.kl_predicts_forgetting)
+    assert few.status == "not enough data" and f"{SETTING}: 3" in few.sentence
+    # without source loss, the benchmark forgetting stands in
+    rows = [ckpt(d=d, rise=None, keep=0.6 - 0.05 * d, kl=float(d)) for d in range(1, 6)]
+    c = claim(study(*rows), findings_paper.kl_predicts_forgetting)
+    assert c.status == "supported" and c.headline.detail["forgetting"] == "forgetting"

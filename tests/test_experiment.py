@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from ftlab.cli import main
 from ftlab.config import RunConfig, from_dict
 from ftlab.errors import ConfigError, FtlabError
-from ftlab.experiment.spec import load_experiment, parse_experiment, plan_runs
+from ftlab.experiment.spec import load_experiment, parse_experiment, plan_runs, same_training
 from ftlab.experiment.status import study_status
 from ftlab.results.store import Store
 from ftlab.experiment.study import LOCK, _check_tasks, run_experiment, sweep_picks
@@ -240,11 +240,14 @@ def test_side_study_presets(tmp_path):
         check_paper_run(p)
     by_method = {}
     for p in sweep:
-        by_method.setdefault(p.method, []).append(p.lr)
-    # every method at every LR once: the sweep's run at the grid's LR is the grid's run, not a second copy
+        if p.group == "lr-sweep":
+            by_method.setdefault(p.method, []).append(p.lr)
+    # every method at every LR; the sweep's run at the grid's LR trains as the grid's run does (the study copies it)
     assert {m: sorted(v) for m, v in by_method.items()} == {m: lrs for m in ["full", "lora-r16", "lora-r64",
                                                                              "lora-r256"]}
-    assert len(sweep) == 20 and all(p.durations == [2] for p in sweep)
+    assert len(sweep) == 24 and all(p.durations == [2] for p in sweep)
+    grid = [p for p in sweep if p.group == "grid"]
+    assert all(sum(same_training(g, p) for p in sweep if p.group == "lr-sweep") == 1 for g in grid)
 
     alphas = preset("alpha-sweep", tmp_path / "alpha")
     assert sorted({(p.cfg.method.rank, p.cfg.lora_alpha()) for p in alphas}) == [
@@ -690,3 +693,23 @@ def test_sweep_without_a_sweep_is_refused(tmp_path):
     del data["lr_sweep"]
     with pytest.raises(ConfigError, match='settings\\[math-ift\\].lr.full: "sweep" needs an lr_sweep'):
         plan_runs(parse_experiment(data, [], tmp_path, "x.yaml"), tmp_path)
+
+
+def test_a_run_that_trains_as_a_finished_one_is_copied_not_trained_again(tmp_path, capsys):
+    data = yaml.safe_load(SWEEP)
+    data["settings"][0].update(durations=[0.005], durations_as="runs", lr={"full": 3.0e-3})
+    data["methods"] = [{"name": "full"}]
+    data["lr_sweep"] = {"full": [1.0e-4, 3.0e-3]}
+    exp, out = tmp_path / "twin.yaml", tmp_path / "study"
+    exp.write_text(yaml.safe_dump(data))
+    run_experiment(exp, out, report=False)
+    printed = capsys.readouterr().out
+    grid, twin = out / "runs" / "math-ift/full/epochs-0.005", out / "runs" / "math-ift/full/lr0.003/epochs-0.005"
+    assert printed.count("already complete") == 1 and f"already complete: {twin}" in printed  # a copy: no step
+    assert f"{twin.relative_to(out / 'runs')} trains as math-ift/full/epochs-0.005 did: copied from it" in printed
+    assert (grid / "metrics.jsonl").read_text() == (twin / "metrics.jsonl").read_text()
+    assert torch.equal(load_file(grid / "final" / "model.safetensors")["model.embed_tokens.weight"],
+                       load_file(twin / "final" / "model.safetensors")["model.embed_tokens.weight"])
+    runs = store_runs(out)
+    assert runs["math-ift/full/lr0.003/epochs-0.005"]["grp"] == "lr-sweep"
+    assert runs["math-ift/full/lr0.003/epochs-0.005"]["status"] == "done"

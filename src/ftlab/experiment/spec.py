@@ -227,12 +227,6 @@ def plan_runs(exp: ExperimentConfig, out: str | Path, chosen: dict[tuple[str, st
 
     sweeping = _swept(exp, methods)
     plans: list[RunPlan] = []
-    for s in sweeping:  # first: a later grid run identical to one of these is this run (kept once, below)
-        duration = exp.lr_sweep.duration if exp.lr_sweep.duration is not None else min(s.durations)
-        one = Setting(**{**s.__dict__, "durations": [duration], "durations_as": "runs"})
-        for label, method, _ in methods:
-            for lr in (exp.lr_sweep.full if method["name"] == "full" else exp.lr_sweep.lora):
-                plans += _duration_runs(exp, one, "lr-sweep", label, method, lr, {}, out, tag=f"lr{lr:g}")
     for s in exp.settings:
         for label, method, entry_lr in methods:
             lr, waits = _pick(exp, s, label, method, _lr(exp, s, label, method, entry_lr), chosen)
@@ -249,19 +243,29 @@ def plan_runs(exp: ExperimentConfig, out: str | Path, chosen: dict[tuple[str, st
         for p in reg.attention_dropout:
             plans += _duration_runs(exp, s, "regularization", f"full-attndrop{p:g}", full, lr,
                                     {"model": {"attention_dropout": p}}, out, waits=waits)
-    kept: dict[str, RunPlan] = {}
-    trained: set[str] = set()  # resolved configs (output.dir left out) that a kept run already trains
-    for plan in plans:
-        same = to_dict(plan.cfg)
-        same["output"].pop("dir")
-        same = json.dumps([plan.setting, same], sort_keys=True)
-        if same in trained and not plan.waits_for_sweep:  # a grid run at a swept LR and duration: the sweep's run
-            continue
-        if plan.name in kept:
-            raise ConfigError(f"run {plan.name}: two different runs would share this name; give the method a `label`")
-        trained.add(same)
-        kept[plan.name] = plan
-    return _seeded(exp, list(kept.values()), out)
+    for s in sweeping:
+        duration = exp.lr_sweep.duration if exp.lr_sweep.duration is not None else min(s.durations)
+        one = Setting(**{**s.__dict__, "durations": [duration], "durations_as": "runs"})
+        for label, method, _ in methods:
+            for lr in (exp.lr_sweep.full if method["name"] == "full" else exp.lr_sweep.lora):
+                plans += _duration_runs(exp, one, "lr-sweep", label, method, lr, {}, out, tag=f"lr{lr:g}")
+    names = [p.name for p in plans]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"run {name}: two different runs would share this name; give the method a `label`")
+    # Runs of identical configurations (a sweep's run at the grid's LR and duration) all stay, each in its study
+    # group; the study trains the configuration once and copies the finished run (Runner.run_one).
+    return _seeded(exp, plans, out)
+
+
+def same_training(a: RunPlan, b: RunPlan) -> bool:
+    """Two runs that train identically: the same resolved config but for where they write."""
+    def key(p: RunPlan) -> str:
+        cfg = to_dict(p.cfg)
+        cfg["output"].pop("dir")
+        return json.dumps(cfg, sort_keys=True)
+
+    return key(a) == key(b) and a.branch_of is None and b.branch_of is None
 
 
 SWEEP = "sweep"  # a settings.lr value: the lr_sweep's best LR for that method

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import shutil
 import traceback
 from pathlib import Path
 
@@ -32,10 +33,10 @@ from ftlab.evaluate.targets import Evaluator
 from ftlab.evaluate.tasks import get_task, resolve_tasks
 from ftlab.experiment.launch import RUN_ERRORS, failure_reason, train_plan
 from ftlab.experiment.ray_backend import RayOptions, require_ray, run_on_ray
-from ftlab.experiment.spec import ExperimentConfig, RunPlan, load_experiment, plan_runs
+from ftlab.experiment.spec import ExperimentConfig, RunPlan, load_experiment, plan_runs, same_training
 from ftlab.experiment.tracking import Tracker
 from ftlab.experiment.tracking import require as require_tracking
-from ftlab.io import write_json, write_text
+from ftlab.io import copy_dir, write_json, write_text
 from ftlab.model import prepare_base
 from ftlab.results.index import base_record, index_training, measure_base, measure_checkpoint, run_record
 from ftlab.results.schema import EXPERIMENT, STORE, base_run
@@ -203,12 +204,25 @@ class Runner:
     def run_one(self, plan: RunPlan) -> None:
         self.record(plan, "running")
         self.release_evaluator()  # training here needs the device's memory
+        self._copy_twin(plan)
         try:
             train_plan(plan, self.root, self.nproc)
         except RUN_ERRORS as e:
             self.fail(plan, failure_reason(e), traceback.format_exc())
             return
         self.finish(plan)
+
+    def _copy_twin(self, plan: RunPlan) -> None:
+        """A run that trains exactly as a finished run of the study (a sweep's run at the grid's LR and duration)
+        starts from a copy of it: training then finds it complete, and its own evaluation reuses what was measured."""
+        target = RunLayout(plan.cfg.output.dir).path
+        if target.exists():
+            return
+        done = {name for name, r in self.store.runs().items() if r["status"] == "done"}
+        twin = next((p for p in self.plans if p.name in done and same_training(p, plan)), None)
+        if twin is not None:
+            print(f"ftlab run: {plan.name} trains as {twin.name} did: copied from it", flush=True)
+            copy_dir(RunLayout(twin.cfg.output.dir).path, target, ignore=shutil.ignore_patterns(".lock"))
 
     def fail(self, plan: RunPlan, reason: str, trace: str) -> None:
         """Record a run whose training failed: the reason in the store, the traceback in <run>/failure.txt."""

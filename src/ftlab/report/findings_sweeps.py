@@ -1,0 +1,313 @@
+"""Findings of Biderman et al. 2024 that need side studies: an LR sweep (LoRA's best LR about 10x full FT's), an
+alpha sweep (α = 2r learns best), a target-module sweep (attention-only LoRA learns least), IFT beside CPT on one
+base model (IFT forgets more) and long CPT budgets (LoRA r=256 at 20B tokens learns about as much as full FT at 4B).
+
+    claim = best_lr(study)      # a Claim (ftlab.report.verdicts): status, counts, headline, mde, notes
+
+Each check compares arms (the seeds of one configuration at one duration, each group at its best LR: rows.best_lrs)
+within one setting and one optimizer; IFT against CPT compares two settings that share the base model and the
+source documents. A best LR is an argmax over a sweep; its uncertainty comes from ftlab.report.lr_sweeps (a
+bootstrap over the learning tasks' documents that takes the argmax again).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ftlab.report.lr_sweeps import best_lr_draws, bootstrap_comparison, edge_note, grid_note, lr_sweeps
+from ftlab.report.verdicts import Arm, Claim, Comparison, arms, compare
+from ftlab.results.rows import Row, Study, best_lr_rows, plain_full
+
+PAPER = "Biderman et al. 2024"
+BAND = (3.0, 30.0)  # "about 10x": within half an order of magnitude of it
+TOL = 1e-9  # relative tolerance for LR ratios and budgets written in decimal (5e-4 / 5e-5, T / 4)
+
+
+# ----------------------------------------------------------------------------- shared by the sweeps' checks
+
+
+def analysed(study: Study) -> list[Row]:
+    """The rows a finding compares: all but an LR sweep's runs (grp "lr-sweep": measured on learning only, at one
+    duration, to pick the LR the grid trains at)."""
+    return [r for r in study.points() if r.grp != "lr-sweep"]
+
+
+def plain_lora(r: Row) -> bool:
+    """LoRA as the paper runs it: all modules, α = 2r, no variant, no regularizer: the groups a rank ladder holds."""
+    return (r.method == "lora" and r.rank is not None and r.targets in ("", "all") and not r.variant
+            and not r.weight_decay and not r.attention_dropout and (r.alpha is None or r.alpha == 2 * r.rank))
+
+
+def at(arm: Arm) -> str:
+    """"2 epochs", "262,144 tokens": an arm's duration in words."""
+    first, d = arm.rows[0], arm.duration
+    if d is None:
+        return "-"
+    return f"{d:,.0f} tokens" if first.duration_unit == "tokens" else f"{d:g} {first.duration_unit}"
+
+
+def decided(claim: Claim, comparisons: list[Comparison | None], empty: str,
+            headline: Comparison | None = None) -> Claim:
+    """Claim.decide, then where the study contradicts the paper."""
+    return claim.decide(comparisons, empty, headline).note_contradictions()
+
+
+# ----------------------------------------------------------------------------- best LR: about 10x full FT's
+
+
+def best_lr(study: Study) -> Claim:
+    claim = Claim(
+        "best_lr", "LoRA's best learning rate is about 10x full finetuning's (code 5e-4 vs 5e-5, math 2e-4 vs 1e-5).",
+        PAPER, "Per setting and optimizer, each LoRA group's best LR over plain full FT's (rows.best_lrs: highest "
+        "learning at the longest duration all LRs of the group reached), each group with at least 2 LRs tried. "
+        "Bootstrap (2000 replicates): resample the learning tasks' documents (one draw for every LR of the setting) "
+        "and each LR's seeds, recompute each LR's learning, take each group's argmax and the ratio. Agree if the "
+        f"ratio lies in [{BAND[0]:g}, {BAND[1]:g}] in >= 95% of replicates, disagree if outside in >= 95%, else "
+        "inconclusive; a best LR at the edge of its sweep is flagged.", "best-LR ratio (LoRA / full FT)")
+    points = study.points()
+    sweeps = lr_sweeps(points)
+    full_groups = {(r.setting, r.group) for r in plain_full(points)}
+    comparisons, used = [], []
+    for key, full in sweeps.items():
+        if key not in full_groups:
+            continue
+        loras = [s for s in sweeps.values() if s.setting == full.setting and s.optimizer == full.optimizer
+                 and s.first.method == "lora"]
+        draws = best_lr_draws(study, [full, *loras]) if loras else None
+        if draws is None:
+            continue
+        used += [full, *loras]
+        for lora, best in zip(loras, draws.best[1:]):
+            ratio = best / draws.best[0]  # (B,)
+            inside = (ratio >= BAND[0] * (1 - TOL)) & (ratio <= BAND[1] * (1 + TOL))
+            comparisons.append(bootstrap_comparison(
+                f"{lora.group} / {full.group} best LR ({full.setting})", "best-LR ratio", lora.best / full.best,
+                ratio, inside, draws.n, draws.seeds, setting=full.setting, optimizer=full.optimizer,
+                lora_best_lr=lora.best, full_best_lr=full.best, lora_lrs=lora.lrs, full_lrs=full.lrs,
+                lora_duration=lora.duration, full_duration=full.duration,
+                at_sweep_edge=[s.group for s in (lora, full) if s.at_edge]))
+    claim.notes += edge_note(used) + grid_note(used)
+    return decided(claim, comparisons, "not enough data: needs an LR sweep (learning at 2 or more LRs) of plain full "
+                   "FT and of a LoRA group in one setting and optimizer; " + _sweeps_found(sweeps))
+
+
+def _sweeps_found(sweeps: dict[tuple[str, str], LrSweep]) -> str:
+    if not sweeps:
+        return "no group has learning at 2 LRs"
+    return "swept: " + ", ".join(f"{g} ({s})" for s, g in sweeps)
+
+
+# ----------------------------------------------------------------------------- alpha and target-module sweeps
+
+
+def sweep_arms(study: Study, swept: str) -> dict[tuple, dict]:
+    """LoRA arms at their group's best LR, grouped by what a sweep of `swept` ("alpha" or "targets") holds fixed
+    (setting, optimizer, rank, the other LoRA options, regularizers, duration): {fixed: {swept value: arm}}."""
+    lora = [r for r in best_lr_rows(analysed(study)) if r.method == "lora" and r.rank is not None]
+    out: dict[tuple, dict] = {}
+    for arm in arms(lora).values():
+        r = arm.rows[0]
+        held = {"setting": r.setting, "optimizer": r.optimizer, "rank": r.rank, "alpha": r.alpha,
+                "targets": r.targets or "all", "variant": r.variant, "weight_decay": r.weight_decay,
+                "attention_dropout": r.attention_dropout, "duration": r.duration}
+        value = held.pop(swept)
+        out.setdefault(tuple(held.items()), {})[value] = arm
+    return out
+
+
+def alpha_2r_best(study: Study) -> Claim:
+    claim = Claim(
+        "alpha_2r_best", "α = 2r is the best LoRA scaling: in an alpha sweep, α = 2r learns most.", PAPER,
+        "For each alpha sweep (LoRA arms of one rank, setting, optimizer, targets and duration, each alpha group at "
+        "its best LR, with several alphas including 2r): α = 2r vs each other alpha on learning, paired 95% "
+        "interval; agree if α = 2r learns more.", "learning")
+    comparisons = []
+    for held, by_alpha in sorted(sweep_arms(study, "alpha").items(), key=lambda kv: _order(kv[0])):
+        rank = dict(held)["rank"]
+        two_r = next((arm for a, arm in by_alpha.items() if a is not None and abs(a - 2 * rank) <= TOL * rank), None)
+        if two_r is None:
+            continue
+        for alpha, arm in sorted((a, arm) for a, arm in by_alpha.items() if arm is not two_r and a is not None):
+            comparisons.append(compare(study, arm, two_r, "learning", +1,
+                                       f"LoRA r={rank} α={2 * rank:g} (2r) vs α={alpha:g} at {at(arm)}",
+                                       alpha=alpha, rank=rank, targets=dict(held)["targets"]))
+    return decided(claim, comparisons, "not enough data: needs LoRA runs of one rank, setting and duration with "
+                   "several alphas, 2r among them, and per-example learning values")
+
+
+def _order(held: tuple) -> tuple:
+    d = dict(held)
+    return d["setting"], d["optimizer"], d["rank"], str(d.get("alpha")), d.get("targets", ""), d["variant"], \
+        d["duration"] if d["duration"] is not None else -np.inf
+
+
+def target_comparisons(study: Study, against: tuple[str, ...]) -> list[Comparison | None]:
+    """Attention-only LoRA (targets "attn") vs each of `against` ("all", "mlp") at the same rank, alpha, setting,
+    optimizer and duration, each at its best LR, on learning (the findings expect attention-only to learn less)."""
+    comparisons = []
+    for held, by_targets in sorted(sweep_arms(study, "targets").items(), key=lambda kv: _order(kv[0])):
+        attn = by_targets.get("attn")
+        for other in (t for t in against if attn is not None and t in by_targets):
+            comparisons.append(compare(study, by_targets[other], attn, "learning", -1,
+                                       f"LoRA r={dict(held)['rank']} attention-only vs {other} at "
+                                       f"{at(attn)} ({attn.setting})", targets=other, rank=dict(held)["rank"]))
+    return comparisons
+
+
+def attention_only_worst(study: Study) -> Claim:
+    claim = Claim(
+        "attention_only_worst", "Target all modules: attention-only LoRA learns least (MLP matters most).", PAPER,
+        "For each target-module sweep (LoRA arms of one rank, alpha, setting, optimizer and duration with targets "
+        "attn and all or mlp, each at its best LR): attn vs all and attn vs mlp on learning, paired 95% interval; "
+        "agree if attention-only learns less.", "learning")
+    return decided(claim, target_comparisons(study, ("all", "mlp")), "not enough data: needs attention-only LoRA "
+                   "(targets: attn) beside all-module or MLP-only LoRA of the same rank, setting and duration")
+
+
+# ----------------------------------------------------------------------------- IFT forgets more than CPT
+
+
+def ift_forgets_more_than_cpt(study: Study) -> Claim:
+    claim = Claim(
+        "ift_forgets_more_than_cpt", "IFT forgets more than CPT (code IFT at 16 epochs, ~1.2B tokens, forgets more "
+        "than code CPT at 20B tokens).", PAPER,
+        "For each IFT setting and CPT setting on the same base model (their base evaluations agree on the shared "
+        "source documents) and each method group in both (best LR, one optimizer): every IFT checkpoint vs every "
+        "CPT checkpoint trained on at least as many tokens, paired over the shared source documents: the source "
+        "loss where both measured it (agree if IFT's is higher), else the source score (agree if IFT's is lower); "
+        "95% interval.", "source_loss (else source score)")
+    rows = best_lr_rows(analysed(study))
+    settings = {regime: sorted({r.setting for r in rows if r.regime == regime}) for regime in ("ift", "cpt")}
+    comparisons, missing = [], []
+    for ift in settings["ift"]:
+        for cpt in settings["cpt"]:
+            same = _same_base(study, ift, cpt)
+            if same is False:
+                missing.append(f"{ift} and {cpt} have different base models (their base scores differ)")
+                continue
+            if same is None:
+                claim.notes.append(f"{ift} and {cpt}: the base model is not measured in both, so that they share "
+                                   "it is assumed, not checked")
+            found = _regime_pairs(study, rows, ift, cpt, missing)
+            if found and _tasks(rows, ift) != _tasks(rows, cpt):
+                claim.notes.append(f"{ift} and {cpt} differ in target domain too (learning tasks "
+                                   f"{', '.join(_tasks(rows, ift))} vs {', '.join(_tasks(rows, cpt))}): domain and "
+                                   "regime are confounded")
+            comparisons += found
+    found = [c for c in comparisons if c is not None]
+    headline = max(found, key=lambda c: (c.detail["ift_tokens"], c.detail["cpt_tokens"]), default=None)
+    why = "".join(f"; {m}" for m in missing) or ("" if not all(settings.values()) else "; no source measure shared")
+    return decided(claim, comparisons, "not enough data: needs an IFT and a CPT setting on one base model with the "
+                   f"same source documents, and a CPT checkpoint trained on as many tokens as an IFT one{why}",
+                   headline)
+
+
+def _regime_pairs(study: Study, rows: list[Row], ift: str, cpt: str, missing: list[str]) -> list[Comparison | None]:
+    """Each group's IFT arms vs its CPT arms trained on at least as many tokens."""
+    by = {s: {} for s in (ift, cpt)}
+    for key, arm in arms([r for r in rows if r.setting in by]).items():
+        by[key[0]].setdefault((key[1], key[2]), []).append(arm)
+    out = []
+    for group in sorted(set(by[ift]) & set(by[cpt])):
+        for a in by[ift][group]:
+            tokens = a.rows[0].tokens
+            if tokens is None:
+                missing.append(f"{group[0]} IFT at {at(a)}: its tokens are unknown")
+                continue
+            later = [c for c in by[cpt][group] if (c.rows[0].tokens or 0) >= tokens]
+            if not later:
+                most = max(c.rows[0].tokens or 0 for c in by[cpt][group])
+                missing.append(f"{group[0]}: no CPT checkpoint trained on as many tokens as IFT at {at(a)} "
+                               f"({tokens:,}; CPT reached {most:,})")
+                continue
+            for c in sorted(later, key=lambda c: c.rows[0].tokens):
+                what = f"{group[0]}: IFT {at(a)} ({tokens:,} tokens) vs CPT {at(c)}"
+                detail = {"ift_setting": ift, "cpt_setting": cpt, "ift_tokens": tokens,
+                          "cpt_tokens": c.rows[0].tokens, "group": group[0]}
+                out.append(compare(study, c, a, "source_loss", +1, what, **detail)
+                           or compare(study, c, a, "source", -1, what, **detail))
+    return out
+
+
+def _tasks(rows: list[Row], setting: str) -> list[str]:
+    return sorted({t for r in rows if r.setting == setting for t in r.learning_tasks})
+
+
+def _same_base(study: Study, a: str, b: str) -> bool | None:
+    """Do two settings' base evaluations agree on every source document both measured (the same model gives the same
+    values)? None when either base or any shared source value is missing."""
+    ba, bb = study.base_of(a), study.base_of(b)
+    if ba is None or bb is None:
+        return None
+    shared = [(ba.values(k), bb.values(k)) for k in set(ba.examples) & set(bb.examples) if k.split("/")[0] in
+              study.tasks and study.tasks[k.split("/")[0]].role in ("forgetting", "source_loss")]
+    pairs = [(x[d][0], y[d][0]) for x, y in shared for d in set(x) & set(y)]
+    if not pairs:
+        return None
+    return bool(np.allclose(*np.array(pairs).T, rtol=1e-6, atol=1e-9))
+
+
+# ----------------------------------------------------------------------------- a high rank at a long CPT budget
+
+
+def high_rank_long_cpt(study: Study) -> Claim:
+    claim = Claim(
+        "high_rank_long_cpt", "In CPT, LoRA r=256 at 20B tokens learns about as much as full FT at 4B (a 5x smaller "
+        "budget).", PAPER,
+        "Per CPT setting and optimizer (best LR of each group): the highest plain LoRA rank at its longest budget T "
+        "vs plain full FT at its largest budget T' <= T/4, on learning (LoRA - full FT, paired 95% interval). "
+        "Non-inferiority with margin m = half of full FT's learning gain from T' to its largest budget <= T (0 if "
+        "it did not gain): agree if the interval's lower bound > -m, disagree if its upper bound < -m, else "
+        "inconclusive.", "learning")
+    rows = [r for r in best_lr_rows(analysed(study)) if r.regime == "cpt"]
+    comparisons, missing = [], []
+    for setting, optimizer in sorted({(r.setting, r.optimizer) for r in rows}):
+        here = [r for r in rows if (r.setting, r.optimizer) == (setting, optimizer)]
+        found = _long_budget(study, here, missing)
+        if found is not None:
+            comparisons.append(found)
+            if found.detail["margin"] == 0:
+                claim.notes.append(f"{setting}: full FT learned no more at its longer budget than at the shorter, so "
+                                   "the margin is 0: agreeing needs LoRA to learn at least as much")
+    return decided(claim, comparisons, "not enough data: needs a CPT setting with plain LoRA and plain full FT, the "
+                   "full FT at a budget <= a quarter of LoRA's longest and at a longer one" +
+                   "".join(f"; {m}" for m in missing))
+
+
+def _long_budget(study: Study, rows: list[Row], missing: list[str]) -> Comparison | None:
+    """The highest LoRA rank at its longest budget vs full FT at the largest budget <= a quarter of it, decided by
+    non-inferiority (see high_rank_long_cpt)."""
+    lora = {k: a for k, a in arms([r for r in rows if plain_lora(r)]).items() if a.duration is not None}
+    full = {k: a for k, a in arms(plain_full(rows)).items() if a.duration is not None}
+    if not lora or not full:
+        missing.append(f"{rows[0].setting}: needs plain LoRA and plain full FT")
+        return None
+    top = max(a.rows[0].rank for a in lora.values())
+    long = max((a for a in lora.values() if a.rows[0].rank == top), key=lambda a: a.duration)
+    budgets = {a.duration: a for a in full.values()}
+    short = [d for d in budgets if d <= long.duration / 4 * (1 + TOL)]
+    if not short:
+        missing.append(f"{long.setting}: no full-FT budget <= T/4 = {long.duration / 4:,.0f} (LoRA r={top} at "
+                       f"{at(long)}; full FT at {', '.join(at(a) for a in budgets.values())})")
+        return None
+    t_short = max(short)
+    upper = [d for d in budgets if t_short < d <= long.duration * (1 + TOL)]
+    if not upper:
+        missing.append(f"{long.setting}: full FT has no budget between {at(budgets[t_short])} and {at(long)} to "
+                       "size the margin with")
+        return None
+    gain = compare(study, budgets[t_short], budgets[max(upper)], "learning", +1)
+    c = compare(study, budgets[t_short], long, "learning", +1,
+                f"LoRA r={top} at {at(long)} vs full FT at {at(budgets[t_short])} ({long.setting})")
+    if c is None or gain is None:
+        missing.append(f"{long.setting}: no per-example learning values shared by the arms")
+        return None
+    margin = max(gain.interval.estimate / 2, 0.0)
+    i = c.interval
+    c.verdict = "agree" if i.low > -margin else "disagree" if i.high < -margin else "inconclusive"
+    c.detail.update(margin=margin, budget_ratio=long.duration / t_short, lora_budget=long.duration,
+                    full_budget=t_short, full_gain=gain.interval.as_dict(), full_gain_to=max(upper), rank=top)
+    return c
+
+
+SWEEP_CHECKS = (best_lr, alpha_2r_best, attention_only_worst, ift_forgets_more_than_cpt, high_rank_long_cpt)

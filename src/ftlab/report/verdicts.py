@@ -1,0 +1,216 @@
+"""What every finding's check shares: arms of a comparison, the instruments that measure them, paired intervals and
+the three-way verdict.
+
+    arm = Arm.of(rows)                                   # one configuration at one duration, a row per seed
+    c = compare(study, lora_arm, full_arm, "learning", expected=-1, what="LoRA r=16 vs full FT at 2 epochs")
+    c.verdict                                            # agree | disagree | inconclusive (95% paired interval)
+    claim.decide([c, ...], empty="not enough data: ...")
+
+An instrument turns a row into per-example values: learning (the learning tasks' headline metrics), source (the
+source benchmarks' headline metrics: the source score), source_loss (held-out source loss per document, weighted
+by its tokens), unique (distinct outputs per problem of a sampled task). Two arms are compared on the documents
+both measured, task by task, and the difference of their aggregates (mean over tasks) gets a paired bootstrap
+interval (ftlab.analysis.statistics); arms with several training seeds resample the seeds too.
+A claim is supported with significant agreements and no significant disagreement, contradicted the reverse,
+mixed with both, inconclusive when nothing is significant, not enough data with no comparison.
+"""
+
+from __future__ import annotations
+
+import statistics as pystats
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from ftlab.analysis.statistics import Interval, Part, classify, level_interval, paired_difference_of
+from ftlab.results.rows import BaseResult, Row, Study
+
+InstrumentName = Literal["learning", "source", "source_loss", "unique"]
+INSTRUMENTS: dict[str, str] = {  # name -> what it measures, in words (the report's instrument table)
+    "learning": "learning: the learning tasks' headline metric (higher = learned more)",
+    "source": "source score: the source benchmarks' headline metric (lower = more forgotten)",
+    "source_loss": "source loss: held-out source-domain loss, nats per token (higher = more forgotten)",
+    "unique": "unique outputs per problem among a sampled task's samples (lower = less diverse)",
+}
+Measured = Row | BaseResult
+
+
+@dataclass
+class Arm:
+    """One configuration at one duration: a row per training seed (or the setting's base model)."""
+
+    label: str  # "LoRA r=16", "full FT", "base"
+    rows: list[Measured]
+
+    @classmethod
+    def of(cls, rows: list[Measured], label: str | None = None) -> Arm:
+        first = rows[0]
+        return cls(label or (first.group if isinstance(first, Row) else "base"), list(rows))
+
+    @property
+    def setting(self) -> str:
+        return self.rows[0].setting
+
+    @property
+    def duration(self) -> float | None:
+        first = self.rows[0]
+        return first.duration if isinstance(first, Row) else 0.0
+
+
+def arms(rows: list[Row]) -> dict[tuple, Arm]:
+    """The rows grouped into arms by (setting, group, optimizer, lr, duration): seeds of one configuration together.
+    (The group already names the optimizer when it is not AdamW; it is in the key so nothing compares across it.)"""
+    grouped: dict[tuple, list[Row]] = {}
+    for r in rows:
+        grouped.setdefault((r.setting, r.group, r.optimizer, r.lr, r.duration), []).append(r)
+    return {key: Arm.of(sorted(rs, key=lambda r: r.seed)) for key, rs in grouped.items()}
+
+
+def _examples(m: Measured, instrument: str, study: Study) -> dict[str, dict[str, tuple[float, float]]]:
+    """key -> per-document (value, weight) of one row under an instrument."""
+    if instrument == "unique":
+        d = m.diversity
+        return {f"{d.task}/unique": {p: (u, 1.0) for p, u in d.per_problem.items()}} if d and d.per_problem else {}
+    if instrument == "learning":
+        keys = [f"{t}/{study.tasks[t].metric}" for t in m.learning_tasks if t in study.tasks]
+    elif instrument == "source":
+        keys = [f"{t}/{study.tasks[t].metric}" for t in m.source_tasks if t in study.tasks]
+    elif instrument == "source_loss":
+        keys = [k for k in m.examples if k.endswith("/loss") and k.split("/")[0] in study.tasks
+                and study.tasks[k.split("/")[0]].role == "source_loss"]
+    else:
+        raise ValueError(f"unknown instrument {instrument!r}")
+    return {k: m.values(k) for k in keys if m.values(k)}
+
+
+def parts(study: Study, a: Arm, b: Arm, instrument: str) -> list[Part]:
+    """The paired parts (one per task both arms measured on every seed) over the documents all rows share."""
+    measured = [_examples(m, instrument, study) for m in a.rows + b.rows]
+    keys = sorted(set.intersection(*(set(e) for e in measured))) if measured else []
+    out = []
+    for key in keys:
+        docs = sorted(set.intersection(*(set(e[key]) for e in measured)))
+        if not docs:
+            continue
+        values = [np.array([e[key][d][0] for d in docs]) for e in measured]
+        weights = np.array([measured[0][key][d][1] for d in docs])
+        out.append(Part(np.stack(values[:len(a.rows)]), np.stack(values[len(a.rows):]),
+                        None if np.all(weights == 1.0) else weights))
+    return out
+
+
+def shared_values(study: Study, rows: list[Measured], instrument: str) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Per task every row measured: the values on the documents all rows share, (rows, n), and their weights (n,)
+    (None when all are 1). What an arm's level resamples, and a sweep's bootstrap (every LR's rows at once)."""
+    measured = [_examples(m, instrument, study) for m in rows]
+    keys = sorted(set.intersection(*(set(e) for e in measured))) if measured else []
+    found = []
+    for key in keys:
+        docs = sorted(set.intersection(*(set(e[key]) for e in measured)))
+        if docs:
+            values = np.stack([np.array([e[key][d][0] for d in docs]) for e in measured])
+            weights = np.array([measured[0][key][d][1] for d in docs])
+            found.append((values, None if np.all(weights == 1.0) else weights))
+    return found
+
+
+def level(study: Study, arm: Arm, instrument: str) -> Interval | None:
+    """An arm's own score on an instrument with its bootstrap interval (a figure's error bar); None if unmeasured."""
+    found = shared_values(study, arm.rows, instrument)
+    return level_interval(found) if found else None
+
+
+@dataclass
+class Comparison:
+    """One comparison a verdict counts: b - a on an instrument, its 95% interval and how it sides with the paper."""
+
+    what: str  # "LoRA r=16 vs full FT, 2 epochs": b vs a, in words
+    instrument: str  # an INSTRUMENTS name, or what else was compared (k90, lr ratio, rho)
+    expected: int  # +1: the paper predicts estimate > 0; -1: < 0
+    interval: Interval
+    verdict: str  # agree | disagree | inconclusive
+    detail: dict = field(default_factory=dict)  # setting, duration, arms' own values, ...
+
+    def as_dict(self) -> dict:
+        return {"what": self.what, "instrument": self.instrument, "expected": self.expected, "verdict": self.verdict,
+                **self.interval.as_dict(), **self.detail}
+
+    def text(self) -> str:
+        """"LoRA r=16 vs full FT at 2 epochs: learning -0.05 [-0.08, -0.02]": the comparison in words."""
+        i = self.interval
+        return f"{self.what}: {self.instrument} {i.estimate:+.3g} [{i.low:+.3g}, {i.high:+.3g}]"
+
+
+def compare(study: Study, a: Arm, b: Arm, instrument: str, expected: int, what: str | None = None,
+            **detail) -> Comparison | None:
+    """b - a on an instrument over the documents both measured (None when they share none), with its verdict."""
+    found = parts(study, a, b, instrument)
+    if not found:
+        return None
+    interval = paired_difference_of(found)
+    return Comparison(what or f"{b.label} vs {a.label}", instrument, expected, interval, interval.verdict(expected),
+                      {"setting": a.setting, "duration": b.duration, **detail})
+
+
+def fixed(what: str, instrument: str, expected: int, estimate: float, low: float, high: float, n: int,
+          verdict: str, **detail) -> Comparison:
+    """A comparison whose interval and verdict come from elsewhere (a deterministic measure, an argmax's bootstrap)."""
+    se = (high - low) / (2 * 1.959964) if high > low else 0.0
+    return Comparison(what, instrument, expected, Interval(estimate, low, high, se, n), verdict, detail)
+
+
+@dataclass
+class Claim:
+    """One finding and what this study says about it."""
+
+    id: str  # short key: learns_less, forgets_less, ...
+    finding: str  # the finding, in a sentence
+    source: str  # whose finding: "Biderman et al. 2024", "Schulman et al. 2025 (LoRA Without Regret)"
+    rule: str  # how the verdict is decided
+    instrument: str = ""  # what measures it (an INSTRUMENTS name, k90, lr ratio, ...)
+    status: str = "not enough data"  # supported | contradicted | mixed | inconclusive | not enough data
+    sentence: str = ""  # the verdict's numbers in words
+    counts: dict = field(default_factory=lambda: {"agree": 0, "disagree": 0, "inconclusive": 0})
+    headline: Comparison | None = None  # the comparison the sentence leads with
+    mde: float | None = None  # minimal detectable effect: median over the comparisons on the headline's instrument
+    comparisons: list[Comparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # caveats: one seed only, the miniature departs from the paper
+
+    def decide(self, comparisons: list[Comparison | None], empty: str, headline: Comparison | None = None) -> Claim:
+        """Status, counts, headline (default: the comparison with the largest |estimate|) and sentence."""
+        self.comparisons = [c for c in comparisons if c is not None]
+        self.status, self.counts = classify([c.verdict for c in self.comparisons])
+        if not self.comparisons:
+            self.sentence = empty
+            return self
+        self.headline = headline or max(self.comparisons, key=lambda c: abs(c.interval.estimate))
+        mdes = [c.interval.mde for c in self.comparisons  # the headline's instrument: MDEs of two scales don't mix
+                if c.instrument == self.headline.instrument and np.isfinite(c.interval.mde)]
+        self.mde = pystats.median(mdes) if mdes else None
+        self.sentence = (f"{self.headline.text()}; {self.counts['agree']} agree, {self.counts['disagree']} "
+                         f"disagree, {self.counts['inconclusive']} inconclusive at 95% (of {len(self.comparisons)})"
+                         + (f"; detectable {self.mde:.2g}" if self.mde is not None else ""))
+        if self.comparisons and max(c.interval.seeds for c in self.comparisons) == 1:
+            self.notes.append("one training seed: the intervals hold the evaluation's noise, not the variation "
+                              "between training runs (list seeds: in the experiment for that)")
+        return self
+
+    def note_contradictions(self, shown: int = 3) -> Claim:
+        """Say where this study contradicts the paper: a note with the (largest) disagreeing comparisons' numbers."""
+        against = sorted((c for c in self.comparisons if c.verdict == "disagree"),
+                         key=lambda c: -abs(c.interval.estimate))
+        if against:
+            where = ("here" if self.status == "contradicted"
+                     else f"in {len(against)} of {len(self.comparisons)} comparisons")
+            more = f" (and {len(against) - shown} more)" if len(against) > shown else ""
+            self.notes.append(f"this study contradicts the paper {where}: "
+                              + "; ".join(c.text() for c in against[:shown]) + more)
+        return self
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "finding": self.finding, "source": self.source, "rule": self.rule,
+                "instrument": self.instrument, "status": self.status, "sentence": self.sentence,
+                "counts": self.counts, "mde": self.mde, "notes": self.notes,
+                "headline": self.headline.as_dict() if self.headline else None,
+                "comparisons": [c.as_dict() for c in self.comparisons]}
