@@ -310,3 +310,18 @@ def test_kl_predicts_forgetting(kl, status):
     rows = [ckpt(d=d, rise=None, keep=0.6 - 0.05 * d, kl=float(d)) for d in range(1, 6)]
     c = claim(study(*rows), findings_paper.kl_predicts_forgetting)
     assert c.status == "supported" and c.headline.detail["forgetting"] == "forgetting"
+
+
+def test_a_grid_of_null_comparisons_stays_inconclusive_after_holms_correction():
+    """36 LoRA-vs-full pairs with no true difference: at 95% each, a couple would look significant by chance and
+    turn the claim mixed or contradicted; corrected over the family, the claim stays inconclusive."""
+    rows = []
+    for d in range(1, 10):
+        rows.append(ckpt(learn=0.5, d=d))
+        rows += [ckpt("lora", learn=0.5, rank=r, d=d) for r in (1, 4, 16, 64)]
+    c = claim(study(*rows), findings_paper.learns_less)
+    assert len(c.comparisons) == 36 and c.status == "inconclusive", c.sentence
+    assert "Holm-corrected" in c.sentence
+    chance = [x for x in c.comparisons if x.interval.low > 0 or x.interval.high < 0]  # what 95% alone would call
+    assert len(chance) >= 1 and all("Holm" in x.detail["holm"] for x in chance)  # 3 with these seeds
+    assert all(x.verdict == "inconclusive" for x in c.comparisons)

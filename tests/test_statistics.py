@@ -110,3 +110,18 @@ def test_a_level_interval_is_the_score_with_its_bootstrap_spread():
     i = level_interval([(values, None)])
     assert i.estimate == pytest.approx(values.mean()) and i.low < values.mean() < i.high
     assert i.se == pytest.approx(values.std(ddof=1) / np.sqrt(400), rel=0.15)  # the bootstrap SE of a mean
+
+
+def test_holm_keeps_what_survives_the_step_down():
+    from ftlab.analysis.statistics import holm
+
+    assert holm([0.01, 0.04, 0.03]) == [True, False, False]  # 0.01 <= 0.05/3; 0.03 > 0.05/2 stops the rest
+    assert holm([0.001, 0.02, 0.04]) == [True, True, True]  # 0.001 <= .0167, 0.02 <= .025, 0.04 <= .05
+    assert holm([]) == [] and holm([0.2]) == [False]
+
+
+def test_a_paired_difference_carries_its_bootstrap_p():
+    rng = np.random.default_rng(9)
+    a = binary(300, 0.4, rng)
+    assert paired_difference(a, np.where(rng.random(300) < 0.3, 1.0, a)).p < 0.001
+    assert paired_difference(a, a.copy()).p == 1.0

@@ -52,6 +52,7 @@ class Interval:
     se: float  # bootstrap standard deviation
     n: int  # examples (or checkpoints, for a correlation) behind it
     seeds: int = 1  # training seeds per arm (the fewer of the two)
+    p: float = float("nan")  # two-sided bootstrap p-value of "no difference" (nan where not a test of zero)
 
     @property
     def mde(self) -> float:
@@ -66,7 +67,7 @@ class Interval:
 
     def as_dict(self) -> dict:
         return {"estimate": self.estimate, "low": self.low, "high": self.high, "se": self.se, "mde": self.mde,
-                "n": self.n, "seeds": self.seeds}
+                "n": self.n, "seeds": self.seeds, "p": self.p}
 
 
 def _aggregate(values: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
@@ -110,8 +111,9 @@ def paired_difference_of(parts: list[Part], n_boot: int = N_BOOT, seed: int = SE
     diffs = np.concatenate([_replicates(parts, min(BLOCK, n_boot - start), rng)
                             for start in range(0, n_boot, BLOCK)])  # (R,)
     low, high = np.quantile(diffs, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
+    p = min(1.0, 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean())))  # replicates across zero
     return Interval(estimate, float(low), float(high), float(diffs.std(ddof=1)),
-                    sum(p.a.shape[1] for p in parts), min(seeds_a, seeds_b))
+                    sum(p_.a.shape[1] for p_ in parts), min(seeds_a, seeds_b), p)
 
 
 def _checked(p: Part) -> Part:
@@ -178,6 +180,18 @@ def _ranks(v: np.ndarray) -> np.ndarray:
         if tied.sum() > 1:
             ranks[tied] = ranks[tied].mean()
     return ranks
+
+
+def holm(p_values: list[float], level: float = LEVEL) -> list[bool]:
+    """Which of a family of tests stay significant after Holm's step-down correction (family-wise error 1 - level):
+    the i-th smallest p must be <= (1 - level) / (m - i), and the first that is not stops the rest."""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    keep = [False] * len(p_values)
+    for i, j in enumerate(order):
+        if p_values[j] > (1 - level) / (len(p_values) - i):
+            break
+        keep[j] = True
+    return keep
 
 
 def classify(verdicts: list[Verdict]) -> tuple[str, dict[str, int]]:

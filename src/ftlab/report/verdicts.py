@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from ftlab.analysis.statistics import Interval, Part, classify, level_interval, paired_difference_of
+from ftlab.analysis.statistics import Interval, Part, classify, holm, level_interval, paired_difference_of
 from ftlab.results.rows import BaseResult, Row, Study
 
 InstrumentName = Literal["learning", "source", "source_loss", "unique"]
@@ -178,8 +178,18 @@ class Claim:
     notes: list[str] = field(default_factory=list)  # caveats: one seed only, the miniature departs from the paper
 
     def decide(self, comparisons: list[Comparison | None], empty: str, headline: Comparison | None = None) -> Claim:
-        """Status, counts, headline (default: the comparison with the largest |estimate|) and sentence."""
+        """Status, counts, headline (default: the comparison with the largest |estimate|) and sentence.
+
+        The comparisons that test a difference against zero are one family: a verdict counts as significant only
+        if it survives Holm's correction over the family (family-wise 95%), so that among a grid's many
+        comparisons the ~5% that a null effect makes look significant by chance do not decide the claim. One that
+        does not is counted inconclusive, with detail["holm"] saying so; its 95% interval is shown as it is."""
         self.comparisons = [c for c in comparisons if c is not None]
+        family = [c for c in self.comparisons if c.expected != 0 and np.isfinite(c.interval.p)]
+        for c, kept in zip(family, holm([c.interval.p for c in family])):
+            if c.verdict != "inconclusive" and not kept:
+                c.verdict = "inconclusive"
+                c.detail["holm"] = f"not significant after Holm's correction over {len(family)} comparisons"
         self.status, self.counts = classify([c.verdict for c in self.comparisons])
         if not self.comparisons:
             self.sentence = empty
@@ -189,7 +199,8 @@ class Claim:
                 if c.instrument == self.headline.instrument and np.isfinite(c.interval.mde)]
         self.mde = pystats.median(mdes) if mdes else None
         self.sentence = (f"{self.headline.text()}; {self.counts['agree']} agree, {self.counts['disagree']} "
-                         f"disagree, {self.counts['inconclusive']} inconclusive at 95% (of {len(self.comparisons)})"
+                         f"disagree, {self.counts['inconclusive']} inconclusive at 95% (of {len(self.comparisons)}"
+                         + (", Holm-corrected" if len(family) > 1 else "") + ")"
                          + (f"; detectable {self.mde:.2g}" if self.mde is not None else ""))
         if self.comparisons and max(c.interval.seeds for c in self.comparisons) == 1:
             self.notes.append("one training seed: the intervals hold the evaluation's noise, not the variation "
