@@ -3,6 +3,11 @@ into a results store (ftlab.results.index) that the report reads.
 
 The fake study follows the paper's shape: full FT at two learning rates, full FT with weight decay and with
 attention dropout, LoRA r=1/4/16 at two learning rates each; checkpoints at 1 and 2 epochs plus final/ (4 epochs).
+Every checkpoint has per-example records, made so that the answers are known: learning is exact match on 400
+problems, solved in a fixed order of difficulty (a checkpoint solving k solves the k easiest: paired differences are
+tight); the source score is three 200-question benchmarks, answered the same way; the held-out source loss is 100
+documents whose losses rise by a known amount over the base's, plus noise of +-SIGMA that sums to zero per checkpoint
+(so each mean is exact) but falls on different documents for each (so paired differences have a known spread).
 """
 
 import json
@@ -10,14 +15,17 @@ import math
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 pytest.importorskip("matplotlib")
 
 from ftlab.report.claims import CHECKS  # noqa: E402
+from ftlab.report.page import SECTIONS  # noqa: E402
 from ftlab.report.plots import FIGURES  # noqa: E402
 from ftlab.results.index import index_folder, study_of  # noqa: E402
 from ftlab.cli import main  # noqa: E402
@@ -27,17 +35,41 @@ from ftlab.report import write_report  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "scripts" / "check_report.py"
 FORGETTING = [("source_continuation", "acc_norm"), ("source_question", "acc_norm"), ("source_cloze", "acc")]
-BASE_LEARNING, BASE_SOURCE = 0.05, 0.60
+BASE_LEARNING, BASE_SOURCE, BASE_LOSS = 0.05, 0.60, 2.0
+N_LEARN, N_SOURCE, N_LOSS, TOKENS, SIGMA = 400, 200, 100, 50, 0.05
 DURATIONS = {"epochs-1": 1.0, "epochs-2": 2.0, "final": 4.0}
 MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _eval(learning: float, source: float) -> dict:
-    scores = [{"task": "math", "version": "1", "metric": "exact_match_strict", "value": learning, "n": 100,
-               "stderr": 0.01, "extra": {}}]
-    scores += [{"task": t, "version": "1", "metric": m, "value": source, "n": 100, "stderr": 0.01, "extra": {}}
-               for t, m in FORGETTING]
-    return {"scores": scores}
+def _records(path: Path, task: str, rows: list[dict]) -> None:
+    (path / "eval_samples").mkdir(exist_ok=True)
+    (path / "eval_samples" / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _solved(path: Path, task: str, metric: str, n: int, share: float) -> dict:
+    """Records of a task whose first round(n * share) documents are right; its eval.json score."""
+    k = round(n * share)
+    _records(path, task, [{"id": f"{task}-{j}", "metrics": {metric: float(j < k)}} for j in range(n)])
+    return {"task": task, "version": "1", "metric": metric, "value": k / n, "n": n, "stderr": 0.01, "extra": {}}
+
+
+def _losses(path: Path, rise: float, noise: str) -> dict:
+    """source_loss records: document j's loss = its base loss + rise + SIGMA x (+1 or -1), the signs a zero-sum
+    pattern placed by `noise` (a checkpoint's own seed); its eval.json score (the token-weighted mean)."""
+    signs = np.random.default_rng(zlib.crc32(noise.encode())).permutation(np.repeat([1.0, -1.0], N_LOSS // 2))
+    losses = [BASE_LOSS - 0.2 + 0.1 * (j % 5) + rise + SIGMA * signs[j] for j in range(N_LOSS)]
+    _records(path, "source_loss", [{"id": f"doc-{j}", "tokens": TOKENS, "metrics": {"loss": v}}
+                                   for j, v in enumerate(losses)])
+    return {"task": "source_loss", "version": "1", "metric": "loss", "value": sum(losses) / N_LOSS, "n": N_LOSS,
+            "stderr": 0.01, "extra": {}}
+
+
+def _evaluate(path: Path, learning: float, source: float, rise: float, noise: str) -> None:
+    """eval.json and per-example records of one checkpoint (or a base model) in `path`."""
+    scores = [_solved(path, "math", "exact_match_strict", N_LEARN, learning)]
+    scores += [_solved(path, t, m, N_SOURCE, source) for t, m in FORGETTING]
+    scores.append(_losses(path, rise, noise))
+    (path / "eval.json").write_text(json.dumps({"scores": scores}))
 
 
 def _samples(path: Path, unique: int, passing: int) -> None:
@@ -85,8 +117,9 @@ def _spectrum(names: list[str], k90: float, with_values: bool) -> dict[str, dict
 
 def make_run(root: Path, name: str, method: str, lr: float, rank: int = 16, wd: float = 0.0, drop: float = 0.0,
              skill: float = 1.0, gentleness: float = 0.0, extras: bool = False) -> Path:
-    """A finished, evaluated run: learning = 0.2·skill·(1 + log2 d), the source score falls with duration,
-    less so the larger `gentleness` (0 = full FT, 1 = no forgetting)."""
+    """A finished, evaluated run: learning = 0.2·skill·(1 + log2 d); the source score falls by 0.04 and the source
+    loss rises by 0.1 nats per (1 + log2 d), times (1 - gentleness) (0 = full FT, 1 = no forgetting). Its cost
+    (run.json, tokens/s in metrics.jsonl): full FT 1 hour, 8 GB; LoRA r 1800 + 60 r seconds, 3 + 0.1 r GB."""
     run = root / name
     config = {"model": {"name": "tiny", "attention_dropout": drop},
               "data": {"regime": "ift", "path": "builtin:math-ift"},
@@ -95,8 +128,16 @@ def make_run(root: Path, name: str, method: str, lr: float, rank: int = 16, wd: 
               "output": {"dir": str(run)}}
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(config))
+    full = method == "full"
+    (run / "run.json").write_text(json.dumps({
+        "wall_s": 3600.0 if full else 1800.0 + 60 * rank, "peak_memory_gb": 8.0 if full else 3.0 + 0.1 * rank,
+        "device": "cpu", "trainable_params": 2_200_000 if full else 4096 * rank,
+        "total_params": 2_200_000 + (0 if full else 4096 * rank)}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "tokens": 100 * s, "loss": 2.0 - 0.01 * s,
+                                                           "lr": lr, "tokens_per_s": 1000.0 if full else 1400.0})
+                                               + "\n" for s in (1, 2)))
     (run / "base_eval").mkdir()
-    (run / "base_eval" / "eval.json").write_text(json.dumps(_eval(BASE_LEARNING, BASE_SOURCE)))
+    _evaluate(run / "base_eval", BASE_LEARNING, BASE_SOURCE, 0.0, "base")
     _samples(run / "base_eval", unique=8, passing=0)
     for ckpt, d in DURATIONS.items():
         path = run / ("checkpoints/" + ckpt if ckpt != "final" else "final")
@@ -105,7 +146,7 @@ def make_run(root: Path, name: str, method: str, lr: float, rank: int = 16, wd: 
         source = BASE_SOURCE - 0.04 * (1 - gentleness) * (1 + math.log2(d))
         (path / "ftlab.json").write_text(json.dumps({"step": int(10 * d), "tokens": int(1000 * d), "epoch": d,
                                                      "method": method, "base": "base"}))
-        (path / "eval.json").write_text(json.dumps(_eval(learning, source)))
+        _evaluate(path, learning, source, 0.1 * (1 - gentleness) * (1 + math.log2(d)), f"{name}/{ckpt}")
         if extras:
             (path / "kl.json").write_text(json.dumps({"kl": 0.5 * (BASE_SOURCE - source) + 0.01 * d, "tokens": 500}))
             unique = 3 if method == "full" else 3 + round(4 * gentleness)
@@ -118,15 +159,23 @@ def make_run(root: Path, name: str, method: str, lr: float, rank: int = 16, wd: 
     return run
 
 
+GROUPS = {  # run folder -> (method, lr, rank, wd, attention dropout, skill, gentleness)
+    "full/lr1e-3": ("full", 1e-3, 16, 0.0, 0.0, 1.0, 0.0),
+    "full/lr1e-4": ("full", 1e-4, 16, 0.0, 0.0, 0.7, 0.0),
+    "full-wd/lr1e-3": ("full", 1e-3, 16, 1e-4, 0.0, 0.995, 0.02),
+    "full-drop/lr1e-3": ("full", 1e-3, 16, 0.0, 0.1, 0.97, 0.1),
+    **{f"lora/r{r}-lr1e-2": ("lora", 1e-2, r, 0.0, 0.0, skill, gentle)
+       for r, skill, gentle in ((1, 0.6, 0.82), (4, 0.75, 0.6), (16, 0.9, 0.35))},
+    **{f"lora/r{r}-lr1e-3": ("lora", 1e-3, r, 0.0, 0.0, 0.6 * skill, gentle)
+       for r, skill, gentle in ((1, 0.6, 0.82), (4, 0.75, 0.6), (16, 0.9, 0.35))},
+}
+
+
 def make_study(root: Path) -> Path:
     """Ten runs shaped like the paper's findings (LoRA learns less and forgets less; LoRA's best LR 10x full's)."""
-    make_run(root, "full/lr1e-3", "full", 1e-3, skill=1.0, extras=True)
-    make_run(root, "full/lr1e-4", "full", 1e-4, skill=0.7)
-    make_run(root, "full-wd/lr1e-3", "full", 1e-3, wd=1e-4, skill=0.98, gentleness=0.02)
-    make_run(root, "full-drop/lr1e-3", "full", 1e-3, drop=0.1, skill=0.97, gentleness=0.03)
-    for rank, skill, gentle in ((1, 0.6, 0.8), (4, 0.75, 0.6), (16, 0.9, 0.4)):
-        make_run(root, f"lora/r{rank}-lr1e-2", "lora", 1e-2, rank=rank, skill=skill, gentleness=gentle, extras=True)
-        make_run(root, f"lora/r{rank}-lr1e-3", "lora", 1e-3, rank=rank, skill=skill * 0.6, gentleness=gentle)
+    for name, (method, lr, rank, wd, drop, skill, gentle) in GROUPS.items():
+        make_run(root, name, method, lr, rank=rank, wd=wd, drop=drop, skill=skill, gentleness=gentle,
+                 extras=name in ("full/lr1e-3", "lora/r1-lr1e-2", "lora/r4-lr1e-2", "lora/r16-lr1e-2"))
     return root
 
 
@@ -135,9 +184,14 @@ def study_dir(tmp_path_factory) -> Path:
     return make_study(tmp_path_factory.mktemp("study"))
 
 
+BUDGET = 0.35  # --forgetting-budget of the module's report: admits everything (full FT's rise is 0.3)
+
+
 @pytest.fixture(scope="module")
 def report(study_dir: Path) -> Path:
-    return write_report(study_dir)
+    """The report as `ftlab report DIR --forgetting-budget 0.35` writes it."""
+    assert main(["report", str(study_dir), "--forgetting-budget", str(BUDGET)]) == 0
+    return study_dir / "report.html"
 
 
 def test_the_index_finds_every_run_and_maps_the_config(study_dir):
@@ -149,10 +203,16 @@ def test_the_index_finds_every_run_and_maps_the_config(study_dir):
     assert (r4.duration, r4.duration_unit, r4.step, r4.tokens) == (2.0, "epochs", 20, 2000)
     assert r4.learning == pytest.approx(0.2 * 0.75 * 2) and r4.learning_tasks == ["math"]
     assert r4.forgetting == pytest.approx(BASE_SOURCE - r4.source) and r4.forgetting > 0
+    assert r4.source_loss - r4.base_source_loss == pytest.approx(0.1 * 0.4 * 2)
     assert r4.base_learning == pytest.approx(BASE_LEARNING) and r4.base_source == pytest.approx(BASE_SOURCE)
     assert r4.diversity is not None and r4.diversity.pass_at_k[8] > r4.diversity.pass_at_k[1]
     assert r4.diversity.unique_mean == 3 + round(4 * 0.6) and len(r4.diversity.per_problem) == 20
-    assert set(r4.examples) == {"math_sampled/pass@1", "math_sampled/pass@4", "math_sampled/pass@8"}
+    assert set(r4.examples) == {"math_sampled/pass@1", "math_sampled/pass@4", "math_sampled/pass@8",
+                                "math/exact_match_strict", "source_loss/loss",
+                                *(f"{t}/{m}" for t, m in FORGETTING)}
+    assert len(r4.values("math/exact_match_strict")) == N_LEARN and len(r4.values("source_loss/loss")) == N_LOSS
+    assert (r4.cost.wall_s, r4.cost.peak_memory_gb, r4.cost.trainable_params, r4.cost.tokens_per_s) == (
+        2040.0, pytest.approx(3.4), 16384, 1400.0)
     assert r4.spectrum is None and r4.kl is not None  # LoRA spectra only in final/
     wd = next(r for r in study.rows if r.run == "full-wd/lr1e-3")
     drop = next(r for r in study.rows if r.run == "full-drop/lr1e-3")
@@ -165,30 +225,215 @@ def test_the_index_finds_every_run_and_maps_the_config(study_dir):
     assert study_of(study_dir) == study  # indexed afresh: the same store, the same study
 
 
+def _csv_rows(path: Path) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader(path.open()))
+
+
 def test_report_has_every_figure_claim_and_table(report, study_dir):
     page = report.read_text()
     assert report == study_dir / "report.html"
-    assert page.count("<img ") == len(FIGURES) and 'id="skipped"' not in page
-    for draw in FIGURES:
-        fig_id = draw.__name__
+    assert page.count("<img ") == len(FIGURES) + 1 and 'id="skipped"' not in page  # + the cost figure
+    for fig_id in [draw.__name__ for draw in FIGURES] + ["cost"]:
         assert f'id="fig-{fig_id}"' in page
         assert (study_dir / "report" / f"{fig_id}.csv").read_text().count("\n") > 1
     assert page.count('<tr id="claim-') == len(CHECKS)
-    for section in ("summary", "claims", "figures", "runs", "missing"):
+    for section in SECTIONS:
         assert f'<section id="{section}"' in page or f'<header id="{section}"' in page
     assert "http://" not in page and "https://" not in page and "<script" not in page  # offline, no JS
     data = json.loads((study_dir / "report" / "results.json").read_text())
     assert len(data["study"]["rows"]) == 30 and len(data["claims"]) == len(CHECKS)
     statuses = {c["id"]: c["status"] for c in data["claims"]}
-    assert statuses["learns_less"] == statuses["forgets_less"] == statuses["best_lr"] == "supported"
-    assert statuses["delta_rank"] == "mixed"  # k90 ~40-58 is >= 10x r=1 and r=4 but not r=16
-    rows_csv = (study_dir / "report" / "rows.csv").read_text().splitlines()
-    assert len(rows_csv) == 31 and rows_csv[0].startswith("run,checkpoint,group,lr")
+    assert statuses["learns_less"] == statuses["forgets_less"] == statuses["forgets_less_loss"] == "supported"
+    rows_csv = _csv_rows(study_dir / "report" / "rows.csv")
+    assert len(rows_csv) == 30 and list(rows_csv[0])[:4] == ["run", "checkpoint", "group", "lr"]
+    full = next(r for r in rows_csv if r["run"] == "full/lr1e-3" and r["checkpoint"] == "final")
+    assert (full["wall_s"], full["device_hours"], full["peak_memory_gb"], full["tokens_per_s"], full["device"],
+            full["trainable_params"], full["total_params"]) == ("3600.0", "1.0", "8.0", "1000.0", "cpu", "2200000",
+                                                                "2200000")
+
+
+def test_the_claims_table_shows_counts_interval_and_mde(report, study_dir):
+    """Each finding's row carries its counts, its headline difference with the 95% interval and its detectable
+    effect, as results.json (Claim.as_dict) and claims.csv have them."""
+    from ftlab.report.html import esc, num
+
+    page = report.read_text()
+    data = json.loads((study_dir / "report" / "results.json").read_text())
+    by_id = {c["id"]: c for c in _csv_rows(study_dir / "report" / "claims.csv")}
+    assert set(by_id) == {c["id"] for c in data["claims"]}
+    headlined = [c for c in data["claims"] if c["headline"]]
+    assert {"learns_less", "forgets_less_loss"} <= {c["id"] for c in headlined}
+    for c in data["claims"]:
+        row = page[page.index(f'<tr id="claim-{c["id"]}"'):]
+        row = row[:row.index("</tr>")]
+        n = c["counts"]
+        assert f'{n["agree"]} / {n["disagree"]} / {n["inconclusive"]}' in row
+        assert f'class="status {c["status"].replace(" ", "-")}"' in row and esc(c["source"]) in row
+        assert esc(num(c["mde"])) in row
+        line = by_id[c["id"]]
+        assert (int(line["agree"]), int(line["disagree"]), int(line["inconclusive"])) == (
+            n["agree"], n["disagree"], n["inconclusive"])
+        h = c["headline"]
+        if h:
+            i = (h["estimate"], h["low"], h["high"])
+            assert esc(f'{h["what"]}: {h["instrument"]} {i[0]:+.3g} [{i[1]:+.3g}, {i[2]:+.3g}]') in row
+            assert [line[k] for k in ("estimate", "low", "high")] == [str(x) for x in i] and i[1] <= i[0] <= i[2]
+        assert line["mde"] == ("" if c["mde"] is None else str(c["mde"]))
+    learns = next(c for c in data["claims"] if c["id"] == "learns_less")
+    # LoRA r=1 learns 0.36 against full FT's 0.6 at 4 epochs: the largest gap, 96 of 400 problems, every one paired
+    assert learns["headline"]["estimate"] == pytest.approx(-0.24) and learns["headline"]["high"] < -0.19
+
+
+def test_every_status_has_its_colour():
+    from ftlab.analysis.statistics import Interval
+    from ftlab.report.page import CSS, _claims_html
+    from ftlab.report.verdicts import Claim, fixed
+
+    def claim(verdicts: list[str]) -> Claim:
+        comparisons = [fixed(f"b{i} vs a", "learning", +1, e, e - 0.01, e + 0.01, 100, v)
+                       for i, (v, e) in enumerate(zip(verdicts, (0.1, -0.1, 0.0)))]
+        return Claim(f"c{len(verdicts)}{''.join(v[0] for v in verdicts)}", "a finding", "someone", "a rule").decide(
+            comparisons, "not enough data: nothing")
+
+    claims = [claim(["agree"]), claim(["disagree"]), claim(["agree", "disagree"]), claim(["inconclusive"]), claim([])]
+    assert [c.status for c in claims] == ["supported", "contradicted", "mixed", "inconclusive", "not enough data"]
+    page = _claims_html(claims)
+    for c in claims:
+        css_class = c.status.replace(" ", "-")
+        assert f'class="status {css_class}"' in page and f".{css_class}{{background:" in CSS
+    assert "b0 vs a: learning +0.1 [+0.09, +0.11]" in page and "not enough data: nothing" in page
+    assert Interval(0.1, 0.09, 0.11, 0.005, 100).mde == pytest.approx(0.014, abs=1e-4)
+
+
+def test_error_bars_are_the_arms_intervals(report, study_dir):
+    """The figures' CSVs carry each point's 95% interval: the level interval of an arm's score (paired bootstrap
+    over its documents), the paired interval of its source-loss rise over the base."""
+    from ftlab.report.verdicts import Arm, compare, level
+
+    study = study_of(study_dir)
+    final = next(r for r in study.rows if r.run == "lora/r16-lr1e-2" and r.checkpoint == "final")
+    learning, source = level(study, Arm.of([final]), "learning"), level(study, Arm.of([final]), "source")
+    rise = compare(study, Arm.of([study.bases[0]]), Arm.of([final]), "source_loss", +1).interval
+    # 216 of 400 problems solved: the bootstrap interval is about +-1.96 sqrt(p(1-p)/n) = +-0.049
+    assert learning.estimate == pytest.approx(0.54) and learning.high - learning.low == pytest.approx(0.098, abs=0.01)
+    assert rise.estimate == pytest.approx(0.195) and 0.02 < rise.high - rise.low < 0.035  # noise of +-SIGMA per doc
+    tradeoff = next(r for r in _csv_rows(study_dir / "report" / "tradeoff.csv")
+                    if r["group"] == "LoRA r=16" and r["lr"] == "0.01" and r["duration"] == "4.0")
+    assert [float(tradeoff[k]) for k in ("learning", "learning_low", "learning_high", "source", "source_low",
+                                         "source_high")] == pytest.approx(
+        [learning.estimate, learning.low, learning.high, source.estimate, source.low, source.high])
+    loss = next(r for r in _csv_rows(study_dir / "report" / "tradeoff_loss.csv")
+                if r["group"] == "LoRA r=16" and r["lr"] == "0.01" and r["duration"] == "4.0")
+    assert [float(loss[k]) for k in ("source_loss_rise", "source_loss_rise_low", "source_loss_rise_high")] == (
+        pytest.approx([rise.estimate, rise.low, rise.high]))
+    for figure, columns in (("duration", ("learning", "source", "source_loss_rise")),
+                            ("regularization", ("learning", "source", "source_loss_rise"))):
+        rows = _csv_rows(study_dir / "report" / f"{figure}.csv")
+        assert rows and all(float(r[f"{c}_low"]) < float(r[c]) < float(r[f"{c}_high"]) for r in rows for c in columns)
+    assert {r["group"] for r in _csv_rows(study_dir / "report" / "duration.csv")} == {
+        "full FT", "LoRA r=1", "LoRA r=4", "LoRA r=16"}  # plain full FT and LoRA, best LR each
+    assert "full FT wd=0.0001" in {r["group"] for r in _csv_rows(study_dir / "report" / "regularization.csv")}
+
+
+def test_cost_view_puts_each_configuration_beside_its_cost(report, study_dir):
+    """One point per group at its best LR and longest duration, with its training's device-hours, peak memory and
+    size (run.json), and what it learned and forgot."""
+    rows = {r["group"]: r for r in _csv_rows(study_dir / "report" / "cost.csv")}
+    assert set(rows) == {"full FT", "full FT wd=0.0001", "full FT attn-drop=0.1", "LoRA r=1", "LoRA r=4",
+                         "LoRA r=16"}
+    for group, r in rows.items():
+        lora = group.startswith("LoRA")
+        rank = int(group.split("=")[1]) if lora else 0
+        assert (float(r["lr"]), float(r["duration"])) == (1e-2 if lora else 1e-3, 4.0)
+        assert float(r["device_hours"]) == pytest.approx((1800 + 60 * rank) / 3600 if lora else 1.0)
+        assert float(r["peak_memory_gb"]) == pytest.approx(3 + 0.1 * rank if lora else 8.0)
+        assert int(r["trainable_params"]) == (4096 * rank if lora else 2_200_000)
+        assert r["forgetting_measure"] == "source_loss"
+        assert float(r["forgetting_low"]) < float(r["forgetting"]) < float(r["forgetting_high"])
+    assert float(rows["LoRA r=16"]["learning"]) == pytest.approx(0.54)
+    assert float(rows["LoRA r=16"]["forgetting"]) == pytest.approx(0.195)
+    page = report.read_text()
+    cost = page[page.index('<section id="cost"'):page.index('<section id="figures"')]
+    assert 'id="fig-cost"' in cost and "LoRA r=16, lr 0.01, 4 epochs" in cost and "65,536" in cost
+
+
+FRONT = ["LoRA r=1, lr 0.01, 1 epochs", "LoRA r=1, lr 0.01, 2 epochs", "LoRA r=1, lr 0.01, 4 epochs",
+         "LoRA r=4, lr 0.01, 4 epochs", "LoRA r=16, lr 0.01, 4 epochs", "full FT attn-drop=0.1, lr 0.001, 4 epochs",
+         "full FT wd=0.0001, lr 0.001, 4 epochs", "full FT, lr 0.001, 4 epochs"]
+
+
+def test_the_recommendation_lists_the_front_and_answers_each_budget(report, study_dir):
+    """The fixture's forgetting (source-loss rise: 0.1 (1 - gentleness)(1 + log2 d)) and learning make the front and
+    the budgets' answers known; weight decay's and full FT's 4-epoch points differ by one problem and 0.006 nats,
+    within the noise: not distinguishable."""
+    front = _csv_rows(study_dir / "report" / "pareto_front.csv")
+    names = [f"{r['group']}, lr {float(r['lr']):g}, {float(r['duration']):g} epochs" for r in front]
+    assert names == FRONT
+    assert [r["distinct_from_previous"] for r in front] == ["", *["True"] * 6, "False"]
+    assert all(r["forgetting_measure"] == "source_loss" for r in front)
+    budgets = {r["budget_is"]: r for r in _csv_rows(study_dir / "report" / "budgets.csv")}
+    full_rise = 0.3  # plain full FT at 4 epochs
+    expected = {"25% of full FT's": FRONT[2], "50% of full FT's": FRONT[3], "75% of full FT's": FRONT[4],
+                "100% of full FT's": FRONT[5]}
+    for what, best in expected.items():
+        b = budgets[what]
+        assert float(b["budget"]) == pytest.approx(full_rise * int(what.split("%")[0]) / 100)
+        assert b["best"] == best and b["ties"] == "" and float(b["forgetting_high"]) <= float(b["budget"])
+    page = report.read_text()
+    section = page[page.index('<section id="recommendation"'):page.index('<section id="cost"')]
+    assert all(name in section for name in FRONT) and section.count("not distinguishable at 95%") == 1
+
+
+def test_a_forgetting_budget_from_the_command_line(report, study_dir, capsys):
+    """--forgetting-budget 0.35 (nats of source-loss rise) admits everything: plain full FT learns most, and weight
+    decay's run is one problem behind it, a tie; a negative budget is refused."""
+    mine = next(r for r in _csv_rows(study_dir / "report" / "budgets.csv") if r["budget_is"] == "--forgetting-budget")
+    assert (float(mine["budget"]), mine["best"], mine["ties"], mine["within"]) == (BUDGET, FRONT[7], FRONT[6], "18")
+    assert f"--forgetting-budget {BUDGET:g} is read on the source-loss rise over the base (nats/token)" in (
+        report.read_text())
+    results = json.loads((study_dir / "report" / "results.json").read_text())
+    assert results["recommendation"]["forgetting_budget"] == BUDGET
+    assert main(["report", str(study_dir), "--forgetting-budget", "-1"]) == 2
+    assert "expected a forgetting of at least 0" in capsys.readouterr().err
+
+
+def test_without_source_loss_the_budget_is_on_the_source_score(tmp_path):
+    """No per-document source loss: forgetting and budgets fall back on the source score's drop."""
+    from ftlab.report.advice import advise
+    from ftlab.report.measures import Measures
+
+    for name in ("full/lr1e-3", "lora/r4-lr1e-2"):
+        method, lr, rank, wd, drop, skill, gentle = GROUPS[name]
+        run = make_run(tmp_path, name, method, lr, rank=rank, skill=skill, gentleness=gentle)
+        for ev in run.rglob("eval.json"):
+            doc = json.loads(ev.read_text())
+            ev.write_text(json.dumps({"scores": [s for s in doc["scores"] if s["task"] != "source_loss"]}))
+            (ev.parent / "eval_samples" / "source_loss.jsonl").unlink()
+    measures = Measures(study_of(tmp_path))
+    advice = advise(measures, budget=0.07)
+    answers = {a.what: a for a in advice.answers}
+    assert {a.instrument for a in advice.answers} == {"source"}
+    # full FT's source score falls 0.04 (1 + log2 d): 0.12 at 4 epochs; LoRA r=4's 0.4 of that: 0.016 (1 + log2 d)
+    assert answers["100% of full FT's"].budget == pytest.approx(0.12)
+    assert answers["--forgetting-budget"].best.name == "LoRA r=4, lr 0.01, 4 epochs"  # drop 0.048, within 0.07
+    assert answers["25% of full FT's"].best.name == "LoRA r=4, lr 0.01, 1 epochs"  # 0.015 [0.007, 0.025] <= 0.03
+    assert [s.point.name for s in advice.front["ift: math-ift @ tiny"]] == [
+        "LoRA r=4, lr 0.01, 1 epochs", "LoRA r=4, lr 0.01, 2 epochs", "LoRA r=4, lr 0.01, 4 epochs",
+        "full FT, lr 0.001, 4 epochs"]  # full FT at 1 and 2 epochs learn less than LoRA forgetting less
+    tight = advise(measures, budget=0.01).answers[0]
+    assert tight.best is None and tight.below == 0  # nothing forgot as little as 0.01
+    calm = tmp_path / "calm"  # full FT that forgets nothing: no share of it to budget
+    make_run(calm, "full", "full", 1e-3, gentleness=1.0)
+    make_run(calm, "lora", "lora", 1e-2, rank=4, skill=0.75, gentleness=1.0)
+    advice = advise(Measures(study_of(calm)))
+    assert advice.reference["ift: math-ift @ tiny"].forgetting.estimate == 0 and advice.answers == []
 
 
 def test_report_is_deterministic(report):
     before = {p: p.read_bytes() for p in [report, *sorted((report.parent / "report").iterdir())]}
-    assert write_report(report.parent) == report
+    assert write_report(report.parent, forgetting_budget=BUDGET) == report
     assert {p: p.read_bytes() for p in before} == before
 
 
@@ -202,7 +447,8 @@ def test_missing_evaluations_are_listed_and_the_report_still_renders(study_dir, 
     assert "lora/r4-lr1e-2/epochs-2: no learning task measured" in study.missing
     assert "no checkpoint has KL to the base" in study.missing
     page = write_report(partial).read_text()
-    assert page.count("<img ") == len(FIGURES) - 1
+    assert page.count("<img ") == len(FIGURES)  # with the cost figure, without kl_forgetting
+    assert "--forgetting-budget" not in page and "25% of full FT" in page  # the user's budget only when given
     assert '<li id="skipped-kl_forgetting">' in page and "not enough data" in page
     assert "lora/r4-lr1e-2/epochs-2: no learning task measured" in page
     assert not (partial / "report" / "kl_forgetting.csv").exists()
@@ -219,7 +465,9 @@ def test_duplicate_final_and_unreadable_config(tmp_path):
     twin = next(r for r in study.rows if r.checkpoint == "epochs-4")
     assert twin.duplicate_of == "final" and len(study.points()) == 3 and len(study.rows) == 4
     assert any(m.startswith("broken: config.yaml unreadable") and "method.rnak" in m for m in study.missing)
-    assert "epochs-4 (= final)" in write_report(tmp_path).read_text()
+    out = tmp_path / "elsewhere" / "r.html"
+    assert main(["report", str(tmp_path), "--out", str(out)]) == 0
+    assert "epochs-4 (= final)" in out.read_text() and (tmp_path / "elsewhere" / "r" / "results.json").exists()
 
 
 def test_a_single_run_reports_what_it_has(tmp_path):
@@ -238,11 +486,13 @@ def test_no_runs_is_a_clear_error(tmp_path):
     assert main(["report", str(tmp_path / "empty")]) == 2
 
 
-def test_cli_report(study_dir, tmp_path, capsys):
-    out = tmp_path / "cli.html"
-    assert main(["report", str(study_dir), "--out", str(out)]) == 0
-    assert out.exists() and (tmp_path / "cli" / "results.json").exists()
-    assert "ftlab report:" in capsys.readouterr().out
+def test_the_browser_check_knows_every_section():
+    sys.path.insert(0, str(CHECK.parent))
+    try:
+        import check_report
+    finally:
+        sys.path.remove(str(CHECK.parent))
+    assert check_report.SECTIONS == SECTIONS
 
 
 def test_report_opens_in_headless_chromium(report):
@@ -255,7 +505,7 @@ def test_report_opens_in_headless_chromium(report):
         pytest.skip("Chromium is not installed (Debian: apt-get install -y chromium); the browser check is skipped")
     done = subprocess.run([sys.executable, str(CHECK), str(report)], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{len(FIGURES)} images" in done.stdout
+    assert f"{len(FIGURES) + 1} images" in done.stdout  # + the cost figure
     # the check can fail: a broken image, a missing section and a page wider than the screen
     broken = report.with_name("broken.html")
     broken.write_text('<html><body><header id="summary"></header><section id="claims"></section>'

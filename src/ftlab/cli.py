@@ -3,7 +3,7 @@
     ftlab train CONFIG [key=value ...] --out DIR   train one run (resumes if DIR holds a killed run)
     ftlab pretrain CONFIG --out DIR                the embedded default's base model, reproducibly
     ftlab eval MODEL_OR_RUN --tasks ...            evaluate a model, an adapter, or every checkpoint of a run
-    ftlab report STUDY [--out FILE]                an HTML report on every run below STUDY, with CSV/JSON
+    ftlab report STUDY [--out FILE] [--forgetting-budget X]   an HTML report on every run below STUDY, CSV/JSON
     ftlab spectrum [BASE] FINETUNED --out FILE     the spectrum of ΔW per layer and module (model, adapter or run)
     ftlab run EXP.yaml [key=value ...] --out DIR   a whole study: grid, train, evaluate, analyse, report
     ftlab status DIR                               what a study has done, is running, failed and has left
@@ -68,7 +68,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from ftlab.report import write_report
 
-    page = write_report(args.study, args.out)
+    page = write_report(args.study, args.out, args.forgetting_budget)
     print(f"ftlab report: {page} (numbers in {page.with_suffix('')}/)")
     return 0
 
@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML report on a study directory, with CSV/JSON")
     p.add_argument("study", help="study directory: run directories are found below it")
     p.add_argument("--out", help="the HTML file (default: STUDY/report.html; data in STUDY/report/)")
+    p.add_argument("--forgetting-budget", type=float, metavar="X",
+                   help="the forgetting you allow: the source-loss rise over the base (nats/token) where the study "
+                        "measured it, else the source-score drop; the report says which configuration learns most "
+                        "within it")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("spectrum", help="the singular-value spectrum of ΔW = W_ft - W_base per layer and module",

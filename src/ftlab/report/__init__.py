@@ -2,7 +2,9 @@
 
     write_report("studies/x")      # -> studies/x/report.html and studies/x/report/ (CSV, JSON)
 
-page.py (the HTML and the exports), claims.py (the paper's findings checked), plots*.py (the figures).
+page.py (the HTML and the exports), claims.py (the paper's findings checked), measures.py (each configuration's
+numbers with their intervals), instruments.py (what each instrument can detect), advice.py (the Pareto front and
+forgetting budgets), plots*.py (the figures), html.py (tables and CSV).
 """
 
 from ftlab.report.page import write_report

@@ -3,79 +3,116 @@ the study's results store alone (a folder of plain `ftlab train`/`ftlab eval` ru
 
     ftlab report studies/math-ift                      # -> studies/math-ift/report.html + studies/math-ift/report/
     ftlab report studies/math-ift --out /tmp/r.html    # -> /tmp/r.html + /tmp/r/
+    ftlab report studies/math-ift --forgetting-budget 0.05   # also: what learns most forgetting at most 0.05
 
 The page (OUT, default DIR/report.html) works offline in any browser: figures are PNGs embedded as data: URIs,
-the CSS is inline, there is no script and no link outside the file. It holds a header (study directory, runs,
-checkpoints, ftlab version), the claims check (ftlab.report.claims), the figures (ftlab.report.plots; skipped
-ones listed with the reason), one table row per (run, checkpoint), and what is missing.
+the CSS is inline, there is no script and no link outside the file. Its sections: a header (study directory, runs,
+checkpoints, ftlab version); the claims (ftlab.report.claims: per finding its verdict, the counts of agreeing,
+disagreeing and inconclusive comparisons, the headline difference with its 95% interval, the minimal detectable
+effect, notes and rule); the instruments (ftlab.report.instruments: each one's detectable effect beside full FT's
+effect on it); the recommendation (ftlab.report.advice: the learning-forgetting Pareto front and forgetting budgets);
+the cost view (ftlab.report.plots_cost); the figures (ftlab.report.plots; skipped ones listed with the reason); one
+table row per (run, checkpoint); and what is missing.
 Next to it, in the folder named after OUT without its suffix (DIR/report/ by default):
-    results.json       the Study (every row; per-example values stay in the store), the claims with their numbers,
-                       each figure's table
-    rows.csv           one line per (run, checkpoint)
-    claims.csv         one line per finding
-    <figure id>.csv    the numbers each drawn figure plotted (tradeoff, regularization, lr_sweep, k90_layers,
-                       singular_values, kl_forgetting, diversity); a skipped figure's stale CSV is removed
+    results.json       the Study (every row; per-example values stay in the store), the claims (Claim.as_dict: every
+                       comparison with its interval), the instruments, the recommendation, each figure's table
+    rows.csv           one line per (run, checkpoint), with its cost
+    claims.csv         one line per finding (comparisons.csv: one per comparison a verdict counts)
+    instruments.csv    one line per instrument and setting
+    pareto_front.csv   the front's configurations; budgets.csv: the answer per forgetting budget
+    <figure id>.csv    the numbers each drawn figure plotted, with the intervals' bounds (tradeoff, tradeoff_loss,
+                       duration, regularization, lr_sweep, k90_layers, singular_values, kl_forgetting, diversity,
+                       cost); a skipped figure's stale CSV is removed
 Every file is written under a temporary name and renamed; the same inputs give the same bytes.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import dataclasses
-import html
-import io
 import json
+import math
 import struct
+from collections import Counter
 from pathlib import Path
 
 from ftlab import __version__
+from ftlab.errors import FtlabError
 from ftlab.io import write_text
-from ftlab.report.claims import Claim, check_claims
+from ftlab.report import advice, instruments
+from ftlab.report.claims import check_claims
+from ftlab.report.html import csv_text, esc, num, table
+from ftlab.report.measures import FORGETTING_WORDS, Measures
 from ftlab.report.plots import Plot, draw_all
+from ftlab.report.plots_cost import cost, cost_points
+from ftlab.report.verdicts import Claim
 from ftlab.results.index import study_of
 from ftlab.results.rows import Row, Study
 
-SECTIONS = ("summary", "claims", "figures", "runs", "missing")  # the page's section ids (scripts/check_report.py)
+SECTIONS = ("summary", "claims", "instruments", "recommendation", "cost", "figures", "runs",
+            "missing")  # the page's section ids (scripts/check_report.py checks them)
 ROW_COLUMNS = ("run", "checkpoint", "group", "lr", "seed", "duration", "duration_unit", "step", "tokens", "learning",
                "base_learning", "source", "base_source", "forgetting", "source_loss", "base_source_loss", "k90_mean",
-               "k90_frac_mean", "rel_change_mean", "intruders_total", "unique_mean", "kl", "wall_s",
-               "tokens_per_s", "peak_memory_gb", "trainable_params", "setting", "duplicate_of")
+               "k90_frac_mean", "rel_change_mean", "intruders_total", "unique_mean", "kl", "wall_s", "device_hours",
+               "tokens_per_s", "peak_memory_gb", "device", "trainable_params", "total_params", "setting",
+               "duplicate_of")
 
 
-def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Read the study's store, check the claims, draw the figures, write the page and its data; returns the page."""
+def write_report(study_dir: str | Path, out: str | Path | None = None,
+                 forgetting_budget: float | None = None) -> Path:
+    """Read the study's store, check the claims, draw the figures, write the page and its data; returns the page.
+    forgetting_budget: the forgetting a user allows (the source-loss rise where measured, else the source-score
+    drop): the recommendation says what learns most within it."""
+    if forgetting_budget is not None and not (math.isfinite(forgetting_budget) and forgetting_budget >= 0):
+        raise FtlabError(f"--forgetting-budget: expected a forgetting of at least 0 (a source-loss rise in "
+                         f"nats/token, or a source-score drop), got {forgetting_budget}")
     study = study_of(study_dir)
     claims = check_claims(study)
-    plots = draw_all(study)
+    m = Measures(study)
+    plots = draw_all(m)
+    cost_plot = cost(m)
+    powers = instruments.powers(m, claims)
+    advised = advice.advise(m, forgetting_budget)
     page = Path(out) if out is not None else Path(study_dir) / "report.html"
     data_dir = page.with_suffix("")
     data_dir.mkdir(parents=True, exist_ok=True)
+    recommendation = {"forgetting_budget": forgetting_budget, "front": advice.front_records(advised),
+                      "budgets": advice.budget_records(advised)}
     write_text(data_dir / "results.json", json.dumps(
-        {"ftlab_version": __version__, "study": _without_examples(study), "claims": [dataclasses.asdict(c) for c in claims],
-         "figures": [{"id": p.id, "title": p.title, "skipped": p.skipped, "table": p.table} for p in plots]},
+        {"ftlab_version": __version__, "study": _without_examples(study), "claims": [c.as_dict() for c in claims],
+         "instruments": [p.record() for p in powers], "recommendation": recommendation,
+         "figures": [{"id": p.id, "title": p.title, "skipped": p.skipped, "table": p.table}
+                     for p in [*plots, cost_plot]]},
         indent=1, default=str) + "\n")
-    write_text(data_dir / "rows.csv", _csv([row_record(r) for r in study.rows], ROW_COLUMNS))
-    write_text(data_dir / "claims.csv", _csv([{"id": c.id, "status": c.status, "finding": c.finding,
-                                               "sentence": c.sentence, "rule": c.rule} for c in claims]))
-    for p in plots:
+    write_text(data_dir / "rows.csv", csv_text([row_record(r) for r in study.rows], ROW_COLUMNS))
+    write_text(data_dir / "claims.csv", csv_text([claim_record(c) for c in claims]))
+    write_text(data_dir / "comparisons.csv", csv_text([{"claim": c.id, **x.as_dict()} for c in claims
+                                                       for x in c.comparisons]))
+    write_text(data_dir / "instruments.csv", csv_text([p.record() for p in powers]))
+    write_text(data_dir / "pareto_front.csv", csv_text(recommendation["front"]))
+    write_text(data_dir / "budgets.csv", csv_text(recommendation["budgets"]))
+    for p in [*plots, cost_plot]:
         target = data_dir / f"{p.id}.csv"
         if p.skipped is None:
-            write_text(target, _csv(p.table))
+            write_text(target, csv_text(p.table))
         elif target.exists():
             target.unlink()
-    write_text(page, render(study, claims, plots, data_dir.name))
+    body = [_claims_html(claims), instruments.section(powers), advice.section(advised, forgetting_budget),
+            _cost_html(m, cost_plot, data_dir.name), _figures_html(plots, data_dir.name), _rows_html(study),
+            _missing_html(study)]
+    write_text(page, render(study, body, data_dir.name))
     return page
 
 
-def _csv(records: list[dict], columns: tuple[str, ...] | None = None) -> str:
-    if columns is None:  # the union of keys, in order of first appearance
-        columns = tuple(dict.fromkeys(k for r in records for k in r))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows([{k: "" if v is None else v for k, v in r.items()} for r in records])
-    return buf.getvalue()
+def claim_record(c: Claim) -> dict:
+    """One line of claims.csv: Claim.as_dict with the counts and the headline spread into columns (the comparisons
+    go to comparisons.csv)."""
+    d = c.as_dict()
+    h = d["headline"] or {}
+    return {"id": d["id"], "source": d["source"], "finding": d["finding"], "status": d["status"], **d["counts"],
+            "headline": h.get("what"), "instrument": h.get("instrument", d["instrument"]),
+            "estimate": h.get("estimate"), "low": h.get("low"), "high": h.get("high"), "mde": d["mde"],
+            "sentence": d["sentence"], "notes": " | ".join(d["notes"]), "rule": d["rule"]}
 
 
 def _without_examples(study: Study) -> dict:
@@ -89,11 +126,13 @@ def _without_examples(study: Study) -> dict:
 
 
 def row_record(r: Row) -> dict:
-    """One table row: the row's own fields plus its spectrum and diversity summaries."""
+    """One table row: the row's own fields plus its cost, spectrum and diversity summaries."""
     record = {k: getattr(r, k) for k in ROW_COLUMNS if hasattr(r, k)}
     record["group"] = r.group
-    record.update(wall_s=r.cost.wall_s, tokens_per_s=r.cost.tokens_per_s, peak_memory_gb=r.cost.peak_memory_gb,
-                  trainable_params=r.cost.trainable_params)
+    c = r.cost
+    record.update(wall_s=c.wall_s, device_hours=c.device_hours, tokens_per_s=c.tokens_per_s,
+                  peak_memory_gb=c.peak_memory_gb, device=c.device, trainable_params=c.trainable_params,
+                  total_params=c.total_params)
     s = r.spectrum
     record.update(k90_mean=s and s.k90_mean, k90_frac_mean=s and s.k90_frac_mean,
                   rel_change_mean=s and s.rel_change_mean, intruders_total=s and s.intruders_total,
@@ -107,7 +146,7 @@ CSS = """
 body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2329;background:#fafbfc}
 main{max-width:1180px;margin:0 auto;padding:8px 20px 40px;box-sizing:border-box}
 h1{font-size:1.6em;margin:.6em 0 .2em}h2{margin-top:1.6em;border-bottom:1px solid #d5dae0;padding-bottom:.2em}
-h3{font-size:1.05em;margin:.2em 0}
+h3{font-size:1.05em;margin:.8em 0 .3em}
 nav a{margin-right:1em}.meta{color:#5a6570}
 figure{margin:1.2em 0;padding:10px;background:#fff;border:1px solid #e1e5ea;border-radius:6px}
 figure img{display:block;max-width:100%;height:auto;margin:0 auto}
@@ -118,24 +157,13 @@ th,td{border:1px solid #e1e5ea;padding:4px 7px;text-align:left;vertical-align:to
 th{background:#f0f2f5;position:sticky;top:0}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 table.rows td:nth-child(-n+2){white-space:nowrap}
-table.claims td{max-width:420px}
+table.claims td{max-width:360px}table.claims ul{margin:.3em 0 0;padding-left:1.1em}
 .status{font-weight:600;white-space:nowrap;border-radius:4px;padding:2px 6px}
 .supported{background:#d4f4dd;color:#11622a}.contradicted{background:#fbd9d6;color:#8d1c12}
-.mixed{background:#fdf0c8;color:#7a5600}.not-enough-data{background:#e6e9ed;color:#4a545e}
-.rule{color:#5a6570;font-size:.92em}
+.mixed{background:#fdf0c8;color:#7a5600}.inconclusive{background:#dde8f6;color:#1f4e79}
+.not-enough-data{background:#e6e9ed;color:#4a545e}
+.rule,.source{color:#5a6570;font-size:.92em}summary{cursor:pointer;color:#3a5a80}.tie{color:#7a5600;font-weight:600}
 """
-
-
-def _e(x: object) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _num(x: object) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
 
 
 def _png_size(png: bytes) -> tuple[int, int]:
@@ -143,62 +171,101 @@ def _png_size(png: bytes) -> tuple[int, int]:
     return struct.unpack(">II", png[16:24])
 
 
-def render(study: Study, claims: list[Claim], plots: list[Plot], data_dir: str) -> str:
-    """The whole page as one string (deterministic: no timestamps)."""
+def render(study: Study, sections: list[str], data_dir: str) -> str:
+    """The whole page as one string (deterministic: no timestamps): the header, then the sections' HTML."""
     runs = len({r.run for r in study.rows})
-    parts = [f"""<!DOCTYPE html>
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>ftlab report: {_e(study.root)}</title><style>{CSS}</style></head>
+<title>ftlab report: {esc(study.root)}</title><style>{CSS}</style></head>
 <body><main>
 <header id="summary"><h1>ftlab report</h1>
-<p class="meta">study <code>{_e(study.root)}</code> · {runs} runs · {len(study.rows)} checkpoints
-· ftlab {_e(__version__)} · the numbers behind every figure and table: <code>{_e(data_dir)}/</code> (JSON, CSV)</p>
+<p class="meta">study <code>{esc(study.root)}</code> · {runs} runs · {len(study.rows)} checkpoints
+· ftlab {esc(__version__)} · the numbers behind every figure and table: <code>{esc(data_dir)}/</code> (JSON, CSV)</p>
 <nav>{"".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS[1:])}</nav></header>
-"""]
-    parts.append(_claims_html(claims))
-    parts.append(_figures_html(plots, data_dir))
-    parts.append(_rows_html(study))
-    parts.append(_missing_html(study))
-    parts.append("</main></body></html>\n")
-    return "".join(parts)
+{"".join(sections)}</main></body></html>
+"""
 
 
 def _claims_html(claims: list[Claim]) -> str:
-    rows = "".join(
-        f'<tr id="claim-{_e(c.id)}"><td>{_e(c.finding)}</td>'
-        f'<td><span class="status {c.status.replace(" ", "-")}">{_e(c.status)}</span></td>'
-        f'<td>{_e(c.sentence)}</td><td class="rule">{_e(c.rule)}</td></tr>' for c in claims)
-    return (f'<section id="claims"><h2>Does this study reproduce the paper?</h2>'
-            f'<p class="meta">One row per finding of Biderman et al. (2024), decided by the rule in the last column; '
-            f'forgetting = the base model\'s source score minus the checkpoint\'s (higher = more forgotten).</p>'
-            f'<div class="scroll"><table class="claims"><thead><tr><th>finding</th><th>status</th><th>this study</th>'
-            f'<th>rule</th></tr></thead><tbody>{rows}</tbody></table></div></section>\n')
+    shared = [n for n, k in Counter(n for c in claims for n in dict.fromkeys(c.notes)).items() if k > 1]
+    rows = []
+    for c in claims:
+        notes = "".join(f"<li>{f'[{shared.index(n) + 1}]' if n in shared else esc(n)}</li>" for n in c.notes)
+        headline = esc(c.headline.text()) if c.headline else esc(c.sentence)  # "not enough data: why"
+        rows.append([f'{esc(c.finding)}<div class="source">{esc(c.source)}</div>',
+                     f'<span class="status {c.status.replace(" ", "-")}">{esc(c.status)}</span>',
+                     f'{c.counts["agree"]} / {c.counts["disagree"]} / {c.counts["inconclusive"]}',
+                     headline, esc(num(c.mde)), f"<ul>{notes}</ul>" if notes else "",
+                     (f"<details><summary>numbers</summary>{esc(c.sentence)}</details>" if c.headline else "")
+                     + f'<details class="rule"><summary>rule</summary>{esc(c.rule)}</details>'])
+    shared_html = ('<p class="meta">Notes said of several findings:</p><ol class="meta">'
+                   + "".join(f"<li>{esc(n)}</li>" for n in shared) + "</ol>") if shared else ""
+    return ('<section id="claims"><h2>Does this study reproduce the published findings?</h2>'
+            '<p class="meta">One row per finding. Each comparison gets a paired 95% bootstrap interval (over the '
+            'examples both checkpoints were evaluated on, and over training seeds where there are several) and '
+            'agrees, disagrees or is inconclusive; a finding is supported with significant agreements and no '
+            'significant disagreement, contradicted the reverse, mixed with both, inconclusive when nothing is '
+            'significant. Headline: the comparison the verdict leads with, b - a. MDE: the minimal detectable effect '
+            'of its instrument here (2.8 x the standard error, median over the finding\'s comparisons on it). '
+            'Forgetting: the base model\'s source score minus the checkpoint\'s, or the rise of its held-out source '
+            'loss (higher = more forgotten). Notes said of several findings are numbered below the table.</p>'
+            + table(["finding (whose)", "verdict", "agree / disagree / inconclusive", "headline difference [95%]",
+                     "detectable (MDE)", "notes", "numbers and rule"], rows, "claims", frozenset({2, 4}),
+                    [f"claim-{c.id}" for c in claims])
+            + shared_html + "</section>\n")
+
+
+def _figure_html(p: Plot, data_dir: str) -> str:
+    width, height = _png_size(p.png)
+    src = "data:image/png;base64," + base64.b64encode(p.png).decode("ascii")
+    return (f'<figure id="fig-{esc(p.id)}"><h3>{esc(p.title)}</h3>'
+            f'<img src="{src}" alt="{esc(p.title)}" width="{width}" height="{height}">'
+            f'<figcaption>{esc(p.caption)} Data: <code>{esc(data_dir)}/{esc(p.id)}.csv</code>.</figcaption>'
+            f'</figure>')
 
 
 def _figures_html(plots: list[Plot], data_dir: str) -> str:
     out = ['<section id="figures"><h2>Figures</h2>']
-    for p in plots:
-        if p.png is None:
-            continue
-        width, height = _png_size(p.png)
-        src = "data:image/png;base64," + base64.b64encode(p.png).decode("ascii")
-        out.append(f'<figure id="fig-{_e(p.id)}"><h3>{_e(p.title)}</h3>'
-                   f'<img src="{src}" alt="{_e(p.title)}" width="{width}" height="{height}">'
-                   f'<figcaption>{_e(p.caption)} Data: <code>{_e(data_dir)}/{_e(p.id)}.csv</code>.</figcaption>'
-                   f'</figure>')
+    out += [_figure_html(p, data_dir) for p in plots if p.png is not None]
     skipped = [p for p in plots if p.png is None]
     if skipped:
         out.append('<h3>Not drawn</h3><ul id="skipped">' + "".join(
-            f'<li id="skipped-{_e(p.id)}"><b>{_e(p.title)}</b>: {_e(p.skipped)}</li>' for p in skipped) + "</ul>")
+            f'<li id="skipped-{esc(p.id)}"><b>{esc(p.title)}</b>: {esc(p.skipped)}</li>' for p in skipped) + "</ul>")
     out.append("</section>\n")
     return "".join(out)
+
+
+def _cost_html(m: Measures, plot: Plot, data_dir: str) -> str:
+    head = '<section id="cost"><h2>Cost beside quality</h2>'
+    if plot.png is None:
+        return f'{head}<p id="skipped-cost">{esc(plot.skipped)}</p></section>\n'
+    rows = []
+    for p, c in cost_points(m):
+        rows.append([esc(p.name), esc(p.learning.text() if p.learning else "–"),
+                     esc(p.forgetting.text() if p.forgetting else "–"), esc(FORGETTING_WORDS[p.instrument]),
+                     esc(num(c["device_hours"])), esc(num(c["tokens_per_s"])), esc(num(c["peak_memory_gb"])),
+                     esc(_count(c["trainable_params"])), esc(_count(c["total_params"])), esc(c["device"] or "–")])
+    return (head + '<p class="meta">Each configuration at its best learning rate and longest duration: what it '
+            'learned and forgot (95% intervals) against what training it cost. Device-hours: training wall time '
+            '(summed over resumes) in hours; peak memory: the training device\'s peak (CUDA: most allocated; CPU: '
+            'the process\'s peak resident size, which in a study trained in one process includes the runs before '
+            'it).</p>' + _figure_html(plot, data_dir)
+            + table(["configuration", "learning [95%]", "forgetting [95%]", "forgetting measure", "device-hours",
+                     "tokens/s", "peak memory, GB", "trainable params", "total params", "device"], rows, "cost",
+                    frozenset({4, 5, 6, 7, 8})) + "</section>\n")
+
+
+def _count(x: float | None) -> str:
+    return "–" if x is None else f"{x:,.0f}"
 
 
 ROW_TABLE = (("lr", "lr"), ("duration", "duration"), ("learning", "learning"), ("base_learning", "base L"),
              ("source", "source"), ("base_source", "base S"), ("forgetting", "forgetting"),
              ("source_loss", "source loss"), ("base_source_loss", "base loss"),
              ("k90_mean", "k90 mean"), ("k90_frac_mean", "k90/min(m,n)"), ("rel_change_mean", "‖ΔW‖/‖W‖"),
-             ("intruders_total", "intruders"), ("unique_mean", "unique"), ("kl", "KL"))  # (record key, header)
+             ("intruders_total", "intruders"), ("unique_mean", "unique"), ("kl", "KL"),
+             ("device_hours", "device-h"), ("tokens_per_s", "tok/s"), ("peak_memory_gb", "peak GB"),
+             ("trainable_params", "trainable"))  # (record key, header)
 
 
 def _rows_html(study: Study) -> str:
@@ -206,24 +273,22 @@ def _rows_html(study: Study) -> str:
     for r in study.rows:
         rec = row_record(r)
         ckpt = r.checkpoint + (f" (= {r.duplicate_of})" if r.duplicate_of else "")
-        cells = [f"<td>{_e(x)}</td>" for x in (r.run, ckpt, r.group)]
-        cells += [f'<td class="n">{_e(_num(rec[key]))}</td>' for key, _ in ROW_TABLE]
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{_e(h)}</th>" for h in ("run", "checkpoint", "method", *(h for _, h in ROW_TABLE)))
+        body.append([esc(r.run), esc(ckpt), esc(r.group), *(esc(num(rec[key])) for key, _ in ROW_TABLE)])
     units = ", ".join(sorted({r.duration_unit for r in study.rows}))
     note = (f"duration in {units}; learning = mean headline metric of the learning tasks; source = the source score, "
             "the mean headline metric of the source benchmarks; base L / base S: the base model's on the same tasks; "
             "forgetting = base S − source (higher = more forgotten); source loss: held-out source-domain loss, "
-            "nats/token. A checkpoint marked (= x) is the same model as x and is left out of figures and claims.")
-    return (f'<section id="runs"><h2>Runs and checkpoints</h2><p class="meta">{_e(note)}</p>'
-            f'<div class="scroll"><table class="rows"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div></section>\n')
+            "nats/token; device-h: the run's training wall time in hours, tok/s its mean throughput, peak GB its "
+            "device's peak memory, trainable its trainable parameters (the run's, at every checkpoint). A checkpoint "
+            "marked (= x) is the same model as x and is left out of figures and claims.")
+    return (f'<section id="runs"><h2>Runs and checkpoints</h2><p class="meta">{esc(note)}</p>'
+            + table(["run", "checkpoint", "method", *(h for _, h in ROW_TABLE)], body, "rows",
+                    frozenset(range(3, 3 + len(ROW_TABLE)))) + "</section>\n")
 
 
 def _missing_html(study: Study) -> str:
     if not study.missing:
         return '<section id="missing"><h2>Missing</h2><p>Nothing missing.</p></section>\n'
-    items = "".join(f"<li>{_e(m)}</li>" for m in study.missing)
+    items = "".join(f"<li>{esc(m)}</li>" for m in study.missing)
     return (f'<section id="missing"><h2>Missing</h2><p class="meta">{len(study.missing)} items; the report shows '
             f'what the study has.</p><ul>{items}</ul></section>\n')
-

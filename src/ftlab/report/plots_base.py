@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ftlab.results.rows import Row, plain_full
 from ftlab.errors import FtlabError
+from ftlab.report.measures import group_order
+from ftlab.results.rows import Row, plain_full
 
 FULL = "#c0392b"  # plain full FT
 BASE = "#f1c40f"  # the base model's star
@@ -54,6 +55,14 @@ def _grid(n: int, width: float, height: float) -> tuple[Any, list]:
     return fig, axes[:n]
 
 
+def _legend(axes: list, **kw) -> None:
+    """A legend on the first of `axes` that has labelled artists (none when none has: a panel left empty)."""
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(**kw)
+            return
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})  # no version string: same bytes each run
@@ -81,14 +90,10 @@ def _settings(rows: list[Row]) -> list[str]:
     return sorted({r.setting for r in rows})
 
 
-def _unit(rows: list[Row]) -> str:
-    return rows[0].duration_unit if rows else "epochs"
-
-
 def _by_group(rows: list[Row]) -> dict[str, list[Row]]:
-    """group -> its rows sorted by duration, groups ordered full FT first then LoRA by rank."""
+    """group -> its rows sorted by duration, groups in group_order."""
     out: dict[str, list[Row]] = {}
-    for r in sorted(rows, key=lambda r: (r.method != "full", r.rank or 0, r.group, r.duration or 0)):
+    for r in sorted(rows, key=lambda r: (*group_order(r), r.duration or 0)):
         out.setdefault(r.group, []).append(r)
     return out
 

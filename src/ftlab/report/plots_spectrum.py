@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ftlab.report.measures import Measures
 from ftlab.report.plots_base import MODULE_ORDER, Plot, _figure, _png
 from ftlab.results.rows import Row, Study, best_lr_rows, plain_full
 
@@ -30,11 +31,11 @@ def _spectrum_run(study: Study, need_values: bool = False) -> list[Row]:
     return sorted((r for r in rows if r.run == run), key=lambda r: (r.duration or 0, r.checkpoint))
 
 
-def k90_layers(study: Study) -> Plot:
+def k90_layers(m: Measures) -> Plot:
     plot = Plot("k90_layers", "Rank of the weight change per layer (k90 of ΔW)",
                 "k90 = the rank explaining 90% of ΔW's squared singular values, per layer, one panel per module, one "
                 "line per checkpoint (darker = longer training); dashed: a Gaussian matrix of the same shape.")
-    rows = _spectrum_run(study)
+    rows = _spectrum_run(m.study)
     if not rows:
         plot.skipped = "not enough data: no checkpoint has a spectrum.json with per-matrix values (`ftlab spectrum`)"
         return plot
@@ -75,11 +76,11 @@ def k90_layers(study: Study) -> Plot:
 # ----------------------------------------------------------------------------- 5. one matrix's spectrum (Fig. S7)
 
 
-def singular_values(study: Study) -> Plot:
+def singular_values(m: Measures) -> Plot:
     plot = Plot("singular_values", "Singular values of one matrix: W_base, W_ft and ΔW",
                 "Left: singular values (log scale). Right: cumulative explained variance (sum of σ² up to k over "
                 "the total); the dotted line is 90%, where k90 is read.")
-    rows = _spectrum_run(study, need_values=True)
+    rows = _spectrum_run(m.study, need_values=True)
     if not rows:
         plot.skipped = "not enough data: no spectrum.json carries singular values (`ftlab spectrum` option)"
         return plot

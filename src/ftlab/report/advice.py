@@ -1,0 +1,194 @@
+"""What to train: the configurations on the learning-forgetting Pareto front, with their intervals, and for a
+forgetting budget the configuration that learns most within it.
+
+    advice = advise(Measures(study), budget=0.05)     # budget: forgetting allowed, or None for the default table
+    advice.front["ift: math @ base"]                  # [Step(point, learning_gain, forgetting_gain, distinct)]
+    advice.answers                                    # [Answer(setting, budget, best, ties, ...)]
+
+Candidates are each group's best learning rate (rows.best_lrs) at each duration it was evaluated, per setting.
+Forgetting is read against the setting's base on the held-out source loss (its rise, nats/token) where the setting
+measured it per document, else on the source score (its drop) - ftlab.report.measures. The front holds the
+candidates no other beats on both learning (higher) and forgetting (lower), by their estimates; each neighbour pair
+on it is compared paired over the same documents, and a pair whose learning and forgetting differences both have a
+95% interval containing 0 is not distinguishable at 95%.
+A configuration is within a budget when the upper bound of its forgetting's 95% interval is at most the budget (its
+estimate, when it has no interval); the answer is the one with the most learning among them, and those whose
+learning is not distinguishable from it (the paired difference's 95% interval contains 0) are ties. Budgets: the
+user's (`ftlab report DIR --forgetting-budget X`) and, always, 25/50/75/100% of plain full FT's forgetting at its
+longest duration (best learning rate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftlab.report.html import esc, table
+from ftlab.report.measures import FORGETTING_WORDS, Measures, Point, Value, best_arms, reference_arms
+from ftlab.report.plots_base import pareto
+from ftlab.report.verdicts import compare
+
+BUDGET_SHARES = (0.25, 0.5, 0.75, 1.0)  # of plain full FT's forgetting at its longest duration
+
+
+@dataclass
+class Step:
+    """A configuration on the front, and how it differs from the one before it (less forgetting, less learning)."""
+
+    point: Point
+    learning_gain: Value | None = None  # its learning - the previous one's, paired
+    forgetting_gain: Value | None = None  # its forgetting - the previous one's, paired
+    distinct: bool | None = None  # either difference excludes 0 at 95%; None: first on the front, or not paired
+    # (the two share no per-example values)
+
+
+@dataclass
+class Answer:
+    """What learns most within one forgetting budget of one setting."""
+
+    setting: str
+    budget: float
+    what: str  # "25% of full FT's", "--forgetting-budget"
+    instrument: str  # source_loss or source
+    candidates: int  # configurations with forgetting measured
+    within: list[Point] = field(default_factory=list)
+    below: int = 0  # configurations whose forgetting estimate (not its interval) is within the budget
+    best: Point | None = None
+    ties: list[Point] = field(default_factory=list)  # within the budget, learning not distinguishable from best's
+
+
+@dataclass
+class Advice:
+    front: dict[str, list[Step]] = field(default_factory=dict)  # setting -> its front, least forgetting first
+    reference: dict[str, Point] = field(default_factory=dict)  # setting -> plain full FT at its longest duration
+    answers: list[Answer] = field(default_factory=list)
+
+
+def advise(m: Measures, budget: float | None = None) -> Advice:
+    """The front of every setting and the answers for the default budgets (and `budget`, when given)."""
+    advice = Advice()
+    points = [p for p in map(m.point, best_arms(m.study)) if p.learning is not None and p.forgetting is not None]
+    references = reference_arms(m.study)
+    for setting in sorted({p.arm.setting for p in points}):
+        here = [p for p in points if p.arm.setting == setting]
+        advice.front[setting] = _front(m, here)
+        budgets = [] if budget is None else [(budget, "--forgetting-budget")]
+        ref = next((p for p in map(m.point, references.get(setting, [])) if p.forgetting is not None), None)
+        if ref is not None:
+            advice.reference[setting] = ref
+            if ref.forgetting.estimate > 0:  # else full FT forgot nothing to take a share of (the page says so)
+                budgets += [(share * ref.forgetting.estimate, f"{share:.0%} of full FT's") for share in BUDGET_SHARES]
+        advice.answers += [_answer(m, here, setting, b, what) for b, what in budgets]
+    return advice
+
+
+def _front(m: Measures, points: list[Point]) -> list[Step]:
+    """The Pareto front, least forgetting first, each step compared with the one before."""
+    best = set(pareto([(-p.forgetting.estimate, p.learning.estimate) for p in points]))
+    on = sorted((p for p in points if (-p.forgetting.estimate, p.learning.estimate) in best),
+                key=lambda p: (p.forgetting.estimate, p.learning.estimate))
+    steps = [Step(on[0])] if on else []
+    for before, p in zip(on, on[1:]):
+        learned = compare(m.study, before.arm, p.arm, "learning", +1)
+        forgot = compare(m.study, before.arm, p.arm, p.instrument, +1)  # source loss: the rise; score: its drop, -
+        if learned is None or forgot is None:
+            steps.append(Step(p))
+            continue
+        gains = Value.of(learned.interval), Value.of(forgot.interval, 1 if p.instrument == "source_loss" else -1)
+        steps.append(Step(p, *gains, any(g.low > 0 or g.high < 0 for g in gains)))
+    return steps
+
+
+def _answer(m: Measures, points: list[Point], setting: str, budget: float, what: str) -> Answer:
+    answer = Answer(setting, budget, what, points[0].instrument, len(points))
+    answer.within = [p for p in points if p.forgetting.upper <= budget]
+    answer.below = sum(p.forgetting.estimate <= budget for p in points)
+    if not answer.within:
+        return answer
+    answer.best = max(answer.within, key=lambda p: (p.learning.estimate, -p.forgetting.estimate))
+    for p in answer.within:
+        if p is answer.best:
+            continue
+        c = compare(m.study, answer.best.arm, p.arm, "learning", -1)
+        tied = (c.interval.low <= 0 <= c.interval.high) if c is not None else (
+            p.learning.estimate == answer.best.learning.estimate)
+        if tied:
+            answer.ties.append(p)
+    return answer
+
+
+# ----------------------------------------------------------------------------- exports and HTML
+
+
+def front_records(advice: Advice) -> list[dict]:
+    return [{**s.point.record(), "position": i + 1,
+             **(s.learning_gain.record("learning_gain") if s.learning_gain else {}),
+             **(s.forgetting_gain.record("forgetting_gain") if s.forgetting_gain else {}),
+             "distinct_from_previous": s.distinct}
+            for steps in advice.front.values() for i, s in enumerate(steps)]
+
+
+def budget_records(advice: Advice) -> list[dict]:
+    return [{"setting": a.setting, "budget": a.budget, "budget_is": a.what, "forgetting_measure": a.instrument,
+             "within": len(a.within), "estimate_within": a.below, "candidates": a.candidates,
+             "best": a.best.name if a.best else None,
+             **(a.best.record() if a.best else {}),
+             "ties": "; ".join(p.name for p in a.ties)} for a in advice.answers]
+
+
+def section(advice: Advice, budget: float | None) -> str:
+    """The recommendation section of the page."""
+    out = ['<section id="recommendation"><h2>What to train: the learning-forgetting front</h2>'
+           '<p class="meta">Candidates: each method/rank at its best learning rate, at each duration it was trained '
+           'for. Forgetting is read against the base model on the held-out source loss (its rise, nats/token) where '
+           'the setting measured it, else on the source score (its drop); higher = more forgotten. The front holds '
+           'the configurations no other beats on both learning and forgetting; neighbours on it are compared paired '
+           'over the same documents (95%). A configuration is within a forgetting budget when its forgetting\'s 95% '
+           'interval lies at or below the budget; ties: learning not distinguishable from the best\'s (paired, 95%).'
+           '</p>']
+    if not advice.front:
+        out.append("<p>Not enough data: no configuration has both learning and forgetting measured (forgetting "
+                   "needs the base model evaluated).</p></section>\n")
+        return "".join(out)
+    for setting, steps in advice.front.items():
+        measure = FORGETTING_WORDS[steps[0].point.instrument]
+        out.append(f"<h3>{esc(setting)}</h3>")
+        rows = []
+        for i, s in enumerate(steps):
+            if s.distinct is None:
+                change, flag = ("–", "") if i == 0 else ("not paired (no shared per-example values)", "")
+            else:
+                change = f"learning {s.learning_gain.text(True)}, forgetting {s.forgetting_gain.text(True)}"
+                flag = "distinguishable" if s.distinct else '<span class="tie">not distinguishable at 95%</span>'
+            rows.append([esc(s.point.name), esc(s.point.learning.text()), esc(s.point.forgetting.text()),
+                         esc(change), flag])
+        out.append(table(["configuration (least forgetting first)", "learning [95%]", f"forgetting: {measure} [95%]",
+                          "change from the row above [95%]", "from the row above"], rows, "front"))
+        answers = [a for a in advice.answers if a.setting == setting]
+        ref = advice.reference.get(setting)
+        if ref is None:
+            note = f"Budgets on the {measure}; no plain full FT to scale the default budgets by."
+        else:
+            note = (f"Budgets on the {measure}; plain full FT's at its longest duration ({ref.name}): "
+                    f"{ref.forgetting.text()}" + ("." if ref.forgetting.estimate > 0 else
+                                                  ": it forgot nothing to take a share of, so no default budgets."))
+        if budget is not None:
+            note += f" --forgetting-budget {budget:g} is read on the {measure}."
+        out.append(f'<p class="meta">{esc(note)}</p>')
+        rows = [[esc(a.what), esc(f"{a.budget:.3g}"), esc(a.best.name) if a.best else esc(_none(a)),
+                 esc(a.best.learning.text()) if a.best else "–", esc(a.best.forgetting.text()) if a.best else "–",
+                 esc("; ".join(p.name for p in a.ties)) or "–", f"{len(a.within)} of {a.candidates}"]
+                for a in answers]
+        if rows:
+            out.append(table(["budget", "forgetting allowed", "learns most within it", "learning [95%]",
+                              "forgetting [95%]", "tied with it (learning, paired 95%)", "within the budget"],
+                             rows, "budgets", frozenset({1, 6})))
+    out.append("</section>\n")
+    return "".join(out)
+
+
+def _none(a: Answer) -> str:
+    """Why no configuration is within a budget."""
+    if a.below:
+        return (f"none within it at 95%: {a.below} of {a.candidates} have estimates below it, but their intervals "
+                "reach above (the instrument cannot certify this little forgetting)")
+    return "none within it: every configuration forgot more"
