@@ -17,7 +17,7 @@ def test_eval_every_checkpoint_of_a_run(pairs, tmp_path, capsys):
     for directory in written:
         results = json.loads((directory / "eval.json").read_text())
         tasks_seen = {s["task"] for s in results["scores"]}
-        assert tasks_seen == {"source_continuation", "source_question", "source_cloze", "math_loss"}
+        assert tasks_seen == {"source_continuation", "source_question", "source_cloze", "source_loss", "math_loss"}
         assert all(s["n"] > 0 and s["version"] == "1" for s in results["scores"])
         assert "forgetting" not in results  # a number across tasks and models: the store reader's
     study = study_of(run)  # the run indexed into a store, as `ftlab report RUN` does

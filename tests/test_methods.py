@@ -108,7 +108,12 @@ def test_a_saved_checkpoint_loads_in_plain_transformers_or_peft_and_in_ftlab_wit
     save_checkpoint(model, tok, tmp_path / "final", info)
 
     final = tmp_path / "final"
-    assert json.loads((final / "ftlab.json").read_text()) == info
+    saved = json.loads((final / "ftlab.json").read_text())
+    files = saved.pop("files")  # every other file's size and sha256, checked whenever the checkpoint is loaded
+    assert saved == info
+    assert sorted(files) == sorted(p.name for p in final.iterdir() if p.name != "ftlab.json")
+    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    assert files[weights]["size"] == (final / weights).stat().st_size
     assert not (tmp_path / "final.tmp").exists() and not list(final.glob("*.bin"))  # atomic, safetensors only
     if method == "lora":
         assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,7 +86,8 @@ GOLDEN = {
 @pytest.mark.parametrize("name", list(GOLDEN_RUNS))
 def test_golden_losses_of_short_tiny_runs(tmp_path, monkeypatch, name):
     data, overrides = GOLDEN_RUNS[name]
-    # relative data paths: a CPT document's split is drawn from a hash of its file's path as given (ftlab.packing)
+    # a CPT document's split is drawn from a hash of its file's path relative to data.path (ftlab.packing): here
+    # its name, so these numbers do not depend on where the test runs
     monkeypatch.chdir(tmp_path)
     write_pairs("pairs.jsonl")
     write_text("text.jsonl")
@@ -146,11 +148,12 @@ def test_sigkill_and_resume_gives_identical_final_weights(pairs, tmp_path, metho
 
 
 def test_second_runner_and_changed_config_are_refused(pairs, tmp_path):
-    cfg = tiny_config(pairs, tmp_path / "run")
+    cfg = tiny_config(pairs, tmp_path / "run", "train.epochs=0.2")
+    train(cfg)  # a run that has saved a state (one that has not starts over with a changed config: test_paths.py)
     with RunDir(cfg):
         with pytest.raises(FtlabError, match="in use by another ftlab process"):
             RunDir(cfg)
-    other = tiny_config(pairs, tmp_path / "run", "train.lr=1e-4")
+    other = tiny_config(pairs, tmp_path / "run", "train.epochs=0.2", "train.lr=1e-4")
     with pytest.raises(ConfigError, match="different config \\(train.lr"):
         RunDir(other)
 
@@ -222,3 +225,18 @@ def test_lionw_multi_tensor_step_equals_the_per_tensor_rule():
         opt.step()
         for p, r, m in zip(params, ref, ref_m):
             assert torch.equal(p.data, r) and torch.equal(opt.state[p]["exp_avg"], m)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_a_runs_cpu_peak_memory_is_its_own_not_the_process_lifetime_peak(pairs, tmp_path):
+    """A study trains many runs in one process: a run's peak resident size must not inherit an earlier one's."""
+    import numpy as np
+
+    from ftlab.train import _peak_rss_kib
+
+    ballast = np.ones(1 << 27)  # 1 GiB resident, then freed: the process-lifetime peak is above it
+    del ballast
+    lifetime_gb = _peak_rss_kib() / 2**20
+    run = train(tiny_config(pairs, tmp_path / "run", "method.name=lora", "method.rank=2"))
+    cost = json.loads((run / "run.json").read_text())
+    assert 0 < cost["peak_memory_gb"] < lifetime_gb - 0.5

@@ -1,6 +1,7 @@
 """The model checkpoints a run saves, which other tools load: LoRA -> a PEFT adapter directory
 (`PeftModel.from_pretrained` loads it); full -> a Hugging Face model directory. Both in safetensors, with the
-tokenizer and an `ftlab.json` saying where in the run it is (ftlab.rundir reads it). A sharded (FSDP) model is
+tokenizer and an `ftlab.json` saying where in the run it is (ftlab.rundir reads it) and recording every file's size
+and sha256 (ftlab.weights checks them when it is loaded). A sharded (FSDP) model is
 gathered to rank 0's CPU one tensor at a time and written by rank 0 alone. The resumable state, which only ftlab
 reads, is ftlab.state.
 """
@@ -16,6 +17,7 @@ from torch import nn
 from ftlab.distributed import SINGLE, World, full
 from ftlab.io import fresh_dir, publish_dir, write_json
 from ftlab.rundir import INFO
+from ftlab.weights import manifest
 
 
 def save_checkpoint(model: nn.Module, tokenizer, directory: Path, info: dict,
@@ -38,7 +40,7 @@ def save_checkpoint(model: nn.Module, tokenizer, directory: Path, info: dict,
     else:
         model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    write_json(tmp / INFO, info)
+    write_json(tmp / INFO, {**info, "files": manifest(tmp)})  # checked whenever it is loaded (ftlab.weights)
     publish_dir(tmp, directory)
 
 

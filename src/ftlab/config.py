@@ -3,14 +3,16 @@
     cfg = load_config("cfg.yaml", ["method.rank=64", "train.lr=2e-4"], out="runs/x")
 
 Loading is four steps: YAML + overrides -> `from_dict` (unknown keys fail with a did-you-mean, wrong types naming
-the dotted key) -> `resolve_paths` (relative paths beside the config file) -> `validate` (impossible values, one
-function per section), all before any model is loaded. `to_dict(cfg)` round-trips through `from_dict`.
+the dotted key) -> `resolve_paths` (file paths made absolute: from the working directory, else beside the config
+file) -> `validate` (impossible values, one function per section), all before any model is loaded.
+`to_dict(cfg)` round-trips through `from_dict`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -281,11 +283,18 @@ def parse_mapping(text: str, where: str | Path) -> dict:
     return data
 
 
-def read_mapping(path: Path, kind: str) -> dict:
-    """The YAML mapping in a `kind` file ("config", "experiment"), or a ConfigError naming the file."""
+def read_mapping(path: Path, kind: str, fix: str | None = None) -> dict:
+    """The YAML mapping in a `kind` file ("config", "experiment"), or a ConfigError naming the file (and saying what
+    to do, `fix`, when it is a file ftlab wrote)."""
     if not path.is_file():
         raise ConfigError(f"{kind} file {path} does not exist")
-    return parse_mapping(path.read_text(), path)
+    try:
+        return parse_mapping(path.read_text(encoding="utf-8"), path)
+    except UnicodeDecodeError as e:
+        error = ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})")
+    except ConfigError as e:
+        error = e
+    raise ConfigError(f"{error}; {fix}" if fix else str(error)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), out: str | None = None) -> RunConfig:
@@ -307,21 +316,28 @@ def load_config(path: str | Path | None, overrides: list[str] = (), out: str | N
 
 
 def resolve_path(value: str, base_dir: Path) -> str:
-    """Paths in a config file are relative to the working directory, else to the config file's folder."""
-    if value.startswith((HUB_PREFIX, BUILTIN_PREFIX)) or Path(value).is_absolute() or Path(value).exists():
+    """A path in a config file, absolute: from the working directory, else from the config file's folder
+    (base_dir). Hub and built-in names, and a path found in neither place, are left as they are (validation
+    names the missing one)."""
+    if value.startswith((HUB_PREFIX, BUILTIN_PREFIX)):
         return value
-    beside = base_dir / value
-    return str(beside) if beside.exists() else value
+    for candidate in (Path(value), Path(base_dir) / value):
+        if candidate.exists():
+            return os.path.abspath(candidate)  # normalised (no "..") but symbolic links kept, as the user named them
+    return value
 
 
 def resolve_paths(cfg: RunConfig, base_dir: Path) -> None:
-    """Resolve, in place, the config's file paths (data.path, data.eval_path, model.tiny.tokenizer) that do not exist
-    from the working directory but do beside the config file (base_dir)."""
+    """Resolve, in place, the config's file paths to absolute ones (resolve_path): data.path, data.eval_path,
+    model.tiny.tokenizer, and model.name when it is a local directory. A run's saved config then means the same
+    whatever the working directory it is resumed from."""
     cfg.data.path = resolve_path(cfg.data.path, base_dir) if cfg.data.path else cfg.data.path
     if cfg.data.eval_path is not None:
         cfg.data.eval_path = resolve_path(cfg.data.eval_path, base_dir)
     if cfg.model.tiny.tokenizer is not None:
         cfg.model.tiny.tokenizer = resolve_path(cfg.model.tiny.tokenizer, base_dir)
+    if cfg.model.name != "tiny" and any((p / cfg.model.name).is_dir() for p in (Path("."), Path(base_dir))):
+        cfg.model.name = resolve_path(cfg.model.name, base_dir)  # a local directory; a hub id stays one
 
 
 # ----------------------------------------------------------------------------- validation

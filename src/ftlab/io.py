@@ -5,6 +5,8 @@
     copy_dir(source, final)           # a copy of a directory, published the same way
     read_json(path, "an evaluation")  # a damaged file is an FtlabError naming it, never a traceback
     read_jsonl(path)                  # [(FILE:LINE, record)]; a bad line is a DataError naming FILE:LINE:COLUMN
+    manifest = file_digests(directory, names)   # {name: {size, sha256}} of files just written
+    damaged_files(directory, manifest)          # what no longer matches it: ["model.safetensors: 120 bytes, ..."]
 
 Every layer writes through here (training, evaluation, analysis, the study runner, the report): one neutral module
 at the bottom of the import graph, importing nothing of ftlab but its errors.
@@ -13,9 +15,11 @@ at the bottom of the import graph, importing nothing of ftlab but its errors.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -79,37 +83,110 @@ def copy_dir(source: str | Path, directory: str | Path, ignore: Callable | None 
     publish_dir(tmp, directory)
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
-    """The JSON in `path`; a missing, unreadable or damaged file is an FtlabError that names it and says what to do."""
+RERUN = "delete it and run the command that wrote it again"  # what to do about a damaged file, unless told better
+
+
+def read_json(path: str | Path, what: str = "file", fix: str = RERUN, kind: type = dict) -> Any:
+    """The JSON in `path`; a missing, unreadable or damaged file (or one whose top level is not `kind`) is an
+    FtlabError that names it and says what to do (`fix`)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FtlabError(f"{path}: {what} not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FtlabError(f"{path}: {what} is damaged ({e}); delete it and run the command that wrote it again") \
-            from None
+        raise FtlabError(f"{path}: {what} is damaged ({e}); {fix}") from None
+    if not isinstance(data, kind):
+        raise FtlabError(f"{path}: {what} is damaged (a JSON {type(data).__name__} where a JSON "
+                         f"{_JSON_NAMES.get(kind, kind.__name__)} belongs); {fix}")
+    return data
 
 
-def read_jsonl(path: str | Path) -> list[tuple[str, dict]]:
+_JSON_NAMES = {dict: "object", list: "array"}
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte order mark some editors put first in a file
+
+
+def parse_json_line(raw: bytes, where: str) -> dict:
+    """One line of a JSONL file as a JSON object; `where` (FILE:LINE) names it in a DataError that gives the
+    column (characters from 1, as an editor counts them) of what is wrong. A UTF-8 byte order mark at the start
+    of the line is skipped, as editors do."""
+    raw = raw.removeprefix(BOM)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        column = len(raw[:e.start].decode("utf-8")) + 1
+        raise DataError(f"{where}: not UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at column {column}); "
+                        "expected one JSON object per line, in UTF-8") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        before = text[:e.pos].rstrip()  # a trailing comma is reported where the parser stopped: the } or ] after it
+        trailing = before.endswith(",") and text[e.pos:e.pos + 1] in ("}", "]")
+        what = f"a trailing comma at column {len(before)}" if trailing else f"{e.msg} at column {e.colno}"
+        raise DataError(f"{where}: not valid JSON ({what}); expected one JSON object per line") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got a JSON {type(record).__name__} (one JSON object per "
+                        "line)")
+    return record
+
+
+def read_jsonl(path: str | Path, fix: str | None = None) -> list[tuple[str, dict]]:
     """(FILE:LINE, record) for every non-blank line of a .jsonl or .jsonl.gz file; a missing file, or a line that is
-    not UTF-8, not JSON (named FILE:LINE, with the column) or not a JSON object, is a DataError."""
+    not UTF-8, not JSON (named FILE:LINE, with the column) or not a JSON object, is a DataError, which ends with
+    `fix` (what to do) when given: a file ftlab wrote."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: not found")
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    with opener(path, "rb") as f:
-        for i, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{i}: not UTF-8 ({e.reason} at byte {e.start + 1} of the line)") from None
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{i}: expected a JSON object, got a JSON {type(record).__name__}")
-            rows.append((f"{path}:{i}", record))
+    try:
+        with opener(path, "rb") as f:
+            for i, raw in enumerate(f, start=1):
+                if raw.strip():
+                    rows.append((f"{path}:{i}", parse_json_line(raw, f"{path}:{i}")))
+    except (OSError, EOFError, zlib.error) as e:  # a damaged gzip stream
+        raise DataError(f"{path}: unreadable ({e})" + (f"; {fix}" if fix else "")) from None
+    except DataError as e:
+        if fix is None:
+            raise
+        raise DataError(f"{e}; the file is damaged: {fix}") from None
     return rows
+
+
+# ----------------------------------------------------------------------------- checksums
+
+
+def file_digest(path: str | Path, sync: bool = False) -> dict:
+    """{size, sha256} of a file, read back from disk in 1 MiB pieces. sync: first make sure its bytes are on disk
+    (a file just written, before the directory holding it is published by a rename)."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        if sync:
+            os.fsync(f.fileno())
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def file_digests(directory: str | Path, names: Iterable[str]) -> dict[str, dict]:
+    """{name: {size, sha256}} of the files `names` (paths relative to `directory`, with /), just written: each is
+    synced to disk and read back whole."""
+    return {name: file_digest(Path(directory) / name, sync=True) for name in names}
+
+
+def damaged_files(directory: str | Path, manifest: dict[str, dict]) -> list[str]:
+    """What in `directory` no longer matches `manifest` (file_digests'), one line per file: missing, another size,
+    another checksum (the checksum is read only when the size is right)."""
+    problems = []
+    for name, expected in manifest.items():
+        path = Path(directory) / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        size = path.stat().st_size
+        if size != expected["size"]:
+            problems.append(f"{path}: {size} bytes, {expected['size']} when written (truncated or overwritten)")
+        elif file_digest(path)["sha256"] != expected["sha256"]:
+            problems.append(f"{path}: its bytes changed since it was written (sha256 differs)")
+    return problems

@@ -16,8 +16,9 @@ from transformers import PreTrainedTokenizerFast
 from ftlab.builtin import BUILTIN_PREFIX, builtin_model_dir
 from ftlab.config import ModelConfig, TinyModelConfig
 from ftlab.errors import ConfigError, FtlabError
-from ftlab.io import fresh_dir, publish_dir
-from ftlab.rundir import RunLayout, base_of, is_adapter
+from ftlab.io import fresh_dir, publish_dir, write_json
+from ftlab.rundir import INFO, RunLayout, base_of, is_adapter
+from ftlab.weights import check_adapter, check_files, check_finite, check_headers, manifest
 
 # A plain-text chat template for the byte tokenizer: "<|user|>\n...\n<|assistant|>\n...</s>\n".
 TINY_CHAT_TEMPLATE = (
@@ -97,10 +98,12 @@ def build_tiny(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast | None =
 
 
 def save_pretrained(model, tokenizer, directory: Path) -> None:
-    """Write a Hugging Face model directory (safetensors) atomically: a temporary name, then a rename."""
+    """Write a Hugging Face model directory (safetensors) atomically: a temporary name, then a rename; its
+    ftlab.json records its files' checksums (weights.manifest), checked whenever it is loaded."""
     tmp = fresh_dir(directory)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    write_json(tmp / INFO, {"files": manifest(tmp)})
     publish_dir(tmp, directory)
 
 
@@ -114,8 +117,11 @@ def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name:
     if name == "tiny":
         raise ValueError("build the tiny model with build_tiny() and save it first; load_model reads directories")
     local = Path(name).is_dir()
-    if local and not any(Path(name).glob("*.safetensors")):
-        raise ConfigError(f"model.name: {name} has no *.safetensors weights (ftlab never loads pickled .bin files)")
+    meta = torch.device(device).type == "meta"
+    if local and meta:
+        check_headers(name)  # safetensors only; their weights are not read here
+    elif local:
+        check_files(name)  # safetensors only, each header readable, the checksums an ftlab.json records
     try:
         hf_config = AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -125,7 +131,7 @@ def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name:
         if not hasattr(hf_config, "attention_dropout"):
             raise ConfigError(f"model.attention_dropout: {type(hf_config).__name__} has no attention_dropout setting")
         extra["attention_dropout"] = cfg.attention_dropout
-    if torch.device(device).type == "meta":
+    if meta:
         for key, value in extra.items():
             setattr(hf_config, key, value)
         with torch.device("meta"):
@@ -139,6 +145,7 @@ def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name:
             dtype=dtype,
             **extra,
         ).to(device)
+        check_finite(model, Path(name))  # flipped bits in a file without checksums (a downloaded base)
     tokenizer = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is always masked out of the loss
@@ -165,11 +172,18 @@ def load_trained(directory: str | Path, device: torch.device | str = "cpu", dtyp
     directory = Path(directory)
     if not is_adapter(directory):
         return load_model(ModelConfig(name=str(directory)), torch.device(device), dtype)
-    from peft import PeftModel
-
     base = base_of(directory)
     if base is None:
         raise FtlabError(f"{directory}: an adapter that names no base model (adapter_config.json's "
                          "base_model_name_or_path, or ftlab.json's base)")
     model, tokenizer = load_model(ModelConfig(name=base), torch.device(device), dtype)
-    return PeftModel.from_pretrained(model, directory).eval(), tokenizer
+    return load_adapter(model, directory).eval(), tokenizer
+
+
+def load_adapter(model, directory: str | Path, **kwargs):
+    """PEFT's PeftModel.from_pretrained(model, directory, **kwargs), once the adapter's files are checked
+    (weights.check_adapter: checksums, headers, finite tensors)."""
+    from peft import PeftModel
+
+    check_adapter(directory)
+    return PeftModel.from_pretrained(model, directory, **kwargs)

@@ -17,7 +17,7 @@ from typing import Iterator, Literal
 
 import torch
 
-from ftlab.config import DataConfig
+from ftlab.config import HUB_PREFIX, DataConfig
 from ftlab.errors import DataError
 from ftlab.records import Position, list_sources, records_from
 
@@ -49,23 +49,28 @@ class PackedText:
         self._start = 0
 
     def _in_split(self, source: str, line: int) -> bool:
+        """Without separate eval data, a document is held out by a hash of (seed, its file's path relative to
+        data.path, its line): the same split wherever the data is, and however data.path names it."""
         if not self._by_hash:
             return True
-        digest = hashlib.sha256(f"{self.seed}\0{source}\0{line}".encode()).digest()
+        digest = hashlib.sha256(f"{self.seed}\0{self._relative(source)}\0{line}".encode()).digest()
         in_eval = int.from_bytes(digest[:8], "big") / 2**64 < self.cfg.eval_fraction
         return in_eval == (self.split == "eval")
 
+    def _relative(self, source: str) -> str:
+        """`source` relative to this split's path: a file under a directory by its relative path (with /), a single
+        file by its name, a hub dataset by its name."""
+        if source.startswith(HUB_PREFIX):
+            return source
+        root = Path(self.path)
+        return Path(source).relative_to(root).as_posix() if root.is_dir() else Path(source).name
+
     def _documents(self, start: Position) -> Iterator[tuple[list[int], Position]]:
         """(tokens of a document + [eos], position after it) for this split's documents from `start` on."""
-        field = self.cfg.text_field
         for source, line, record, after in records_from(self._sources, self.cfg, start):
             if not self._in_split(source, line):
                 continue
-            text = record.get(field)
-            if not isinstance(text, str):
-                got = "it is missing" if field not in record else f"got {type(text).__name__}"
-                raise DataError(f"{source}:{line}: raw-text record needs a string field {field!r} "
-                                f"(data.text_field); {got}")
+            text = document_text(record, self.cfg.text_field, f"{source}:{line}")
             yield self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id], after
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -116,6 +121,15 @@ class PackedText:
         """Sequences in one full pass over this split (reads it all once; this reader's position is untouched)."""
         tokens = sum(len(doc) for doc, _ in self._documents(Position()))
         return math.ceil(tokens / self.cfg.seq_len)
+
+
+def document_text(record: dict, field: str, where: str) -> str:
+    """The text of a raw-text record (its data.text_field), or a DataError naming FILE:LINE."""
+    text = record.get(field)
+    if not isinstance(text, str):
+        got = "it is missing" if field not in record else f"got {type(text).__name__}"
+        raise DataError(f"{where}: raw-text record needs a string field {field!r} (data.text_field); {got}")
+    return text
 
 
 def load_cpt_eval(cfg: DataConfig, tokenizer, seed: int) -> list[dict[str, torch.Tensor]]:

@@ -10,13 +10,13 @@ hub dataset (0, rows read, rows read): resuming seeks there instead of re-readin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from ftlab.config import HUB_PREFIX, DataConfig
 from ftlab.errors import DataError
+from ftlab.io import parse_json_line
 
 JSONL_SUFFIXES = (".jsonl", ".json-lines")
 TEXT_SUFFIXES = (".txt", ".md")  # a whole file is one document
@@ -57,16 +57,7 @@ def _jsonl_rows(source: str, offset: int, line: int) -> Iterator[tuple[int, dict
             line += 1
             if not raw.strip():
                 continue
-            where = f"{source}:{line}"
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); "
-                                "expected one JSON object per line") from None
-            except UnicodeDecodeError as e:
-                raise DataError(f"{where}: not UTF-8 ({e.reason}); expected one JSON object per line") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object per line, got a JSON {type(record).__name__}")
+            record = parse_json_line(raw, f"{source}:{line}")
             yield line, record, fh.tell()
 
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
-import yaml
-
-from ftlab.config import RunConfig, TrainConfig, dump_yaml, from_dict, to_dict
-from ftlab.errors import ConfigError, FtlabError
-from ftlab.io import TMP_SUFFIX, read_json, write_json, write_text
+from ftlab.config import RunConfig, TrainConfig, dump_yaml, from_dict, parse_mapping, resolve_paths, to_dict
+from ftlab.errors import ConfigError, DataError, FtlabError
+from ftlab.io import TMP_SUFFIX, parse_json_line, read_json, write_json, write_text
 
 INFO = "ftlab.json"  # in every checkpoint: where in the run it was saved, and its base
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: a checkpoint holding it is an adapter
@@ -78,6 +78,13 @@ STATE_PREFIX = "step-"
 def state_name(step: int) -> str:
     """The folder of the resumable state saved after optimizer step `step` (under state/ and kept/)."""
     return f"{STATE_PREFIX}{step:08d}"
+
+
+def state_step(name: str) -> int | None:
+    """The step a state folder's name stands for (state_name's inverse); None for any other name (a temporary
+    one being written)."""
+    digits = name.removeprefix(STATE_PREFIX)
+    return int(digits) if name.startswith(STATE_PREFIX) and digits.isdigit() else None
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -147,7 +154,23 @@ def is_adapter(checkpoint: str | Path) -> bool:
 def read_info(checkpoint: str | Path) -> dict:
     """A checkpoint's ftlab.json ({} when it has none: a model or adapter that ftlab did not train)."""
     path = Path(checkpoint) / INFO
-    return read_json(path, "checkpoint info") if path.exists() else {}
+    return read_json(path, "checkpoint info", fix=weights_remedy(checkpoint)) if path.exists() else {}
+
+
+def weights_remedy(directory: str | Path) -> str:
+    """What to do about a damaged file in a model or adapter directory, by where the directory is in a run."""
+    directory = Path(directory).absolute()
+    run = RunLayout(directory.parent)
+    if directory.name == "final" and run.config_yaml.exists():
+        return (f"delete {directory} and run `ftlab train` with the run's config and --out {run.path} again: it "
+                "writes final/ again from the run's last resumable state")
+    if directory.name == "base" and run.config_yaml.exists():
+        return (f"delete {directory} and run `ftlab train` with the run's config and --out {run.path} again: the "
+                "tiny base model is rebuilt identically")
+    if directory.parent.name == "checkpoints" and RunLayout(directory.parent.parent).config_yaml.exists():
+        return (f"delete {directory}; a checkpoint saved before the end of a run is made again only by training "
+                "the run again (into a new --out)")
+    return f"replace {directory} with an intact copy of the model (copy or download it again)"
 
 
 def base_of(checkpoint: str | Path) -> str | None:
@@ -165,29 +188,97 @@ def base_of(checkpoint: str | Path) -> str | None:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a run's metrics.jsonl, in order ([] before it exists). The log is appended to while the run
-    trains, so a last line cut short (by a kill, or read mid-write) is left out; a damaged line before it is an
-    FtlabError naming FILE:LINE."""
+    trains, so a last line without its newline (cut short by a kill, or read mid-write) is left out; any other line
+    that is not a JSON object in UTF-8 is damage, an FtlabError naming FILE:LINE."""
     metrics = RunLayout(path).metrics
     if not metrics.exists():
         return []
-    lines = metrics.read_text(encoding="utf-8", errors="replace").splitlines()
+    data = metrics.read_bytes()
+    lines = data.split(b"\n")  # the last item: b"" after a final newline, else a line being written
     records = []
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        where = f"{metrics}:{i}"
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
+            records.append(parse_json_line(line, where))
+        except DataError as e:
             if i == len(lines):
                 break
-            raise FtlabError(f"{metrics}:{i}: a damaged metrics line ({e.msg} at column {e.colno})") from None
+            raise FtlabError(f"{where}: a damaged metrics line ({str(e).removeprefix(where + ': ')}); delete that "
+                             "line (the training curve loses that point; nothing else reads it)") from None
     return records
 
 
 def read_plan(path: str | Path) -> dict | None:
     """The run's plan.json ({total_steps, tokens_per_step}), or None before training has planned the run."""
     plan = RunLayout(path).plan
-    return read_json(plan, "run plan") if plan.exists() else None
+    fix = "delete it: `ftlab train` with the same --out writes it again (ftlab status shows 'starting' until then)"
+    return read_json(plan, "run plan", fix=fix) if plan.exists() else None
+
+
+def saved_configs(path: str | Path) -> dict[Path, dict]:
+    """The readable copies of the config a run was trained with, {file: config as to_dict gives it}: config.yaml
+    and its machine-readable twin config.json, written together from one config. Relative paths in them (runs
+    saved before paths were stored absolute) are resolved from the working directory, as load_config resolves
+    them. A copy that cannot be read, or a config.yaml that is a cut-short copy of what config.json holds, is
+    damaged: a note names it and the other is used. Neither readable: an FtlabError names both (a ConfigError
+    when both parse but hold keys this ftlab does not know: a run of another version)."""
+    layout = RunLayout(path)
+    copies, texts, damaged, foreign = {}, {}, [], []
+    for file in (layout.config_yaml, layout.config_json):
+        if not file.exists():
+            continue  # config.json: not written by the earliest runs
+        try:
+            texts[file] = file.read_text(encoding="utf-8")
+            data = json.loads(texts[file]) if file.suffix == ".json" else parse_mapping(texts[file], file)
+        except (ConfigError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            damaged.append(f"{file} ({e})")
+            continue
+        try:
+            copies[file] = from_dict(RunConfig, data)
+        except ConfigError as e:
+            foreign.append(f"{file} ({e})")
+    if len(copies) == 2 and _cut_short(texts[layout.config_yaml], copies[layout.config_json]):
+        damaged.append(f"{layout.config_yaml} (cut short)")
+        del copies[layout.config_yaml]
+    if not copies and (damaged or foreign):
+        error = ConfigError if not damaged else FtlabError
+        raise error(f"{layout.path}: the run's saved config cannot be read: {'; '.join(damaged + foreign)}; "
+                    f"{_config_fix(layout)}")
+    if damaged or foreign:
+        print(f"ftlab: {(damaged + foreign)[0]} is damaged; {next(iter(copies))} read instead", file=sys.stderr,
+              flush=True)
+    for cfg in copies.values():
+        resolve_paths(cfg, Path.cwd())
+    return {file: to_dict(cfg) for file, cfg in copies.items()}
+
+
+def _cut_short(yaml_text: str, cfg: RunConfig) -> bool:
+    """Whether a config.yaml holds the first part, only, of what its twin's config `cfg` is written as."""
+    full = dump_yaml(cfg)
+    return len(yaml_text) < len(full) and full.startswith(yaml_text)
+
+
+def _config_fix(layout: RunLayout) -> str:
+    return (f"delete the damaged copy (both, if neither holds the config you trained with) and run `ftlab train` "
+            f"with the run's config and --out {layout.path} again: it writes both again")
+
+
+def _disagreement(layout: RunLayout, copies: dict[Path, dict]) -> FtlabError:
+    a, b = copies.values()
+    key = _first_difference(a, b)
+    return FtlabError(f"{layout.config_yaml} and {layout.config_json} disagree ({key}: {_lookup(a, key)!r} and "
+                       f"{_lookup(b, key)!r}), so one of them is damaged; {_config_fix(layout)}")
+
+
+def saved_config(path: str | Path) -> RunConfig | None:
+    """The config a run was trained with (saved_configs: a damaged copy is a note, or an FtlabError when neither
+    can be read or they disagree), or None when it has none."""
+    copies = saved_configs(path)
+    if len(copies) == 2 and len({json.dumps(c, sort_keys=True) for c in copies.values()}) == 2:
+        raise _disagreement(RunLayout(path), copies)
+    return from_dict(RunConfig, next(iter(copies.values()))) if copies else None
 
 
 class RunDir(RunLayout):
@@ -216,16 +307,40 @@ class RunDir(RunLayout):
             raise
 
     def _check_config(self, cfg: RunConfig) -> None:
-        if self.config_yaml.exists():
-            old = to_dict(from_dict(RunConfig, yaml.safe_load(self.config_yaml.read_text())))
-            new = to_dict(cfg)
+        """The run here must have been trained with `cfg` (compared with every readable copy of its saved config,
+        whose relative paths are read from the working directory); one that has not trained yet (no resumable
+        state, no checkpoint) starts over with `cfg` instead. Then `cfg` is saved, both copies rewritten."""
+        copies = saved_configs(self.path)
+        new = to_dict(cfg)
+        for old in copies.values():
             old["output"]["dir"] = new["output"]["dir"]  # the same run may be reached by another path
-            if old != new:
-                key = _first_difference(old, new)
-                raise ConfigError(f"{self.path} holds a run with a different config ({key}: "
-                                  f"{_lookup(old, key)!r} there, {_lookup(new, key)!r} now); use another --out")
-        write_json(self.config_json, to_dict(cfg))  # machine-readable twin
+        if copies and new not in copies.values():  # equal to one copy: the other was damaged, and is rewritten
+            if len(copies) == 2 and len({json.dumps(c, sort_keys=True) for c in copies.values()}) == 2:
+                raise _disagreement(self, copies)
+            old = next(iter(copies.values()))
+            key = _first_difference(old, new)
+            change = f"{key}: {_lookup(old, key)!r} there, {_lookup(new, key)!r} now"
+            if self.has_trained():
+                raise ConfigError(f"{self.path} holds a run with a different config ({change}); use another --out")
+            print(f"ftlab: {self.path} holds a run that saved no state or checkpoint yet; it starts over with this "
+                  f"config ({change})", flush=True)
+            self._forget_start()
+        write_json(self.config_json, new)  # machine-readable twin
         write_text(self.config_yaml, dump_yaml(cfg))
+
+    def has_trained(self) -> bool:
+        """Whether the run has saved a resumable state or a checkpoint (what a changed config would invalidate)."""
+        saved = [*self.state.glob(f"{STATE_PREFIX}*"), *self.kept.glob(f"{STATE_PREFIX}*"),
+                 *self.checkpoints.glob("*"), self.final]
+        return any(p.exists() and not p.name.endswith(TMP_SUFFIX) for p in saved)
+
+    def _forget_start(self) -> None:
+        """Remove what a run that never saved a state made from its old config (the tiny base, PiSSA's start,
+        the base's evaluation, the log, the plan, the cost, a failure note); built-in data depends on no setting."""
+        for path in (self.base, self.pissa_init, self.base_eval, self.state):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in (self.metrics, self.plan, self.cost, self.failure):
+            path.unlink(missing_ok=True)
 
     def __enter__(self) -> "RunDir":
         return self

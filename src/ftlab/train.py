@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ftlab import distributed, domains, lora_fused, state
-from ftlab.architectures import decoder_blocks, preflight
+from ftlab.architectures import decoder_blocks
 from ftlab.batches import CPTSteps, IFTSteps, checkpoint_due, count_inputs, count_targets, make_plan, stack
 from ftlab.builtin import BUILTIN_PREFIX
 from ftlab.checkpoint import save_checkpoint
@@ -32,6 +32,7 @@ from ftlab.loss import supports as supports_chunked_loss
 from ftlab.methods import apply_method, count_params, describe, param_groups
 from ftlab.model import load_model, prepare_base, resolve_device, resolve_dtype, resolve_precision
 from ftlab.optim import lr_factor, make_optimizer, set_lr
+from ftlab.preflight import preflight_run
 from ftlab.progress import Progress
 from ftlab.rundir import RunDir
 
@@ -221,7 +222,7 @@ def train(cfg: RunConfig) -> Path:
     """Train one run to the end (resuming if the directory holds a state); returns the run directory.
 
     Started by torchrun with several processes, the run is sharded over them with FSDP (ftlab.distributed)."""
-    preflight(cfg, sharded=distributed.launched())  # what the architecture cannot do, before anything is written
+    preflight_run(cfg, sharded=distributed.launched())  # before anything is written: a fixed config may reuse --out
     if not distributed.launched():
         device = resolve_device(cfg.train.device)
         check_liger(cfg, device)
@@ -268,7 +269,7 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
         check_packing_isolates(model, autocast, device)
 
     step, tokens = 0, 0
-    saved = state.latest_state(run.state)
+    saved = state.resumable_state(run.state, world, device)  # a damaged latest state: the one before it
     if saved is not None:
         progress = state.load_state(saved, model, optimizer, world, device, cfg.train.seed)
         step, tokens = progress["step"], progress["tokens"]
@@ -324,13 +325,15 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
             window_tokens, window_start = 0, time.perf_counter()  # saving time is not training time
     if bar is not None:
         bar.close()
+    if step >= plan.total_steps and cfg.output.save_final and not run.final.exists():
+        save(run.final, step)  # removed after the run ended (found damaged): written again from the last state
 
 
 class CostMeter:
     """What training a run costs, in <run>/run.json: wall time summed over the sessions that trained it (up to each
     one's last state save: a kill loses at most one resume interval of it), the peak memory of its device (CUDA:
-    the most allocated; CPU: the process's peak resident size, which includes whatever else the process holds),
-    the device, and the trainable and total parameters."""
+    the most allocated; CPU: the process's peak resident size during this run, which includes whatever else the
+    process holds), the device, and the trainable and total parameters."""
 
     def __init__(self, run: RunDir, device: torch.device, params):
         self.run, self.device, self.params = run, device, params
@@ -339,13 +342,13 @@ class CostMeter:
         self.start = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        else:
+            _reset_peak_rss()  # a study trains many runs in one process: each run's own peak, not the process's
 
     def peak_memory_gb(self) -> float:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**30
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        return _peak_rss_kib() / 2**20
 
     def write(self) -> None:
         write_json(self.run.cost, {
@@ -353,6 +356,31 @@ class CostMeter:
             "peak_memory_gb": round(max(self.peak_before, self.peak_memory_gb()), 4),
             "device": str(self.device), "trainable_params": self.params.trainable,
             "total_params": self.params.trainable + self.params.frozen})
+
+
+PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def _reset_peak_rss() -> None:
+    """Reset the process's peak resident size (Linux: writing 5 to clear_refs resets VmHWM); elsewhere a no-op,
+    and _peak_rss_kib falls back to the process-lifetime peak."""
+    try:
+        PROC_CLEAR_REFS.write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_kib() -> int:
+    """The process's peak resident size in KiB since the last _reset_peak_rss (VmHWM), else over its lifetime."""
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
 def _materialize_builtin_data(cfg: RunConfig, run: RunDir) -> RunConfig:

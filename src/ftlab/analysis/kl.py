@@ -21,7 +21,7 @@ from ftlab import domains
 from ftlab.builtin import PROMPT_DOMAINS
 from ftlab.config import ModelConfig
 from ftlab.errors import FtlabError
-from ftlab.model import load_model, resolve_device
+from ftlab.model import load_adapter, load_model, resolve_device
 from ftlab.rundir import base_of, is_adapter
 
 
@@ -93,9 +93,7 @@ def kl_for_checkpoint(base_dir: str | Path | None, ckpt_dir: str | Path, texts: 
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     base, tokenizer = load_model(ModelConfig(name=str(base_dir)), dev, dtype)
     if is_adapter(ckpt):
-        from peft import PeftModel
-
-        tuned = PeftModel.from_pretrained(base, ckpt)
+        tuned = load_adapter(base, ckpt)
         return kl_divergence(None, tuned, tokenizer, texts, batch_size=batch_size, device=dev)
     tuned, _ = load_model(ModelConfig(name=str(ckpt)), dev, dtype)
     return kl_divergence(base, tuned, tokenizer, texts, batch_size=batch_size, device=dev)

@@ -203,9 +203,11 @@ def _reusable(path: Path, base: str, settings: dict) -> dict | None:
     if not path.exists():
         return None
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        print(f"ftlab spectrum: {path} is not valid JSON; recomputing it", file=sys.stderr)
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict):
+        print(f"ftlab spectrum: {path} is damaged (not a JSON object); recomputing it", file=sys.stderr)
         return None
     same = doc.get("version") == VERSION and doc.get("base") == base and doc.get("settings") == settings
     return doc["checkpoints"][0] if same and len(doc.get("checkpoints", [])) == 1 else None

@@ -16,13 +16,13 @@ same on every architecture. PEFT adapts a Conv1D with fan_in_fan_out: its A is (
 Linear, and the merged weight in the stored layout is W + scale·(B @ A)ᵀ, so in the (out, in) layout
 ΔW = scale·B @ A on both (DoRA's magnitude rescales the rows of that (out, in) matrix on both, as PEFT does).
 
-Everything is checked before anything is computed: `open_checkpoint` reads only safetensors headers and fails with
-an FtlabError that names both directories and the first mismatching tensor.
+Everything is checked before anything is computed: `open_checkpoint` reads only safetensors headers (and, for a
+directory ftlab wrote, every file's recorded checksum) and fails with an FtlabError that names both directories and
+the first mismatching tensor, or the damaged file.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -32,7 +32,9 @@ import torch
 
 from ftlab.architectures import is_conv1d, linear_layers, module_label
 from ftlab.errors import FtlabError
-from ftlab.rundir import is_adapter, read_info
+from ftlab.io import read_json
+from ftlab.rundir import is_adapter, read_info, weights_remedy
+from ftlab.weights import check_files, check_tensor, safetensors_keys
 
 ADAPTER_PREFIX = "base_model.model."  # PEFT's prefix on saved adapter tensors
 ADAPTER_ROLES = {"lora_A.weight": "A", "lora_B.weight": "B", "lora_magnitude_vector": "magnitude"}
@@ -43,20 +45,25 @@ UNSUPPORTED_ADAPTER_KEYS = ("modules_to_save", "target_parameters", "use_qalora"
 
 
 class TensorFiles:
-    """The tensors of a directory's *.safetensors files by name: shapes from the headers, values one at a time."""
+    """The tensors of a directory's *.safetensors files by name: shapes from the headers, values one at a time, each
+    checked finite as it is read; the directory's files are checked first (ftlab.weights.check_files: checksums
+    recorded in its ftlab.json, readable headers)."""
 
     def __init__(self, directory: Path | str):
-        from safetensors import safe_open
-
         self.directory = Path(directory)
+        check_files(self.directory)
         index = self.directory / "model.safetensors.index.json"
         if index.exists():
-            self.where = {k: self.directory / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+            weight_map = read_json(index, "safetensors index", fix=weights_remedy(self.directory)).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise FtlabError(f"{index}: no weight_map; {weights_remedy(self.directory)}")
+            self.where = {k: self.directory / f for k, f in weight_map.items()}
+            for f in sorted(set(self.where.values())):
+                safetensors_keys(f)  # a damaged header is named here, before anything is computed
         else:
             self.where = {}
             for f in sorted(self.directory.glob("*.safetensors")):
-                with safe_open(f, framework="pt") as handle:
-                    self.where.update({k: f for k in handle.keys()})
+                self.where.update({k: f for k in safetensors_keys(f)})
         if not self.where:
             raise FtlabError(f"{self.directory}: no *.safetensors weights")
 
@@ -73,11 +80,12 @@ class TensorFiles:
             return tuple(handle.get_slice(name).get_shape())
 
     def read(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
-        """One tensor in fp32 on `device`."""
+        """One tensor in fp32 on `device`; one holding nan or inf is an FtlabError naming its file."""
         from safetensors import safe_open
 
         with safe_open(self.where[name], framework="pt") as handle:
-            return handle.get_tensor(name).to(device=device, dtype=torch.float32)
+            tensor = handle.get_tensor(name).to(device=device, dtype=torch.float32)
+        return check_tensor(self.where[name], name, tensor)
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,8 @@ def linear_weights(model_dir: Path) -> dict[str, Layer]:
     try:
         config = AutoConfig.from_pretrained(model_dir)
     except (OSError, ValueError) as e:
-        raise FtlabError(f"{model_dir}: cannot read the model's config.json: {e}") from None
+        raise FtlabError(f"{model_dir}: cannot read the model's config.json: {e}; {weights_remedy(model_dir)}") \
+            from None
     with torch.device("meta"):  # shapes and names only: no memory, no initialisation
         model = AutoModelForCausalLM.from_config(config)
     return {f"{name}.weight": Layer(module_label(config.model_type, name), is_conv1d(m))
@@ -158,13 +167,12 @@ def open_checkpoint(base: Path | str, path: Path | str, base_names: dict[str, La
     if not (base / "config.json").exists():
         raise FtlabError(f"{base}: the base must be a local model directory with config.json and *.safetensors")
     base_names = base_names if base_names is not None else linear_weights(base)
-    base_files = TensorFiles(base)
+    if not is_adapter(path) and not (path / "config.json").exists():
+        raise FtlabError(f"{path}: not a model directory (config.json) or an adapter directory (adapter_config.json)")
+    base_files, ft_files = TensorFiles(base), TensorFiles(path)  # both checked before anything more is read
     info = read_info(path)
     if is_adapter(path):
-        return _open_adapter(base, path, base_names, base_files, info)
-    if not (path / "config.json").exists():
-        raise FtlabError(f"{path}: not a model directory (config.json) or an adapter directory (adapter_config.json)")
-    ft_files = TensorFiles(path)
+        return _open_adapter(base, path, base_names, base_files, ft_files, info)
     ft_names = linear_weights(path)
 
     def mismatch(name: str, what: str) -> FtlabError:
@@ -194,15 +202,14 @@ def _out_in(stored: tuple[int, ...], layer: Layer) -> tuple[int, int]:
 
 
 def _open_adapter(base: Path, path: Path, base_names: dict[str, Layer], base_files: TensorFiles,
-                  info: dict) -> Checkpoint:
-    config = json.loads((path / "adapter_config.json").read_text())
+                  ft_files: TensorFiles, info: dict) -> Checkpoint:
+    config = read_json(path / "adapter_config.json", "adapter config", fix=weights_remedy(path))
     if config.get("peft_type", "LORA") != "LORA":
         raise FtlabError(f"{path}: a {config.get('peft_type')} adapter; ftlab spectrum reads LoRA and DoRA adapters")
     for key in UNSUPPORTED_ADAPTER_KEYS:
         if config.get(key):
             raise FtlabError(f"{path}: adapter_config.json sets {key}={config[key]!r}, which ftlab spectrum does "
                              "not support (it reads plain LoRA, rsLoRA and DoRA adapters on linear layers)")
-    ft_files = TensorFiles(path)
     parts: dict[str, dict[str, str]] = {}  # module name -> role -> tensor name
     for key in ft_files.keys():
         body = key.removeprefix(ADAPTER_PREFIX)

@@ -4,8 +4,9 @@
     ftlab eval path/to/model --tasks gsm8k,hellaswag --data-dir benchmarks/
     ftlab eval path/to/adapter --tasks lm_eval:arc_easy
 
-Results land in <checkpoint>/eval.json (each task's scores as computed: task, version, metric, value, n, stderr)
-and per-example records in <checkpoint>/eval_samples/<task>.jsonl, one line per
+Results land in <checkpoint>/eval.json (each task's scores as computed: task, version, metric, value, n, stderr; and
+under "samples" each samples file's size and sha256) and per-example records in
+<checkpoint>/eval_samples/<task>.jsonl, one line per
 document in document order (one per sample for sampled tasks), each with the document's "id" and a "metrics"
 mapping of its value of each metric the task reports: a task's metric is the mean of its records' values (for
 perplexity tasks the token-weighted mean; see score_choices, score_gsm8k, score_completions and _text_record).
@@ -31,7 +32,7 @@ from ftlab.evaluate.code import STOP, generation_prompt, score_completions, trun
 from ftlab.evaluate.gsm8k import score_gsm8k, score_gsm8k_sampled
 from ftlab.evaluate.isolation import Isolation
 from ftlab.evaluate.tasks import LM_EVAL_PREFIX, TaskSpec, load_docs
-from ftlab.io import read_json, write_json, write_jsonl
+from ftlab.io import file_digest, read_json, write_json, write_jsonl
 
 RESULTS = "eval.json"
 
@@ -161,6 +162,8 @@ def evaluate_into(directory: Path, lm, model, tokenizer, specs: list, data_dir: 
             sample_dir = directory / "eval_samples"
             sample_dir.mkdir(exist_ok=True)
             write_jsonl(sample_dir / f"{name}.jsonl", samples)
+            # its size and checksum: a samples file cut or changed later is found when it is indexed
+            results.setdefault("samples", {})[name] = file_digest(sample_dir / f"{name}.jsonl")
         results.update(ftlab_version=__version__, git_commit=git_commit())
         write_json(directory / RESULTS, results)  # after every task: a kill loses at most one task
     return results

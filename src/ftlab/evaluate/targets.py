@@ -22,6 +22,7 @@ from ftlab.evaluate.tasks import resolve_tasks
 from ftlab.model import load_model, resolve_device
 from ftlab.progress import Progress
 from ftlab.rundir import RunLayout, base_of, is_adapter, is_run, run_checkpoints
+from ftlab.weights import check_adapter
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Evaluator:
         """The model a checkpoint stands for (an adapter swapped onto the base, or a whole model)."""
         if is_adapter(ckpt):
             if ckpt != self.adapter:
+                check_adapter(ckpt)  # checksums, headers, finite tensors; a whole model is checked by load_model
                 self.peft_model = _swap_adapter(self.peft_model, self.model, ckpt)
                 self.adapter = ckpt
             current = self.peft_model

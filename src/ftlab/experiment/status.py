@@ -6,12 +6,10 @@ import fcntl
 import time
 from pathlib import Path
 
-import yaml
-
 from ftlab.config import parse_mapping
 from ftlab.errors import FtlabError
 from ftlab.experiment.spec import parse_experiment, plan_runs
-from ftlab.experiment.study import EXPERIMENT, LOCK, RESULTS, sweep_picks
+from ftlab.experiment.study import EXPERIMENT, LOCK, RESULTS, saved_experiment, sweep_picks
 from ftlab.results.schema import BASE
 from ftlab.results.store import Store
 from ftlab.rundir import RunLayout, read_metrics, read_plan
@@ -23,7 +21,7 @@ def study_status(out: str | Path) -> list[dict]:
     if not (root / RESULTS).exists() or not saved.exists():
         raise FtlabError(f"{root}: not a study directory (no {RESULTS} / {EXPERIMENT}); start one with "
                          f"`ftlab run EXP.yaml --out {root}`")
-    record = yaml.safe_load(saved.read_text())
+    record = saved_experiment(root)
     source = Path(record["source"])  # relative data paths resolve beside the file that was run
     exp = parse_experiment(parse_mapping(record["text"], source), record.get("overrides", []), source.parent, source)
     with Store(root / RESULTS) as store:

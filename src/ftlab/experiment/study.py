@@ -28,6 +28,7 @@ import yaml
 from ftlab.analysis.kl import kl_divergence, target_prompts
 from ftlab.analysis.spectrum import spectrum_into
 from ftlab.builtin import PROMPT_DOMAINS
+from ftlab.config import read_mapping
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.evaluate.targets import Evaluator
 from ftlab.evaluate.tasks import get_task, resolve_tasks
@@ -48,6 +49,19 @@ RESULTS = STORE
 KL = "kl.json"  # a checkpoint's KL(base || finetuned) on its setting's target prompts
 
 
+def saved_experiment(root: Path) -> dict:
+    """The experiment a study was started with, as its runner saved it in root/experiment.yaml: {source, overrides,
+    text}; a damaged file is a ConfigError naming it and what to do."""
+    saved = Path(root) / EXPERIMENT
+    fix = (f"delete it and run `ftlab run` with the study's experiment file and --out {root} again: it is written "
+           "again and the study resumes")
+    record = read_mapping(saved, "saved experiment", fix=fix)
+    if not (isinstance(record.get("source"), str) and isinstance(record.get("text"), str)
+            and isinstance(record.get("overrides", []), list)):
+        raise ConfigError(f"{saved}: damaged (no source, text and overrides); {fix}")
+    return record
+
+
 class StudyDir:
     """The experiment directory, locked against a second runner."""
 
@@ -65,7 +79,7 @@ class StudyDir:
         text = Path(exp_path).read_text()
         record = {"source": str(Path(exp_path).resolve()), "overrides": list(overrides), "text": text}
         if saved.exists():
-            old = yaml.safe_load(saved.read_text())
+            old = saved_experiment(self.path)
             if (old.get("text"), old.get("overrides")) != (text, list(overrides)):
                 self._lock.close()
                 raise ConfigError(f"{self.path} holds a study of another experiment ({old.get('source')} with "

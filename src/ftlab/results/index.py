@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftlab.errors import FtlabError
-from ftlab.io import read_json, read_jsonl
+from ftlab.io import damaged_files, read_json, read_jsonl
 from ftlab.results.schema import EXPERIMENT, STORE, base_run
 
 TOKEN_WEIGHTED = ("loss", "token_accuracy")  # perplexity tasks: per-document means weighted by tokens
@@ -75,7 +75,12 @@ def _evaluation(result: CheckpointResult, directory: Path) -> None:
         result.tasks.append((task, version, spec.kind, spec.role, spec.metric))
         samples = directory / "eval_samples" / f"{task}.jsonl"
         if samples.exists():
-            records = [r for _, r in read_jsonl(samples)]
+            fix = f"delete {directory / 'eval.json'} and run `ftlab eval` on {directory} again (it rewrites both)"
+            recorded = doc.get("samples", {}).get(task)  # its size and sha256 (none in an older eval.json)
+            damaged = damaged_files(directory, {f"eval_samples/{task}.jsonl": recorded}) if recorded else []
+            if damaged:
+                raise FtlabError(f"{damaged[0]}: the file is damaged; {fix}")
+            records = [r for _, r in read_jsonl(samples, fix=fix)]
             result.examples += _examples(task, spec.kind, records)
             if spec.samples > 1:
                 from ftlab.analysis.diversity import diversity
@@ -189,18 +194,15 @@ def setting_of(cfg) -> str:
 def index_run(store, root: Path, run_dir: Path) -> None:
     """A run directory made by `ftlab train` (and evaluated by `ftlab eval`) into the store: its row, each
     checkpoint's numbers, its base model's (<run>/base_eval) as the setting's base."""
-    import yaml
-
-    from ftlab.config import RunConfig, from_dict
     from ftlab.errors import ConfigError
     from ftlab.methods import method_label
-    from ftlab.rundir import RunLayout, checkpoint_duration, read_info, run_checkpoints
+    from ftlab.rundir import RunLayout, checkpoint_duration, read_info, run_checkpoints, saved_config
 
     name = run_dir.relative_to(root).as_posix() if run_dir != root else "."
     layout = RunLayout(run_dir)
     try:
-        cfg = from_dict(RunConfig, yaml.safe_load(layout.config_yaml.read_text()) or {})
-    except (ConfigError, yaml.YAMLError, OSError) as e:
+        cfg = saved_config(run_dir)  # config.yaml, or its twin config.json when it is damaged
+    except (ConfigError, OSError) as e:
         store.put_note(name, f"config.yaml unreadable ({e}); run skipped")
         return
     setting = setting_of(cfg)
