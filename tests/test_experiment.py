@@ -683,6 +683,11 @@ def test_the_grid_trains_at_the_lr_its_sweep_picked(tmp_path, capsys):
         assert runs[f"math-ift/{label}/epochs-0.01"]["lr"] == best
         assert runs[f"math-ift/{label}/epochs-0.01"]["status"] == "done"
     assert {r["status"] for r in study_status(out)} == {"done", "base"}
+    # the sweep's runs (trained first) are measured on learning only, the base on every task: it is the reference
+    # of the grid's forgetting
+    base = study.base_of("math-ift")
+    assert base is not None and base.source is not None and base.learning is not None
+    assert {k.split("/")[0] for r in study.points() if r.grp == "lr-sweep" for k in r.scores} == {"math_solution"}
     capsys.readouterr()
     run_experiment(exp, out, report=False)  # resumed: the same pick, nothing trains again
     assert "trainable" not in capsys.readouterr().out

@@ -30,6 +30,7 @@ from ftlab.analysis.spectrum import spectrum_into
 from ftlab.builtin import PROMPT_DOMAINS
 from ftlab.config import read_mapping
 from ftlab.errors import ConfigError, FtlabError
+from ftlab.evaluate.harness import read_results
 from ftlab.evaluate.targets import Evaluator
 from ftlab.evaluate.tasks import get_task, resolve_tasks
 from ftlab.experiment.launch import RUN_ERRORS, failure_reason, train_plan
@@ -277,10 +278,10 @@ class Runner:
         self.store.put_checkpoint(result)
         self.tracker.log_checkpoint(plan, result)
 
-    def _specs(self, plan: RunPlan) -> list:
+    def _specs(self, plan: RunPlan, sweep_alike: bool = True) -> list:
         """The tasks a checkpoint is evaluated on: its setting's learning tasks and the study's forgetting tasks; an
-        LR sweep's runs only learning (they are there to pick an LR by it)."""
-        forgetting = [] if plan.group == "lr-sweep" else self.exp.forgetting
+        LR sweep's runs only learning (they are there to pick an LR by it), unless sweep_alike is False."""
+        forgetting = [] if plan.group == "lr-sweep" and sweep_alike else self.exp.forgetting
         return resolve_tasks([*plan.learning, *forgetting], self.exp.eval.limit)
 
     def analyse(self, plan: RunPlan, ckpt: Path) -> None:
@@ -330,10 +331,14 @@ class Runner:
         store's "(base)/<setting>"."""
         if plan.setting in self.bases:
             return
-        if not self.store.has_checkpoint(base_run(plan.setting), "base"):
-            directory = self.root / "base" / plan.setting
-            specs = self._specs(plan) + [get_task(t) for t in plan.diversity]
-            self._evaluator().evaluate_base(directory, specs, self.exp.eval.data_dir)
+        directory = self.root / "base" / plan.setting
+        # every task of the setting, whichever run asks first (an LR sweep's runs are measured on learning only;
+        # the base is the reference of forgetting for the whole setting)
+        specs = self._specs(plan, sweep_alike=False) + [get_task(t) for t in plan.diversity]
+        names = {spec if isinstance(spec, str) else spec.name for spec in specs}
+        measured = {s["task"] for s in read_results(directory)["scores"]}
+        if not self.store.has_checkpoint(base_run(plan.setting), "base") or not names <= measured:
+            self._evaluator().evaluate_base(directory, specs, self.exp.eval.data_dir)  # only the tasks not there
             self.store.put_run(base_record(plan.setting))
             self.store.put_checkpoint(measure_base(plan.setting, directory))
         self.bases.add(plan.setting)
