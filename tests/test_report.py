@@ -515,3 +515,17 @@ def test_report_opens_in_headless_chromium(report):
     assert done.returncode == 1, done.stdout + done.stderr
     for fault in ("fig-x: the image did not decode", "section #runs is missing", "horizontal scrolling"):
         assert fault in done.stdout
+
+
+def test_an_instrument_with_no_spread_does_not_resolve_a_zero_effect():
+    """Every model gives every sample a distinct answer (unique at its ceiling): effect 0, MDE 0, not resolved."""
+    from ftlab.analysis.statistics import Interval
+    from ftlab.report.instruments import Power
+    from ftlab.report.verdicts import Comparison
+
+    def power(estimate, se):
+        interval = Interval(estimate, estimate - 1.96 * se, estimate + 1.96 * se, se, 32)
+        return Power("unique", 9, 2.8 * se, "math-ift", Comparison("full FT vs base", "unique", -1, interval, "x"))
+
+    assert power(0.0, 0.0).resolved is False
+    assert power(-0.5, 0.1).resolved is True and power(-0.1, 0.1).resolved is False

@@ -35,7 +35,7 @@ def print_summary(root: Path) -> None:
     from ftlab.results.index import study_of
 
     study = study_of(root)
-    rows = [r for r in study.points() if r.learning is not None or r.source is not None]
+    rows = [r for r in study.points() if (r.learning is not None or r.source is not None) and r.grp != "lr-sweep"]
     rows.sort(key=lambda r: (r.setting, r.method != "full", r.rank or 0, r.weight_decay, r.attention_dropout,
                              r.duration or 0))
     print(f"\n{'setting':<28} {'method':<22} {'duration':>9} {'learning':>9} {'source':>7} {'forgetting':>10} "
@@ -51,9 +51,26 @@ def print_summary(root: Path) -> None:
         k90 = r.spectrum.k90_mean if r.spectrum is not None and r.spectrum.k90_mean is not None else None
         print(f"{r.setting:<28} {r.group:<22} {r.duration or 0:>9g} {_f(r.learning):>9} {_f(r.source):>7} "
               f"{_f(r.forgetting):>10} {_f(r.source_loss):>8} {_f(k90, 1):>6}")
+    print_sweep(study)
     print("\nThe paper's findings on this run:")
     for claim in check_claims(study):
         print(f"  [{claim.status}] {claim.finding}\n      {claim.sentence}")
+
+
+def print_sweep(study) -> None:
+    """Each LR sweep's learning per method and LR, the LR the grid trains at (the best: * ) marked."""
+    swept: dict[tuple, dict[float, list[float]]] = {}
+    for r in study.points():
+        if r.grp == "lr-sweep" and r.learning is not None:
+            key = (r.setting, r.duration, r.method != "full", r.rank or 0, r.group)
+            swept.setdefault(key, {}).setdefault(r.lr, []).append(r.learning)
+    if swept:
+        print("\nLR sweeps (learning at the sweep's duration; * the LR the grid trains at):")
+    for (setting, duration, _, _, group), by_lr in sorted(swept.items()):
+        mean = {lr: sum(v) / len(v) for lr, v in by_lr.items()}
+        best = max(sorted(mean), key=mean.get)
+        cells = "  ".join(f"{lr:g} {mean[lr]:.3f}{'*' if lr == best else ' '}" for lr in sorted(mean))
+        print(f"  {setting:<10} {duration:g} {group:<12} {cells}")
 
 
 def _f(x: float | None, digits: int = 3) -> str:

@@ -39,6 +39,12 @@ CELLS = 2_000_000  # numbers per bootstrap block (replicates x ranks x steps): m
 # ----------------------------------------------------------------------------- best LR independent of rank
 
 
+PARAMETRIZATION_NOTE = (
+    "Schulman et al. scale LoRA by a fixed alpha over r (1/r), under which the update's size at a given LR does not grow "
+    "with the rank; these ranks use the paper's alpha = 2r (a fixed scale of 2), under which a higher rank takes larger "
+    "steps at the same LR, so a best LR falling with rank is what this parametrization predicts")
+
+
 def regret_best_lr_rank_independent(study: Study) -> Claim:
     claim = Claim(
         "regret_best_lr_rank_independent", "LoRA's best learning rate is nearly independent of its rank.", REGRET,
@@ -69,6 +75,8 @@ def regret_best_lr_rank_independent(study: Study) -> Claim:
             best_lrs={str(s.first.rank): s.best for s in ladder}, lrs={str(s.first.rank): s.lrs for s in ladder},
             at_sweep_edge=[s.group for s in ladder if s.at_edge]))
     claim.notes += edge_note(used) + grid_note(used)
+    if used:
+        claim.notes.append(PARAMETRIZATION_NOTE)
     return decided(claim, comparisons, "not enough data: needs an LR sweep (learning at 2 or more LRs) of two or "
                    "more LoRA ranks in one setting and optimizer"
                    + (f"; ranks swept: {', '.join(f'{s.group} ({s.setting})' for ss in ladders.values() for s in ss)}"

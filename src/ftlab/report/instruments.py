@@ -38,11 +38,13 @@ class Power:
 
     @property
     def resolved(self) -> bool | None:
-        """Whether full FT's effect is at least the detectable effect (its own MDE without study comparisons)."""
+        """Whether full FT's effect is at least the detectable effect (its own MDE without study comparisons); an
+        effect of zero is never resolved (an instrument at its floor or ceiling shows no spread, and an MDE of 0)."""
         if self.full is None:
             return None
         mde = self.mde if self.mde is not None else self.full.interval.mde
-        return abs(self.full.interval.estimate) >= mde
+        effect = abs(self.full.interval.estimate)
+        return effect > 0 and effect >= mde
 
     def record(self) -> dict:
         i = self.full.interval if self.full else None
