@@ -58,19 +58,18 @@ def print_summary(root: Path) -> None:
 
 
 def print_sweep(study) -> None:
-    """Each LR sweep's learning per method and LR, the LR the grid trains at (the best: * ) marked."""
-    swept: dict[tuple, dict[float, list[float]]] = {}
-    for r in study.points():
-        if r.grp == "lr-sweep" and r.learning is not None:
-            key = (r.setting, r.duration, r.method != "full", r.rank or 0, r.group)
-            swept.setdefault(key, {}).setdefault(r.lr, []).append(r.learning)
-    if swept:
-        print("\nLR sweeps (learning at the sweep's duration; * the LR the grid trains at):")
-    for (setting, duration, _, _, group), by_lr in sorted(swept.items()):
-        mean = {lr: sum(v) / len(v) for lr, v in by_lr.items()}
-        best = max(sorted(mean), key=mean.get)
-        cells = "  ".join(f"{lr:g} {mean[lr]:.3f}{'*' if lr == best else ' '}" for lr in sorted(mean))
-        print(f"  {setting:<10} {duration:g} {group:<12} {cells}")
+    """Each LR sweep's learning per LR at the sweep's duration (report.lr_sweeps), its best LR marked: for the
+    study's own lr_sweep, the LR the grid trains at."""
+    from ftlab.report.lr_sweeps import lr_sweeps
+
+    sweeps = sorted(lr_sweeps(study.points()).values(),
+                    key=lambda s: (s.setting, s.duration, s.first.method != "full", s.first.rank or 0))
+    if sweeps:
+        print("\nLR sweeps (learning at the sweep's duration; * the best: the LR the grid trains at):")
+    for sweep in sweeps:
+        mean = [sum(r.learning for r in rows) / len(rows) for rows in sweep.rows]
+        cells = "  ".join(f"{lr:g} {m:.3f}{'*' if lr == sweep.best else ' '}" for lr, m in zip(sweep.lrs, mean))
+        print(f"  {sweep.setting:<10} {sweep.duration:g} {sweep.group:<12} {cells}")
 
 
 def _f(x: float | None, digits: int = 3) -> str:

@@ -118,10 +118,11 @@ def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name:
         raise ValueError("build the tiny model with build_tiny() and save it first; load_model reads directories")
     local = Path(name).is_dir()
     meta = torch.device(device).type == "meta"
+    verified = False  # whether recorded checksums vouch for the weights (then they need no finite check)
     if local and meta:
         check_headers(name)  # safetensors only; their weights are not read here
     elif local:
-        check_files(name)  # safetensors only, each header readable, the checksums an ftlab.json records
+        verified = check_files(name)  # safetensors only, each header readable, the checksums an ftlab.json records
     try:
         hf_config = AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -145,7 +146,8 @@ def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name:
             dtype=dtype,
             **extra,
         ).to(device)
-        check_finite(model, Path(name))  # flipped bits in a file without checksums (a downloaded base)
+        if not verified:
+            check_finite(model, Path(name))  # flipped bits in a file without checksums (a downloaded base)
     tokenizer = AutoTokenizer.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is always masked out of the loss

@@ -265,6 +265,11 @@ def _config_fix(layout: RunLayout) -> str:
             f"with the run's config and --out {layout.path} again: it writes both again")
 
 
+def _disagree(copies: dict[Path, dict]) -> bool:
+    """Whether the two readable copies of a saved config hold different configs."""
+    return len(copies) == 2 and len({json.dumps(c, sort_keys=True) for c in copies.values()}) == 2
+
+
 def _disagreement(layout: RunLayout, copies: dict[Path, dict]) -> FtlabError:
     a, b = copies.values()
     key = _first_difference(a, b)
@@ -276,7 +281,7 @@ def saved_config(path: str | Path) -> RunConfig | None:
     """The config a run was trained with (saved_configs: a damaged copy is a note, or an FtlabError when neither
     can be read or they disagree), or None when it has none."""
     copies = saved_configs(path)
-    if len(copies) == 2 and len({json.dumps(c, sort_keys=True) for c in copies.values()}) == 2:
+    if _disagree(copies):
         raise _disagreement(RunLayout(path), copies)
     return from_dict(RunConfig, next(iter(copies.values()))) if copies else None
 
@@ -315,7 +320,7 @@ class RunDir(RunLayout):
         for old in copies.values():
             old["output"]["dir"] = new["output"]["dir"]  # the same run may be reached by another path
         if copies and new not in copies.values():  # equal to one copy: the other was damaged, and is rewritten
-            if len(copies) == 2 and len({json.dumps(c, sort_keys=True) for c in copies.values()}) == 2:
+            if _disagree(copies):
                 raise _disagreement(self, copies)
             old = next(iter(copies.values()))
             key = _first_difference(old, new)

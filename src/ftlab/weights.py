@@ -2,16 +2,18 @@
 never a traceback from safetensors and never an evaluation of nan.
 
     info["files"] = manifest(directory)    # a checkpoint just written: {file: {size, sha256}}, kept in its ftlab.json
-    check_files(directory)                 # before loading: the recorded checksums, and every safetensors header
-    check_finite(model, directory)         # after: every floating tensor finite, else the file and tensor named
-    check_adapter(directory)               # an adapter, before PEFT loads it: check_files and its tensors finite
+    verified = check_files(directory)      # before loading: every safetensors header, and the recorded checksums
+    check_finite(model, directory)         # after, unless verified: every floating tensor finite, else named
+    check_adapter(directory)               # an adapter, before PEFT loads it: check_files, then (unless verified)
+                                           # its tensors finite
 
 Three checks, three kinds of damage. Checksums (when the directory has an ftlab.json recording them: checkpoints and
 the tiny base that ftlab wrote) catch any change of a byte. A safetensors header that does not parse, or that
 promises more bytes than the file holds, catches a truncated or overwritten file of any origin (a downloaded base).
 The finite check catches, in a file without checksums, the flipped bits that turn a weight into nan or inf (bits
-that leave it finite are caught by checksums alone). Loaders ask here: model.load_model and load_adapter (training,
-`ftlab eval`, KL), and the spectrum's TensorFiles.
+that leave it finite are caught by checksums alone), so it runs only where no checksums were verified: a file
+whose checksums match holds the bytes ftlab wrote, and training stops before a weight turns non-finite. Loaders ask
+here: model.load_model and load_adapter (training, `ftlab eval`, KL), and the spectrum's TensorFiles.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ def manifest(directory: str | Path) -> dict[str, dict]:
     return file_digests(directory, [n for n in names if n != INFO])
 
 
-def check_files(directory: str | Path) -> None:
+def check_files(directory: str | Path) -> bool:
     """Raise an FtlabError naming the first damaged file of a local model or adapter directory: a safetensors file
     whose header does not parse or promises more bytes than the file holds (check_headers), or any file whose
-    size or checksum differs from its ftlab.json's record."""
+    size or checksum differs from its ftlab.json's record. Returns whether checksums were recorded (and so
+    verified): then the finite check has nothing left to find."""
     directory = Path(directory)
     check_headers(directory)
     recorded = read_info(directory).get("files")
@@ -47,6 +50,7 @@ def check_files(directory: str | Path) -> None:
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise FtlabError(f"{problems[0]}{more}: the file is damaged; {weights_remedy(directory)}")
+    return bool(recorded)
 
 
 def check_headers(directory: str | Path) -> None:
@@ -97,9 +101,10 @@ def check_finite(model: torch.nn.Module, directory: str | Path) -> None:
 
 
 def check_adapter(directory: str | Path) -> None:
-    """check_files, then every tensor in the adapter's safetensors files finite (they are small: read whole), before
-    PEFT loads it."""
-    check_files(directory)
+    """check_files, then, where no checksums were verified, every tensor in the adapter's safetensors files finite
+    (they are small: read whole), before PEFT loads it."""
+    if check_files(directory):
+        return
     for path in sorted(Path(directory).glob("*.safetensors")):
         name = _first_non_finite_in(path)
         if name is not None:

@@ -45,13 +45,13 @@ UNSUPPORTED_ADAPTER_KEYS = ("modules_to_save", "target_parameters", "use_qalora"
 
 
 class TensorFiles:
-    """The tensors of a directory's *.safetensors files by name: shapes from the headers, values one at a time, each
-    checked finite as it is read; the directory's files are checked first (ftlab.weights.check_files: checksums
-    recorded in its ftlab.json, readable headers)."""
+    """The tensors of a directory's *.safetensors files by name: shapes from the headers, values one at a time. The
+    directory's files are checked first (ftlab.weights.check_files: checksums recorded in its ftlab.json, readable
+    headers); where no checksums vouch for them, each tensor is checked finite as it is read."""
 
     def __init__(self, directory: Path | str):
         self.directory = Path(directory)
-        check_files(self.directory)
+        self.verified = check_files(self.directory)  # checksums matched: the bytes ftlab wrote, all finite
         index = self.directory / "model.safetensors.index.json"
         if index.exists():
             weight_map = read_json(index, "safetensors index", fix=weights_remedy(self.directory)).get("weight_map")
@@ -80,12 +80,13 @@ class TensorFiles:
             return tuple(handle.get_slice(name).get_shape())
 
     def read(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
-        """One tensor in fp32 on `device`; one holding nan or inf is an FtlabError naming its file."""
+        """One tensor in fp32 on `device`; one holding nan or inf (in files without checksums) is an FtlabError
+        naming its file."""
         from safetensors import safe_open
 
         with safe_open(self.where[name], framework="pt") as handle:
             tensor = handle.get_tensor(name).to(device=device, dtype=torch.float32)
-        return check_tensor(self.where[name], name, tensor)
+        return tensor if self.verified else check_tensor(self.where[name], name, tensor)
 
 
 @dataclass(frozen=True)

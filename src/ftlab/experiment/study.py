@@ -278,11 +278,14 @@ class Runner:
         self.store.put_checkpoint(result)
         self.tracker.log_checkpoint(plan, result)
 
-    def _specs(self, plan: RunPlan, sweep_alike: bool = True) -> list:
-        """The tasks a checkpoint is evaluated on: its setting's learning tasks and the study's forgetting tasks; an
-        LR sweep's runs only learning (they are there to pick an LR by it), unless sweep_alike is False."""
-        forgetting = [] if plan.group == "lr-sweep" and sweep_alike else self.exp.forgetting
-        return resolve_tasks([*plan.learning, *forgetting], self.exp.eval.limit)
+    def _specs(self, plan: RunPlan) -> list:
+        """The tasks a checkpoint is evaluated on: _tasks, but an LR sweep's runs only learning (they are there to
+        pick an LR by it)."""
+        return self._tasks(plan, forgetting=plan.group != "lr-sweep")
+
+    def _tasks(self, plan: RunPlan, forgetting: bool = True) -> list:
+        """Its setting's learning tasks, and (forgetting) the study's forgetting tasks."""
+        return resolve_tasks([*plan.learning, *(self.exp.forgetting if forgetting else [])], self.exp.eval.limit)
 
     def analyse(self, plan: RunPlan, ckpt: Path) -> None:
         """The checkpoint's spectrum.json, its sampled tasks (diversity, on final models, as the paper) and kl.json;
@@ -334,7 +337,7 @@ class Runner:
         directory = self.root / "base" / plan.setting
         # every task of the setting, whichever run asks first (an LR sweep's runs are measured on learning only;
         # the base is the reference of forgetting for the whole setting)
-        specs = self._specs(plan, sweep_alike=False) + [get_task(t) for t in plan.diversity]
+        specs = self._tasks(plan) + [get_task(t) for t in plan.diversity]
         names = {spec if isinstance(spec, str) else spec.name for spec in specs}
         measured = {s["task"] for s in read_results(directory)["scores"]}
         if not self.store.has_checkpoint(base_run(plan.setting), "base") or not names <= measured:
