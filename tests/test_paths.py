@@ -5,6 +5,7 @@ may use)."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from ftlab.cli import main
 from ftlab.config import DataConfig
 from ftlab.model import byte_tokenizer
 from ftlab.packing import PackedText
+from ftlab.errors import FtlabError
+from ftlab.rundir import base_of
 
 SHORT = [*TINY_MODEL, "data.seq_len=32", "data.eval_fraction=0.1", "train.global_batch=16", "train.micro_batch=8",
          "train.epochs=1", "train.lr=3e-3", "train.warmup=2", "output.resume_every=3", "method.name=lora",
@@ -146,3 +149,46 @@ def test_a_run_refused_after_its_out_was_written_accepts_the_fixed_config(tmp_pa
     assert "saved no state or checkpoint yet; it starts over with this config (data.path" in capsys.readouterr().out
     assert main(["train", str(cfg), *SHORT, f"data.path={late}", "--out", str(out)]) == 2  # trained: refused
     assert "holds a run with a different config (data.path" in capsys.readouterr().err
+
+
+
+def test_a_moved_or_copied_run_finds_its_own_base(tmp_path):
+    """A run names its tiny base relative to each checkpoint: moved, it is evaluated with no word about where it
+    was; copied and the original deleted, the copy is evaluated and its spectrum taken against its own base."""
+    write_pairs(tmp_path / "pairs.jsonl")
+    run = tmp_path / "run"
+    assert main(["train", str(_config(tmp_path)), *SHORT, "--out", str(run)]) == 0
+    assert json.loads((run / "final" / "ftlab.json").read_text())["base"] == "../base"
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(run, moved)
+    assert base_of(moved / "final") == str((moved / "base").resolve())
+    assert main(["eval", str(moved), "--tasks", "source_loss", "--limit", "4"]) == 0
+    assert (moved / "final" / "eval.json").exists()
+
+    copy = tmp_path / "copy"
+    shutil.copytree(moved, copy)
+    shutil.rmtree(moved)
+    assert base_of(copy / "final") == str((copy / "base").resolve())
+    assert main(["spectrum", str(copy), "--out", str(tmp_path / "spectrum.json")]) == 0
+    assert json.loads((tmp_path / "spectrum.json").read_text())["base"] == str((copy / "base").resolve())
+
+
+def test_a_checkpoint_whose_base_is_gone_says_so(tmp_path):
+    """A checkpoint naming a local base that is no longer there: one message naming the base, the file that names
+    it and how to name another; a hub id is passed on as it is."""
+    ckpt = tmp_path / "final"
+    ckpt.mkdir()
+    (ckpt / "ftlab.json").write_text(json.dumps({"step": 1, "base": str(tmp_path / "models" / "llama")}))
+    with pytest.raises(FtlabError, match=r"llama .*ftlab\.json.*--base"):
+        base_of(ckpt)
+    (ckpt / "ftlab.json").write_text(json.dumps({"step": 1, "base": "meta-llama/Llama-2-7b-hf"}))
+    assert base_of(ckpt) == "meta-llama/Llama-2-7b-hf"
+    (ckpt / "ftlab.json").write_text(json.dumps({"step": 1, "base": "builtin:base-tiny"}))
+    assert (Path(base_of(ckpt)) / "config.json").exists()
+
+
+def _config(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"data": {"path": str(tmp_path / "pairs.jsonl")}}))
+    return path

@@ -54,13 +54,18 @@ def test_checkpoint_names_round_trip_to_durations():
 
 
 def test_base_of_a_checkpoint(tmp_path):
+    """ftlab's own record first (it names the base relative to the checkpoint when the base is part of the run),
+    else the adapter's word; a checkpoint naming neither has none."""
+    a, b = tmp_path / "models" / "a", tmp_path / "models" / "b"
+    a.mkdir(parents=True)
+    b.mkdir()
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/a"}))
-    (adapter / "ftlab.json").write_text(json.dumps({"base": "/models/b"}))
-    assert base_of(adapter) == "/models/a"  # the adapter's own word first
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": None}))
-    assert base_of(adapter) == "/models/b"  # PEFT left it empty: the run's record
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(a)}))
+    (adapter / "ftlab.json").write_text(json.dumps({"base": "../models/b"}))
+    assert base_of(adapter) == str(b)  # the run's record, read from where the checkpoint is now
+    (adapter / "ftlab.json").write_text(json.dumps({"step": 3}))
+    assert base_of(adapter) == str(a)  # no record of ftlab's: the adapter's own word
     full = tmp_path / "full"
     full.mkdir()
     assert base_of(full) is None

@@ -97,7 +97,10 @@ def test_gram_gives_the_same_k_values_as_svdvals(label, w):
     gram = singular_values(w, "gram")
     assert len(gram) == len(reference) == min(w.shape)
     assert k_values(gram) == k_values(reference), label
-    torch.testing.assert_close(gram[:3].float(), reference[:3], rtol=1e-4, atol=0)
+    # singular values below ~1e-6 of the largest are rounding noise in fp32 (svdvals) and in the Gram route alike:
+    # their values depend on the CPU's kernels (AVX2 vs AVX-512), so they are compared down to that floor only
+    floor = 1e-5 * float(reference[0])
+    torch.testing.assert_close(gram[:3].float(), reference[:3], rtol=1e-4, atol=floor)
 
 
 # ----------------------------------------------------------------------------- tiny models and adapters

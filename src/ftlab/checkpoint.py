@@ -16,7 +16,7 @@ from torch import nn
 
 from ftlab.distributed import SINGLE, World, full
 from ftlab.io import fresh_dir, publish_dir, write_json
-from ftlab.rundir import INFO
+from ftlab.rundir import INFO, base_reference
 from ftlab.weights import manifest
 
 
@@ -40,6 +40,8 @@ def save_checkpoint(model: nn.Module, tokenizer, directory: Path, info: dict,
     else:
         model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    if info.get("base"):
+        info = {**info, "base": base_reference(info["base"], directory)}  # found again after the run moves
     write_json(tmp / INFO, {**info, "files": manifest(tmp)})  # checked whenever it is loaded (ftlab.weights)
     publish_dir(tmp, directory)
 

@@ -9,7 +9,6 @@ Raw-text packing for continued pretraining (CPT) lives in `packing.py`; it is re
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +17,7 @@ from ftlab.config import DataConfig
 from ftlab.errors import DataError
 from ftlab.packing import IGNORE, PackedText, load_cpt_eval
 from ftlab.records import read_records
+from ftlab.text_tokens import encode_spans
 
 __all__ = [
     "IGNORE", "Example", "PackedText", "collate", "detect_format", "load_cpt_eval", "load_ift", "model_inputs",
@@ -102,39 +102,6 @@ def prompt_response(record: dict, fmt: str, where: str) -> tuple[str, str]:
     raise DataError(f"{where}: format {fmt!r} has no plain-text template (messages use the chat template)")
 
 
-_ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> its backend, offsets untrimmed
-
-
-def _encoder(tokenizer, where: str):
-    """The tokenizer's Rust backend without its post-processor (a private copy, made once per tokenizer).
-
-    Without special tokens a post-processor only moves offsets: the ByteLevel one of GPT-NeoX-style files
-    (trim_offsets) cuts leading and trailing spaces off them, so a token "ĠĠĠ" would seem to hold no character.
-    The copy gives the same ids with offsets that cover every character of the text."""
-    if tokenizer not in _ENCODERS:
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is None:
-            raise DataError(f"{where}: labelling response tokens needs a fast tokenizer (one with a tokenizer.json "
-                            f"backend), got {type(tokenizer).__name__}")
-        from tokenizers import Tokenizer
-
-        copy = Tokenizer.from_str(backend.to_str())
-        copy.post_processor = None
-        copy.no_truncation()  # a tokenizer.json may carry its own; seq_len truncates here
-        copy.no_padding()
-        _ENCODERS[tokenizer] = copy
-    return _ENCODERS[tokenizer]
-
-
-def _encode_spans(tokenizer, text: str, spans: list[tuple[int, int]], where: str) -> tuple[list[int], list[bool]]:
-    """The token ids the tokenizer makes of the whole text (no special tokens added) and, for each token,
-    whether it holds at least one character of one of the [start, end) character spans."""
-    encoding = _encoder(tokenizer, where).encode(text, add_special_tokens=False)
-    held = [any(start < span_end and end > span_start for span_start, span_end in spans)
-            for start, end in encoding.offsets]
-    return list(encoding.ids), held
-
-
 def _adds_bos(tokenizer) -> bool:
     """True when the tokenizer puts bos in front of text by default (Llama 2/3 do; the byte tokenizer does not)."""
     bos = tokenizer.bos_token_id
@@ -195,12 +162,13 @@ def tokenize_example(record: dict, fmt: str, tokenizer, seq_len: int, where: str
             if is_assistant:
                 spans.append((len(text), len(text) + len(piece)))
             text += piece
-        ids, held = _encode_spans(tokenizer, text, spans, where)
+        ids, held = encode_spans(tokenizer, text, spans, where, max_tokens=seq_len)
     else:
         prompt, response = prompt_response(record, fmt, where)
         if tokenizer.eos_token_id is None:
             raise DataError(f"{where}: the tokenizer has no eos token to end the response with")
-        ids, held = _encode_spans(tokenizer, prompt + response, [(len(prompt), len(prompt) + len(response))], where)
+        ids, held = encode_spans(tokenizer, prompt + response, [(len(prompt), len(prompt) + len(response))], where,
+                                 max_tokens=seq_len)
         ids, held = ids + [tokenizer.eos_token_id], held + [True]
     if _adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
         ids, held = [tokenizer.bos_token_id] + ids, [False] + held

@@ -20,6 +20,7 @@ import torch
 from ftlab.config import HUB_PREFIX, DataConfig
 from ftlab.errors import DataError
 from ftlab.records import Position, list_sources, records_from
+from ftlab.text_tokens import encode_document
 
 IGNORE = -100  # label of a position that carries no loss (prompt or padding)
 
@@ -71,7 +72,7 @@ class PackedText:
             if not self._in_split(source, line):
                 continue
             text = document_text(record, self.cfg.text_field, f"{source}:{line}")
-            yield self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id], after
+            yield encode_document(self.tokenizer, text) + [self.tokenizer.eos_token_id], after
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         T = self.cfg.seq_len

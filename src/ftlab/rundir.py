@@ -30,6 +30,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ftlab.builtin import BUILTIN_PREFIX, builtin_model_dir, builtin_models
 from ftlab.config import RunConfig, TrainConfig, dump_yaml, from_dict, parse_mapping, resolve_paths, to_dict
 from ftlab.errors import ConfigError, DataError, FtlabError
 from ftlab.io import TMP_SUFFIX, parse_json_line, read_json, write_json, write_text
@@ -173,14 +174,63 @@ def weights_remedy(directory: str | Path) -> str:
     return f"replace {directory} with an intact copy of the model (copy or download it again)"
 
 
+def run_root(checkpoint: str | Path) -> Path | None:
+    """The run a checkpoint belongs to (final/ or checkpoints/<name>/ of a folder holding config.yaml), else None."""
+    checkpoint = Path(checkpoint).absolute()
+    for root in (checkpoint.parent, checkpoint.parent.parent):
+        if RunLayout(root).config_yaml.exists() and checkpoint.parent.name in (root.name, "checkpoints"):
+            return root
+    return None
+
+
+def base_reference(base: str, checkpoint: str | Path) -> str:
+    """How a checkpoint's ftlab.json names its base, so that a run moved or copied elsewhere still finds its own:
+    a shipped model as `builtin:<name>`, a base inside the same run (the tiny base) relative to the checkpoint,
+    anything else (the user's model directory, a hub id) as given."""
+    path = Path(base)
+    if path.is_dir():
+        path = path.resolve()
+        for name, directory in builtin_models().items():
+            if directory.resolve() == path:
+                return BUILTIN_PREFIX + name
+        root = run_root(checkpoint)
+        if root is not None and path.is_relative_to(root.resolve()):
+            return os.path.relpath(path, Path(checkpoint).resolve())
+    return base
+
+
 def base_of(checkpoint: str | Path) -> str | None:
-    """The base model a checkpoint was tuned from: its adapter_config.json's base_model_name_or_path (an adapter),
-    else its ftlab.json's "base" (any checkpoint of an ftlab run); None when neither names one."""
-    if is_adapter(checkpoint):
-        base = read_json(Path(checkpoint) / ADAPTER_CONFIG, "adapter config").get("base_model_name_or_path")
-        if base:
-            return base
-    return read_info(checkpoint).get("base")
+    """The base model a checkpoint was tuned from: its ftlab.json's "base" (any checkpoint of an ftlab run:
+    base_reference's, read back from where the checkpoint is now), else its adapter_config.json's
+    base_model_name_or_path (an adapter ftlab did not train); None when neither names one. A base named by a
+    path that is not there is an FtlabError saying so (a run moved without the model it was tuned from)."""
+    checkpoint = Path(checkpoint)
+    recorded = read_info(checkpoint).get("base")
+    if recorded:
+        base = _resolve_base(recorded, checkpoint)
+        where = f"{checkpoint / INFO}"
+    elif is_adapter(checkpoint):
+        base = read_json(checkpoint / ADAPTER_CONFIG, "adapter config").get("base_model_name_or_path") or None
+        where = f"{checkpoint / ADAPTER_CONFIG} (base_model_name_or_path)"
+    else:
+        return None
+    if base is not None and _looks_like_path(base) and not Path(base).is_dir():
+        raise FtlabError(f"{checkpoint}: its base model {base} (named in {where}) is not there: moved or deleted? "
+                         "Put it back, or name it: ftlab eval --base DIR, ftlab spectrum BASE CHECKPOINT")
+    return base
+
+
+def _resolve_base(recorded: str, checkpoint: Path) -> str:
+    if recorded.startswith(BUILTIN_PREFIX):
+        return str(builtin_model_dir(recorded))
+    if recorded.startswith("."):  # relative to the checkpoint (base_reference)
+        return str((checkpoint.absolute() / recorded).resolve())
+    return recorded
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (owner/name): absolute, relative with ./ or ../, or home-relative."""
+    return name.startswith(("/", ".", "~"))
 
 
 # ----------------------------------------------------------------------------- metrics and plan
