@@ -31,7 +31,7 @@ from ftlab import loss
 from ftlab.builtin import BUILTIN_PREFIX, builtin_model_dir
 from ftlab.config import ModelConfig, RunConfig
 from ftlab.errors import ConfigError
-from ftlab.model import build_tiny
+from ftlab.model import build_tiny, model_config
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,10 @@ def preflight(cfg: RunConfig, sharded: bool = False) -> None:
 
     Reads the model's config.json only and builds its structure on the meta device: no weights, no memory."""
     model = structure(cfg.model)
+    positions = max_positions(model.config)
+    if positions is not None and cfg.data.seq_len > positions:
+        raise ConfigError(f"data.seq_len: {cfg.data.seq_len} tokens, but this model has {positions} positions "
+                          f"({type(model.config).__name__}'s max_position_embeddings); set data.seq_len <= {positions}")
     if cfg.method.name == "lora":
         check_rank(model, target_modules(model, cfg.method.targets), cfg.method.rank)
     if cfg.train.loss == "chunked":
@@ -170,18 +174,24 @@ def preflight(cfg: RunConfig, sharded: bool = False) -> None:
             raise ConfigError(f"--nproc: FSDP shards each decoder block, but {why}; train on one process")
 
 
+def max_positions(config) -> int | None:
+    """How many positions the model was built for (max_position_embeddings; GPT-2's n_positions), if it says."""
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def structure(cfg: ModelConfig) -> nn.Module:
     """The model `cfg` names, built on the meta device from its config alone (the tiny model: from model.tiny,
     with the byte tokenizer's vocabulary; no check depends on the vocabulary)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if cfg.name == "tiny":
         with torch.device("meta"):
             return build_tiny(cfg.tiny)[0]
     name = str(builtin_model_dir(cfg.name)) if cfg.name.startswith(BUILTIN_PREFIX) else cfg.name
-    try:
-        config = AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.name: cannot load a model config from {name!r}: {e}") from None
+    config = model_config(name, cfg)
     with torch.device("meta"):  # shapes and names only: no memory, no initialisation
         return AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)

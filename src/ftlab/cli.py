@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
-from ftlab.errors import FtlabError, TrainingError
+from ftlab.errors import DiskFull, FtlabError, TrainingError
+from ftlab.io import check_writable, disk_full, no_space, remove_unfinished
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -44,8 +46,26 @@ def _train(args: argparse.Namespace) -> int:
         check_supported(cfg)
         return _launch(args)
     run = train(cfg)
-    print(f"ftlab: done; run directory {run}")
+    print(f"ftlab: done; {closing_line(run)}; run directory {run}")
     return 0
+
+
+def closing_line(run) -> str:
+    """Where a run ended, from its metrics log: steps, tokens, the last logged training loss and the held-out loss
+    against the base's (step 0)."""
+    from ftlab.rundir import read_metrics
+
+    records = read_metrics(run)
+    trained = [r for r in records if "loss" in r]
+    held = [r for r in records if r.get("eval_loss") is not None]
+    if not trained:
+        return "no step logged"
+    last = trained[-1]
+    line = f"{last['step']:,} steps, {last['tokens']:,} tokens, training loss {last['loss']:.4f}"
+    if held and held[-1]["step"] > 0:
+        base = f" (base {held[0]['eval_loss']:.4f})" if held[0]["step"] == 0 else ""
+        line += f", held-out loss {held[-1]['eval_loss']:.4f}{base}"
+    return line
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -114,13 +134,17 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ftlab import __version__
+
     parser = argparse.ArgumentParser(prog="ftlab", description="LoRA versus full finetuning, side by side.")
+    parser.add_argument("--version", action="version", version=f"ftlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one run from a YAML config plus dotted overrides")
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method.rank=64 train.lr=2e-4")
     p.add_argument("--out", required=True, help="run directory (created; a killed run there resumes)")
+    p.set_defaults(out_kind="dir")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) on this machine: FSDP through torchrun")
     p.set_defaults(func=_train)
 
@@ -128,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config, e.g. configs/base-tiny.yaml")
     p.add_argument("overrides", nargs="*", help="dotted overrides")
     p.add_argument("--out", required=True, help="output directory (tokenizer/, run/, model/)")
+    p.set_defaults(out_kind="dir")
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("eval", help="evaluate a model, an adapter, or every checkpoint of a run")
@@ -148,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="one self-contained HTML report on a study directory, with CSV/JSON")
     p.add_argument("study", help="study directory: run directories are found below it")
     p.add_argument("--out", help="the HTML file (default: STUDY/report.html; data in STUDY/report/)")
+    p.set_defaults(out_kind="file")
     p.add_argument("--forgetting-budget", type=float, metavar="X",
                    help="the forgetting you allow: the source-loss rise over the base (nats/token) where the study "
                         "measured it, else the source-score drop; the report says which configuration learns most "
@@ -159,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="[BASE] FINETUNED: FINETUNED is a run, adapter or "
                    "model directory; BASE (a model directory) may be left out for a run or an adapter")
     p.add_argument("--out", required=True, help="the JSON file (a run also gets <checkpoint>/spectrum.json)")
+    p.set_defaults(out_kind="file")
     p.add_argument("--singular-values", action="append", default=[], metavar="NAME_GLOB",
                    help="also store every singular value of matching weights (repeatable)")
     p.add_argument("--top-k", type=int, default=10, help="intruder dimensions among the top k (0: skip them)")
@@ -171,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", help="experiment YAML (e.g. configs/demo.yaml, configs/paper/math-ift.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. settings.0.durations=[1,2]")
     p.add_argument("--out", required=True, help="study directory (created; the same command resumes it)")
+    p.set_defaults(out_kind="dir")
     p.add_argument("--no-report", action="store_true", help="skip writing report.html at the end")
     p.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     p.add_argument("--nproc", type=int, default=1, help="processes (GPUs) each run trains on, sharded with FSDP "
@@ -189,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole study on the embedded default (CPU, no network): summary + report")
     p.add_argument("--out", default="demo-out", help="the study directory (default: demo-out; a rerun resumes)")
+    p.set_defaults(out_kind="dir")
     p.add_argument("--full", action="store_true", help="all four settings (code/math x IFT/CPT), not two")
     p.set_defaults(func=_demo)
     return parser
@@ -204,6 +233,11 @@ def process_settings() -> None:
     quiet_libraries()
     if launched() and os.environ["RANK"] != "0":
         sys.stdout = open(os.devnull, "w")
+    signal.signal(signal.SIGTERM, _terminated)  # `kill`, a scheduler's stop: as Ctrl-C, the run resumable
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra
     process_settings()
     try:
+        if getattr(args, "out_kind", None) and args.out is not None:  # before anything is read or written
+            check_writable(args.out, directory=args.out_kind == "dir")
         return args.func(args)
     except FtlabError as e:
         print(f"ftlab: error: {e}", file=sys.stderr)
@@ -222,6 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingError as e:
         print(f"ftlab: training stopped: {e}", file=sys.stderr)
         return e.exit_code
+    except DiskFull as e:
+        print(f"ftlab: error: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
+        remove_unfinished()
         print("ftlab: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`ftlab status DIR | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141
+    except Exception as e:  # a full disk met outside ftlab's own writes (safetensors, a tokenizer's files)
+        if not no_space(e):
+            raise
+        print(f"ftlab: error: {disk_full(e)}", file=sys.stderr)
+        return 2

@@ -201,7 +201,7 @@ def _coerce(tp: Any, value: Any, dotted: str) -> Any:
             try:
                 return _coerce(option, value, dotted)
             except ConfigError as e:
-                errors.append(str(e).split(": ", 1)[-1])
+                errors.append(str(e).split(": ", 1)[-1].rsplit(", got ", 1)[0])  # one "got" for them all
         raise ConfigError(f"{dotted}: {' or '.join(errors)}, got {value!r}")
     if origin is Literal:
         allowed = typing.get_args(tp)

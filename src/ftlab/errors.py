@@ -19,3 +19,10 @@ class TrainingError(Exception):
     """Training could not go on (for example a non-finite loss). Exit status 3."""
 
     exit_code = 3
+
+
+class DiskFull(Exception):
+    """No space left where ftlab writes (exit status 2). Not an FtlabError: a study stops at it rather than record the
+    run failed and go on to the next, which would fail the same way."""
+
+    exit_code = 2

@@ -14,6 +14,7 @@ at the bottom of the import graph, importing nothing of ftlab but its errors.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -23,9 +24,10 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ftlab.errors import DataError, FtlabError
+from ftlab.errors import DataError, DiskFull, FtlabError
 
 TMP_SUFFIX = ".tmp"  # what is being written: readers skip a file or directory with this suffix
+_UNFINISHED: dict[Path, int | None] = {}  # temporary files and directories being written now: {path: bytes needed}
 
 
 def _tmp(path: Path) -> Path:
@@ -33,14 +35,23 @@ def _tmp(path: Path) -> Path:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` atomically."""
+    """Write `data` to `path` atomically. A full disk is a DiskFull naming the path; nothing is left behind."""
     path = Path(path)
     tmp = _tmp(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
-    os.replace(tmp, path)
+    _UNFINISHED[tmp] = len(data)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the file
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if no_space(e):
+            raise disk_full(e) from None
+        raise
+    finally:
+        _UNFINISHED.pop(tmp, None)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -58,11 +69,21 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 
 def fresh_dir(directory: str | Path) -> Path:
     """An empty `<directory>.tmp` to build a directory in (a leftover of a killed attempt is removed first)."""
-    tmp = _tmp(Path(directory))
+    directory = Path(directory)
+    tmp = _tmp(directory)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    _UNFINISHED[tmp] = _size(_previous(directory))  # about what it needs
     return tmp
+
+
+def _previous(directory: Path) -> Path | None:
+    """The directory's last version, else its newest sibling (the state or checkpoint saved before it)."""
+    if directory.is_dir():
+        return directory
+    siblings = [d for d in directory.parent.glob("*") if d.is_dir() and not d.name.endswith(TMP_SUFFIX)]
+    return max(siblings, key=lambda d: d.stat().st_mtime, default=None)
 
 
 def publish_dir(tmp: Path, directory: str | Path) -> None:
@@ -72,6 +93,7 @@ def publish_dir(tmp: Path, directory: str | Path) -> None:
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
+    _UNFINISHED.pop(tmp, None)
 
 
 def copy_dir(source: str | Path, directory: str | Path, ignore: Callable | None = None) -> None:
@@ -79,8 +101,90 @@ def copy_dir(source: str | Path, directory: str | Path, ignore: Callable | None 
     ignore: shutil.copytree's (e.g. shutil.ignore_patterns("ftlab.json"))."""
     tmp = fresh_dir(directory)
     tmp.rmdir()  # copytree makes it
+    _UNFINISHED[tmp] = _size(Path(source))
     shutil.copytree(source, tmp, ignore=ignore)
     publish_dir(tmp, directory)
+
+
+# ----------------------------------------------------------------------------- where output goes
+
+
+def check_writable(path: str | Path, directory: bool, what: str = "--out") -> None:
+    """Refuse, before anything is written, an output that cannot be made there: a directory where a file is (or a
+    file where a directory is), a path under a file, or a place that cannot be written (a read-only filesystem,
+    no permission). An FtlabError names the path and what to do."""
+    path = Path(path).absolute()
+    if path.exists() and path.is_dir() != directory:
+        kind, wanted = ("a file", "a directory") if directory else ("a directory", "a file")
+        raise FtlabError(f"{what} {path}: {kind} is there, and this needs {wanted} (created, or one it wrote "
+                         "before); choose another path")
+    existing = path if directory else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FtlabError(f"{what} {path}: {existing} is a file, so nothing can be made under it; choose another "
+                         "path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only filesystem" if _read_only(existing) else "no permission to write there"
+        raise FtlabError(f"{what} {path}: {existing} cannot be written ({why}); choose another path")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+def no_space(e: BaseException) -> bool:
+    """Whether an error is a full disk (or quota): OSError ENOSPC/EDQUOT, or safetensors' error carrying it."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "os error 28" in str(e) or "No space left on device" in str(e)
+
+
+def disk_full(e: BaseException) -> DiskFull:
+    """The DiskFull for a no-space error met while writing: what was being written (the temporary files and
+    directories in progress, which are removed), the space free where it goes, and about how much it needs."""
+    unfinished = sorted(_UNFINISHED.items(), key=lambda item: str(item[0]))
+    where = [p for p, _ in unfinished] or ([Path(e.filename)] if getattr(e, "filename", None) else [])
+    needed = sum(n for _, n in unfinished if n)
+    remove_unfinished()
+    if not where:
+        return DiskFull(f"no space left on the device being written ({e})")
+    target = where[-1].with_name(where[-1].name.removesuffix(TMP_SUFFIX))
+    free = shutil.disk_usage(_existing(target)).free
+    need = f"; it needs about {_gib(needed)}" if needed else ""
+    return DiskFull(f"no space left on the device writing {target} ({_gib(free)} free there{need}); nothing was "
+                    "left half-written: free some space and run the same command again, it goes on from where it "
+                    "stopped")
+
+
+def remove_unfinished() -> None:
+    """Remove the temporary files and directories this process was writing (a write that cannot finish)."""
+    for path in list(_UNFINISHED):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        _UNFINISHED.pop(path, None)
+
+
+def _size(directory: Path | None) -> int | None:
+    return None if directory is None else sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 RERUN = "delete it and run the command that wrote it again"  # what to do about a damaged file, unless told better

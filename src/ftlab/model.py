@@ -16,8 +16,8 @@ from transformers import PreTrainedTokenizerFast
 from ftlab.builtin import BUILTIN_PREFIX, builtin_model_dir
 from ftlab.config import ModelConfig, TinyModelConfig
 from ftlab.errors import ConfigError, FtlabError
-from ftlab.io import fresh_dir, publish_dir, write_json
-from ftlab.rundir import INFO, RunLayout, base_of, is_adapter
+from ftlab.io import fresh_dir, publish_dir, read_json, write_json
+from ftlab.rundir import ADAPTER_CONFIG, INFO, RunLayout, base_of, is_adapter
 from ftlab.weights import check_adapter, check_files, check_finite, check_headers, manifest
 
 # A plain-text chat template for the byte tokenizer: "<|user|>\n...\n<|assistant|>\n...</s>\n".
@@ -123,10 +123,7 @@ def load_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, name:
         check_headers(name)  # safetensors only; their weights are not read here
     elif local:
         verified = check_files(name)  # safetensors only, each header readable, the checksums an ftlab.json records
-    try:
-        hf_config = AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"model.name: cannot load a model config from {name!r}: {e}") from None
+    hf_config = model_config(name, cfg)
     extra = {}
     if cfg.attention_dropout:
         if not hasattr(hf_config, "attention_dropout"):
@@ -166,6 +163,20 @@ def prepare_base(cfg: ModelConfig, run_dir: Path) -> str:
         model, tokenizer = build_tiny(cfg.tiny, tokenizer)
         save_pretrained(model, tokenizer, base)
     return str(base.resolve())
+
+
+def model_config(name: str, cfg: ModelConfig):
+    """The transformers config of the model `name` (a directory or hub id); a ConfigError naming model.name when
+    there is none, and saying so when `name` is a PEFT adapter rather than a model."""
+    if is_adapter(name):
+        base = read_json(Path(name) / ADAPTER_CONFIG, "adapter config").get("base_model_name_or_path")
+        raise ConfigError(f"model.name: {name} is a PEFT adapter (it holds {ADAPTER_CONFIG}), not a model; train from "
+                          f"its base model{f' ({base})' if base else ''}: model.name=<the base>. To measure the "
+                          f"adapter: ftlab eval {name}")
+    try:
+        return AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.name: cannot load a model config from {name!r}: {e}") from None
 
 
 def load_trained(directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):

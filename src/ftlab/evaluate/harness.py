@@ -17,6 +17,7 @@ in the results store's reader (ftlab.results.load), which ftlab.results.index fi
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from dataclasses import asdict, replace
@@ -32,6 +33,7 @@ from ftlab.evaluate.code import STOP, generation_prompt, score_completions, trun
 from ftlab.evaluate.gsm8k import score_gsm8k, score_gsm8k_sampled
 from ftlab.evaluate.isolation import Isolation
 from ftlab.evaluate.tasks import LM_EVAL_PREFIX, TaskSpec, load_docs
+from ftlab.hub import hub_offline, offline_mode
 from ftlab.io import file_digest, read_json, write_json, write_jsonl
 
 RESULTS = "eval.json"
@@ -110,7 +112,14 @@ def run_lm_eval_task(model, tokenizer, name: str, limit: int | None) -> list[Sco
     except ImportError:
         raise FtlabError(f"task {LM_EVAL_PREFIX}{name}: lm-evaluation-harness is not installed "
                          "(pip install 'ftlab[lm-eval]')") from None
-    out = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer), tasks=[name], limit=limit)
+    offline = hub_offline()
+    with offline_mode() if offline else contextlib.nullcontext():
+        try:
+            out = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer), tasks=[name], limit=limit)
+        except (ConnectionError, FileNotFoundError) as e:
+            if offline is None:
+                raise
+            raise FtlabError(_offline_message(name, offline, e)) from None
     scores = []
     for task, metrics in out["results"].items():
         version = str(out.get("versions", {}).get(task, "?"))
@@ -123,6 +132,32 @@ def run_lm_eval_task(model, tokenizer, name: str, limit: int | None) -> list[Sco
             scores.append(Score(f"{LM_EVAL_PREFIX}{task}", version, metric, float(value), int(n),
                                 float(stderr) if isinstance(stderr, (int, float)) else None))
     return scores
+
+
+def check_lm_eval_offline(names: list[str]) -> None:
+    """Before any model is loaded: where the hub cannot be reached, each lm_eval:<task> must find its data in the
+    local cache, else an FtlabError says so (at once, not after datasets' retries and a model load)."""
+    offline = hub_offline() if names else None
+    if offline is None:
+        return
+    try:
+        from lm_eval.tasks import TaskManager, get_task_dict
+    except ImportError:
+        raise FtlabError(f"task {LM_EVAL_PREFIX}{names[0]}: lm-evaluation-harness is not installed "
+                         "(pip install 'ftlab[lm-eval]')") from None
+    manager = TaskManager()
+    for name in names:
+        with offline_mode():
+            try:
+                get_task_dict([name], manager)
+            except (ConnectionError, FileNotFoundError) as e:
+                raise FtlabError(_offline_message(name, offline, e)) from None
+
+
+def _offline_message(name: str, why: str, error: BaseException) -> str:
+    return (f"task {LM_EVAL_PREFIX}{name}: lm-eval needs its dataset from the Hugging Face hub, which cannot be used "
+            f"here ({why}), and the local cache has no copy ({str(error).splitlines()[0][:200]}). Run it once where "
+            "the hub is reachable (the dataset is cached in ~/.cache/huggingface), or copy that cache here")
 
 
 def git_commit() -> str | None:

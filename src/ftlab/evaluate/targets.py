@@ -14,11 +14,11 @@ import torch
 
 from ftlab.config import ModelConfig
 from ftlab.errors import FtlabError
-from ftlab.evaluate.harness import evaluate_into
+from ftlab.evaluate.harness import check_lm_eval_offline, evaluate_into
 from ftlab.evaluate.isolation import Isolation
 from ftlab.evaluate.lm import LM
 from ftlab.evaluate.sandbox import choose_isolation
-from ftlab.evaluate.tasks import resolve_tasks
+from ftlab.evaluate.tasks import LM_EVAL_PREFIX, resolve_tasks
 from ftlab.model import load_model, resolve_device
 from ftlab.progress import Progress
 from ftlab.rundir import RunLayout, base_of, is_adapter, is_run, run_checkpoints
@@ -64,6 +64,7 @@ def evaluate_target(path: str, tasks: list[str], data_dir: str | None = None, ba
     if any(getattr(spec, "kind", None) == "code" for spec in specs):  # refused here, before a model is loaded
         sandbox = choose_isolation(isolation)
         print(f"ftlab eval: generated code runs under {sandbox.describe()}", flush=True)
+    check_lm_eval_offline([s.removeprefix(LM_EVAL_PREFIX) for s in specs if isinstance(s, str)])
     target = resolve(path, base)
     evaluator = Evaluator(target.base, device, batch_size, isolation=sandbox)
     written = []
