@@ -381,7 +381,7 @@ def test_compile_and_fsdp_without_decoder_blocks_are_refused(tmp_path, monkeypat
     save_pretrained(opt_model(), byte_tokenizer(), base)
     monkeypatch.setattr(OPTPreTrainedModel, "_no_split_modules", None)  # an architecture that does not name them
     refused(tmp_path, base, "train.compile=true", match=r"train.compile: ftlab compiles each decoder block, but no")
-    cfg = load_config(None, [f"model.name={base}", f"data.path={write_pairs(tmp_path / 'p.jsonl', n=8)}"],
+    cfg = load_config(None, [f"model.name={base}", "data.seq_len=32", f"data.path={write_pairs(tmp_path / 'p.jsonl', n=8)}"],
                       out=str(tmp_path / "r"))
     with pytest.raises(ConfigError, match=r"--nproc: FSDP shards each decoder block"):
         preflight(cfg, sharded=True)
