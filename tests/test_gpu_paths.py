@@ -76,6 +76,86 @@ def test_train_compile_compiles_every_block_of_a_12_layer_model(text, tmp_path, 
         torch._dynamo.reset()
 
 
+def test_compile_with_activation_checkpointing_compiles_every_block(text, tmp_path, monkeypatch):
+    """train.compile with train.activation_checkpointing: transformers' output-capturing hooks set a context variable
+    inside each checkpointed block, a side effect dynamo refused to trace there, so no graph was compiled and every
+    block ran eagerly. Now one graph serves every block, full FT and LoRA, and the losses are the eager ones."""
+    from torch._dynamo.utils import counters
+
+    backend = CountingBackend()
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: compile_(fn, *a, **{**k, "backend": backend}))
+    monkeypatch.setattr(torch._dynamo.config, "skip_fwd_side_effects_in_bwd_under_checkpoint", False)
+    try:
+        for method in ("full", "lora"):
+            losses = {}
+            for compiled in (False, True):
+                backend.compiles = backend.calls = 0
+                cfg = tiny_config(text, tmp_path / f"{method}-{compiled}", "data.regime=cpt", f"method.name={method}",
+                                  "method.rank=4", "method.dropout=0", "model.tiny.layers=4",
+                                  "model.tiny.hidden_size=16", "model.tiny.intermediate_size=32",
+                                  "train.activation_checkpointing=true", f"train.compile={str(compiled).lower()}")
+                model, tokenizer = build_tiny(cfg.model.tiny)
+                torch.manual_seed(0)  # LoRA's A: the same start both ways
+                model, params, optimizer, autocast, chunked = prepare(apply_method(model, cfg), cfg, CPU)
+                steps, _ = build_data(cfg, tokenizer)
+                losses[compiled] = [train_step(model, steps.next_step(), optimizer, params, 1.0, autocast).loss
+                                    for _ in range(2)]
+            assert (backend.compiles, backend.calls) == (1, 4 * 2 * 2), method  # 4 blocks, 2 micro-batches, 2 steps
+            assert not counters["graph_break"]
+            assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    finally:
+        torch._dynamo.reset()
+
+
+def test_every_run_of_a_study_process_trains_compiled(text, tmp_path, monkeypatch):
+    """`ftlab run` trains its runs one after another in one process, and every decoder block of every run is the
+    same function to torch.compile: full FT then LoRA r=2, 4 and 8 filled torch's 8 compiled versions of it, and
+    the fourth run trained uncompiled. Each run now starts from a clean compile cache: every block call compiled."""
+    backend = CountingBackend()
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: compile_(fn, *a, **{**k, "backend": backend}))
+    try:
+        for i, (method, rank) in enumerate([("full", 4), ("lora", 2), ("lora", 4), ("lora", 8)]):
+            backend.calls = 0
+            cfg = tiny_config(text, tmp_path / str(i), "data.regime=cpt", f"method.name={method}",
+                              f"method.rank={rank}", "model.tiny.layers=4", "model.tiny.hidden_size=16",
+                              "model.tiny.intermediate_size=32", "train.compile=true")
+            model, tokenizer = build_tiny(cfg.model.tiny)
+            model, params, optimizer, autocast, chunked = prepare(apply_method(model, cfg), cfg, CPU)
+            steps, held_out = build_data(cfg, tokenizer)
+            train_step(model, steps.next_step(), optimizer, params, 1.0, autocast, chunked)
+            eval_loss(model, held_out[:1], autocast)
+            assert backend.calls == 4 * 3, (method, rank)  # 4 blocks: 2 micro-batches and one held-out batch
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.05])
+def test_fused_lora_compiles_to_one_graph_with_and_without_dropout(dropout):
+    """Without dropout the fused LoRA function got the same tensor as its input and as the dropped-out input, which
+    dynamo cannot trace: a graph break at every adapted layer (31 for 3 layers). Now one graph either way."""
+    from torch._dynamo.utils import counters
+
+    from ftlab import lora_fused
+    from ftlab.config import TinyModelConfig
+
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = build_tiny(TinyModelConfig(hidden_size=32, layers=3, heads=4, kv_heads=2, intermediate_size=64))
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear"))
+    assert lora_fused.enable(model) == 3 * 7
+    backend = CountingBackend()
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        ids = torch.randint(3, 200, (2, 8), generator=torch.Generator().manual_seed(0))
+        torch.compile(model, backend=backend)(input_ids=ids, use_cache=False).logits.sum().backward()
+        assert backend.compiles == 1 and not counters["graph_break"], dict(counters["graph_break"])
+    finally:
+        torch._dynamo.reset()
+
+
 # ------------------------------------------------------------------ precision: the weights' dtype
 
 
@@ -348,3 +428,78 @@ def test_the_evaluators_model_is_freed_before_a_later_run_trains(pairs, tmp_path
     run_experiment(tmp_path / "turns.yaml", tmp_path / "study", report=False)
     assert len(made) == 2  # the first run's evaluation made one, freed; the second run's evaluation another
     assert resident == [0, 0]
+
+
+# ------------------------------------------------------------------ FSDP: sharded gradients, the chunked loss
+
+
+def _gradient_bytes(model) -> int:
+    """Bytes of gradient this process holds for the sharded model: its shards' gradients and whatever FSDP keeps
+    unsharded between backward passes (an unsharded or accumulated gradient per parameter)."""
+    total = 0
+    for module in model.modules():
+        group = getattr(module, "_get_fsdp_state", lambda: None)()
+        group = getattr(group, "_fsdp_param_group", None)
+        for param in group.fsdp_params if group is not None else []:
+            unsharded = getattr(param, "_unsharded_param", None)
+            held = [param.unsharded_accumulated_grad, unsharded.grad if unsharded is not None else None,
+                    param.sharded_param.grad.to_local() if param.sharded_param.grad is not None else None]
+            total += sum(t.numel() * t.element_size() for t in held if t is not None)
+    return total
+
+
+def _chunked_fsdp_worker(rank: int, port: int, pairs: str, out: str) -> None:
+    """One of two processes: full FT in fp32 with the chunked loss, two micro-batches per process and step; writes
+    the losses and, between a step's micro-batches, the gradient bytes held against the bytes of its weight shards."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import ftlab.train as train_module
+    from ftlab import distributed
+
+    world, device = distributed.init("cpu")
+    try:
+        cfg = tiny_config(pairs, f"{out}/run", *CHUNKED_FSDP)
+        model, tokenizer = build_tiny(cfg.model.tiny)
+        model, params, optimizer, autocast, chunked = prepare(apply_method(model, cfg), cfg, device, world)
+        shards = sum(p.to_local().numel() * p.element_size() for p in params)
+        held, loss_sum = [], train_module.token_loss_sum
+
+        def measured(*args, **kwargs):  # called before each micro-batch's forward
+            held.append(_gradient_bytes(model))
+            return loss_sum(*args, **kwargs)
+
+        train_module.token_loss_sum = measured
+        source, _ = build_data(cfg, tokenizer)
+        losses = [train_step(model, train_module.to_device(source.next_step(), device), optimizer, params, 1.0,
+                             autocast, chunked, world).loss for _ in range(3)]
+        with open(f"{out}/rank{rank}.json", "w") as f:
+            json.dump({"losses": losses, "chunked": chunked, "held": held, "shards": shards}, f)
+    finally:
+        distributed.close()
+
+
+CHUNKED_FSDP = ["method.name=full", "train.precision=fp32", "train.loss=chunked", "train.global_batch=16",
+                "train.micro_batch=4", "train.lr=1e-3"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_fsdp_holds_only_gradient_shards_and_trains_with_the_chunked_loss(pairs, tmp_path):
+    """Two processes, two micro-batches each per step: after a micro-batch's backward a process holds no more
+    gradient than its shards of the weights (its gradients were reduce-scattered; accumulating them unsharded held
+    the whole model's, twice the shards' bytes here and +25 GiB per GPU at 7B), and the chunked loss, refused under
+    FSDP before, trains as on one process."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_chunked_fsdp_worker, args=(port, str(pairs), str(tmp_path)), nprocs=2, join=True)
+    one, _, _ = lora_steps(pairs, tmp_path, "one", *CHUNKED_FSDP)
+    for rank in range(2):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert seen["chunked"] is True
+        assert seen["losses"] == pytest.approx(one, rel=1e-5)
+        between = seen["held"][1::2]  # before each step's second micro-batch: the first one's gradients are held
+        assert len(between) == 3 and all(0 < b <= seen["shards"] for b in between), (between, seen["shards"])
