@@ -503,3 +503,32 @@ def test_fsdp_holds_only_gradient_shards_and_trains_with_the_chunked_loss(pairs,
         assert seen["losses"] == pytest.approx(one, rel=1e-5)
         between = seen["held"][1::2]  # before each step's second micro-batch: the first one's gradients are held
         assert len(between) == 3 and all(0 < b <= seen["shards"] for b in between), (between, seen["shards"])
+
+
+# ------------------------------------------------------------------ resumable states on a time interval
+
+
+@pytest.mark.parametrize("every,expected", [([], [3, 6, 9, 12]), (["output.resume_every=4"], [4, 8, 12])])
+def test_resumable_states_are_saved_on_a_time_interval_by_default(pairs, tmp_path, monkeypatch, every, expected):
+    """output.resume_every null (the default): a state once output.resume_minutes of training have passed since the
+    last one (here a clock that moves 25 s each time it is read, and 1 minute: every third step), and at the end;
+    output.resume_every N: every N steps. run.json gives tokens/s with and without the time spent saving."""
+    import itertools
+
+    import ftlab.state
+    import ftlab.train as train_module
+
+    clock = itertools.count(25, 25)
+    monkeypatch.setattr(train_module, "monotonic", lambda: next(clock))
+    saved, save_state = [], ftlab.state.save_state
+    monkeypatch.setattr(ftlab.state, "save_state", lambda root, step, *a, **k: saved.append(step) or
+                        save_state(root, step, *a, **k))
+    cfg = tiny_config(pairs, tmp_path / "run", "output.resume_every=null", "output.resume_minutes=1", *every)
+    run = train_module.train(cfg)
+    assert saved == expected
+    cost = json.loads((run / "run.json").read_text())
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert cost["tokens"] == logged[-1]["tokens"] > 0
+    assert 0 < cost["save_s"] < cost["train_s"] <= cost["wall_s"]
+    assert cost["tokens_per_s_with_saves"] == pytest.approx(cost["tokens"] / cost["train_s"], rel=1e-3)
+    assert cost["tokens_per_s_without_saves"] > cost["tokens_per_s_with_saves"]
