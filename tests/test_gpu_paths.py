@@ -532,3 +532,98 @@ def test_resumable_states_are_saved_on_a_time_interval_by_default(pairs, tmp_pat
     assert 0 < cost["save_s"] < cost["train_s"] <= cost["wall_s"]
     assert cost["tokens_per_s_with_saves"] == pytest.approx(cost["tokens"] / cost["train_s"], rel=1e-3)
     assert cost["tokens_per_s_without_saves"] > cost["tokens_per_s_with_saves"]
+
+
+# ------------------------------------------------------------------ evaluation: scored positions only, in chunks
+
+SCORED = [("Question: what is 2+2?\nAnswer:", " 4"), ("The cat sat on the", " mat and purred."), ("A", " b"),
+          ("Another context, somewhat longer than the others", " and its continuation, longer still")]
+
+
+def _full_logit_scores(model, lm, requests):
+    """Per request, the unchunked way (one sequence at a time, fp32 log-softmax over every position and the whole
+    vocabulary): (log-likelihood, greedy) of the continuation and (summed NLL, tokens, greedy hits) of the text."""
+    pairs, texts = [], []
+    with torch.no_grad():
+        for context, continuation in requests:
+            ctx, cont = lm.encode_pair(context, continuation)
+            logp = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0].float(), -1)  # (T, V)
+            rows = logp[len(ctx) - 1:len(ctx) + len(cont) - 1]  # (C, V): position t predicts token t+1
+            pairs.append((float(rows.gather(-1, torch.tensor(cont)[:, None]).sum()),
+                          bool((rows.argmax(-1) == torch.tensor(cont)).all())))
+            ids = lm.encode(context + continuation)
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)[:-1]  # (T-1, V)
+            target = torch.tensor(ids[1:])
+            texts.append((-float(logp.gather(-1, target[:, None]).sum()), len(ids) - 1,
+                          int((logp.argmax(-1) == target).sum())))
+    return pairs, texts
+
+
+class LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """The most elements of any tensor an operation makes while it lasts."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.numel = max(self.numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("head", ["linear", "soft-capped"])
+def test_chunked_evaluation_gives_the_unchunked_numbers(monkeypatch, head):
+    """LM scores only the positions it needs, a few at a time (here chunks of 5 positions, batches of 3 padded
+    sequences): the same log-likelihoods, greedy flags, losses and hits as the full fp32 log-softmax over every
+    position, and no tensor of (batch, seq, vocab) is made. A head that is not a plain linear takes the model's own
+    logits, scored a chunk at a time."""
+    from ftlab.config import TinyModelConfig
+    from ftlab.evaluate import lm as lm_module
+    from ftlab.evaluate.lm import LM
+
+    model, tokenizer = build_tiny(TinyModelConfig(hidden_size=32, layers=2, heads=4, kv_heads=2,
+                                                  intermediate_size=64, max_position=512))
+    if head == "soft-capped":
+        model.config.final_logit_softcapping = 30.0  # Llama ignores it; the chunked path must not
+    monkeypatch.setattr(lm_module, "CHUNK", 5)
+    lm = LM(model, tokenizer, batch_size=3)
+    assert lm._hidden == (head == "linear")
+    pairs, texts = _full_logit_scores(model, lm, SCORED)
+    largest = LargestTensor()
+    with largest:
+        got_pairs = lm.loglikelihood(SCORED)
+    got_texts = lm.text_scores([c + x for c, x in SCORED])
+    for (ll, greedy), (want_ll, want_greedy) in zip(got_pairs, pairs):
+        assert ll == pytest.approx(want_ll, abs=1e-4) and greedy == want_greedy
+    for (nll, n, hits), (want_nll, want_n, want_hits) in zip(got_texts, texts):
+        assert nll == pytest.approx(want_nll, abs=1e-4) and (n, hits) == (want_n, want_hits)
+    longest = max(len(sum(lm.encode_pair(c, x), [])) for c, x in SCORED)
+    full_logits = 3 * (longest - 1) * len(tokenizer)
+    assert (largest.numel < full_logits) == (head == "linear")
+
+
+def test_lora_on_a_bf16_base_is_evaluated_in_bf16():
+    """The evaluator holds the base in bf16 on CUDA; PEFT computed its fp32 adapters in fp32 there (activations cast
+    up and back per layer). LM runs them fused in the base's dtype: the same scores to bf16's precision."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from ftlab.config import TinyModelConfig
+    from ftlab.evaluate.lm import LM
+
+    model, tokenizer = build_tiny(TinyModelConfig(hidden_size=32, layers=2, heads=4, kv_heads=2,
+                                                  intermediate_size=64, max_position=512))
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model.to(torch.bfloat16), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                                     init_lora_weights="gaussian"))
+    assert {p.dtype for n, p in peft_model.named_parameters() if "lora_" in n} == {torch.float32}
+    reference = LM(copy.deepcopy(peft_model).float(), tokenizer).loglikelihood(SCORED)
+    lm = LM(peft_model, tokenizer)
+    q_proj = peft_model.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__.startswith("Fused")
+    for (ll, _), (want, _) in zip(lm.loglikelihood(SCORED), reference):
+        assert ll == pytest.approx(want, rel=2e-2)

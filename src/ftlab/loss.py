@@ -34,6 +34,11 @@ def _inner(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def output_head(model: nn.Module) -> nn.Module:
+    """The model's output head (under a PEFT wrapper: its base model's)."""
+    return _inner(model).get_output_embeddings()
+
+
 def supports(model: nn.Module) -> bool:
     """True when logits = lm_head(backbone(...).last_hidden_state) exactly, so the chunked loss is the same loss."""
     return unsupported(model) is None
@@ -89,7 +94,7 @@ def hidden_states(model: nn.Module, inputs: dict[str, torch.Tensor], autocast) -
 def chunked_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], autocast,
                      chunk: int = CHUNK) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over labelled positions of one micro-batch, and their count."""
-    head = _inner(model).get_output_embeddings()
+    head = output_head(model)
     hidden, logits = hidden_states(model, model_inputs(batch), autocast)  # (B, T, H), (B, 1, V)
     index = target_index(batch)  # (N,)
     targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # (B, T): position t predicts token t+1
