@@ -627,3 +627,67 @@ def test_lora_on_a_bf16_base_is_evaluated_in_bf16():
     assert type(q_proj).__name__.startswith("Fused")
     for (ll, _), (want, _) in zip(lm.loglikelihood(SCORED), reference):
         assert ll == pytest.approx(want, rel=2e-2)
+
+
+# ------------------------------------------------------------------ host syncs: one read per step
+
+
+class SyncingOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """The operations that make the host wait for the device on a GPU: a tensor read as a Python number (item(),
+    float(), bool(): _local_scalar_dense) and indexing whose result size depends on the data (nonzero, a boolean
+    mask). The step's one deliberate read (tolist of the loss and the norm) is not an operation. Those made by
+    transformers' mask construction (once per forward: it reads the mask, or the position ids, to choose its
+    causal path) are counted apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen, self.transformers = [], 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import traceback
+
+        masked = func is torch.ops.aten.index.Tensor and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else []))
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default) or masked:
+            if any(frame.filename.endswith("masking_utils.py") for frame in traceback.extract_stack()):
+                self.transformers += 1
+            else:
+                self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("loss", ["full", "chunked"])
+def test_a_training_step_reads_nothing_back_from_the_device_but_its_loss_and_norm(pairs, tmp_path, loss):
+    """A loss read per micro-batch, a boolean-mask index in the chunked loss, counts of targets and tokens and a
+    norm check each stalled the host until the device caught up, so it could not queue the next kernels. The
+    micro-batches carry their labelled positions (found on the host) and the loss and gradient norm are read once,
+    together, after the backward passes. What remains is transformers' own look at the mask, once per forward."""
+    cfg = tiny_config(pairs, tmp_path / "run", "method.name=lora", "method.rank=4", f"train.loss={loss}")
+    model, tokenizer = build_tiny(cfg.model.tiny)
+    model, params, optimizer, autocast, chunked = prepare(apply_method(model, cfg), cfg, CPU)
+    source, _ = build_data(cfg, tokenizer)
+    from ftlab.train import to_device
+
+    micro = to_device(source.next_step(), CPU)
+    assert len(micro) == 2 and chunked == (loss == "chunked")
+    with SyncingOps() as syncs:
+        result = train_step(model, micro, optimizer, params, 1.0, autocast, chunked)
+    assert syncs.seen == [] and result.loss > 0
+    assert 0 < syncs.transformers <= 2 * len(micro)
+
+
+def test_the_next_steps_batches_are_read_while_a_step_trains(pairs, tmp_path, monkeypatch):
+    """The step source is read one step ahead in a background thread (CPT tokenizes as it reads), never past the
+    run's end, and a run so trained ends where one reading in the loop ends: its states resume exactly (the fault
+    tests kill runs at every stage)."""
+    import threading
+
+    import ftlab.batches
+    import ftlab.train as train_module
+
+    readers, next_step = [], ftlab.batches.IFTSteps.next_step
+    monkeypatch.setattr(ftlab.batches.IFTSteps, "next_step",
+                        lambda self: readers.append(threading.current_thread().name) or next_step(self))
+    run = train_module.train(tiny_config(pairs, tmp_path / "run"))
+    steps = json.loads((run / "plan.json").read_text())["total_steps"]
+    assert len(readers) == steps > 1 and all(name.startswith("ftlab-prefetch") for name in readers)

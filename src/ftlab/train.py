@@ -248,7 +248,8 @@ def build_data(cfg: RunConfig, tokenizer):
 
 
 def to_device(micro: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
-    """Micro-batches on the device, each with its labelled positions (loss.with_targets) found first, on the host."""
+    """Micro-batches (on the host) moved to the device, each with its labelled positions found first, on the host
+    (loss.with_targets)."""
     return [{k: v.to(device, non_blocking=True) for k, v in with_targets(b).items()} for b in micro]
 
 
