@@ -2,7 +2,7 @@
 # GPU check 3 of 4: the 7B shape (Llama-2-7B), sequences of 2048. LoRA r=16 at batch 2 against both references
 # (an fp32 and a bf16 frozen base). Full FT: fp32 weights, gradients and AdamW's two moments take 16 bytes per
 # parameter, 108 GB for 6.7B, more than an H100's 80 GB at any batch; on an H200 (141 GB) it fits with activation
-# checkpointing and the chunked loss at batch 2 x 2048 (~120 GiB estimated), against the reference loop with
+# checkpointing and the chunked loss at batch 2 x 2048 (~105 GiB estimated), against the reference loop with
 # gradient checkpointing; on a smaller GPU the row says so and is skipped. One device call (see bench/gpu_lib.sh).
 source "$(dirname "$0")/gpu_lib.sh"
 header

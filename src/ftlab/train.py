@@ -65,6 +65,9 @@ def use_chunked_loss(cfg: RunConfig, model, device: torch.device) -> bool:
     return cfg.train.loss == "chunked" or device.type == "cuda"
 
 
+SIDE_EFFECTS = "skip_fwd_side_effects_in_bwd_under_checkpoint"  # torch._dynamo's setting (see speed_options)
+
+
 def speed_options(model, cfg: RunConfig) -> None:
     """Fused LoRA layers, Liger kernels, activation checkpointing and torch.compile of the decoder blocks, in
     place; the numerics are unchanged.
@@ -89,8 +92,8 @@ def speed_options(model, cfg: RunConfig) -> None:
         if blocks is None:  # preflight refuses this before a run starts
             raise FtlabError("train.compile: no list of decoder blocks found in this model; set train.compile=false")
         torch.compiler.reset()
-        if cfg.train.activation_checkpointing:
-            torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
+        if cfg.train.activation_checkpointing and hasattr(torch._dynamo.config, SIDE_EFFECTS):
+            setattr(torch._dynamo.config, SIDE_EFFECTS, True)
         for block in blocks:
             block.compile()
 

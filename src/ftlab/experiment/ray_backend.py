@@ -10,7 +10,7 @@ worker, holding the GPUs the run asks for.
 - Dependencies: a CPT branch restarts from a state its long run keeps, so it is submitted once its long run has
   trained; if the long run failed, the branch is recorded failed without training, as locally.
 - Retries: a worker that dies (killed, out of host memory, its node lost) has its task retried by Ray, up to
-  MAX_RETRIES times; `train` resumes from the run directory's last saved state (output.resume_every), so a retry
+  MAX_RETRIES times; `train` resumes from the run directory's last saved state (output.resume_minutes), so a retry
   redoes only the steps since then and ends with the same weights. An error that training raises (bad data, a
   non-finite loss, CUDA out of memory) is not retried: the run is recorded failed with its reason, as locally.
 - Files: a worker trains from the driver's working directory and writes the run directory at the path the driver
