@@ -159,13 +159,15 @@ def main() -> None:
 
 def adapters_check(model, rows: list[list[int]], args, device: torch.device) -> None:
     """Random LoRA adapters (r=16, every linear layer) swapped onto the model one after another with ftlab's
-    swap (ftlab.evaluate.targets: copied into one adapter's tensors in place), each decoded greedily by a new
-    Sampler (sharing the process's compiled step, as every checkpoint's evaluation does) and by model.generate.
+    swap (ftlab.evaluate.targets: copied into one adapter's tensors in place), fused in the base's dtype where it is
+    not fp32 (as LM runs them), each decoded greedily by a new Sampler (sharing the process's compiled step, as
+    every checkpoint's evaluation does) and by model.generate.
     The compiled step must not recompile per adapter, and its CUDA graphs must read each adapter's weights."""
     import tempfile
 
     from peft import LoraConfig, get_peft_model
 
+    from ftlab import lora_fused
     from ftlab.evaluate.targets import _swap_adapter
 
     greedy, targets = Decoding(args.new_tokens), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -183,6 +185,8 @@ def adapters_check(model, rows: list[list[int]], args, device: torch.device) -> 
         peft_model, same, first, compiles = None, 0, None, counters["frames"]["total"]
         for i in range(args.adapters):
             peft_model = _swap_adapter(peft_model, base, Path(f"{tmp}/adapter-{i}")).eval()
+            if next(base.parameters()).dtype != torch.float32:  # as LM does: adapters in the base's dtype
+                lora_fused.enable(peft_model)
             sampler = Sampler(peft_model, None, device, PAD, cache=args.cache,
                               compile={"auto": None, "on": True, "off": False}[args.compile])
             ours = sampler.sample(rows, greedy, args.batch)

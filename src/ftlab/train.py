@@ -300,9 +300,10 @@ class Prefetch:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class SaveSchedule:
-    """When a resumable state is due: every output.resume_every steps, or (resume_every null, the default) once
-    output.resume_minutes of training have passed since the last save, by rank 0's clock for every process.
+class StateSaver:
+    """When a resumable state is due, and saving it: every output.resume_every steps, or (resume_every null, the
+    default) once output.resume_minutes of training have passed since the last save, by rank 0's clock for every
+    process.
 
     Saving a 1.1B full finetuning's state (13 GB) takes about as long as 150 of its steps, so a step count fit for
     one model wastes most of the time on another; an interval in time bounds both the loss on a kill and the share
@@ -318,7 +319,13 @@ class SaveSchedule:
             return step % self.every == 0
         return distributed.agree(monotonic() - self.last >= self.seconds, self.world, self.device)
 
-    def saved(self) -> None:
+    def save(self, run: RunDir, step: int, model, optimizer, progress: dict, keep: bool) -> None:
+        """The state after `step` (all ranks call it), on disk before any rank goes on; with `keep`, also copied to
+        <run>/kept/ (a state other runs restart from: a CPT duration's own cooldown)."""
+        state.save_state(run.state, step, model, optimizer, progress, self.world, self.device)
+        distributed.barrier(self.world)
+        if keep and self.world.main:
+            state.keep_state(run.state, run.kept)
         self.last = monotonic()
 
 
@@ -395,7 +402,7 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     model.train()
     bar = Progress(plan.total_steps, initial=step) if world.main else None
     source = Prefetch(steps, plan.total_steps - step, device)
-    schedule = SaveSchedule(cfg.output, world, device)
+    states = StateSaver(cfg.output, world, device)
     frames, first = compiled_frames(), step
     if cost is not None:
         cost.training()
@@ -428,13 +435,8 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
             if last and cfg.output.save_final:
                 save(run.final, step)
             keep = step in cfg.train.keep_states
-            if last or due or keep or schedule.due(step):
-                state.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": batch.loader},
-                                 world, device)
-                distributed.barrier(world)  # the state is on disk before any rank goes on
-                if keep and world.main:  # a state other runs restart from (a CPT duration's own cooldown)
-                    state.keep_state(run.state, run.kept)
-                schedule.saved()
+            if last or due or keep or states.due(step):
+                states.save(run, step, model, optimizer, {"tokens": tokens, "loader": batch.loader}, keep)
                 if cost is not None:
                     cost.saved(time.perf_counter() - saving)
                     cost.write()
