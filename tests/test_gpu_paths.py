@@ -333,15 +333,15 @@ def _fsdp_worker(rank: int, port: int, pairs: str, out: str) -> None:
 
 
 FSDP_SETTINGS = ["method.name=lora", "method.rank=4", "method.dropout=0", "train.precision=bf16-autocast",
-                 "train.global_batch=8", "train.micro_batch=4", "train.lr=1e-2", "train.loss=full"]
+                 "train.global_batch=8", "train.micro_batch=4", "train.lr=1e-2", "train.loss=chunked"]
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_fsdp_bf16_mixed_precision_on_gloo_trains_like_one_process(pairs, tmp_path):
-    """train.precision bf16-autocast under FSDP: the blocks compute with bf16 weights (the fp32 adapters too,
-    all-gathered in bf16), the adapters' shards and optimizer state stay fp32, and the losses follow one process's
-    bf16-autocast run."""
+    """train.precision bf16-autocast under FSDP, with the chunked loss (both the CUDA defaults): the blocks compute
+    with bf16 weights (the fp32 adapters too, all-gathered in bf16), the adapters' shards and optimizer state stay
+    fp32, and the losses follow one process's bf16-autocast run."""
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
