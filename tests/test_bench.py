@@ -57,8 +57,8 @@ GPU_CHECKS = {  # script -> what its DRY run must print, besides a row for each 
     "gpu_train": [r"^full +[\d,]+ +[\d,]+ +\d+\.\d\d", r"^lora r=4 +[\d,]+ +[\d,]+ +\d+\.\d\d",
                   r"^ref bf16 base r=4 ", r"LoRA's frozen base: ftlab float32", r"FSDP / plain \d+\.\d\d"],
     "gpu_options": [rf"^lora r=4 {v} +[\d,]+ +[\d,]+ +\d+\.\d\d" for v in
-                    ("fused off", "full loss", "compile", "ckpt", "compile\+ckpt")]
-                   + [rf"^full {v} +[\d,]+ +[\d,]+" for v in ("compile", "compile\+ckpt")],
+                    ("fused off", "full loss", "compile", "ckpt", r"compile\+ckpt")]
+                   + [rf"^full {v} +[\d,]+ +[\d,]+" for v in ("compile", r"compile\+ckpt")],
     "gpu_7b": [r"^lora r=4 +[\d,]+ +[\d,]+ +\d+\.\d\d", r"^ref bf16 base r=4 ", r"^full +[\d,]+ +[\d,]+"],
     "gpu_eval": [r"compiles in the timed part: 0", r"greedy samples identical: yes",
                  r"compiles in the greedy check: 0", r"greedy identical to model.generate: 2/2 adapters",
