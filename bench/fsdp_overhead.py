@@ -1,7 +1,8 @@
 """The distributed path's own cost: ftlab's training step sharded with FSDP2 on one process versus unsharded.
 
-Both sides run `ftlab.train.train_step` on the same model, batch and device; the FSDP side is started by torchrun
-with one process (gloo on the CPU, NCCL on CUDA), so the difference is FSDP's wrapping, hooks and collectives.
+Both sides run `ftlab.train.train_step` on the same model, batch and device, with the run's default loss (chunked on
+CUDA, under FSDP too); the FSDP side is started by torchrun with one process (gloo on the CPU, NCCL on CUDA), so
+the difference is FSDP's wrapping, hooks and collectives.
 
     python bench/fsdp_overhead.py                                  # CPU, tiny model
     python bench/fsdp_overhead.py --shape 1.1b --batch 8 --seq 2048 --steps 20 --method lora   # one GPU
@@ -28,18 +29,18 @@ def run_case(args) -> dict:
     from ftlab.config import RunConfig, apply_overrides, from_dict, to_dict
     from ftlab.methods import apply_method
     from ftlab.model import resolve_dtype
-    from ftlab.train import prepare, train_step
+    from ftlab.train import prepare, to_device, train_step
 
     if distributed.launched():
         world, device = distributed.init("auto")
     else:
         world, device = distributed.SINGLE, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = from_dict(RunConfig, apply_overrides(to_dict(RunConfig()), [
-        f"method.name={args.method}", "method.rank=16", "method.dropout=0.05", "train.lr=1e-5", "train.loss=full"]))
+        f"method.name={args.method}", "method.rank=16", "method.dropout=0.05", "train.lr=1e-5"]))  # loss: auto
     frozen = resolve_dtype(cfg.model, device, args.method == "full", cfg.train.precision)  # as a run loads it
     model = apply_method(build(args.shape, torch.device("cpu") if world.distributed else device, frozen), cfg)
     model, params, opt, autocast, chunked = prepare(model, cfg, device, world)
-    data = batch(args.shape, args.batch, args.seq, device)
+    data = to_device([batch(args.shape, args.batch, args.seq, torch.device("cpu"))], device)
     model.train()
     cuda = device.type == "cuda"
     for i in range(args.warmup + args.steps):
@@ -48,7 +49,7 @@ def run_case(args) -> dict:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             start = time.perf_counter()
-        train_step(model, [data], opt, params, 1.0, autocast, chunked, world)
+        train_step(model, data, opt, params, 1.0, autocast, chunked, world)
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -3,9 +3,11 @@
 P problems x n samples x new tokens, the shape of a HumanEval/GSM8K pass@k evaluation. Prompts are random token
 ids of varied length (--prompt-len / 2 to 3/2, so batches are left-padded); random weights, since speed does not
 depend on them. Each side is timed on the same rows, batch_size rows at a time, nucleus sampling at
---temperature / --top-p, after an untimed warm-up of one batch of every shape the timed part meets (rows, cache
-slots: the last batch may be smaller, and prompt lengths change the static cache's size), which holds
-torch.compile's compiles and the CUDA graph captures of every shape.
+--temperature / --top-p, after an untimed warm-up of one batch of every shape the timed part and the greedy check
+meet (rows, cache slots: the last batch may be smaller, and prompt lengths change the static cache's size), which
+holds torch.compile's compiles and the CUDA graph captures of every shape; the script prints how many compiles
+happened after it (0 expected). With --adapters, the first adapter's decode is the adapters' warm-up (a PEFT model
+is a new model state for the compiled step) and the others must compile nothing.
 
     python bench/sample_throughput.py                                                  # CPU, tiny model, < 1 min
     python bench/sample_throughput.py --shape 1.1b --problems 20 --n 50 --new-tokens 256 --batch 200   # one GPU
@@ -123,43 +125,49 @@ def main() -> None:
           f"top_p {args.top_p}, device {name}, torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"ftlab sampler: cache {sampler.cache}, compile {sampler.compile}")
 
+    check = [p for p in problems[:args.check_problems] for _ in range(args.n)]
+    greedy = Decoding(args.new_tokens)
     warm = warmup_batches(rows, args.batch, args.new_tokens)
-    first, _ = timed(lambda: [sampler.sample(chunk, sampled, args.batch) for chunk in warm], device)
+    warm_check = [c for c in warmup_batches(check, args.batch, args.new_tokens) if c not in warm]
+    first, _ = timed(lambda: [sampler.sample(chunk, sampled, args.batch) for chunk in warm + warm_check], device)
     timed(lambda: reference(model, warm[0], sampled, args.batch, device), device)
     compiles = counters["frames"]["total"]
     ours_s, ours = timed(lambda: sampler.sample(rows, sampled, args.batch), device)
     compiles = counters["frames"]["total"] - compiles  # should be 0: every shape was warmed up
     ref_s, ref = timed(lambda: reference(model, rows, sampled, args.batch, device), device)
     per_k = 1000 / len(rows)
-    print(f"ftlab warm-up: {len(warm)} batch shape(s) of the timed part, holding their compiles: {first:.1f} s; "
-          f"compiles in the timed part: {compiles}; still compiled: {sampler.compile}")
+    print(f"ftlab warm-up: {len(warm + warm_check)} batch shape(s) of the timed part and the greedy check, holding "
+          f"their compiles: {first:.1f} s; compiles in the timed part: {compiles}; still compiled: {sampler.compile}")
     print(f"{'':<22} {'s / 1k samples':>15} {'new tok/s':>10}")
     for label, seconds, out in (("ftlab sampler", ours_s, ours), ("model.generate (ref)", ref_s, ref)):
         print(f"{label:<22} {seconds * per_k:>15.2f} {sum(map(len, out)) / seconds:>10,.0f}")
     print(f"speedup (ref time / ftlab time): {ref_s / ours_s:.2f}x")
 
-    check = [p for p in problems[:args.check_problems] for _ in range(args.n)]
-    greedy = Decoding(args.new_tokens)
+    compiles = counters["frames"]["total"]
     ours_g = sampler.sample(check, greedy, args.batch)
+    compiles = counters["frames"]["total"] - compiles
     ref_g = reference(model, check, greedy, args.batch, device)
     same = sum(a == b for a, b in zip(ours_g, ref_g))
     prefix = sum(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b))) / max(len(b), 1)
                  for a, b in zip(ours_g, ref_g)) / len(check)  # bf16: a rounding step can flip a near-tie argmax
     print(f"greedy samples identical: {'yes' if same == len(check) else 'no'} ({same}/{len(check)} rows, "
-          f"{args.check_problems} problems x {args.n}; tokens agree up to {prefix:.1%} of a row on average)")
+          f"{args.check_problems} problems x {args.n}; tokens agree up to {prefix:.1%} of a row on average); "
+          f"compiles in the greedy check: {compiles}")
     if args.adapters:
         adapters_check(model, check, args, device)
 
 
 def adapters_check(model, rows: list[list[int]], args, device: torch.device) -> None:
     """Random LoRA adapters (r=16, every linear layer) swapped onto the model one after another with ftlab's
-    swap (ftlab.evaluate.targets: copied into one adapter's tensors in place), each decoded greedily by a new
-    Sampler (sharing the process's compiled step, as every checkpoint's evaluation does) and by model.generate.
+    swap (ftlab.evaluate.targets: copied into one adapter's tensors in place), fused in the base's dtype where it is
+    not fp32 (as LM runs them), each decoded greedily by a new Sampler (sharing the process's compiled step, as
+    every checkpoint's evaluation does) and by model.generate.
     The compiled step must not recompile per adapter, and its CUDA graphs must read each adapter's weights."""
     import tempfile
 
     from peft import LoraConfig, get_peft_model
 
+    from ftlab import lora_fused
     from ftlab.evaluate.targets import _swap_adapter
 
     greedy, targets = Decoding(args.new_tokens), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
@@ -177,6 +185,8 @@ def adapters_check(model, rows: list[list[int]], args, device: torch.device) -> 
         peft_model, same, first, compiles = None, 0, None, counters["frames"]["total"]
         for i in range(args.adapters):
             peft_model = _swap_adapter(peft_model, base, Path(f"{tmp}/adapter-{i}")).eval()
+            if next(base.parameters()).dtype != torch.float32:  # as LM does: adapters in the base's dtype
+                lora_fused.enable(peft_model)
             sampler = Sampler(peft_model, None, device, PAD, cache=args.cache,
                               compile={"auto": None, "on": True, "off": False}[args.compile])
             ours = sampler.sample(rows, greedy, args.batch)

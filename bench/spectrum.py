@@ -14,7 +14,8 @@ W_ft = W_base + ΔW with ΔW of rank min(m, n)/4 plus small dense noise) and ana
 each in its own process, so time and peak memory (process RSS on a CPU, torch.cuda.max_memory_allocated on a GPU)
 are its own; --repeats N alternates the cases N times and keeps each one's fastest. Both compute the same
 quantities (intruder dimensions, which need two full SVDs per matrix, are off; --intruders adds a third,
-timed-only run of ftlab with them on). The k values must be identical.
+timed-only run of ftlab with them on, which analyses the finetuned checkpoint twice with one BaseFactors, as a
+study analyses its checkpoints: the second time W_base's SVDs are reused). The k values must be identical.
 """
 
 from __future__ import annotations
@@ -109,10 +110,10 @@ def run_reference(base: Path, finetuned: Path, device: torch.device) -> dict[str
     return ks
 
 
-def run_ftlab(base: Path, finetuned: Path, method: str, top_k: int) -> dict[str, dict[str, list[int]]]:
+def run_ftlab(base: Path, finetuned: Path, method: str, top_k: int, factors=None) -> dict[str, dict[str, list[int]]]:
     from ftlab.analysis.spectrum import spectrum_of
 
-    entry = spectrum_of(base, finetuned, method=method, top_k=top_k)
+    entry = spectrum_of(base, finetuned, method=method, top_k=top_k, factors=factors)
     return {m["name"]: {key: [m[key][k] for k in ("k50", "k90", "k99")]
                         for key in ("delta", "base", "finetuned", "gaussian")} for m in entry["matrices"]}
 
@@ -121,16 +122,27 @@ def run_case(args) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     base, finetuned = Path(args.dir) / "base", Path(args.dir) / "finetuned"
     start = time.perf_counter()
+    again = None
     if args.case == "reference":
         ks = run_reference(base, finetuned, device)
-    else:
-        ks = run_ftlab(base, finetuned, args.method, 10 if args.case == "ftlab+intruders" else 0)
+    elif args.case == "ftlab":
+        ks = run_ftlab(base, finetuned, args.method, 0)
+    else:  # with intruders: a first checkpoint, then the next one against the same base (its SVDs reused)
+        from ftlab.analysis.spectrum import BaseFactors
+
+        factors = BaseFactors()
+        ks = run_ftlab(base, finetuned, args.method, 10, factors)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        again = time.perf_counter()
+        run_ftlab(base, finetuned, args.method, 10, factors)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    end = time.perf_counter()
     cuda = device.type == "cuda"
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"case": args.case, "seconds": seconds, "peak_gib": peak / 2**30,
+    return {"case": args.case, "seconds": (end if again is None else again) - start,
+            "next_seconds": None if again is None else end - again, "peak_gib": peak / 2**30,
             "peak_kind": "cuda allocated" if cuda else "process RSS", "k": ks}
 
 
@@ -211,6 +223,9 @@ def main() -> None:
     print(f"{'case':<16} {'seconds':>8} {'s/matrix':>9} {'peak GiB':>9}  ({f['peak_kind']})")
     for res in results.values():
         print(f"{res['case']:<16} {res['seconds']:>8.1f} {res['seconds'] / n:>9.2f} {res['peak_gib']:>9.2f}")
+        if res.get("next_seconds") is not None:
+            print(f"{'  next ckpt':<16} {res['next_seconds']:>8.1f} {res['next_seconds'] / n:>9.2f}  (W_base's SVDs "
+                  "reused: a study's later checkpoints)")
     print(f"speed: reference / ftlab = {r['seconds'] / f['seconds']:.2f}x; "
           f"memory: ftlab / reference = {f['peak_gib'] / r['peak_gib']:.2f}")
 

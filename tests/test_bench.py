@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -38,11 +40,6 @@ def test_sample_throughput_compares_greedy_samples():
     assert "greedy samples identical: yes" in out, out
 
 
-def test_fsdp_overhead_runs_both_sides():
-    out = run("fsdp_overhead.py", "--batch", "2", "--seq", "32", "--steps", "1", "--warmup", "0", "--method", "lora")
-    assert re.search(r"FSDP / plain \d+\.\d\d", out), out
-
-
 def test_train_throughput_measures_the_reference_on_a_bf16_base_too():
     """Where ftlab's LoRA holds its frozen base in bf16 (bf16 precision), a second row compares it with the
     reference loop on a bf16 frozen base, not only with PEFT's fp32 default."""
@@ -56,26 +53,66 @@ def test_train_throughput_measures_the_reference_on_a_bf16_base_too():
         assert len(numbers) == 6 and all(float(x) > 0 for x in numbers), cells
 
 
-def test_gpu_check_dry_runs_every_section(tmp_path):
-    """`DRY=1 bash bench/gpu_check.sh`: every command of the GPU check, on tiny shapes, ends without an error and
-    prints its figures (CI runs this; the GPU run is the same script)."""
+GPU_CHECKS = {  # script -> what its DRY run must print, besides a row for each command
+    "gpu_train": [r"^full +[\d,]+ +[\d,]+ +\d+\.\d\d", r"^lora r=4 +[\d,]+ +[\d,]+ +\d+\.\d\d",
+                  r"^ref bf16 base r=4 ", r"LoRA's frozen base: ftlab float32", r"FSDP / plain \d+\.\d\d"],
+    "gpu_options": [rf"^lora r=4 {v} +[\d,]+ +[\d,]+ +\d+\.\d\d" for v in
+                    ("fused off", "full loss", "compile", "ckpt", r"compile\+ckpt")]
+                   + [rf"^full {v} +[\d,]+ +[\d,]+" for v in ("compile", r"compile\+ckpt")],
+    "gpu_7b": [r"^lora r=4 +[\d,]+ +[\d,]+ +\d+\.\d\d", r"^ref bf16 base r=4 ", r"^full +[\d,]+ +[\d,]+"],
+    "gpu_eval": [r"compiles in the timed part: 0", r"greedy samples identical: yes",
+                 r"compiles in the greedy check: 0", r"greedy identical to model.generate: 2/2 adapters",
+                 r"identical for all 7 matrices", r"next ckpt +\d+\.\d"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(GPU_CHECKS))
+def test_each_gpu_check_dry_runs_within_one_device_call(tmp_path, script):
+    """`DRY=1 bash bench/<script>.sh`: every command of that GPU check, on tiny shapes, ends without an error and
+    prints its figures (CI runs this; the GPU run is the same script), and the time limits its rows get on a GPU
+    add up to at most 8 minutes: one device call (10 minutes at most) each, with margin."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DRY": "1", "OUT": str(tmp_path),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh")], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(["bash", str(BENCH / f"{script}.sh")], capture_output=True, text=True, env=env,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sections = proc.stdout.split("### ")[1:]
-    assert [s.split()[0] for s in sections] == ["python"] * 3 + ["env"] + ["python"] * 4 + ["done:"], proc.stdout
-    assert sections[-1].startswith("done: every section ran")
+    limits = [int(re.search(r"\(limit (\d+)s\)", s).group(1)) for s in sections[:-1]]
+    assert len(limits) == len(sections) - 1 >= 2, proc.stdout
+    assert sections[-1].startswith(f"done: every row ran; rows allowed {sum(limits)}s of 480s"), sections[-1]
+    assert sum(limits) <= 480
     assert "!!!" not in proc.stdout and " failed:" not in proc.stdout
-    train, sample, fsdp = sections[:6], sections[6], sections[7]
-    for section in train:
-        assert re.search(r"^lora r=4 +[\d,]+ +[\d,]+ +\d+\.\d\d", section, re.M), section
-    assert all("ref bf16 base r=4" in s for i, s in enumerate(train) if i != 4)  # bf16 precision, as on CUDA
-    assert "LoRA's frozen base: ftlab float32" in train[4]  # the train.precision=fp32 row
-    assert "compiles in the timed part: 0" in sample and "greedy samples identical: yes" in sample, sample
-    assert "greedy identical to model.generate: 2/2 adapters" in sample, sample
-    assert re.search(r"FSDP / plain \d+\.\d\d", fsdp), fsdp
-    assert (tmp_path / "gpu_check.log").read_text().count("### ") == len(sections)
+    for pattern in GPU_CHECKS[script]:
+        assert re.search(pattern, proc.stdout, re.M), (pattern, proc.stdout)
+    assert (tmp_path / f"{script}.log").read_text().count("### ") == len(sections)
+
+
+def test_mfu_counts_the_standard_flops_with_attention():
+    """ftlab.flops: 6N + 12·L·h·s per token for full FT (N: the linear layers and the head, not the input embedding),
+    4N + 6·N_adapter + 12·L·h·s for LoRA, where N_adapter is exactly what LoRA trains on the model."""
+    from transformers import LlamaConfig
+
+    from ftlab.config import MethodConfig, RunConfig
+    from ftlab.flops import train_flops_per_token
+    from ftlab.methods import apply_method, count_params
+    from ftlab.model import build_tiny
+
+    h, layers, heads, kv, inter, vocab, seq = 64, 3, 4, 2, 176, 259, 128
+    config = LlamaConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                         intermediate_size=inter, vocab_size=vocab)
+    kv_dim = h // heads * kv
+    n = layers * (2 * h * h + 2 * h * kv_dim + 3 * h * inter) + vocab * h
+    attention = 12 * layers * h * seq
+    assert train_flops_per_token(config, MethodConfig(name="full"), seq) == 6 * n + attention
+    assert train_flops_per_token(config, MethodConfig(name="full", freeze_embeddings=True), seq) == \
+        6 * n - 2 * vocab * h + attention
+    cfg = RunConfig()
+    cfg.model.tiny.hidden_size, cfg.model.tiny.layers, cfg.model.tiny.heads = h, layers, heads
+    cfg.model.tiny.kv_heads, cfg.model.tiny.intermediate_size = kv, inter
+    for targets in ("all", "attn", ["q_proj", "down_proj"]):
+        cfg.method = MethodConfig(name="lora", rank=4, targets=targets)
+        adapter = count_params(apply_method(build_tiny(cfg.model.tiny)[0], cfg)).trainable
+        assert train_flops_per_token(config, cfg.method, seq) == 4 * n + 6 * adapter + attention, targets
 
 
 def test_sample_throughput_warms_up_every_shape_the_timed_part_meets():

@@ -162,3 +162,31 @@ def test_ranks_other_than_0_build_the_structure_without_reading_weights(tmp_path
     shapes = {n: (p.shape, p.dtype) for n, p in real.named_parameters()}
     assert {n: (p.shape, p.dtype) for n, p in meta.named_parameters()} == shapes
     assert all(p.is_meta for p in meta.parameters())
+
+
+def test_the_collective_timeout_is_the_runs_setting(tmp_path, pairs, monkeypatch):
+    """train.collective_timeout_min reaches the process group: rank 0 alone writes checkpoints and copies kept
+    states while the others wait in a collective, longer than torch's default 10 minutes for a 7B run on shared
+    storage. The default is an hour; 0 is refused naming the key."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from ftlab.errors import ConfigError
+
+    asked = []
+
+    def init_process_group(backend, **kwargs):
+        asked.append(kwargs["timeout"])
+        raise RuntimeError("stop: the process group is not needed further")
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    for minutes in (None, 90):
+        setting = [] if minutes is None else [f"train.collective_timeout_min={minutes}"]
+        with pytest.raises(RuntimeError, match="stop"):
+            train(tiny_config(pairs, tmp_path / f"run-{minutes}", *setting))
+    assert asked == [timedelta(minutes=60), timedelta(minutes=90)]
+    with pytest.raises(ConfigError, match="train.collective_timeout_min"):
+        tiny_config(pairs, tmp_path / "bad", "train.collective_timeout_min=0")

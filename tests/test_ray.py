@@ -235,3 +235,39 @@ def test_without_ray_the_backend_fails_with_the_install_command(tmp_path, capsys
     code = ("import sys, ftlab.cli, ftlab.experiment.study, ftlab.experiment.ray_backend; "
             "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+PLACEMENT = """
+import json, time
+import ray
+from ftlab.experiment.ray_backend import hold_gpu
+
+ray.init(num_cpus=2, num_gpus=2, include_dashboard=False)  # two GPUs as Ray sees them: a CPU machine pretends
+
+@ray.remote(num_gpus=1)
+def trains():
+    time.sleep(0.2)
+    return [str(g) for g in ray.get_gpu_ids()]
+
+actor, evaluation = hold_gpu(ray)
+runs = ray.get([trains.remote() for _ in range(4)])
+print(json.dumps({"evaluation": evaluation, "runs": runs}))
+ray.shutdown()
+"""
+
+
+def test_evaluation_holds_a_gpu_that_no_run_trains_on(tmp_path):
+    """On one node with two GPUs (Ray's fake resources on a CPU machine), the driver holds one GPU through Ray for
+    its evaluation and every training task gets the other: a local `ray.init()` gave each run any GPU, and the
+    driver evaluated on cuda:0, beside whichever run trained there."""
+    pytest.importorskip("ray")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", PLACEMENT], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    placed = json.loads(proc.stdout.strip().splitlines()[-1])
+    other = str(1 - placed["evaluation"])
+    assert placed["evaluation"] in (0, 1)
+    assert placed["runs"] == [[other]] * 4

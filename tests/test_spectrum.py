@@ -233,6 +233,30 @@ def test_intruder_counts_equal_peft_for_adapter_and_merged_model(base_dir, tmp_p
         assert entry["summary"]["intruders_total"] == sum(expected.values())
 
 
+def test_base_factors_are_computed_once_per_matrix_for_every_checkpoint(base_dir, tmp_path, monkeypatch):
+    """A study analyses each checkpoint against the same base: with intruders on, the base's SVD was computed again
+    for every checkpoint (two full SVDs per matrix each time: 10-30 min per 7B checkpoint). With one BaseFactors
+    for all checkpoints it is computed once per matrix, and every number is the one computed without it."""
+    from ftlab.analysis import spectrum as spectrum_module
+    from ftlab.analysis.spectrum import BaseFactors, spectrum_into
+
+    make_full(base_dir, tmp_path / "full")
+    make_adapter(base_dir, tmp_path / "lora-a", seed=3)
+    make_adapter(base_dir, tmp_path / "lora-b", seed=4)
+    checkpoints = [tmp_path / "full", tmp_path / "lora-a", tmp_path / "lora-b"]
+    alone = [spectrum_of(base_dir, c) for c in checkpoints]  # each with its own factors: the reference
+    factored = []
+    left_factors = spectrum_module.left_factors
+    monkeypatch.setattr(spectrum_module, "left_factors", lambda w: factored.append(tuple(w.shape)) or left_factors(w))
+    factors = BaseFactors()
+    shared = [spectrum_into(base_dir, c, factors=factors) for c in checkpoints]
+    matrices = TINY.layers * 7
+    assert factors.computed == matrices  # the base: once per matrix, not once per checkpoint
+    assert len(factored) == matrices * (1 + len(checkpoints))  # and W_ft's SVD for each checkpoint
+    assert shared == alone
+    assert {m["intruders"] for entry in shared for m in entry["matrices"]} != {0}  # intruders were counted
+
+
 # ----------------------------------------------------------------------------- the command
 
 

@@ -232,7 +232,7 @@ def test_a_runs_cpu_peak_memory_is_its_own_not_the_process_lifetime_peak(pairs, 
     """A study trains many runs in one process: a run's peak resident size must not inherit an earlier one's."""
     import numpy as np
 
-    from ftlab.train import _peak_rss_kib
+    from ftlab.progress import _peak_rss_kib
 
     ballast = np.ones(1 << 27)  # 1 GiB resident, then freed: the process-lifetime peak is above it
     del ballast

@@ -120,6 +120,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA; the first steps are slower while it compiles)
     fused_lora: bool = True  # LoRA layers as one autograd function in the compute dtype (ftlab.lora_fused)
     liger: bool = False  # Liger's Triton RMSNorm, RoPE and SwiGLU kernels (CUDA; pip install liger-kernel)
+    collective_timeout_min: float = 60.0  # several processes: minutes a collective waits for the others (rank 0 saving)
 
     @property
     def unit(self) -> Literal["epochs", "tokens"]:
@@ -137,7 +138,8 @@ class OutputConfig:
     """Where the run writes and how often it saves resumable state."""
 
     dir: str = ""  # run directory (set by --out)
-    resume_every: int = 50  # optimizer steps between resumable-state saves (a killed run loses at most this)
+    resume_every: int | None = None  # optimizer steps between resumable-state saves; null: by time (resume_minutes)
+    resume_minutes: float = 10.0  # minutes of training between resumable-state saves when resume_every is null
     save_final: bool = True  # write the final model or adapter
 
 
@@ -439,13 +441,15 @@ def validate_train(cfg: RunConfig) -> None:
     _need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
           f"expected auto, cpu, cuda or cuda:N, got {t.device!r}")
     _need(not (t.liger and t.device == "cpu"), "train.liger", "Liger's kernels run on CUDA only; train.device is cpu")
+    _need(t.collective_timeout_min > 0, "train.collective_timeout_min", f"must be > 0, got {t.collective_timeout_min}")
     # the liger-kernel package and CUDA are checked where the run trains (ftlab.train.check_liger), not here
 
 
 def validate_output(cfg: RunConfig) -> None:
     o = cfg.output
     _need(bool(o.dir), "output.dir", "is required (pass --out DIR)")
-    _need(o.resume_every >= 1, "output.resume_every", "must be >= 1")
+    _need(o.resume_every is None or o.resume_every >= 1, "output.resume_every", "must be >= 1 (or null: by time)")
+    _need(o.resume_minutes > 0, "output.resume_minutes", f"must be > 0, got {o.resume_minutes}")
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -8,7 +8,10 @@ and rank 0's weights broadcast into the shards (under bf16 precision, the defaul
 fp32 gradient reduction), so every process holds 1/N of the weights, gradients and optimizer state. A step's
 micro-batches are dealt out across processes without overlap (process r takes micro-batches r, r+N, ...), and
 the loss stays normalised by the whole global batch, so the gradient is the one a single process would compute.
-Rank 0 alone writes the run directory, the metrics and the progress.
+Every micro-batch's gradients are reduce-scattered as its backward ends, so a process never holds more than its
+shard of the gradients (accumulating unsharded gradients over a step's micro-batches would hold the whole model's
+in fp32 on every GPU: +25 GiB at 7B). Rank 0 alone writes the run directory, the metrics and the progress; the
+others wait for it in collectives bounded by train.collective_timeout_min.
 
 Checkpoints are gathered to rank 0 one tensor at a time and written in exactly the single-process format (a
 Hugging Face directory or a PEFT adapter; ftlab.checkpoint). The resumable state is written sharded, each process
@@ -18,9 +21,11 @@ any number of processes (ftlab.state). Only rank 0 prints: the CLI (ftlab.cli.ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -28,6 +33,7 @@ from torch import nn
 
 from ftlab import state_sharded
 from ftlab.architectures import decoder_blocks
+from ftlab.config import TrainConfig
 from ftlab.errors import ConfigError, FtlabError
 
 
@@ -67,15 +73,16 @@ def check_supported(cfg) -> None:
     """What a sharded run cannot do, refused before anything is launched or written (cfg: a RunConfig)."""
     if cfg.method.name == "lora" and cfg.method.init == "pissa":
         raise ConfigError("method.init: pissa is not supported with several processes; train it on one")
-    if cfg.train.loss == "chunked":  # it calls the head outside the sharded root's forward
-        raise ConfigError("train.loss: chunked is not available with several processes (FSDP); use auto or full")
     if not state_sharded.available():
         raise ConfigError("several processes save their resumable state with torch.distributed.checkpoint's "
                           f"safetensors storage, which this torch ({torch.__version__}) lacks (2.11 and 2.13 have it)")
 
 
-def init(device_name: str) -> tuple[World, torch.device]:
-    """Join the process group torchrun set up: NCCL on CUDA, gloo on the CPU; returns (world, this rank's device)."""
+def init(device_name: str, timeout_min: float = TrainConfig.collective_timeout_min) -> tuple[World, torch.device]:
+    """Join the process group torchrun set up: NCCL on CUDA, gloo on the CPU; returns (world, this rank's device).
+
+    timeout_min: how long a collective waits for the slowest process before the run fails (torch's default, 10
+    minutes, is shorter than rank 0 takes to write a 7B checkpoint to shared storage while the others wait)."""
     world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")),
                   distributed=True)
     cuda = torch.cuda.is_available() and device_name != "cpu"
@@ -85,7 +92,8 @@ def init(device_name: str) -> tuple[World, torch.device]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None,
+                                timeout=timedelta(minutes=timeout_min))
     return world, device
 
 
@@ -97,6 +105,17 @@ def close() -> None:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(world: World):
+    """Rank 0 runs the block first (it writes files: the tiny base, built-in data), the others once it is done (they
+    find the files written)."""
+    if not world.main:
+        barrier(world)
+    yield
+    if world.main:
+        barrier(world)
 
 
 def shard(model: nn.Module, device: torch.device, world: World,
@@ -122,7 +141,9 @@ def shard(model: nn.Module, device: torch.device, world: World,
         raise FtlabError("distributed training needs the model's list of decoder blocks to shard; none was found")
     for block in blocks:
         fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+    # the root (embeddings, final norm, head) stays gathered from its forward to the end of the backward: the
+    # chunked loss (ftlab.loss) calls the head after the forward
+    fully_shard(model, mp_policy=policy, reshard_after_forward=False)
     if not world.main:
         model.to_empty(device=device)  # meta -> uninitialised memory for this rank's shards and the buffers
     set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
@@ -150,6 +171,22 @@ def all_sum(value: float, world: World, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return float(t.item())
+
+
+def all_sum_(t: torch.Tensor, world: World) -> torch.Tensor:
+    """t summed over processes, in place, on its device (no host sync)."""
+    if world.distributed:
+        dist.all_reduce(t)
+    return t
+
+
+def agree(flag: bool, world: World, device: torch.device) -> bool:
+    """Rank 0's flag on every rank (a collective): a decision one clock makes for all, such as when to save."""
+    if not world.distributed:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
 
 
 def full(t: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ runs dropout in fp32, lets autocast cast the result back to bf16 for lora_A, the
 kernels; backward replays each of those steps. Here the whole layer runs in the compute dtype (bf16 under
 autocast; the adapters' fp32 master weights are cast once per call, r·(in+out) numbers): no fp32 round trip of
 activations, the scaling and the add fused into one addmm, and when dropout is off a single saved activation
-serves both the frozen path and the adapter's gradient. The frozen weight never gets a gradient.
+serves both the frozen path and the adapter's gradient (passed once: torch.compile cannot trace an autograd function
+given the same tensor twice, and broke its graph at every adapted layer). The frozen weight never gets a gradient.
 
 The same math as PEFT's forward for a single active vanilla LoRA adapter (tests/test_lora_fused.py compares
 outputs, gradients and trained weights with PEFT's); DoRA, several adapters, merged or disabled adapters fall
@@ -24,15 +25,16 @@ _FUSED: dict[type, type] = {}  # PEFT's LoRA Linear class -> its fused subclass
 
 
 class _LoraLinear(torch.autograd.Function):
-    """Inputs already in the compute dtype; x and xd = dropout(x) may be the same tensor (dropout off)."""
+    """Inputs already in the compute dtype; xd = dropout(x), or None when dropout is off (then x serves both)."""
 
     @staticmethod
     def forward(ctx, x, xd, weight, bias, a, b, scaling: float):
         # x, xd: (N, in); weight: (out, in) frozen; bias: (out,) or None; a: (r, in); b: (out, r)
+        ctx.same = xd is None
+        xd = x if xd is None else xd
         y = F.linear(x, weight, bias)  # (N, out)
         u = xd @ a.t()  # (N, r)
         y = torch.addmm(y, u, b.t(), alpha=scaling)  # y + s·u·Bᵀ, one kernel
-        ctx.same = xd is x
         ctx.scaling = scaling
         ctx.save_for_backward(xd, u, weight, a, b)
         return y
@@ -69,13 +71,14 @@ def _fused_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     base = self.get_base_layer()
     dtype = _compute_dtype(x)
     flat = x.reshape(-1, x.shape[-1]).to(dtype)  # (N, in)
-    dropped = self.lora_dropout[adapter](flat)  # nn.Identity when dropout is 0: the same tensor
+    dropped = self.lora_dropout[adapter](flat)  # nn.Identity when dropout is 0 (and dropout in eval): the same tensor
     weight = base.weight.to(dtype)  # a no-op for a bf16 frozen base under bf16 autocast
     bias = base.bias.to(dtype) if base.bias is not None else None
     a = self.lora_A[adapter].weight.to(dtype)  # (r, in)
     b = self.lora_B[adapter].weight.to(dtype)  # (out, r)
     with torch.autocast(x.device.type, enabled=False):  # every operand is already in the compute dtype
-        y = _LoraLinear.apply(flat, dropped, weight, bias, a, b, float(self.scaling[adapter]))
+        y = _LoraLinear.apply(flat, None if dropped is flat else dropped, weight, bias, a, b,
+                              float(self.scaling[adapter]))
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

@@ -1,13 +1,17 @@
-"""Progress of long work: a tqdm bar on a terminal, plain lines (at most every 30 s, and at the end) in a log; and the
-libraries' own bars and notices turned off for a process that shows ftlab's (`quiet_libraries`)."""
+"""Progress of long work: a tqdm bar on a terminal, plain lines (at most every 30 s, and at the end) in a log; what
+training a run costs (`CostMeter`: time, speed with and without saves, peak memory); and the libraries' own bars and
+notices turned off for a process that shows ftlab's (`quiet_libraries`)."""
 
 from __future__ import annotations
 
 import sys
 import time
 import warnings
+from pathlib import Path
 
 from tqdm import tqdm
+
+from ftlab.io import read_json, write_json
 
 
 class Progress:
@@ -44,6 +48,91 @@ def format_seconds(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class CostMeter:
+    """What training a run costs, in <run>/run.json, summed over the sessions that trained it (each up to its last
+    state save: a kill loses at most one resume interval of it):
+        wall_s                      the whole session: setup (loading, compiling), training, evaluation and saves
+        train_s, save_s, tokens     the training loop's time, the part of it spent saving states and checkpoints,
+                                    and the tokens it trained on
+        tokens_per_s_with_saves     tokens / train_s
+        tokens_per_s_without_saves  tokens / (train_s - save_s): what the step computes (the metrics log's speed)
+        peak_memory_gb              the device's peak (CUDA: the most allocated; CPU: the process's peak resident size
+                                    during this run, which includes whatever else the process holds)
+    and the device, the trainable and the total parameters."""
+
+    KEYS = ("wall_s", "train_s", "save_s", "tokens")  # summed over sessions
+
+    def __init__(self, path: Path, device, trainable: int, total: int):
+        self.path, self.device, self.trainable, self.total = Path(path), device, trainable, total
+        previous = read_json(self.path, "run cost") if self.path.exists() else {}
+        self.before = {key: previous.get(key, 0) for key in self.KEYS}
+        self.peak_before = previous.get("peak_memory_gb", 0.0)
+        self.start = time.perf_counter()
+        self.loop_start: float | None = None
+        self.save_s, self.tokens = 0.0, 0
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(device)
+        else:
+            _reset_peak_rss()  # a study trains many runs in one process: each run's own peak, not the process's
+
+    def training(self) -> None:
+        """The training loop starts now."""
+        self.loop_start = time.perf_counter()
+
+    def trained(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def saved(self, seconds: float) -> None:
+        self.save_s += seconds
+
+    def peak_memory_gb(self) -> float:
+        if self.device.type == "cuda":
+            import torch
+
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        return _peak_rss_kib() / 2**20
+
+    def write(self) -> None:
+        now = time.perf_counter()
+        loop = now - self.loop_start if self.loop_start is not None else 0.0
+        total = {"wall_s": self.before["wall_s"] + now - self.start, "train_s": self.before["train_s"] + loop,
+                 "save_s": self.before["save_s"] + self.save_s, "tokens": self.before["tokens"] + self.tokens}
+        computing = total["train_s"] - total["save_s"]
+        write_json(self.path, {
+            **{key: round(value, 3) for key, value in total.items() if key != "tokens"}, "tokens": total["tokens"],
+            "tokens_per_s_with_saves": round(total["tokens"] / total["train_s"], 1) if total["train_s"] > 0 else None,
+            "tokens_per_s_without_saves": round(total["tokens"] / computing, 1) if computing > 0 else None,
+            "peak_memory_gb": round(max(self.peak_before, self.peak_memory_gb()), 4),
+            "device": str(self.device), "trainable_params": self.trainable, "total_params": self.total})
+
+
+PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+
+
+def _reset_peak_rss() -> None:
+    """Reset the process's peak resident size (Linux: writing 5 to clear_refs resets VmHWM); elsewhere a no-op,
+    and _peak_rss_kib falls back to the process-lifetime peak."""
+    try:
+        PROC_CLEAR_REFS.write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_kib() -> int:
+    """The process's peak resident size in KiB since the last _reset_peak_rss (VmHWM), else over its lifetime."""
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
 def quiet_libraries() -> None:

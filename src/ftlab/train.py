@@ -9,31 +9,35 @@ and started again with the same command resumes from its last saved state and en
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from time import monotonic
 
 import torch
 import torch.nn.functional as F
 
 from ftlab import distributed, domains, lora_fused, state
 from ftlab.architectures import decoder_blocks
-from ftlab.batches import CPTSteps, IFTSteps, checkpoint_due, count_inputs, count_targets, make_plan, stack
+from ftlab.batches import CPTSteps, IFTSteps, checkpoint_due, count_inputs, make_plan, stack
 from ftlab.builtin import BUILTIN_PREFIX
 from ftlab.checkpoint import save_checkpoint
-from ftlab.config import RunConfig
+from ftlab.config import OutputConfig, RunConfig
 from ftlab.data import IGNORE, PackedText, collate, load_cpt_eval, load_ift, model_inputs, pack_examples
 from ftlab.distributed import SINGLE, World
 from ftlab.errors import ConfigError, FtlabError, TrainingError
-from ftlab.io import fresh_dir, publish_dir, read_json, write_json
-from ftlab.loss import chunked_loss_sum
+from ftlab.io import fresh_dir, publish_dir
+from ftlab.loss import chunked_loss_sum, target_index, with_targets
 from ftlab.loss import supports as supports_chunked_loss
 from ftlab.methods import apply_method, count_params, describe, param_groups
 from ftlab.model import load_model, prepare_base, resolve_device, resolve_dtype, resolve_precision
 from ftlab.optim import lr_factor, make_optimizer, set_lr
 from ftlab.preflight import preflight_run
-from ftlab.progress import Progress
+from ftlab.progress import CostMeter, Progress
 from ftlab.rundir import RunDir
 
 
@@ -41,7 +45,6 @@ from ftlab.rundir import RunDir
 class StepResult:
     loss: float  # mean loss per target token over the whole global batch
     grad_norm: float
-    tokens: int  # input tokens (non-padding) in the step
 
 
 def autocast_for(cfg: RunConfig, device: torch.device):
@@ -50,11 +53,9 @@ def autocast_for(cfg: RunConfig, device: torch.device):
     return contextlib.nullcontext()
 
 
-def use_chunked_loss(cfg: RunConfig, model, device: torch.device, world: World = SINGLE) -> bool:
-    """train.loss: chunked (ftlab.loss: no full-vocabulary logits), full, or auto (chunked on CUDA where exact).
-
-    Under FSDP the loss is the full path (chunked is refused by distributed.check_supported)."""
-    if cfg.train.loss == "full" or world.distributed:
+def use_chunked_loss(cfg: RunConfig, model, device: torch.device) -> bool:
+    """train.loss: chunked (ftlab.loss: no full-vocabulary logits), full, or auto (chunked on CUDA where exact)."""
+    if cfg.train.loss == "full":
         return False
     if not supports_chunked_loss(model):
         if cfg.train.loss == "chunked":
@@ -64,9 +65,18 @@ def use_chunked_loss(cfg: RunConfig, model, device: torch.device, world: World =
     return cfg.train.loss == "chunked" or device.type == "cuda"
 
 
+SIDE_EFFECTS = "skip_fwd_side_effects_in_bwd_under_checkpoint"  # torch._dynamo's setting (see speed_options)
+
+
 def speed_options(model, cfg: RunConfig) -> None:
     """Fused LoRA layers, Liger kernels, activation checkpointing and torch.compile of the decoder blocks, in
-    place; the numerics are unchanged."""
+    place; the numerics are unchanged.
+
+    With train.compile, torch's compiled code of earlier runs in this process is dropped first (torch.compiler.reset):
+    every block of every model shares one function, whose 8 compiled versions (torch's recompile limit) the first
+    three runs of a study filled, so later runs trained uncompiled. Under activation checkpointing, dynamo is set
+    (process-wide) to trace a block's forward whose side effects are not replayed by the backward's recompute:
+    transformers' output-capturing hooks set a context variable there, which otherwise broke every block's graph."""
     if cfg.method.name == "lora" and cfg.train.fused_lora:
         lora_fused.enable(model)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -81,8 +91,31 @@ def speed_options(model, cfg: RunConfig) -> None:
         blocks = decoder_blocks(inner)
         if blocks is None:  # preflight refuses this before a run starts
             raise FtlabError("train.compile: no list of decoder blocks found in this model; set train.compile=false")
+        torch.compiler.reset()
+        if cfg.train.activation_checkpointing and hasattr(torch._dynamo.config, SIDE_EFFECTS):
+            setattr(torch._dynamo.config, SIDE_EFFECTS, True)
         for block in blocks:
             block.compile()
+
+
+def compiled_frames() -> int:
+    """Frames torch.compile has compiled in this process so far (after a reset: since it)."""
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["ok"]
+
+
+def check_compiled(cfg: RunConfig, frames_before: int) -> None:
+    """After a run's first step with train.compile: say so when nothing was compiled (a graph break in every block,
+    an unsupported model), so a run does not train uncompiled without a word."""
+    from torch._dynamo.utils import counters
+
+    if not cfg.train.compile or compiled_frames() > frames_before:
+        return
+    reasons = [r.splitlines()[0] for r in counters["graph_break"]]
+    print(f"ftlab: train.compile: torch.compile compiled no decoder block in the first step"
+          f"{' (graph break: ' + reasons[0] + ')' if reasons else ''}; the run trains uncompiled", file=sys.stderr,
+          flush=True)
 
 
 def check_liger(cfg: RunConfig, device: torch.device) -> None:
@@ -112,7 +145,7 @@ def _apply_liger(model) -> None:
 def prepare(model, cfg: RunConfig, device: torch.device, world: World = SINGLE):
     """(model, trainable params, optimizer, autocast, chunked loss?) as a run trains: the speed options applied,
     sharded under torchrun, the optimizer over the (sharded) parameters. The benchmarks time exactly this."""
-    chunked = use_chunked_loss(cfg, model, device, world)
+    chunked = use_chunked_loss(cfg, model, device)
     speed_options(model, cfg)
     if world.distributed:
         bf16 = resolve_precision(cfg.train.precision, device) == "bf16-autocast"
@@ -132,7 +165,7 @@ def token_loss_sum(model, batch: dict[str, torch.Tensor], autocast, chunked: boo
     # position t predicts token t+1: shift the labels, not the logits, so the (B, T, V) logits are never copied
     targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # (B, T)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-    return loss, int((targets != IGNORE).sum())
+    return loss, target_index(batch).numel()
 
 
 def train_step(model, micro: list[dict[str, torch.Tensor]], optimizer, params, grad_clip: float, autocast,
@@ -140,24 +173,27 @@ def train_step(model, micro: list[dict[str, torch.Tensor]], optimizer, params, g
     """One optimizer step over the micro-batches of a global batch; the loss is normalised over all of it.
 
     With several processes each runs its share of the micro-batches (distributed.my_share); FSDP averages the
-    gradients over processes, so each scales its loss by their number to get the single-process sum."""
-    n_targets = max(1, count_targets(micro))
-    total = 0.0
+    gradients over processes, so each scales its loss by their number to get the single-process sum, and
+    reduce-scatters them after every micro-batch (each process holds only its shard of the gradients).
+    The loss and the gradient norm stay on the device until one read after the backward passes, before the
+    update (micro-batches made by `with_targets` carry their labelled positions, so nothing else is read)."""
+    n_targets = max(1, sum(target_index(b).numel() for b in micro))
     share = distributed.my_share(micro, world)
-    for i, (batch, weight) in enumerate(share):
-        if world.distributed:  # reduce-scatter on the last micro-batch only; the others accumulate locally
-            model.set_requires_gradient_sync(i == len(share) - 1)
+    device = share[0][0]["input_ids"].device
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for batch, weight in share:
         loss, _ = token_loss_sum(model, batch, autocast, chunked)
         (loss * (weight * world.size / n_targets)).backward()
-        total += loss.item() * weight
-    total = distributed.all_sum(total, world, next(iter(params)).device) if params else total
+        total += loss.detach().double() * weight
+    total = distributed.all_sum_(total, world)
     norm = distributed.full(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")))
-    if not (math.isfinite(total) and torch.isfinite(norm)):
-        raise TrainingError(f"non-finite loss or gradient (loss {total / n_targets}, grad norm {float(norm)}); "
+    loss_sum, norm = torch.stack([total, norm.double().to(device)]).tolist()  # the step's one device sync
+    if not (math.isfinite(loss_sum) and math.isfinite(norm)):
+        raise TrainingError(f"non-finite loss or gradient (loss {loss_sum / n_targets}, grad norm {norm}); "
                             "the weights were not updated. Try a lower train.lr or more warmup.")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(total / n_targets, float(norm), count_inputs(micro))
+    return StepResult(loss_sum / n_targets, norm)
 
 
 @torch.no_grad()
@@ -184,15 +220,15 @@ def check_packing_isolates(model, autocast, device: torch.device) -> None:
 
 @torch.no_grad()
 def eval_loss(model, batches: list[dict[str, torch.Tensor]], autocast) -> float:
-    """Mean next-token loss per labelled token on held-out batches (dropout off)."""
+    """Mean next-token loss per labelled token on held-out batches (dropout off); one device read at the end."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for batch in batches:
         loss, n = token_loss_sum(model, batch, autocast)
-        total, count = total + loss.item(), count + n
+        total, count = loss.double() + total, count + n
     model.train(was_training)
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
 
 
 def build_data(cfg: RunConfig, tokenizer):
@@ -215,7 +251,82 @@ def build_data(cfg: RunConfig, tokenizer):
 
 
 def to_device(micro: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
-    return [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in micro]
+    """Micro-batches (on the host) moved to the device, each with its labelled positions found first, on the host
+    (loss.with_targets)."""
+    return [{k: v.to(device, non_blocking=True) for k, v in with_targets(b).items()} for b in micro]
+
+
+@dataclass
+class Step:
+    """One optimizer step's micro-batches, made ahead of time."""
+
+    micro: list[dict[str, torch.Tensor]]  # on the training device, with their labelled positions
+    tokens: int  # input tokens (non-padding), counted on the host
+    loader: dict  # the step source's position after this step: what a state saved after it records
+
+
+class Prefetch:
+    """The step source read one step ahead in a background thread, so reading and tokenizing (CPT tokenizes as it
+    reads) and the copy to the device overlap the step before instead of stalling the device between steps.
+
+    It reads exactly `count` steps (no read past the run's end) and keeps the source's position after each, so a
+    state saved after step k resumes at step k + 1 as without it. An error while reading is raised by `next` for
+    the step it concerns."""
+
+    def __init__(self, steps, count: int, device: torch.device):
+        self.steps, self.left, self.device = steps, count, device
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftlab-prefetch")
+        self.pending = self._submit()
+
+    def _submit(self):
+        if self.left == 0:
+            return None
+        self.left -= 1
+        return self.pool.submit(self._read)
+
+    def _read(self) -> Step:
+        micro = self.steps.next_step()
+        loader = copy.deepcopy(self.steps.state())
+        if self.device.type == "cuda":
+            micro = [{k: v.pin_memory() for k, v in b.items()} for b in micro]  # so the copy is asynchronous
+        return Step(to_device(micro, self.device), count_inputs(micro), loader)
+
+    def next(self) -> Step:
+        step = self.pending.result()
+        self.pending = self._submit()
+        return step
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class StateSaver:
+    """When a resumable state is due, and saving it: every output.resume_every steps, or (resume_every null, the
+    default) once output.resume_minutes of training have passed since the last save, by rank 0's clock for every
+    process.
+
+    Saving a 1.1B full finetuning's state (13 GB) takes about as long as 150 of its steps, so a step count fit for
+    one model wastes most of the time on another; an interval in time bounds both the loss on a kill and the share
+    of time spent saving."""
+
+    def __init__(self, output: OutputConfig, world: World, device: torch.device):
+        self.every, self.seconds = output.resume_every, output.resume_minutes * 60
+        self.world, self.device = world, device
+        self.last = monotonic()
+
+    def due(self, step: int) -> bool:
+        if self.every is not None:
+            return step % self.every == 0
+        return distributed.agree(monotonic() - self.last >= self.seconds, self.world, self.device)
+
+    def save(self, run: RunDir, step: int, model, optimizer, progress: dict, keep: bool) -> None:
+        """The state after `step` (all ranks call it), on disk before any rank goes on; with `keep`, also copied to
+        <run>/kept/ (a state other runs restart from: a CPT duration's own cooldown)."""
+        state.save_state(run.state, step, model, optimizer, progress, self.world, self.device)
+        distributed.barrier(self.world)
+        if keep and self.world.main:
+            state.keep_state(run.state, run.kept)
+        self.last = monotonic()
 
 
 def train(cfg: RunConfig) -> Path:
@@ -229,7 +340,7 @@ def train(cfg: RunConfig) -> Path:
         with RunDir(cfg) as run:
             _train(cfg, run, SINGLE, device)
         return run.path
-    world, device = distributed.init(cfg.train.device)
+    world, device = distributed.init(cfg.train.device, cfg.train.collective_timeout_min)
     try:
         distributed.check_supported(cfg)  # before the run directory is written
         check_liger(cfg, device)
@@ -243,11 +354,9 @@ def train(cfg: RunConfig) -> Path:
 
 def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> None:
     torch.manual_seed(cfg.train.seed)
-    if world.main:  # files other ranks then read: the tiny base, built-in data
-        prepare_base(cfg.model, run.path)
-        _materialize_builtin_data(cfg, run)
-    distributed.barrier(world)
-    base_name = prepare_base(cfg.model, run.path)
+    with distributed.main_first(world):  # rank 0 writes the tiny base and the built-in data; the others read them
+        base_name = prepare_base(cfg.model, run.path)
+        cfg = _materialize_builtin_data(cfg, run)
     # several processes: rank 0 reads the weights on the CPU, the others build the structure on the meta device;
     # sharding then gives each device 1/N of rank 0's weights (distributed.shard)
     load_on = device if not world.distributed else torch.device("cpu" if world.main else "meta")
@@ -255,13 +364,14 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     model, tokenizer = load_model(cfg.model, load_on, dtype, base_name)
     model = apply_method(model, cfg)
     pissa_init = _save_pissa_init(model, run) if cfg.method.name == "lora" and cfg.method.init == "pissa" else None
-    print(f"ftlab: {describe(cfg)} | {count_params(model)}" +
-        (f" | FSDP over {world.size} processes" if world.distributed else ""), flush=True)
+    params_count = count_params(model)
+    print(f"ftlab: {describe(cfg)} | {params_count}" +
+          (f" | FSDP over {world.size} processes" if world.distributed else ""), flush=True)
 
-    cfg = _materialize_builtin_data(cfg, run)
     steps, eval_batches = build_data(cfg, tokenizer)
     plan = make_plan(cfg, steps)
-    cost = CostMeter(run, device, count_params(model)) if world.main else None
+    cost = CostMeter(run.cost, device, params_count.trainable, params_count.trainable + params_count.frozen) \
+        if world.main else None
     model, params, optimizer, autocast, chunked = prepare(model, cfg, device, world)
     if world.distributed:  # the weights are rank 0's; from here each process draws its own dropout masks
         torch.manual_seed(cfg.train.seed * 1_000_003 + world.rank)
@@ -291,96 +401,52 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
         run.log({"step": 0, "tokens": 0, "eval_loss": round(eval_loss(model, eval_batches, autocast), 6)})
     model.train()
     bar = Progress(plan.total_steps, initial=step) if world.main else None
+    source = Prefetch(steps, plan.total_steps - step, device)
+    states = StateSaver(cfg.output, world, device)
+    frames, first = compiled_frames(), step
+    if cost is not None:
+        cost.training()
     window_tokens, window_start = 0, time.perf_counter()
-    while step < plan.total_steps:
-        lr = set_lr(optimizer, lr_factor(step, plan.total_steps, cfg.train))
-        micro = to_device(steps.next_step(), device)
-        result = train_step(model, micro, optimizer, params, cfg.train.grad_clip, autocast, chunked, world)
-        tokens_before, tokens, step = tokens, tokens + result.tokens, step + 1
-        window_tokens += result.tokens
-        tok_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-        record = {"step": step, "tokens": tokens, "loss": round(result.loss, 6), "lr": lr,
-                  "grad_norm": round(result.grad_norm, 6), "tokens_per_s": round(tok_per_s, 1)}
-        due = checkpoint_due(cfg, plan, step, tokens_before, tokens)
-        last = step == plan.total_steps
-        if due or last or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
-            record["eval_loss"] = round(eval_loss(model, eval_batches, autocast), 6) if eval_batches else None
-        if step % cfg.train.log_every == 0 or "eval_loss" in record:
-            run.log(record)
-        if bar is not None:
-            bar.update(loss=f"{result.loss:.4f}", tok_s=f"{tok_per_s:,.0f}")
-        for value in due:
-            save(run.checkpoint(cfg.train.unit, value), step)
-        if last and cfg.output.save_final:
-            save(run.final, step)
-        keep = step in cfg.train.keep_states
-        if last or due or keep or step % cfg.output.resume_every == 0:
-            state.save_state(run.state, step, model, optimizer, {"tokens": tokens, "loader": steps.state()},
-                             world, device)
-            distributed.barrier(world)  # the state is on disk before any rank goes on
-            if keep and world.main:  # a state other runs restart from (a CPT duration's own cooldown)
-                state.keep_state(run.state, run.kept)
+    try:
+        while step < plan.total_steps:
+            lr = set_lr(optimizer, lr_factor(step, plan.total_steps, cfg.train))
+            batch = source.next()
+            result = train_step(model, batch.micro, optimizer, params, cfg.train.grad_clip, autocast, chunked, world)
+            if step == first:
+                check_compiled(cfg, frames)
+            tokens_before, tokens, step = tokens, tokens + batch.tokens, step + 1
+            window_tokens += batch.tokens
             if cost is not None:
-                cost.write()
-            window_tokens, window_start = 0, time.perf_counter()  # saving time is not training time
+                cost.trained(batch.tokens)
+            tok_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+            record = {"step": step, "tokens": tokens, "loss": round(result.loss, 6), "lr": lr,
+                      "grad_norm": round(result.grad_norm, 6), "tokens_per_s": round(tok_per_s, 1)}
+            due = checkpoint_due(cfg, plan, step, tokens_before, tokens)
+            last = step == plan.total_steps
+            if due or last or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
+                record["eval_loss"] = round(eval_loss(model, eval_batches, autocast), 6) if eval_batches else None
+            if step % cfg.train.log_every == 0 or "eval_loss" in record:
+                run.log(record)
+            if bar is not None:
+                bar.update(loss=f"{result.loss:.4f}", tok_s=f"{tok_per_s:,.0f}")
+            saving = time.perf_counter()
+            for value in due:
+                save(run.checkpoint(cfg.train.unit, value), step)
+            if last and cfg.output.save_final:
+                save(run.final, step)
+            keep = step in cfg.train.keep_states
+            if last or due or keep or states.due(step):
+                states.save(run, step, model, optimizer, {"tokens": tokens, "loader": batch.loader}, keep)
+                if cost is not None:
+                    cost.saved(time.perf_counter() - saving)
+                    cost.write()
+                window_tokens, window_start = 0, time.perf_counter()  # saving time is not training time
+    finally:
+        source.close()
     if bar is not None:
         bar.close()
     if step >= plan.total_steps and cfg.output.save_final and not run.final.exists():
         save(run.final, step)  # removed after the run ended (found damaged): written again from the last state
-
-
-class CostMeter:
-    """What training a run costs, in <run>/run.json: wall time summed over the sessions that trained it (up to each
-    one's last state save: a kill loses at most one resume interval of it), the peak memory of its device (CUDA:
-    the most allocated; CPU: the process's peak resident size during this run, which includes whatever else the
-    process holds), the device, and the trainable and total parameters."""
-
-    def __init__(self, run: RunDir, device: torch.device, params):
-        self.run, self.device, self.params = run, device, params
-        previous = read_json(run.cost, "run cost") if run.cost.exists() else {}
-        self.before_s, self.peak_before = previous.get("wall_s", 0.0), previous.get("peak_memory_gb", 0.0)
-        self.start = time.perf_counter()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        else:
-            _reset_peak_rss()  # a study trains many runs in one process: each run's own peak, not the process's
-
-    def peak_memory_gb(self) -> float:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**30
-        return _peak_rss_kib() / 2**20
-
-    def write(self) -> None:
-        write_json(self.run.cost, {
-            "wall_s": round(self.before_s + time.perf_counter() - self.start, 3),
-            "peak_memory_gb": round(max(self.peak_before, self.peak_memory_gb()), 4),
-            "device": str(self.device), "trainable_params": self.params.trainable,
-            "total_params": self.params.trainable + self.params.frozen})
-
-
-PROC_STATUS, PROC_CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
-
-
-def _reset_peak_rss() -> None:
-    """Reset the process's peak resident size (Linux: writing 5 to clear_refs resets VmHWM); elsewhere a no-op,
-    and _peak_rss_kib falls back to the process-lifetime peak."""
-    try:
-        PROC_CLEAR_REFS.write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_kib() -> int:
-    """The process's peak resident size in KiB since the last _reset_peak_rss (VmHWM), else over its lifetime."""
-    try:
-        for line in PROC_STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
 def _materialize_builtin_data(cfg: RunConfig, run: RunDir) -> RunConfig:

@@ -13,7 +13,9 @@ layers it adapts; "module" is the layer's method.targets name, e.g. q_proj or GP
 (out, in) on every architecture, GPT-2's Conv1D included) it records k50/k90/k99, k90/min(m, n), stable rank,
 effective rank and ||·||_F of ΔW, W_base, W_ft and a Gaussian matrix of the same shape (definitions in
 spectrum_math.py), ||ΔW||_F / ||W_base||_F, and the number of intruder dimensions (PEFT's definition; --top-k 0
-skips them, as they need two full SVDs per matrix and dominate the time: the fields are then null).
+skips them, as they need two full SVDs per matrix and dominate the time: the fields are then null). What the base
+contributes (σ(W_base), and W_base's left singular vectors for intruders) is computed once per matrix and reused by
+every checkpoint analysed against that base (`BaseFactors`: one per `ftlab spectrum` call, one per study).
 --singular-values NAME_GLOB (repeatable) adds every singular value of ΔW, W_base and W_ft of the matching matrices.
 Matrices are streamed from safetensors one at a time in fp32, so memory stays at a few matrices whatever the model
 size.
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from ftlab.analysis.spectrum_math import (frobenius, gaussian_stats, intruders_and_spectra, k_values,
+from ftlab.analysis.spectrum_math import (frobenius, gaussian_stats, intruders, k_values, left_factors,
                                          matrix_stats, resolve_method, singular_values)
 from ftlab.analysis.spectrum_sources import Checkpoint, linear_weights, open_checkpoint
 from ftlab.errors import FtlabError
@@ -48,12 +50,42 @@ from ftlab.io import write_json
 from ftlab.model import resolve_device
 from ftlab.progress import Progress
 
-__all__ = ["k_values", "matrix_stats", "singular_values", "intruders_and_spectra", "gaussian_stats",
+__all__ = ["k_values", "matrix_stats", "singular_values", "left_factors", "intruders", "gaussian_stats",
            "spectrum_of", "spectrum_into", "spectrum_target", "resolve_spectrum_target", "analyse", "settings_of",
-           "document"]
+           "document", "BaseFactors"]
 
 VERSION = 1
 RESULTS = "spectrum.json"
+
+
+class BaseFactors:
+    """What the spectrum needs of each base matrix, computed once and reused for every checkpoint analysed against
+    the same base: σ(W_base) (by the settings' method), and with intruder dimensions W_base's left singular vectors
+    and σ from its SVD. Pass one to every call that should share it (a study passes one for all its checkpoints).
+
+    Held in host memory, fp32: with intruders, the left singular vectors of every base matrix (Llama-2-7B's 224
+    matrices: about 22 GB), which spares one of the two full SVDs per matrix of every later checkpoint."""
+
+    def __init__(self):
+        self._sigma: dict[tuple[str, str, str], torch.Tensor] = {}  # (base, matrix, method) -> σ (s,)
+        self._svd: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (base, matrix) -> (U, σ)
+        self.computed = 0  # base matrices factored so far
+
+    def sigma(self, base: Path, name: str, w_base: torch.Tensor, method: str) -> torch.Tensor:
+        """σ(W_base), float64 on the CPU."""
+        key = (str(Path(base).resolve()), name, method)
+        if key not in self._sigma:
+            self._sigma[key], self.computed = singular_values(w_base, method).cpu(), self.computed + 1
+        return self._sigma[key]
+
+    def svd(self, base: Path, name: str, w_base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left singular vectors (m, s) on w_base's device, σ float64 on the CPU) of W_base by an fp32 SVD."""
+        key = (str(Path(base).resolve()), name)
+        if key not in self._svd:
+            u, s = left_factors(w_base)
+            self._svd[key], self.computed = (u.cpu(), s.cpu()), self.computed + 1
+        u, s = self._svd[key]
+        return u.to(w_base.device), s
 
 
 def settings_of(top_k: int = 10, epsilon: float = 0.5, method: str = "auto",
@@ -67,12 +99,13 @@ def settings_of(top_k: int = 10, epsilon: float = 0.5, method: str = "auto",
 
 def spectrum_of(base: str | Path, finetuned: str | Path, *, top_k: int = 10, epsilon: float = 0.5,
                 method: str = "auto", singular_values: tuple[str, ...] | list[str] = (),
-                device: str = "auto") -> dict:
-    """The spectrum entry of one checkpoint (a full model or adapter directory) against `base`."""
+                device: str = "auto", factors: BaseFactors | None = None) -> dict:
+    """The spectrum entry of one checkpoint (a full model or adapter directory) against `base`; `factors` holds
+    what earlier checkpoints computed of the base (a new one when None)."""
     ckpt = open_checkpoint(base, finetuned)
     settings = settings_of(top_k, epsilon, method, singular_values)
     units = Progress(len(ckpt.names), unit="matrix")
-    entry = analyse(ckpt, settings, resolve_device(device), units)
+    entry = analyse(ckpt, settings, resolve_device(device), units, factors)
     units.close()
     return entry
 
@@ -93,12 +126,12 @@ def spectrum_target(finetuned: str | Path, base: str | Path | None = None, *, ou
     base_str = str(base_dir.resolve())
     done = {c.path: _reusable(c.path / RESULTS, base_str, settings) if is_run else None for c in ckpts}
     units = Progress(sum(len(c.names) for c in ckpts if done[c.path] is None), unit="matrix")
-    dev, base_cache = resolve_device(device), {}
+    dev, factors = resolve_device(device), BaseFactors()
     entries = []
     for ckpt in ckpts:
         entry = done[ckpt.path]
         if entry is None:
-            entry = analyse(ckpt, settings, dev, units, base_cache)
+            entry = analyse(ckpt, settings, dev, units, factors)
             if is_run:
                 write_json(ckpt.path / RESULTS, document(base_str, settings, [entry]))
         print(_line(entry) + (" (reused)" if done[ckpt.path] is not None else ""), file=sys.stderr)
@@ -112,14 +145,14 @@ def spectrum_target(finetuned: str | Path, base: str | Path | None = None, *, ou
 
 
 def spectrum_into(base: str | Path, finetuned: str | Path, *, singular_values: tuple[str, ...] | list[str] = (),
-                  device: str = "auto") -> dict:
+                  device: str = "auto", factors: BaseFactors | None = None) -> dict:
     """The spectrum entry of one checkpoint against `base` with the default settings, also written to
     <finetuned>/spectrum.json as `ftlab spectrum` writes a run's (a document with this one checkpoint); one already
-    there with the same base and settings is reused."""
+    there with the same base and settings is reused. `factors`: shared by the calls of a study."""
     base_str, settings = str(Path(base).resolve()), settings_of(singular_values=singular_values)
     entry = _reusable(Path(finetuned) / RESULTS, base_str, settings)
     if entry is None:
-        entry = spectrum_of(base, finetuned, singular_values=singular_values, device=device)
+        entry = spectrum_of(base, finetuned, singular_values=singular_values, device=device, factors=factors)
         write_json(Path(finetuned) / RESULTS, document(base_str, settings, [entry]))
     return entry
 
@@ -145,11 +178,12 @@ def resolve_spectrum_target(finetuned: str | Path, base: str | Path | None) -> t
 
 @torch.no_grad()
 def analyse(ckpt: Checkpoint, settings: dict, device: torch.device, units: Progress | None = None,
-            base_cache: dict | None = None) -> dict:
+            factors: BaseFactors | None = None) -> dict:
     """The spectrum entry of one opened checkpoint: every matrix streamed, computed and dropped in turn."""
+    factors = factors if factors is not None else BaseFactors()
     matrices = []
     for name in ckpt.names:
-        matrices.append(_matrix(ckpt, name, settings, device, base_cache if base_cache is not None else {}))
+        matrices.append(_matrix(ckpt, name, settings, device, factors))
         if units is not None:
             units.update(checkpoint=ckpt.path.name, matrix=name)
     k90 = [m["delta"]["k90"] for m in matrices]
@@ -162,24 +196,24 @@ def analyse(ckpt: Checkpoint, settings: dict, device: torch.device, units: Progr
             "tokens": ckpt.info.get("tokens"), "kind": ckpt.kind, "matrices": matrices, "summary": summary}
 
 
-def _matrix(ckpt: Checkpoint, name: str, settings: dict, device: torch.device, base_cache: dict) -> dict:
+def _matrix(ckpt: Checkpoint, name: str, settings: dict, device: torch.device, factors: BaseFactors) -> dict:
     w_base, w_ft, delta = ckpt.load(name, device)  # each (m, n) fp32
     method, top_k = settings["method"], settings["top_k"]
     s_delta = singular_values(delta, method)
     if top_k > 0:  # the intruder SVDs give σ(W_base) and σ(W_ft) as well
-        intruders, s_base, s_ft = intruders_and_spectra(w_base, w_ft, top_k, settings["epsilon"])
+        u_base, s_base = factors.svd(ckpt.base, name, w_base)
+        u_ft, s_ft = left_factors(w_ft)
+        found = intruders(u_base, u_ft, top_k, settings["epsilon"])
     else:
-        intruders = None
-        if name not in base_cache:  # the base is the same for every checkpoint of a run
-            base_cache[name] = singular_values(w_base, method).cpu()
-        s_base, s_ft = base_cache[name], singular_values(w_ft, method)
+        found = None
+        s_base, s_ft = factors.sigma(ckpt.base, name, w_base, method), singular_values(w_ft, method)
     fro_base, fro_delta = frobenius(w_base), frobenius(delta)
     layer = re.search(r"\.(\d+)\.", name)
     entry = {"name": name, "layer": int(layer.group(1)) if layer else None, "module": ckpt.layers[name].module,
              "shape": list(ckpt.shapes[name]), "delta": matrix_stats(s_delta, fro_delta),
              "base": matrix_stats(s_base, fro_base), "finetuned": matrix_stats(s_ft, frobenius(w_ft)),
              "gaussian": gaussian_stats(ckpt.shapes[name], method, device),
-             "rel_change": fro_delta / fro_base if fro_base > 0 else None, "intruders": intruders,
+             "rel_change": fro_delta / fro_base if fro_base > 0 else None, "intruders": found,
              "lora_rank": ckpt.lora[name].rank if name in ckpt.lora else None}
     if any(fnmatch(name, pattern) for pattern in settings["singular_values"]):
         entry["singular_values"] = {"delta": s_delta.tolist(), "base": s_base.tolist(), "finetuned": s_ft.tolist()}

@@ -86,14 +86,19 @@ def frobenius(w: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def intruders_and_spectra(w_base: torch.Tensor, w_ft: torch.Tensor, top_k: int,
-                          epsilon: float) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(intruder count, σ(W_base), σ(W_ft)) by PEFT's definition: fp32 SVDs of W_base and of W_ft = W_base + ΔW;
-    a top-k left singular vector of W_ft is an intruder when max_j |<u_ft_i, u_base_j>| < epsilon."""
-    u_base, s_base, _ = torch.linalg.svd(w_base.float(), full_matrices=False)  # (m, s), (s,)
-    u_ft, s_ft, _ = torch.linalg.svd(w_ft.float(), full_matrices=False)
+def left_factors(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(left singular vectors (m, s), singular values (s,) in float64) of w (m, n) by an fp32 SVD, as PEFT's
+    intruder count takes them."""
+    u, s, _ = torch.linalg.svd(w.float(), full_matrices=False)  # (m, s), (s,)
+    return u, s.double()
+
+
+@torch.no_grad()
+def intruders(u_base: torch.Tensor, u_ft: torch.Tensor, top_k: int, epsilon: float) -> int:
+    """PEFT's intruder dimensions: the top-k left singular vectors of W_ft whose max_j |<u_ft_i, u_base_j>| is below
+    epsilon (left_factors of W_base and of W_ft = W_base + ΔW)."""
     cos = (u_ft[:, :top_k].T @ u_base).abs().max(dim=1).values  # (top_k,)
-    return int((cos < epsilon).sum()), s_base.double(), s_ft.double()
+    return int((cos < epsilon).sum())
 
 
 _GAUSSIAN: dict[tuple[int, int, str, str], dict] = {}

@@ -19,19 +19,30 @@ Semantics follow lm-evaluation-harness's HFLM (lm_eval/models/huggingface.py, v0
   SentencePiece tokenizer (Llama-2, Mistral) loses the first token's leading space. Stop strings are looked
   for in that same text. The default sampler (sampler.py) prefills each prompt once for its n samples;
   sampler="hf" runs `model.generate` on the expanded rows instead, and gives the same greedy completions.
+
+Scoring makes logits only for the positions it scores, a chunk of positions at a time in fp32 (the model's forward
+runs its head on one position; ftlab.loss reads the last hidden state): the full (B, T, V) fp32 log-softmax took 12
+bytes per logit, 47 GiB at 32 x 4096 x 32k. Models whose head is not a plain linear (soft-capped logits) make the
+full logits in their own dtype and score them a chunk of positions at a time. A LoRA adapter on a base held below
+fp32 (bf16 on CUDA) runs fused in the base's dtype (ftlab.lora_fused), as a full finetuning's weights are evaluated,
+instead of PEFT's fp32 adapter path.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from transformers import StoppingCriteria
 
+from ftlab import lora_fused
 from ftlab.errors import FtlabError
 from ftlab.evaluate.continuation import continuations
 from ftlab.evaluate.sampler import CacheKind, Decoding, Sampler
+from ftlab.loss import CHUNK, hidden_states, output_head
+from ftlab.loss import supports as head_is_linear
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither the model config nor the tokenizer gives one
 
@@ -51,6 +62,9 @@ class LM:
         if sampler not in ("ftlab", "hf"):
             raise FtlabError(f"LM: sampler must be 'ftlab' or 'hf', got {sampler!r}")
         self.model = model.eval()  # dropout off; the model must already be on `device`
+        if next(model.parameters()).dtype != torch.float32:
+            lora_fused.enable(model)  # its adapters in the base's dtype (a no-op without LoRA layers)
+        self._hidden = head_is_linear(model)  # score from the last hidden state, projecting scored positions only
         self.tokenizer = tokenizer
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -106,15 +120,15 @@ class LM:
             chunk = order[start:start + self.batch_size]
             # The last token is only a target; the window keeps at most max_length inputs, cut on the left.
             windows = [(encoded[i][0] + encoded[i][1])[-(self.max_length + 1):][:-1] for i in chunk]
-            inputs = self._pad(windows, side="right")  # (B, T)
-            # No attention mask: padding sits after every real token, so causal attention never sees it.
-            logprobs = F.log_softmax(self.model(input_ids=inputs, use_cache=False).logits.float(), dim=-1)  # (B, T, V)
+            rows, cols, targets = [], [], []  # position (row, col) predicts token col + 1 of its window
             for row, i in enumerate(chunk):
-                cont = torch.tensor(encoded[i][1], device=self.device)  # (C,)
-                end = len(windows[row])
-                cont_logprobs = logprobs[row, end - len(cont):end]  # (C, V): position t predicts token t+1
-                greedy = bool((cont_logprobs.argmax(dim=-1) == cont).all())
-                results[i] = (float(cont_logprobs.gather(-1, cont[:, None]).sum()), greedy)
+                cont, end = encoded[i][1], len(windows[row])
+                rows += [row] * len(cont)
+                cols += range(end - len(cont), end)
+                targets += cont
+            logp, hits, count = self._score(self._pad(windows, side="right"), rows, cols, targets)
+            for row, i in enumerate(chunk):
+                results[i] = (logp[row], hits[row] == count[row])
         return results
 
     @torch.inference_mode()
@@ -154,22 +168,48 @@ class LM:
         totals, counts, corrects = [0.0] * len(texts), [0] * len(texts), [0] * len(texts)
         for start in range(0, len(windows), self.batch_size):
             chunk = windows[start:start + self.batch_size]
-            inputs = self._pad([w for _, w, _ in chunk], side="right")  # (B, T)
-            lengths = torch.tensor([len(w) for _, w, _ in chunk], device=self.device)  # (B,)
-            firsts = torch.tensor([f for _, _, f in chunk], device=self.device)  # (B,)
-            logits = self.model(input_ids=inputs, use_cache=False).logits.float()  # (B, T, V)
-            targets = inputs[:, 1:]  # (B, T-1): position t predicts token t+1
-            pos = torch.arange(targets.shape[1], device=self.device)[None, :]  # (1, T-1)
-            scored = (pos < (lengths[:, None] - 1)) & (pos + 1 >= firsts[:, None])  # (B, T-1)
-            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")  # (B, T-1)
-            hits = logits[:, :-1].argmax(dim=-1) == targets  # (B, T-1)
-            row_nll = torch.where(scored, nll, 0.0).sum(-1).tolist()  # B floats: one host sync per batch
-            row_count, row_hits = scored.sum(-1).tolist(), (hits & scored).sum(-1).tolist()
+            rows, cols, targets = [], [], []  # position t of a window (t >= first - 1) predicts its token t + 1
+            for row, (_, window, first) in enumerate(chunk):
+                rows += [row] * (len(window) - first)
+                cols += range(first - 1, len(window) - 1)
+                targets += window[first:]
+            logp, hits, count = self._score(self._pad([w for _, w, _ in chunk], side="right"), rows, cols, targets)
             for row, (i, _, _) in enumerate(chunk):
-                totals[i] += row_nll[row]
-                counts[i] += row_count[row]
-                corrects[i] += row_hits[row]
+                totals[i] -= logp[row]
+                counts[i] += count[row]
+                corrects[i] += hits[row]
         return list(zip(totals, counts, corrects))
+
+    def _score(self, inputs: torch.Tensor, rows: list[int], cols: list[int], targets: list[int]
+               ) -> tuple[list[float], list[int], list[int]]:
+        """At the N positions (rows[k], cols[k]) of a right-padded batch (B, T), each predicting targets[k]: per row
+        of the batch, (sum of log p(target), targets that are the argmax, positions scored). Logits are made for
+        those positions only (or, for a head that is not a plain linear, taken from the model's full logits), CHUNK
+        positions at a time in fp32; one host read per batch. No attention mask: padding sits after every real
+        token, so causal attention never sees it."""
+        B = inputs.shape[0]
+        if self._hidden:
+            hidden, _ = hidden_states(self.model, {"input_ids": inputs}, contextlib.nullcontext())  # (B, T, H)
+            head = output_head(self.model)
+        else:
+            hidden, head = self.model(input_ids=inputs, use_cache=False).logits, None  # (B, T, V)
+        row_t = torch.tensor(rows, dtype=torch.long, device=self.device)  # (N,)
+        col_t = torch.tensor(cols, dtype=torch.long, device=self.device)  # (N,)
+        target_t = torch.tensor(targets, dtype=torch.long, device=self.device)  # (N,)
+        logp = torch.zeros(B, dtype=torch.float64, device=self.device)  # (B,)
+        hits = torch.zeros(B, dtype=torch.long, device=self.device)  # (B,)
+        for s in range(0, len(rows), CHUNK):
+            r, y = row_t[s:s + CHUNK], target_t[s:s + CHUNK]  # (n,)
+            picked = hidden[r, col_t[s:s + CHUNK]]  # (n, H) or (n, V)
+            logits = (F.linear(picked, head.weight) if head is not None else picked).float()  # (n, V)
+            chosen = logits.log_softmax(-1).gather(-1, y[:, None]).squeeze(-1)  # (n,)
+            logp.index_add_(0, r, chosen.double())
+            hits.index_add_(0, r, (logits.argmax(-1) == y).long())
+        count = [0] * B
+        for r in rows:
+            count[r] += 1
+        logp_rows, hit_rows = torch.stack([logp, hits.double()]).tolist()  # one host read per batch
+        return logp_rows, [int(h) for h in hit_rows], count
 
     # ------------------------------------------------------------------------- generation
 

@@ -10,17 +10,23 @@ worker, holding the GPUs the run asks for.
 - Dependencies: a CPT branch restarts from a state its long run keeps, so it is submitted once its long run has
   trained; if the long run failed, the branch is recorded failed without training, as locally.
 - Retries: a worker that dies (killed, out of host memory, its node lost) has its task retried by Ray, up to
-  MAX_RETRIES times; `train` resumes from the run directory's last saved state (output.resume_every), so a retry
+  MAX_RETRIES times; `train` resumes from the run directory's last saved state (output.resume_minutes), so a retry
   redoes only the steps since then and ends with the same weights. An error that training raises (bad data, a
   non-finite loss, CUDA out of memory) is not retried: the run is recorded failed with its reason, as locally.
 - Files: a worker trains from the driver's working directory and writes the run directory at the path the driver
   gives, so DIR and the data must be on a filesystem every node mounts at the same path (NFS, Lustre, ...).
+- The driver's GPU: where the driver evaluates on CUDA (eval.device auto or cuda) and its node gives Ray two or
+  more GPUs, it holds one of them through Ray for the whole study (a placeholder actor on its node) and evaluates
+  there, so no run trains beside an evaluation (a local `ray.init()` claims every GPU of the machine, and the
+  driver evaluated on cuda:0 beside a run: an out-of-memory error failed that run or stopped the study).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +65,7 @@ class StudyRunner(Protocol):
 
     plans: list[RunPlan]
     root: Path
+    exp: Any  # the ExperimentConfig: its eval.device is where this process evaluates
     failed_long: set[str]  # long runs that failed: their CPT branches fail without training
 
     def todo(self) -> list[RunPlan]: ...
@@ -67,6 +74,7 @@ class StudyRunner(Protocol):
     def fail(self, plan: RunPlan, reason: str, trace: str) -> None: ...
     def branch_failed(self, plan: RunPlan) -> None: ...
     def summary(self) -> None: ...
+    def release_evaluator(self) -> None: ...
 
 
 def require_ray() -> ModuleType:
@@ -89,10 +97,75 @@ def run_on_ray(runner: StudyRunner, options: RayOptions) -> None:
             where = options.address or os.environ.get("RAY_ADDRESS")
             raise FtlabError(f"--ray-address {where}: no Ray cluster there ({e})") from None
     try:
-        _run_all(ray, runner, _gpus(ray, options))
+        with evaluation_gpu(ray, runner):
+            _run_all(ray, runner, _gpus(ray, options))
     finally:
         if started:
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def evaluation_gpu(ray: ModuleType, runner: StudyRunner):
+    """While this lasts, this process evaluates on a GPU of its node that Ray gives no run (see the module's
+    docstring): where it evaluates on CUDA without naming a device and its node has two or more GPUs in Ray."""
+    import torch
+
+    eval_device = runner.exp.eval.device
+    if not (eval_device == "cuda" or (eval_device == "auto" and torch.cuda.is_available())):
+        if eval_device.startswith("cuda:"):
+            print(f"ftlab run: eval.device is {eval_device}: Ray may train a run on that GPU too (eval.device auto "
+                  "or cuda holds a GPU of its own for evaluation)", flush=True)
+        yield
+        return
+    held = hold_gpu(ray)
+    if held is None:
+        yield
+        return
+    actor, index = held
+    before = torch.cuda.current_device()
+    torch.cuda.set_device(index)  # "cuda" and "auto" now mean this GPU in this process
+    print(f"ftlab run: evaluation holds GPU {index} of this node; the runs train on the others", flush=True)
+    try:
+        yield
+    finally:
+        runner.release_evaluator()  # its model is on the held GPU, which Ray may give a run from now on
+        torch.cuda.set_device(before)
+        ray.kill(actor)
+
+
+class _GpuHolder:
+    """A placeholder that holds one GPU of its node for the driver's evaluation; it runs nothing on it."""
+
+    def gpu(self):
+        import ray
+
+        return ray.get_gpu_ids()[0]
+
+
+def hold_gpu(ray: ModuleType) -> tuple[Any, int] | None:
+    """(the actor holding one GPU of this process's node, that GPU's index among the devices this process sees),
+    or None when the node has fewer than two GPUs in Ray (with one, evaluation shares it with a training run: said
+    so here)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    gpus = next((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["NodeID"] == node and n["Alive"]), 0)
+    if gpus < 2:
+        if gpus:
+            print("ftlab run: warning: this node has one GPU in Ray, which the runs train on; evaluation shares it "
+                  "with a training run (set eval.device: cpu, or use the local backend, to keep them apart)",
+                  file=sys.stderr, flush=True)
+        return None
+    holder = ray.remote(num_gpus=1, num_cpus=0)(_GpuHolder)
+    actor = holder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+    gpu = str(ray.get(actor.gpu.remote()))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # Ray's ids are the node's; this process may see a subset
+    if visible and gpu not in visible.split(","):
+        ray.kill(actor)
+        print(f"ftlab run: warning: Ray's GPU {gpu} is not among this process's CUDA_VISIBLE_DEVICES ({visible}); "
+              "evaluation may share a GPU with a training run", file=sys.stderr, flush=True)
+        return None
+    return actor, visible.split(",").index(gpu) if visible else int(gpu)
 
 
 def _gpus(ray: ModuleType, options: RayOptions) -> float:

@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from ftlab.analysis.kl import kl_divergence, target_prompts
-from ftlab.analysis.spectrum import spectrum_into
+from ftlab.analysis.spectrum import BaseFactors, spectrum_into
 from ftlab.builtin import PROMPT_DOMAINS
 from ftlab.config import read_mapping
 from ftlab.errors import ConfigError, FtlabError
@@ -183,6 +183,7 @@ class Runner:
         self.finished = ("done",) if retry_failed else ("done", "failed")
         self.evaluator = None
         self.bases: set[str] = set()  # settings whose base model is measured
+        self.factors = BaseFactors()  # the spectrum's base SVDs: once per matrix for the whole study
         runs = store.runs()
         # long runs that failed (and stay failed): their CPT branches are recorded failed without training
         self.failed_long = {p.name for p in plans if p.branch_of is None and "failed" in self.finished
@@ -294,7 +295,7 @@ class Runner:
         if plan.group == "lr-sweep":
             return
         if a.spectrum:
-            spectrum_into(self._base_model_dir(plan), ckpt, singular_values=a.singular_values)  # reused if there
+            spectrum_into(self._base_model_dir(plan), ckpt, singular_values=a.singular_values, factors=self.factors)
         if ckpt.name == "final" and plan.diversity:
             self._evaluator().evaluate(ckpt, [get_task(t) for t in plan.diversity], self.exp.eval.data_dir)
         if a.kl and plan.kl_domain and not (ckpt / KL).exists():
