@@ -305,6 +305,25 @@ def test_a_deleted_final_checkpoint_is_written_again_from_the_last_state(made, t
     assert cli(["eval", run, *TASK], capsys)[0] == 0
 
 
+@pytest.mark.parametrize("method,file", [("full", "model.safetensors"), ("lora", "adapter_model.safetensors"),
+                                         ("lora", "ftlab.json")])
+def test_train_on_a_finished_run_with_a_damaged_final_writes_it_again(made, tmp_path, capsys, method, file):
+    """`ftlab train` on a finished run checks final/ as a load does; a damaged one is said and written again from the
+    last state, to the uninterrupted weights (before, it said "already complete" and left it for `ftlab eval`)."""
+    run = tmp_path / method
+    shutil.copytree(made.root / "plain" / method, run)
+    corrupt(run / "final" / file)
+    capsys.readouterr()
+    assert main(["train", str(made.config), *made.overrides[method], "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "already complete" in out and f"{run / 'final'} is damaged (" in out and "writing it again" in out
+    assert all(torch.equal(final_weights(run)[k], w) for k, w in made.final[method].items())
+    assert cli(["eval", run, *TASK], capsys)[0] == 0
+    capsys.readouterr()
+    assert main(["train", str(made.config), *made.overrides[method], "--out", str(run)]) == 0
+    assert "is damaged" not in capsys.readouterr().out  # whole now: left as it is
+
+
 def test_a_deleted_tiny_base_is_rebuilt_identically(made, tmp_path, capsys):
     run = tmp_path / "lora"
     shutil.copytree(made.root / "plain" / "lora", run)

@@ -38,7 +38,8 @@ from ftlab.model import load_model, prepare_base, resolve_device, resolve_dtype,
 from ftlab.optim import lr_factor, make_optimizer, set_lr
 from ftlab.preflight import preflight_run
 from ftlab.progress import CostMeter, Progress
-from ftlab.rundir import RunDir
+from ftlab.rundir import INFO, RunDir
+from ftlab.weights import check_files
 
 
 @dataclass
@@ -445,8 +446,26 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
         source.close()
     if bar is not None:
         bar.close()
-    if step >= plan.total_steps and cfg.output.save_final and not run.final.exists():
-        save(run.final, step)  # removed after the run ended (found damaged): written again from the last state
+    if step >= plan.total_steps and cfg.output.save_final:
+        damage = final_damage(run.final) if world.main else None
+        if distributed.agree(damage is not None, world, device):  # every rank takes part in gathering it
+            if damage:
+                print(f"ftlab: {run.final} is damaged ({damage}); writing it again from the last state", flush=True)
+            save(run.final, step)
+
+
+def final_damage(final: Path) -> str | None:
+    """What is wrong with a run's final/, checked as a load checks it (weights.check_files: every safetensors
+    header, every file against the checksums its ftlab.json records); None when it is whole."""
+    if not final.is_dir():
+        return "missing"
+    if not (final / INFO).exists():
+        return f"{INFO} is missing"
+    try:
+        check_files(final)
+    except FtlabError as e:
+        return str(e)
+    return None
 
 
 def _materialize_builtin_data(cfg: RunConfig, run: RunDir) -> RunConfig:
