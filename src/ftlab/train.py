@@ -72,7 +72,7 @@ def speed_options(model, cfg: RunConfig) -> None:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if cfg.train.liger:
         _apply_liger(inner)
-    if cfg.train.activation_checkpointing:
+    if cfg.train.activation_checkpointing is True:  # auto is resolved by ftlab.plan.fit before a run trains
         if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.2x names it so
             inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
