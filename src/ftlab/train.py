@@ -32,6 +32,7 @@ from ftlab.loss import supports as supports_chunked_loss
 from ftlab.methods import apply_method, count_params, describe, param_groups
 from ftlab.model import load_model, prepare_base, resolve_device, resolve_dtype, resolve_precision
 from ftlab.optim import lr_factor, make_optimizer, set_lr
+from ftlab.plan.fit import fit_run
 from ftlab.preflight import preflight_run
 from ftlab.progress import Progress
 from ftlab.rundir import RunDir
@@ -226,16 +227,18 @@ def train(cfg: RunConfig) -> Path:
     if not distributed.launched():
         device = resolve_device(cfg.train.device)
         check_liger(cfg, device)
-        with RunDir(cfg) as run:
-            _train(cfg, run, SINGLE, device)
+        fitted = fit_run(cfg, device)  # the plan's choices (activation checkpointing, micro-batch), or exit 3
+        with RunDir(cfg) as run:  # the config saved is the one given: `auto` is chosen again on a resume
+            _train(fitted, run, SINGLE, device)
         return run.path
     world, device = distributed.init(cfg.train.device)
     try:
         distributed.check_supported(cfg)  # before the run directory is written
         check_liger(cfg, device)
+        fitted = fit_run(cfg, device, world.size, sharded=True)
         with RunDir(cfg, main=world.main) as run:
             distributed.barrier(world)  # rank 0 has checked and written the run directory
-            _train(cfg, run, world, device)
+            _train(fitted, run, world, device)
     finally:
         distributed.close()
     return run.path

@@ -153,3 +153,13 @@ def fit_run(cfg: RunConfig, device: torch.device, processes: int = 1, sharded: b
     if not result.fits:
         raise refusal(cfg.output.dir, result, gpu.name, processes)
     return result.cfg
+
+
+def check_run(cfg: RunConfig, processes: int) -> None:
+    """`ftlab train --nproc N` before torchrun starts: the run's inputs (ftlab.preflight) and its memory, sharded
+    over `processes` on this machine's device."""
+    from ftlab.model import resolve_device
+    from ftlab.preflight import preflight_run
+
+    preflight_run(cfg, sharded=True)
+    fit_run(cfg, resolve_device(cfg.train.device), processes, sharded=True, quiet=True)
