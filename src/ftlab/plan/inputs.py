@@ -36,14 +36,14 @@ class DataSize:
     exact: bool  # counted; False: estimated from a sample
     per_sequence: float = 1.0  # IFT with packing: examples per packed sequence
     known: bool = True  # False: a hub dataset, not read before training
+    how: str = "counted"  # or how it was estimated
 
     def describe(self) -> str:
         if not self.known:
             return "a hub dataset: streamed when the run trains, not counted here"
         about = "" if self.exact else "~"
         packed = f", {self.per_sequence:.1f} examples per packed sequence" if self.per_sequence > 1 else ""
-        how = "counted" if self.exact else f"estimated from its first {SAMPLE_RECORDS} records"
-        return f"{about}{self.records:,.0f} records, {about}{_short(self.tokens)} tokens{packed} ({how})"
+        return f"{about}{self.records:,.0f} records, {about}{_short(self.tokens)} tokens{packed} ({self.how})"
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,9 @@ def _count(cfg: RunConfig, tokenizer, items: list[tuple[str, dict]], scale: floa
         tokens = [len(tokenizer(document_text(r, d.text_field, where), add_special_tokens=False)["input_ids"]) + eos
                   for where, r in items]
         share = 1 - d.eval_fraction if held_out else 1.0  # documents are held out by a hash of where they are
-        return DataSize(len(items) * scale * share, sum(tokens) * scale * share, scale == 1.0)
+        how = _how(scale) + (f"; {d.eval_fraction:g} of the documents held out, by a hash" if share < 1 else "")
+        return DataSize(len(items) * scale * share, sum(tokens) * scale * share, scale == 1.0 and share == 1.0,
+                        how=how)
     fmt = d.format
     examples = []
     for where, record in items:
@@ -114,14 +116,19 @@ def _count(cfg: RunConfig, tokenizer, items: list[tuple[str, dict]], scale: floa
         if example is not None:
             examples.append(example)
     if not examples:
-        raise DataError(f"{d.path}: no training examples in its first {len(items)} records (none has a response "
-                        f"token within data.seq_len={d.seq_len})")
+        which = f"its {len(items)} records" if scale == 1.0 else f"its first {len(items)} records"
+        raise DataError(f"{d.path}: no training examples (none of {which} has a response token within "
+                        f"data.seq_len={d.seq_len})")
     n = len(examples) * scale
     held = min(max(round(d.eval_fraction * n), 1), d.eval_max_examples) if held_out and d.eval_fraction > 0 else 0
     share = (n - held) / n
     per_sequence = len(examples) / len(pack_examples(examples, d.seq_len, cfg.train.seed)) if d.packing else 1.0
     tokens = sum(len(e.input_ids) for e in examples) * scale * share
-    return DataSize(n - held, tokens, scale == 1.0, per_sequence)
+    return DataSize(n - held, tokens, scale == 1.0, per_sequence, how=_how(scale))
+
+
+def _how(scale: float) -> str:
+    return "counted" if scale == 1.0 else f"estimated from its first {SAMPLE_RECORDS} records, by bytes"
 
 
 def schedule_of(cfg: RunConfig, size: DataSize) -> Schedule:
