@@ -83,7 +83,7 @@ def random_model(model_type: str, shape: str | tuple, dtype: torch.dtype, device
             setattr(config, key, value)
     torch.manual_seed(0)
     with torch.device(device):
-        return AutoModelForCausalLM.from_config(config).to(dtype)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 def run_config(method: str, checkpointing: bool, micro_batch: int, seq: int, device: torch.device, extra=()):
@@ -171,11 +171,12 @@ def measure(model_type: str, shape, method: str, checkpointing: bool, micro_batc
 
 def row(r: dict) -> str:
     m, mib = r["predicted"], 2**20
-    kept = m.activations  # what the forward pass keeps, by the plan (one block's recompute and work included)
+    kept = m.activations  # what the forward pass keeps, by the plan
     saved = f"{r['saved'] / mib:9.2f}" if r["saved"] is not None else f"{'-':>9}"
+    ratio = f"{kept / r['saved']:7.3f}" if r["saved"] is not None else f"{kept / r['kept']:7.3f}"
     return (f"{r['arch']:<9} {r['method']:<5} {'on' if r['checkpointing'] else 'off':<4} {kept / mib:9.2f} "
-            f"{r['kept'] / mib:9.2f} {saved} {m.training / mib:9.2f} {r['peak'] / mib:9.2f} "
-            f"{m.training / r['peak']:6.2f}")
+            f"{r['kept'] / mib:9.2f} {saved} {ratio} {m.training / mib:9.2f} {r['peak'] / mib:9.2f} "
+            f"{m.training / r['peak']:7.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry else "cpu")
     how = "max_memory_allocated" if device.type == "cuda" else "live tensor bytes (LiveBytes)"
     print(f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, shape {args.shape}, "
-          f"micro-batch {args.batch} x {args.seq}, measured peak: {how}; MiB")
-    print(f"{'arch':<9} {'method':<5} {'ckpt':<4} {'plan kept':>9} {'kept':>9} {'saved':>9} {'plan peak':>9} "
-          f"{'peak':>9} {'plan/x':>6}")
+          f"micro-batch {args.batch} x {args.seq}, measured peak: {how}; MiB (plan/x: the plan over the measured "
+          f"saved bytes, else the kept bytes; the plan's peak over the measured peak)")
+    print(f"{'arch':<9} {'method':<5} {'ckpt':<4} {'plan kept':>9} {'kept':>9} {'saved':>9} {'plan/x':>7} "
+          f"{'plan peak':>9} {'peak':>9} {'plan/x':>7}")
     for model_type in args.archs.split(","):
         for method in args.methods.split(","):
             for ckpt in args.checkpointing.split(","):
