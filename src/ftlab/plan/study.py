@@ -134,7 +134,7 @@ def plan_study(title: str, runs: list[Run], target: Target, exp: ExperimentConfi
             _add(plan.problems, f"run {run.name}: {e}")
             plan.rows.append(Row(run, None, None, None, None))
             continue
-        plan.rows.append(_row(run, models[key], sizes[data_key], target))
+        plan.rows.append(plan_row(run, models[key], sizes[data_key], target))
     if exp is not None:
         _check_tasks(exp, plan)
     return plan
@@ -155,7 +155,7 @@ def _describe_model(cfg: RunConfig, model, tokenizer) -> str:
             f"({len(tokenizer):,} tokens)")
 
 
-def _row(run: Run, model, size: DataSize, target: Target) -> Row:
+def plan_row(run: Run, model, size: DataSize, target: Target) -> Row:
     arch = architecture(model)
     device = "cuda" if target.gpu is not None else "cpu"
     result = fit(run.cfg, model, arch, device, target.gpu.memory if target.gpu else None, target.processes,
