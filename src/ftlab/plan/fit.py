@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ftlab import loss
-from ftlab.architectures import structure, target_modules
+from ftlab.architectures import decoder_blocks, structure, target_modules
 from ftlab.config import RunConfig
 from ftlab.errors import FtlabError
 from ftlab.model import resolve_dtype, resolve_precision
@@ -145,6 +145,10 @@ def fit_run(cfg: RunConfig, device: torch.device, processes: int = 1, sharded: b
     from ftlab.plan.cost import local_gpu
 
     model = structure(cfg.model)
+    if decoder_blocks(model) is None:  # the memory model counts per block (architectures.preflight says why)
+        print("ftlab: memory not predicted: no list of decoder blocks found in this model; "
+              "train.activation_checkpointing auto -> false", flush=True)
+        return replace(cfg, train=replace(cfg.train, activation_checkpointing=cfg.train.activation_checkpointing is True))
     gpu = local_gpu(device.index or 0) if device.type == "cuda" else None
     result = fit(cfg, model, architecture(model), device.type, gpu.memory if gpu else None, processes, sharded)
     if not quiet:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ftlab.architectures import structure
+from ftlab.architectures import decoder_blocks, structure
 from ftlab.config import RunConfig, load_config, read_mapping
-from ftlab.errors import DataError, FtlabError
+from ftlab.errors import ConfigError, DataError, FtlabError
 from ftlab.evaluate.tasks import HUB_IDS, resolve_tasks
 from ftlab.experiment.spec import ExperimentConfig, load_experiment, plan_runs, same_training
 from ftlab.plan.cost import GPU, device_hours, flops_per_token, gpu, local_gpu, mfu_for, recompute_flops_per_token
@@ -97,12 +97,19 @@ def target_for(exp: ExperimentConfig | None, gpu_spec: str | None, nproc: int | 
     stated = exp.gpus if exp is not None else None
     processes = nproc or (stated.per_run if stated else 1)
     if processes < 1:
-        raise FtlabError(f"--nproc: expected 1 or more, got {processes}")
+        raise ConfigError(f"{'--nproc' if nproc else 'gpus.per_run'}: expected 1 or more, got {processes}")
     if gpu_spec:
         return Target(gpu(gpu_spec), processes, "--gpu")
     if stated:
-        return Target(gpu(stated.kind), processes, "the experiment's gpus")
+        return Target(stated_gpu(exp), processes, "the experiment's gpus")
     return local_target(processes)
+
+
+def stated_gpu(exp: ExperimentConfig) -> GPU:
+    try:
+        return gpu(exp.gpus.kind)
+    except ConfigError as e:
+        raise ConfigError(f"gpus.kind: {str(e).split(': ', 1)[1]}") from None
 
 
 def local_target(processes: int) -> Target:
@@ -125,6 +132,9 @@ def plan_study(title: str, runs: list[Run], target: Target, exp: ExperimentConfi
                 models[key] = structure(cfg.model)
                 tokenizers[key] = tokenizer_for(cfg.model)
                 plan.lines.append(_describe_model(cfg, models[key], tokenizers[key]))
+            if decoder_blocks(models[key]) is None:
+                plan.rows.append(Row(run, None, None, None, None))
+                continue
             data_key = (key, repr(cfg.data), cfg.train.seed)
             if data_key not in sizes:
                 sizes[data_key] = data_size(cfg, tokenizers[key])
@@ -148,6 +158,9 @@ def _add(problems: list[str], message: str) -> None:
 
 
 def _describe_model(cfg: RunConfig, model, tokenizer) -> str:
+    if decoder_blocks(model) is None:
+        return (f"model {cfg.model.name}: no list of decoder blocks found in {type(model).__name__}, so its memory "
+                f"is not predicted; tokenizer {type(tokenizer).__name__} ({len(tokenizer):,} tokens)")
     arch = architecture(model)
     estimate = "" if arch.model_type in KNOWN_BLOCKS else " (activations estimated as a Llama block's)"
     return (f"model {cfg.model.name}: {arch.model_type}{estimate}, {arch.params:,} parameters, {arch.layers} "
@@ -234,9 +247,9 @@ def render(plan: StudyPlan) -> str:
     out = [f"ftlab plan: {plan.title}: {len(plan.rows)} run(s) on {plan.target.describe()}"]
     out += [f"  {line}" for line in plan.lines]
     header = (f"{'run':<44} {'steps':>7} {'tokens':>7} {'micro':>7} {'peak':>7} {'weights':>7} {'grads':>7} "
-              f"{'optim':>7} {'act':>7} {'bwd':>7} {'eval':>7} {'ckpt':>4} {'GPU-h':>8}")
-    out += ["", "memory in GiB per device (act: kept for backward; bwd: the loss's or a block's backward at its "
-            "start; eval: held-out evaluation's peak)", header]
+              f"{'optim':>7} {'act':>7} {'loss':>7} {'eval':>7} {'ckpt':>4} {'GPU-h':>8}")
+    out += ["", "memory in GiB per GPU: act, kept for the backward pass; loss, the loss's tensors at its start (or a "
+            "block's backward, if more); eval, the held-out evaluation's peak", header]
     choices: dict[str, list[str]] = {}
     for row in plan.rows:
         if row.fit is not None:
@@ -245,7 +258,7 @@ def render(plan: StudyPlan) -> str:
                 choices.setdefault(choice, []).append(row.run.name)
     unplanned = sum(row.fit is None for row in plan.rows)
     if unplanned:
-        out.append(f"({unplanned} run(s) not planned: see the problems below)")
+        out.append(f"({unplanned} run(s) not planned: see above and below)")
     for choice, names in choices.items():
         out.append(f"  {choice}: {names[0]}" + (f" and {len(names) - 1} other run(s)" if len(names) > 1 else ""))
     tokens = [r.trained_tokens for r in plan.rows if r.trained_tokens is not None]
@@ -323,7 +336,7 @@ def check_study(exp: ExperimentConfig, exp_path: str | Path, out: str | Path, np
     first GPU and --nproc; Ray: the experiment's gpus, one device a run, else memory is not checked), printed;
     FtlabError (exit 2) for missing or malformed inputs, DoesNotFit (exit 3) naming the runs that cannot fit."""
     if ray:
-        target = Target(gpu(exp.gpus.kind), 1, "the experiment's gpus") if exp.gpus else Target(
+        target = Target(stated_gpu(exp), 1, "the experiment's gpus") if exp.gpus else Target(
             None, 1, "Ray workers: memory not checked; state the experiment's gpus to check it")
     else:
         target = local_target(nproc)
