@@ -149,7 +149,7 @@ def fit_run(cfg: RunConfig, device: torch.device, processes: int = 1, sharded: b
         print("ftlab: memory not predicted: no list of decoder blocks found in this model; "
               "train.activation_checkpointing auto -> false", flush=True)
         return replace(cfg, train=replace(cfg.train, activation_checkpointing=cfg.train.activation_checkpointing is True))
-    gpu = local_gpu(device.index or 0) if device.type == "cuda" else None
+    gpu = local_gpu(device.index or 0) if device.type == "cuda" and torch.cuda.is_available() else None
     result = fit(cfg, model, architecture(model), device.type, gpu.memory if gpu else None, processes, sharded)
     if not quiet:
         for choice in result.choices:
