@@ -53,6 +53,17 @@ def preset_data(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture(scope="module")
+def benchmarks(tmp_path_factory) -> Path:
+    """eval.data_dir with the paper suite's files (empty: a plan checks that they are there, not what they hold)."""
+    directory = tmp_path_factory.mktemp("benchmarks")
+    for name in ("gsm8k/test.jsonl", "gsm8k/train.jsonl", "hellaswag/hellaswag_val.jsonl",
+                 "ARC-Challenge/ARC-Challenge-Test.jsonl", "winogrande/dev.jsonl"):
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text("")
+    return directory
+
+
 def preset_data_path(preset: Path, data: dict[str, Path]) -> Path:
     text = preset.read_text()
     if "regime: cpt" in text:
@@ -66,11 +77,12 @@ def plan_rows(out: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
-def test_every_paper_preset_plans_to_fit_the_gpus_it_states(preset, llama_7b, preset_data, capsys):
+def test_every_paper_preset_plans_to_fit_the_gpus_it_states(preset, llama_7b, preset_data, benchmarks, capsys):
     """`ftlab plan configs/paper/<preset>.yaml model.name=<Llama-2-7B config + tokenizer> settings.0.data.path=...
     --gpu h100`: a row with memory in GiB for every run, every run fitting 8 x H100 (the presets' `gpus`)."""
     data = preset_data_path(preset, preset_data)
-    code = main(["plan", str(preset), f"model.name={llama_7b}", f"settings.0.data.path={data}", "--gpu", "h100"])
+    code = main(["plan", str(preset), f"model.name={llama_7b}", f"settings.0.data.path={data}",
+                 f"eval.data_dir={benchmarks}", "--gpu", "h100"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "on 8 x H100 (79.1 GiB each" in out

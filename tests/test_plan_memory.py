@@ -147,3 +147,19 @@ def test_the_bench_dry_mode_measures_llama():
     for r in rows:
         kept_ratio, peak_ratio = float(r[-4]), float(r[-1])
         assert abs(kept_ratio - 1) < TOLERANCE and abs(peak_ratio - 1) < TOLERANCE, r
+
+
+def test_a_run_that_cannot_fit_is_refused_with_what_to_try(pairs):
+    from ftlab.plan.fit import refusal
+
+    model = structure(ModelConfig(name=str(MODELS / "llama-2-7b")))
+    arch = architecture(model)
+    long = llama_7b("method.name=lora", "data.seq_len=65536", "train.micro_batch=4", pairs=pairs)
+    result = fit(long, model, arch, "cuda", 16 * GIB)  # auto tried everything: one sequence of 64k tokens is too many
+    assert not result.fits and result.cfg.train.micro_batch == 1 and result.cfg.train.activation_checkpointing
+    message = str(refusal("long", result, "16 GiB", 1))
+    assert message.startswith("run long: predicted peak memory") and "one sequence per micro-batch" in message
+    full = llama_7b("method.name=full", pairs=pairs)
+    message = str(refusal("full", fit(full, model, arch, "cuda", 79.1 * GIB), "H100", 1))
+    assert "weights, gradients and optimizer state alone take" in message and "--nproc" in message
+    assert fit(full, model, arch, "cuda", 79.1 * GIB, processes=8, sharded=True).fits

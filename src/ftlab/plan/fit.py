@@ -21,6 +21,7 @@ from ftlab.architectures import decoder_blocks, structure, target_modules
 from ftlab.config import RunConfig
 from ftlab.errors import FtlabError
 from ftlab.model import resolve_dtype, resolve_precision
+from ftlab.plan.cost import local_gpu
 from ftlab.plan.memory import GIB, Architecture, Memory, Setup, architecture, predict
 
 HEADROOM = 0.9  # the share of a device's memory a run's predicted peak may take
@@ -105,15 +106,15 @@ def fit(cfg: RunConfig, model: nn.Module, arch: Architecture, device: str, memor
     result.choices.append(f"train.activation_checkpointing: auto -> true (without it: {_gib(without)})")
     if result.fits:
         return result
+    smaller = result
     for micro_batch in sorted((k for k in range(1, t.micro_batch) if t.global_batch % k == 0), reverse=True):
         smaller = attempt(True, micro_batch)
+        smaller.choices = result.choices + [
+            f"train.micro_batch: {t.micro_batch} -> {micro_batch} (global_batch {t.global_batch} kept: "
+            f"{t.global_batch // micro_batch} micro-batches per step; at {t.micro_batch}: {_gib(result)})"]
         if smaller.fits:
-            steps = t.global_batch // micro_batch
-            smaller.choices = result.choices + [
-                f"train.micro_batch: {t.micro_batch} -> {micro_batch} (global_batch {t.global_batch} kept: {steps} "
-                f"micro-batches per step; at {t.micro_batch}: {_gib(result)})"]
-            return smaller
-    return result
+            break
+    return smaller  # the largest micro-batch that fits; else one sequence, which does not
 
 
 def _gib(result: Fit) -> str:
@@ -142,8 +143,6 @@ def fit_run(cfg: RunConfig, device: torch.device, processes: int = 1, sharded: b
             quiet: bool = False) -> RunConfig:
     """The run config `ftlab train` trains: cfg fitted to the device it trains on (its memory read from CUDA; on
     the CPU nothing is checked), each choice printed; DoesNotFit when it cannot fit."""
-    from ftlab.plan.cost import local_gpu
-
     model = structure(cfg.model)
     if decoder_blocks(model) is None:  # the memory model counts per block (architectures.preflight says why)
         print("ftlab: memory not predicted: no list of decoder blocks found in this model; "
