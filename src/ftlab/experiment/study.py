@@ -39,8 +39,8 @@ from ftlab.experiment.spec import ExperimentConfig, RunPlan, load_experiment, pl
 from ftlab.experiment.tracking import Tracker
 from ftlab.experiment.tracking import require as require_tracking
 from ftlab.io import copy_dir, write_json, write_text
-from ftlab.plan.study import check_study
 from ftlab.model import prepare_base
+from ftlab.plan.study import check_study
 from ftlab.results.index import base_record, index_training, measure_base, measure_checkpoint, run_record
 from ftlab.results.schema import EXPERIMENT, STORE, base_run
 from ftlab.results.store import Store
