@@ -44,7 +44,7 @@ def preset_data(tmp_path_factory) -> dict[str, Path]:
         "cpt-content": lambda i: {"content": " ".join(words[(i * 7 + j) % len(words)] for j in range(40 + i % 50))},
         "cpt-text": lambda i: {"text": " ".join(words[(i * 5 + j) % len(words)] for j in range(30 + i % 40))},
         "code-ift": lambda i: {"instruction": f"Write a function number {i}.", "response": "def f():\n    return 1"},
-        "math-ift": lambda i: {"query": f"What is {i} + {i}?", "response": f"{i} + {i} = {2 * i}. The answer is: {2 * i}"},
+        "math-ift": lambda i: {"query": f"What is {i} + {i}?", "response": f"{i} + {i} = {2 * i}. The answer: {2 * i}"},
     }
     paths = {}
     for name, make in rows.items():

@@ -97,7 +97,8 @@ def test_flops_per_token_is_6n_plus_attention_and_lora_has_no_frozen_weight_grad
 def test_mfu_is_the_measured_figure_when_benchmarks_has_one(tmp_path):
     table = tmp_path / "BENCHMARKS.md"
     table.write_text("# x\n\n## MFU for planning\n\n| GPU | method | MFU | command |\n|---|---|---|---|\n"
-                     "| H100 | full | 41.5% | bench/train_throughput.py --shape 7b |\n\n## Other\n| H100 | lora | 9% |\n")
+                     "| H100 | full | 41.5% | bench/train_throughput.py --shape 7b |\n\n"
+                     "## Other\n| H100 | lora | 9% |\n")
     assert mfu_for("NVIDIA H100 80GB HBM3", "full", table) == (0.415, "measured (BENCHMARKS.md: H100 full)")
     assert mfu_for("NVIDIA H100 80GB HBM3", "lora", table) == (ASSUMED_MFU, "assumed")  # not in the section
     assert mfu_for("H200", "full", table) == (ASSUMED_MFU, "assumed")

@@ -68,7 +68,8 @@ def local_gpu(index: int = 0) -> GPU:
 def flops_per_token(arch: Architecture, seq_len: int, trainable: int | None = None) -> float:
     """Model FLOPs of one trained token (the standard count; recomputation is not in it):
     full finetuning 6N + 12·L·h·T: forward 2N, backward 4N (gradients of activations and of weights);
-    LoRA (trainable = the adapters' parameters) 4N + 6·N_trainable + 12·L·h·T: frozen weights get no weight gradient.
+    LoRA (trainable = the adapters' parameters) 4N + 6·N_trainable + 12·L·h·T: frozen weights get no weight
+    gradient.
     N: parameters that multiply activations (all but the input embedding tables; a tied head counts once);
     12·L·h·T: attention's score and value matmuls, forward and backward, at sequence length T (h = heads x
     head_dim, the hidden width for most models; the causal mask's skipped half is counted, as is usual)."""

@@ -147,7 +147,8 @@ def fit_run(cfg: RunConfig, device: torch.device, processes: int = 1, sharded: b
     if decoder_blocks(model) is None:  # the memory model counts per block (architectures.preflight says why)
         print("ftlab: memory not predicted: no list of decoder blocks found in this model; "
               "train.activation_checkpointing auto -> false", flush=True)
-        return replace(cfg, train=replace(cfg.train, activation_checkpointing=cfg.train.activation_checkpointing is True))
+        checkpointing = cfg.train.activation_checkpointing is True
+        return replace(cfg, train=replace(cfg.train, activation_checkpointing=checkpointing))
     gpu = local_gpu(device.index or 0) if device.type == "cuda" and torch.cuda.is_available() else None
     result = fit(cfg, model, architecture(model), device.type, gpu.memory if gpu else None, processes, sharded)
     if not quiet:
