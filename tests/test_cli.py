@@ -78,8 +78,9 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_it_resumes(tmp_path, cfg):
                "--out", str(out)]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while not (out / "state" / "latest.json").exists() and time.time() < deadline and proc.poll() is None:
+    while not (out / "state" / "LATEST").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
