@@ -530,7 +530,9 @@ def test_resumable_states_are_saved_on_a_time_interval_by_default(pairs, tmp_pat
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert cost["tokens"] == logged[-1]["tokens"] > 0
     assert 0 < cost["save_s"] < cost["train_s"] <= cost["wall_s"]
-    assert cost["tokens_per_s_with_saves"] == pytest.approx(cost["tokens"] / cost["train_s"], rel=1e-3)
+    # train_s is written rounded to the millisecond: on a sub-second loop that alone moves tokens/train_s by ~0.2%
+    low, high = (cost["tokens"] / (cost["train_s"] + d) for d in (5e-4, -5e-4))
+    assert low - 0.1 <= cost["tokens_per_s_with_saves"] <= high + 0.1
     assert cost["tokens_per_s_without_saves"] > cost["tokens_per_s_with_saves"]
 
 
