@@ -26,7 +26,7 @@ pytest.importorskip("matplotlib")
 
 from ftlab.report.claims import CHECKS  # noqa: E402
 from ftlab.report.page import SECTIONS  # noqa: E402
-from ftlab.report.plots import FIGURES  # noqa: E402
+from ftlab.report.figures import FIGURES  # noqa: E402
 from ftlab.results.index import index_folder, study_of  # noqa: E402
 from ftlab.cli import main  # noqa: E402
 from ftlab.errors import FtlabError  # noqa: E402
@@ -257,7 +257,7 @@ def test_report_has_every_figure_claim_and_table(report, study_dir):
 def test_the_claims_table_shows_counts_interval_and_mde(report, study_dir):
     """Each finding's row carries its counts, its headline difference with the 95% interval and its detectable
     effect, as results.json (Claim.as_dict) and claims.csv have them."""
-    from ftlab.report.html import esc, num
+    from ftlab.report.page import esc, num
 
     page = report.read_text()
     data = json.loads((study_dir / "report" / "results.json").read_text())

@@ -58,9 +58,9 @@ def print_summary(root: Path) -> None:
 
 
 def print_sweep(study) -> None:
-    """Each LR sweep's learning per LR at the sweep's duration (report.lr_sweeps), its best LR marked: for the
+    """Each LR sweep's learning per LR at the sweep's duration (report.select.lr_sweeps), its best LR marked: for the
     study's own lr_sweep, the LR the grid trains at."""
-    from ftlab.report.lr_sweeps import lr_sweeps
+    from ftlab.report.select import lr_sweeps
 
     sweeps = sorted(lr_sweeps(study.points()).values(),
                     key=lambda s: (s.setting, s.duration, s.first.method != "full", s.first.rank or 0))

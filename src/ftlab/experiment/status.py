@@ -10,7 +10,7 @@ from ftlab.config import parse_mapping
 from ftlab.errors import FtlabError
 from ftlab.experiment.spec import parse_experiment, plan_runs
 from ftlab.experiment.study import EXPERIMENT, LOCK, RESULTS, saved_experiment, sweep_picks
-from ftlab.results.schema import BASE
+from ftlab.results.records import BASE
 from ftlab.results.store import Store
 from ftlab.rundir import RunLayout, read_metrics, read_plan
 

@@ -41,7 +41,7 @@ from ftlab.experiment.tracking import require as require_tracking
 from ftlab.io import copy_dir, write_json, write_text
 from ftlab.model import prepare_base
 from ftlab.results.index import base_record, index_training, measure_base, measure_checkpoint, run_record
-from ftlab.results.schema import EXPERIMENT, STORE, base_run
+from ftlab.results.records import EXPERIMENT, STORE, base_run
 from ftlab.results.store import Store
 from ftlab.rundir import RunLayout
 

@@ -1,7 +1,6 @@
 """What every finding's check shares: arms of a comparison, the instruments that measure them, paired intervals and
 the three-way verdict.
 
-    arm = Arm.of(rows)                                   # one configuration at one duration, a row per seed
     c = compare(study, lora_arm, full_arm, "learning", expected=-1, what="LoRA r=16 vs full FT at 2 epochs")
     c.verdict                                            # agree | disagree | inconclusive (95% paired interval)
     claim.decide([c, ...], empty="not enough data: ...")
@@ -24,7 +23,8 @@ from typing import Literal
 import numpy as np
 
 from ftlab.analysis.statistics import Interval, Part, classify, holm, level_interval, paired_difference_of
-from ftlab.results.rows import BaseResult, Row, Study
+from ftlab.report.select import Arm, Measured
+from ftlab.results.study import Study
 
 InstrumentName = Literal["learning", "source", "source_loss", "unique"]
 INSTRUMENTS: dict[str, str] = {  # name -> what it measures, in words (the report's instrument table)
@@ -33,40 +33,6 @@ INSTRUMENTS: dict[str, str] = {  # name -> what it measures, in words (the repor
     "source_loss": "source loss: held-out source-domain loss, nats per token (higher = more forgotten)",
     "unique": "unique outputs per problem among a sampled task's samples (lower = less diverse)",
 }
-Measured = Row | BaseResult
-
-
-@dataclass
-class Arm:
-    """One configuration at one duration: a row per training seed (or the setting's base model)."""
-
-    label: str  # "LoRA r=16", "full FT", "base"
-    rows: list[Measured]
-
-    @classmethod
-    def of(cls, rows: list[Measured], label: str | None = None) -> Arm:
-        first = rows[0]
-        return cls(label or (first.group if isinstance(first, Row) else "base"), list(rows))
-
-    @property
-    def setting(self) -> str:
-        return self.rows[0].setting
-
-    @property
-    def duration(self) -> float | None:
-        first = self.rows[0]
-        return first.duration if isinstance(first, Row) else 0.0
-
-
-def arms(rows: list[Row]) -> dict[tuple, Arm]:
-    """The rows grouped into arms by (setting, group, optimizer, lr, duration): seeds of one configuration together.
-    (The group already names the optimizer when it is not AdamW; it is in the key so nothing compares across it.)"""
-    grouped: dict[tuple, list[Row]] = {}
-    for r in rows:
-        grouped.setdefault((r.setting, r.group, r.optimizer, r.lr, r.duration), []).append(r)
-    return {key: Arm.of(sorted(rs, key=lambda r: r.seed)) for key, rs in grouped.items()}
-
-
 def _examples(m: Measured, instrument: str, study: Study) -> dict[str, dict[str, tuple[float, float]]]:
     """key -> per-document (value, weight) of one row under an instrument."""
     if instrument == "unique":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ftlab.errors import FtlabError
 from ftlab.io import damaged_files, read_json, read_jsonl
-from ftlab.results.schema import EXPERIMENT, STORE, base_run
+from ftlab.results.records import EXPERIMENT, STORE, base_run
 
 TOKEN_WEIGHTED = ("loss", "token_accuracy")  # perplexity tasks: per-document means weighted by tokens
 DERIVED = ("perplexity",)  # exp(loss): not a mean of per-document values, so not stored per document

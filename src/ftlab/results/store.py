@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from ftlab.errors import FtlabError
-from ftlab.results.load import read_study
-from ftlab.results.schema import RUN_COLUMNS, SCHEMA, SCHEMA_VERSION, SPECTRUM_COLUMNS, VOLATILE
+from ftlab.results.records import RUN_COLUMNS, SCHEMA, SCHEMA_VERSION, SPECTRUM_COLUMNS, VOLATILE
+from ftlab.results.study import read_study
 
 class Store:
     def __init__(self, path: str | Path):
@@ -120,7 +120,7 @@ class Store:
         return dict(self.db.execute("SELECT run, COUNT(*) FROM checkpoints GROUP BY run"))
 
     def study(self, root: str | Path = ""):
-        """The Study in this store (ftlab.results.load builds it)."""
+        """The Study in this store (ftlab.results.study builds it)."""
         return read_study(self.db, str(root or self.path.parent))
 
     def dump(self, volatile: bool = False) -> dict[str, list[tuple]]:
