@@ -14,6 +14,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from ftlab.rundir import StudyLayout
+
 
 def experiment_file(full: bool) -> Path:
     return Path(str(resources.files("ftlab") / "assets" / ("demo-full.yaml" if full else "demo.yaml")))
@@ -25,7 +27,7 @@ def run_demo(out: str, full: bool = False) -> Path:
     start = time.perf_counter()
     root = run_experiment(experiment_file(full), out)
     print_summary(root)
-    print(f"\nftlab demo: finished in {time.perf_counter() - start:,.0f} s; report: {(root / 'report.html').resolve()}")
+    print(f"\nftlab demo: finished in {time.perf_counter() - start:,.0f} s; report: {StudyLayout(root).report.resolve()}")
     return root
 
 

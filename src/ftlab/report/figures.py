@@ -33,9 +33,10 @@ from ftlab.analysis.statistics import spearman
 from ftlab.errors import FtlabError
 from ftlab.report.advice import pareto
 from ftlab.report.measures import Measures, Point, Value, empty_record
-from ftlab.report.select import (Arm, arms, best_arms, best_lr_rows, best_lrs, group_order, longest, plain_full,
-                                 sweep_duration)
+from ftlab.report.select import (Arm, arms, best_arms, best_lr_rows, best_lrs, group_order, longest, lr_sweeps,
+                                 plain_full)
 from ftlab.results.study import Row, Study
+from ftlab.rundir import SPECTRUM, RunLayout
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -120,7 +121,7 @@ def by_group(rows: list[Row]) -> dict[str, list[Row]]:
     return out
 
 
-# ============================================================================= the cost view (its own section of the page)
+# ============================================================ the cost view (a section of its own)
 
 SHORT = {"source_loss": "source-loss rise", "source": "source-score drop"}  # forgetting's y label
 COST_AXES = (("device_hours", "device-hours", "device-hours (training wall time)"),
@@ -152,7 +153,8 @@ def cost(m: Measures) -> Plot:
                 "bars: 95% intervals.")
     found = [(p, c) for p, c in cost_points(m) if c["wall_s"] is not None or c["peak_memory_gb"] is not None]
     if not found:
-        plot.skipped = "not enough data: no run has its cost recorded (run.json, written by training)"
+        plot.skipped = (f"not enough data: no run has its cost recorded ({RunLayout('.').cost.name}, written by "
+                        "training)")
         return plot
     settings = sorted({p.arm.setting for p, _ in found})
     palette = colours([r for p, _ in found for r in p.arm.rows])
@@ -180,7 +182,7 @@ def cost(m: Measures) -> Plot:
     return plot
 
 
-# ============================================================================= 1-2. learning vs forgetting (the paper's Fig. 4)
+# ============================================================ 1-2. learning vs forgetting (the paper's Fig. 4)
 
 @dataclass
 class _Dot:
@@ -296,7 +298,7 @@ def _bars(values: list[Value]) -> list[list[float]]:
     return [list(below), list(above)]
 
 
-# ============================================================================= 3-4. against duration; regularization (the paper's Figs. 2-3)
+# ============================================================ 3-4. against duration; regularization (Figs. 2-3)
 
 PANELS = {  # column of the table -> the panel's (title, y label)
     "learning": ("learning", "learning"),
@@ -383,38 +385,34 @@ def _panel_value(m: Measures, arm: Arm, panel: str) -> Value | None:
 
 
 def _panel_record(m: Measures, arm: Arm, panel: str) -> dict:
-    v = _panel_value(m, arm, panel) if panel != "source_loss_rise" or m.instrument(arm.setting) == "source_loss" else None
+    measured = panel != "source_loss_rise" or m.instrument(arm.setting) == "source_loss"
+    v = _panel_value(m, arm, panel) if measured else None
     return v.record(panel) if v is not None else empty_record(panel)
 
 
-# ============================================================================= 5. the learning-rate sweep
+# ============================================================ 5. the learning-rate sweep
 
 def lr_sweep(m: Measures) -> Plot:
     plot = Plot("lr_sweep", "Learning rate sweep",
                 "Learning against learning rate per method/rank, at the longest duration every learning rate of the "
-                "group reached; the ring marks the best learning rate.")
-    points = [r for r in m.study.points() if r.learning is not None and r.lr is not None]
-    groups: dict[tuple[str, str], dict[float, dict]] = {}  # (setting, group) -> lr -> duration -> learning
-    for r in points:
-        groups.setdefault((r.setting, r.group), {}).setdefault(r.lr, {})[r.duration] = r.learning
-    swept = {k: v for k, v in groups.items() if len(v) >= 2 and sweep_duration(v) is not None}
-    if not swept:
+                "group reached (mean over seeds); the ring marks the best learning rate.")
+    sweeps = lr_sweeps(m.study.points())  # a study's own lr_sweep: its runs alone, as the study picked its LR
+    if not sweeps:
         plot.skipped = "not enough data: no method/rank was trained at two or more learning rates"
         return plot
-    best, palette = best_lrs(points), colours(points)
-    settings = sorted({s for s, _ in swept})
+    palette = colours([r for r in m.study.points() if r.learning is not None and r.lr is not None])
+    settings = sorted({s for s, _ in sweeps})
     fig, axes = grid(len(settings), 6.5, 4.2)
     for ax, setting in zip(axes, settings):
-        for (s, group), by_lr in sorted(swept.items(), key=lambda kv: _group_order(points, kv[0][1])):
+        for (s, group), sweep in sorted(sweeps.items(), key=lambda kv: group_order(kv[1].first)):
             if s != setting:
                 continue
-            at = sweep_duration(by_lr)
-            xy = sorted((lr, by_lr[lr][at]) for lr in by_lr)
+            at = sweep.duration
+            xy = [(lr, sum(r.learning for r in rows) / len(rows)) for lr, rows in zip(sweep.lrs, sweep.rows)]
             ax.plot([x for x, _ in xy], [y for _, y in xy], "o-", color=palette[group], label=f"{group} (at {at:g})")
-            top = best[s, group]
-            ax.scatter([top], [by_lr[top][at]], s=180, facecolor="none", edgecolor="black", zorder=3)
-            plot.table += [{"setting": s, "group": group, "lr": x, "duration": at, "learning": y, "best": x == top}
-                           for x, y in xy]
+            ax.scatter([sweep.best], [dict(xy)[sweep.best]], s=180, facecolor="none", edgecolor="black", zorder=3)
+            plot.table += [{"setting": s, "group": group, "lr": x, "duration": at, "learning": y,
+                            "best": x == sweep.best} for x, y in xy]
         ax.set(title=setting, xlabel="learning rate", ylabel="learning", xscale="log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
@@ -422,11 +420,7 @@ def lr_sweep(m: Measures) -> Plot:
     return plot
 
 
-def _group_order(rows: list[Row], group: str) -> tuple:
-    return group_order(next(r for r in rows if r.group == group))
-
-
-# ============================================================================= 6-7. the spectrum of ΔW (the paper's Fig. 6, Fig. S7)
+# ============================================================ 6-7. the spectrum of ΔW (Fig. 6, Fig. S7)
 
 def _spectrum_run(study: Study, need_values: bool = False) -> list[Row]:
     """The checkpoints of the run whose ΔW spectra are shown: full FT preferred (plain, best LR), then the run
@@ -453,7 +447,7 @@ def k90_layers(m: Measures) -> Plot:
                 "line per checkpoint (darker = longer training); dashed: a Gaussian matrix of the same shape.")
     rows = _spectrum_run(m.study)
     if not rows:
-        plot.skipped = "not enough data: no checkpoint has a spectrum.json with per-matrix values (`ftlab spectrum`)"
+        plot.skipped = f"not enough data: no checkpoint has a {SPECTRUM} with per-matrix values (`ftlab spectrum`)"
         return plot
     from matplotlib import colormaps
     from matplotlib.ticker import MaxNLocator
@@ -498,7 +492,7 @@ def singular_values(m: Measures) -> Plot:
                 "the total); the dotted line is 90%, where k90 is read.")
     rows = _spectrum_run(m.study, need_values=True)
     if not rows:
-        plot.skipped = "not enough data: no spectrum.json carries singular values (`ftlab spectrum` option)"
+        plot.skipped = f"not enough data: no {SPECTRUM} carries singular values (`ftlab spectrum` option)"
         return plot
     r = rows[-1]
     candidates = [m for m in r.spectrum.matrices if m.singular_values]
@@ -531,7 +525,7 @@ def singular_values(m: Measures) -> Plot:
     return plot
 
 
-# ============================================================================= 8-9. KL as a forgetting predictor; diversity
+# ============================================================ 8-9. KL as a forgetting predictor; diversity
 
 def kl_forgetting(m: Measures) -> Plot:
     plot = Plot("kl_forgetting", "KL(base || finetuned) vs forgetting",

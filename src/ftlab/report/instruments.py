@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ftlab.report.measures import Measures
-from ftlab.report.select import Arm, duration_text, reference_arms
+from ftlab.report.select import Arm, reference_arms
 from ftlab.report.verdicts import INSTRUMENTS, Claim, Comparison, compare
 
 EXPECTED = {"learning": +1, "source": -1, "source_loss": +1, "unique": -1}  # full FT - base, as the paper expects
@@ -74,7 +74,7 @@ def _full_effect(m: Measures, setting: str, arms: list[Arm], instrument: str) ->
         return None
     for arm in arms:  # the longest duration first
         c = compare(m.study, Arm.of([base]), arm, instrument, EXPECTED[instrument],
-                    f"{arm.label} at {duration_text(arm.rows[0])} vs base")
+                    f"{arm.label} at {arm.when} vs base")
         if c is not None:
             return c
     return None

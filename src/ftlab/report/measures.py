@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftlab.analysis.statistics import Interval
-from ftlab.report.select import Arm, duration_text
+from ftlab.report.select import Arm
 from ftlab.report.verdicts import compare, level
 from ftlab.results.study import Study
 
@@ -154,9 +154,8 @@ class Point:
     @property
     def name(self) -> str:
         """"LoRA r=16, lr 0.001, 4 epochs": the configuration in words."""
-        first = self.arm.rows[0]
-        return f"{self.arm.label}, lr {self.lr:g}, {duration_text(first)}" if self.lr is not None else (
-            f"{self.arm.label}, {duration_text(first)}")
+        return f"{self.arm.label}, lr {self.lr:g}, {self.arm.when}" if self.lr is not None else (
+            f"{self.arm.label}, {self.arm.when}")
 
     def record(self) -> dict:
         first = self.arm.rows[0]

@@ -51,6 +51,7 @@ from ftlab.report.measures import FORGETTING_WORDS, Measures
 from ftlab.report.verdicts import INSTRUMENTS, Claim
 from ftlab.results.index import study_of
 from ftlab.results.study import Row, Study
+from ftlab.rundir import StudyLayout
 
 SECTIONS = ("summary", "claims", "instruments", "recommendation", "cost", "figures", "runs",
             "missing")  # the page's section ids (scripts/check_report.py checks them)
@@ -76,7 +77,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
     cost_plot = cost(m)
     powers = instruments.powers(m, claims)
     advised = advice.advise(m, forgetting_budget)
-    page = Path(out) if out is not None else Path(study_dir) / "report.html"
+    page = Path(out) if out is not None else StudyLayout(study_dir).report
     data_dir = page.with_suffix("")
     data_dir.mkdir(parents=True, exist_ok=True)
     recommendation = {"forgetting_budget": forgetting_budget, "front": advice.front_records(advised),
@@ -100,7 +101,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
             write_text(target, csv_text(p.table))
         elif target.exists():
             target.unlink()
-    body = [_claims_html(claims), _instruments_html(powers), _recommendation_html(advised, forgetting_budget),
+    body = [claims_html(claims), _instruments_html(powers), _recommendation_html(advised, forgetting_budget),
             _cost_html(m, cost_plot, data_dir.name), _figures_html(plots, data_dir.name), _rows_html(study),
             _missing_html(study)]
     write_text(page, render(study, body, data_dir.name))
@@ -225,7 +226,7 @@ def render(study: Study, sections: list[str], data_dir: str) -> str:
 """
 
 
-def _claims_html(claims: list[Claim]) -> str:
+def claims_html(claims: list[Claim]) -> str:
     shared = [n for n, k in Counter(n for c in claims for n in dict.fromkeys(c.notes)).items() if k > 1]
     rows = []
     for c in claims:

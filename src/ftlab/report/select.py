@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from ftlab.results.study import BaseResult, Row, Study
 
@@ -43,6 +44,12 @@ class Arm:
     def duration(self) -> float | None:
         first = self.rows[0]
         return first.duration if isinstance(first, Row) else 0.0
+
+    @property
+    def when(self) -> str:
+        """Its duration in words: "2 epochs", "262,144 tokens" (duration_text)."""
+        first = self.rows[0]
+        return duration_text(self.duration, first.duration_unit if isinstance(first, Row) else "")
 
 
 def arms(rows: list[Row]) -> dict[tuple, Arm]:
@@ -77,20 +84,20 @@ def plain_full(rows: list[Row]) -> list[Row]:
             and r.weight_decay == smallest.get((r.setting, r.optimizer))]
 
 
-def plain_lora(r: Row) -> bool:
-    """LoRA as the paper runs it: all modules, α = 2r, no variant, no regularizer: the groups a rank ladder holds."""
-    return (r.method == "lora" and r.rank is not None and r.targets in ("", "all") and not r.variant
-            and not r.weight_decay and not r.attention_dropout and (r.alpha is None or r.alpha == 2 * r.rank))
-
-
 def departures(r: Row) -> int:
-    """How many of a LoRA row's options depart from the paper's (alpha 2r, all modules, no variant, no regularizer)."""
+    """How many of a LoRA row's options depart from the paper's: alpha 2r, all modules, no variant, no regularizer."""
     return sum([r.alpha is not None and r.rank is not None and r.alpha != 2 * r.rank,
                 r.targets not in ("", "all"), bool(r.variant), bool(r.weight_decay), bool(r.attention_dropout)])
 
 
+def plain_lora(r: Row) -> bool:
+    """LoRA as the paper runs it, departing from it in nothing (departures): the groups a rank ladder holds."""
+    return r.method == "lora" and r.rank is not None and departures(r) == 0
+
+
 def rank_ladder(lora: list[Arm]) -> list[Arm]:
-    """The plainest LoRA arm of each rank (fewest departures from the paper's setup), by rank ascending."""
+    """The plainest LoRA arm of each rank (the fewest departures: a plain one where there is one), by rank
+    ascending."""
     by_rank: dict[int, Arm] = {}
     for arm in sorted(lora, key=lambda a: (departures(a.rows[0]), a.label)):
         if arm.rows[0].rank is not None:
@@ -107,18 +114,18 @@ def analysed(study: Study) -> list[Row]:
 # ----------------------------------------------------------------------------- best learning rates
 
 
-def best_lrs(rows: list[Row]) -> dict[tuple[str, str], float | None]:
+def best_lrs(rows: list[Row], key: Callable[[Row], tuple] = lambda r: (r.setting, r.group)
+             ) -> dict[tuple, float | None]:
     """(setting, group) -> its best learning rate: the highest mean learning over seeds at the longest duration
     that every LR of the group reached (as an LR sweep would pick). Durations may be checkpoints of one run or
     separate runs (CPT budgets, IFT epochs run one by one): the rows of one LR are taken together. Ties go to the
-    smaller LR."""
-    by_lr: dict[tuple[str, str], dict[float | None, dict[float, list[float]]]] = {}
+    smaller LR. `key`: what a sweep varies over (the study's planner: (setting, method label))."""
+    by_lr: dict[tuple, dict[float | None, dict[float, list[float]]]] = {}
     for r in rows:
         if r.learning is not None:
-            by_lr.setdefault((r.setting, r.group), {}).setdefault(r.lr, {}).setdefault(r.duration, []).append(
-                r.learning)
+            by_lr.setdefault(key(r), {}).setdefault(r.lr, {}).setdefault(r.duration, []).append(r.learning)
         else:
-            by_lr.setdefault((r.setting, r.group), {}).setdefault(r.lr, {})
+            by_lr.setdefault(key(r), {}).setdefault(r.lr, {})
     best = {}
     for key, lrs in by_lr.items():
         at = sweep_duration({lr: {d: v for d, v in ds.items() if v} for lr, ds in lrs.items()})
@@ -247,8 +254,8 @@ def reference_arms(study: Study) -> dict[str, list[Arm]]:
 # ----------------------------------------------------------------------------- words
 
 
-def duration_text(r: Row) -> str:
-    d = r.duration
-    if d is None:
+def duration_text(duration: float | None, unit: str) -> str:
+    """How a duration is written everywhere: "2 epochs", "0.125 epochs", "262,144 tokens"."""
+    if duration is None:
         return "duration unknown"
-    return f"{d:,.0f} {r.duration_unit}" if r.duration_unit == "tokens" else f"{d:g} {r.duration_unit}"
+    return f"{duration:,.0f} {unit}" if unit == "tokens" else f"{duration:g} {unit}"

@@ -3,7 +3,7 @@ the three-way verdict.
 
     c = compare(study, lora_arm, full_arm, "learning", expected=-1, what="LoRA r=16 vs full FT at 2 epochs")
     c.verdict                                            # agree | disagree | inconclusive (95% paired interval)
-    claim.decide([c, ...], empty="not enough data: ...")
+    decided(claim, [c, ...], empty="not enough data: ...")   # the claim's status, counts, headline and sentence
 
 An instrument turns a row into per-example values: learning (the learning tasks' headline metrics), source (the
 source benchmarks' headline metrics: the source score), source_loss (held-out source loss per document, weighted
@@ -27,6 +27,7 @@ from ftlab.report.select import Arm, Measured
 from ftlab.results.study import Study
 
 InstrumentName = Literal["learning", "source", "source_loss", "unique"]
+FORGETTING = ("source_loss", "source")  # the forgetting instruments, the one with power first
 INSTRUMENTS: dict[str, str] = {  # name -> what it measures, in words (the report's instrument table)
     "learning": "learning: the learning tasks' headline metric (higher = learned more)",
     "source": "source score: the source benchmarks' headline metric (lower = more forgotten)",
@@ -50,22 +51,6 @@ def _examples(m: Measured, instrument: str, study: Study) -> dict[str, dict[str,
     return {k: m.values(k) for k in keys if m.values(k)}
 
 
-def parts(study: Study, a: Arm, b: Arm, instrument: str) -> list[Part]:
-    """The paired parts (one per task both arms measured on every seed) over the documents all rows share."""
-    measured = [_examples(m, instrument, study) for m in a.rows + b.rows]
-    keys = sorted(set.intersection(*(set(e) for e in measured))) if measured else []
-    out = []
-    for key in keys:
-        docs = sorted(set.intersection(*(set(e[key]) for e in measured)))
-        if not docs:
-            continue
-        values = [np.array([e[key][d][0] for d in docs]) for e in measured]
-        weights = np.array([measured[0][key][d][1] for d in docs])
-        out.append(Part(np.stack(values[:len(a.rows)]), np.stack(values[len(a.rows):]),
-                        None if np.all(weights == 1.0) else weights))
-    return out
-
-
 def shared_values(study: Study, rows: list[Measured], instrument: str) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Per task every row measured: the values on the documents all rows share, (rows, n), and their weights (n,)
     (None when all are 1). What an arm's level resamples, and a sweep's bootstrap (every LR's rows at once)."""
@@ -79,6 +64,13 @@ def shared_values(study: Study, rows: list[Measured], instrument: str) -> list[t
             weights = np.array([measured[0][key][d][1] for d in docs])
             found.append((values, None if np.all(weights == 1.0) else weights))
     return found
+
+
+def parts(study: Study, a: Arm, b: Arm, instrument: str) -> list[Part]:
+    """The paired parts (one per task both arms measured on every seed) over the documents all rows share."""
+    n = len(a.rows)
+    return [Part(values[:n], values[n:], weights) for values, weights in shared_values(study, a.rows + b.rows,
+                                                                                         instrument)]
 
 
 def level(study: Study, arm: Arm, instrument: str) -> Interval | None:
@@ -191,3 +183,19 @@ class Claim:
                 "counts": self.counts, "mde": self.mde, "notes": self.notes,
                 "headline": self.headline.as_dict() if self.headline else None,
                 "comparisons": [c.as_dict() for c in self.comparisons]}
+
+
+def decided(claim: Claim, comparisons: list[Comparison | None], empty: str,
+            headline: Comparison | None = None) -> Claim:
+    """What every finding's check ends with: Claim.decide; where forgetting was read on both of its instruments,
+    how many comparisons each; the instrument the headline (and the MDE) is on, when the claim names none; and the
+    comparisons that contradict the paper, noted."""
+    claim.decide(comparisons, empty, headline)
+    used = {c.instrument for c in claim.comparisons}
+    if len(used & set(FORGETTING)) > 1:
+        n = {i: sum(c.instrument == i for c in claim.comparisons) for i in FORGETTING}
+        claim.sentence += (f" (forgetting read on the source loss in {n['source_loss']} comparisons, on the source "
+                           f"score in {n['source']} without per-document source loss)")
+    if claim.headline is not None and not claim.instrument:
+        claim.instrument = claim.headline.instrument
+    return claim.note_contradictions()

@@ -1,6 +1,7 @@
-"""A study's numbers as rows: one per (run, checkpoint), built from the results store (`Store.study()`).
+"""A study's numbers as rows: one per (run, checkpoint), loaded from the results store; the one way the report, the
+claims and the demo's summary get their numbers.
 
-    study = Store("studies/x/results.sqlite").study()
+    study = load_study(Store("studies/x/results.sqlite"))
     row = study.rows[0]
     row.learning, row.source, row.forgetting, row.values("source_loss/loss")
 
@@ -13,16 +14,20 @@ Words used the same way in code, store, report and README:
   forgetting, per document, with far less noise than benchmark accuracy.
 Rows compare only within a setting (regime, data and base model). Each row keeps its per-example values
 (`examples`), so two checkpoints evaluated on the same documents get paired intervals (ftlab.analysis.statistics).
+Derived numbers (learning, the source score, forgetting, the source loss, which checkpoints are duplicates) are
+computed here, when the store's records are loaded, and nowhere else.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ftlab.results.records import BASE, RUN_COLUMNS
+from ftlab.results.records import (BASE, AnalysisRecord, CheckpointRecord, CurvePoint, ExampleRecord, MetricRecord,
+                                   Note, RunRecord, SpectrumRecord, TaskRecord)
+from ftlab.results.store import Store
 
 
 @dataclass
@@ -201,7 +206,7 @@ class Study:
     bases: list[BaseResult] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # "runs/x/checkpoints/epochs-2: not evaluated", ...
     tasks: dict[str, TaskInfo] = field(default_factory=dict)
-    curves: dict[str, list[dict]] = field(default_factory=dict)  # run -> its logged steps {step, tokens, loss, ...}
+    curves: dict[str, list[CurvePoint]] = field(default_factory=dict)  # run -> its logged steps, in order
 
     def points(self) -> list[Row]:
         """The rows analyses use: all but duplicates (final/ saved at the same step as a listed checkpoint)."""
@@ -212,44 +217,37 @@ class Study:
         return next((b for b in self.bases if b.setting == setting and b.scores), None)
 
 
-# ----------------------------------------------------------------------------- the store's tables -> a Study
+# ----------------------------------------------------------------------------- the store's records -> a Study
 
 Key = tuple[str, str]  # (run, checkpoint)
 
 
-def read_study(db: sqlite3.Connection, root: str) -> Study:
-    tasks = _tasks(db)
-    runs = {row[0]: dict(zip(RUN_COLUMNS, row)) for row in db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs")}
-    scores, stderr = _metrics(db)
-    examples = _examples(db)
-    spectra = _spectra(db)
-    analyses = _analyses(db)
-    study = Study(root=root, tasks=tasks)
-    ckpts = db.execute("SELECT run, name, step, tokens, duration FROM checkpoints ORDER BY run, step, name")
+def load_study(store: Store, root: str | Path = "") -> Study:
+    """The Study in a store (root: the folder it describes, by default the store's own)."""
+    tasks = {t.task: TaskInfo(t.task, t.version, t.kind, t.role, t.metric)  # the latest version's role wins
+             for t in store.records(TaskRecord, order="task, version")}
+    runs = store.runs()
+    scores, stderr = _metrics(store.records(MetricRecord, order="run, checkpoint, task, metric"))
+    examples = _examples(store.records(ExampleRecord))
+    spectra = _spectra(store.records(SpectrumRecord, order="run, checkpoint, rowid"))
+    analyses: dict[Key, dict[str, dict]] = defaultdict(dict)
+    for a in store.records(AnalysisRecord):
+        analyses[a.run, a.checkpoint][a.kind] = json.loads(a.value)
+    study = Study(root=str(root or store.path.parent), tasks=tasks)
     rows: dict[str, list[Row]] = defaultdict(list)
-    for run, name, step, tokens, duration in ckpts:
-        key = (run, name)
-        if run.startswith(BASE + "/"):
-            study.bases.append(_base(run, runs[run]["setting"], scores.get(key, {}), stderr.get(key, {}),
+    for c in store.records(CheckpointRecord, order="run, step, name"):
+        key = (c.run, c.name)
+        if c.run.startswith(BASE + "/"):
+            study.bases.append(_base(c.run, runs[c.run].setting, scores.get(key, {}), stderr.get(key, {}),
                                      examples.get(key, {}), analyses.get(key, {}), tasks))
             continue
-        rec = runs[run]
-        row = Row(run=run, checkpoint=name, method=rec["method"], setting=rec["setting"], label=rec["label"],
-                  grp=rec["grp"],
-                  rank=rec["rank"], alpha=rec["alpha"], targets=rec["targets"] or "", variant=rec["variant"] or "",
-                  lr=rec["lr"], weight_decay=rec["weight_decay"] or 0.0,
-                  attention_dropout=rec["attention_dropout"] or 0.0, optimizer=rec["optimizer"] or "",
-                  seed=rec["seed"] or 0, regime=rec["regime"], duration=duration,
-                  duration_unit=rec["duration_unit"] or "epochs", step=step, tokens=tokens,
-                  scores=scores.get(key, {}), stderr=stderr.get(key, {}), examples=examples.get(key, {}),
-                  spectrum=spectra.get(key),
-                  cost=Cost(rec["wall_s"], rec["tokens_per_s"], rec["peak_memory_gb"], rec["device"] or "",
-                            rec["trainable_params"], rec["total_params"]))
+        row = _row(runs[c.run], c, scores.get(key, {}), stderr.get(key, {}), examples.get(key, {}),
+                   spectra.get(key))
         _measures(row, row.scores, tasks)
         extra = analyses.get(key, {})
         row.kl = extra.get("kl", {}).get("kl")
         row.diversity = _pick_diversity(extra, tasks)
-        rows[run].append(row)
+        rows[c.run].append(row)
     for run_rows in rows.values():
         _mark_duplicates(run_rows)
         study.rows.extend(run_rows)
@@ -261,46 +259,48 @@ def read_study(db: sqlite3.Connection, root: str) -> Study:
             row.base_source_loss = base.source_loss
             if row.source is not None and row.base_source is not None:
                 row.forgetting = row.base_source - row.source
-    for run, step, tokens, loss, eval_loss, lr in db.execute("SELECT * FROM curves ORDER BY run, step"):
-        study.curves.setdefault(run, []).append({"step": step, "tokens": tokens, "loss": loss, "eval_loss": eval_loss,
-                                                 "lr": lr})
-    study.missing = _missing(db, study, runs)
+    for point in store.records(CurvePoint, order="run, step"):
+        study.curves.setdefault(point.run, []).append(point)
+    study.missing = _missing(store.records(Note, order="source, text"), study, runs)
     return study
 
 
-def _tasks(db) -> dict[str, TaskInfo]:
-    out = {}
-    for task, version, kind, role, metric in db.execute("SELECT * FROM tasks ORDER BY task, version"):
-        out[task] = TaskInfo(task, version, kind, role, metric)  # the latest version's role wins
-    return out
+def _row(run: RunRecord, c: CheckpointRecord, scores, stderr, examples, spectrum) -> Row:
+    """A checkpoint's row: its run's configuration and its own numbers."""
+    return Row(run=c.run, checkpoint=c.name, method=run.method, setting=run.setting, label=run.label, grp=run.grp,
+               rank=run.rank, alpha=run.alpha, targets=run.targets or "", variant=run.variant or "", lr=run.lr,
+               weight_decay=run.weight_decay or 0.0, attention_dropout=run.attention_dropout or 0.0,
+               optimizer=run.optimizer or "", seed=run.seed or 0, regime=run.regime, duration=c.duration,
+               duration_unit=run.duration_unit or "epochs", step=c.step, tokens=c.tokens, scores=scores,
+               stderr=stderr, examples=examples, spectrum=spectrum,
+               cost=Cost(run.wall_s, run.tokens_per_s, run.peak_memory_gb, run.device or "", run.trainable_params,
+                         run.total_params))
 
 
-def _metrics(db) -> tuple[dict[Key, dict[str, float]], dict[Key, dict[str, float]]]:
+def _metrics(metrics: list[MetricRecord]) -> tuple[dict[Key, dict[str, float]], dict[Key, dict[str, float]]]:
     scores: dict[Key, dict[str, float]] = {}
     stderr: dict[Key, dict[str, float]] = {}
-    for run, ckpt, task, metric, value, err in db.execute(
-            "SELECT run, checkpoint, task, metric, value, stderr FROM metrics ORDER BY run, checkpoint, task, metric"):
-        if value is not None:
-            scores.setdefault((run, ckpt), {})[f"{task}/{metric}"] = value
-        if err is not None:
-            stderr.setdefault((run, ckpt), {})[f"{task}/{metric}"] = err
+    for m in metrics:
+        if m.value is not None:
+            scores.setdefault((m.run, m.checkpoint), {})[f"{m.task}/{m.metric}"] = m.value
+        if m.stderr is not None:
+            stderr.setdefault((m.run, m.checkpoint), {})[f"{m.task}/{m.metric}"] = m.stderr
     return scores, stderr
 
 
-def _examples(db) -> dict[Key, dict[str, dict[str, tuple[float, float]]]]:
+def _examples(examples: list[ExampleRecord]) -> dict[Key, dict[str, dict[str, tuple[float, float]]]]:
     out: dict[Key, dict[str, dict[str, tuple[float, float]]]] = {}
-    for run, ckpt, task, metric, doc, value, weight in db.execute("SELECT * FROM examples ORDER BY rowid"):
-        out.setdefault((run, ckpt), {}).setdefault(f"{task}/{metric}", {})[doc] = (value, weight)
+    for e in examples:
+        out.setdefault((e.run, e.checkpoint), {}).setdefault(f"{e.task}/{e.metric}", {})[e.doc] = (e.value, e.weight)
     return out
 
 
-def _spectra(db) -> dict[Key, Spectrum]:
+def _spectra(spectra: list[SpectrumRecord]) -> dict[Key, Spectrum]:
     matrices: dict[Key, list[MatrixSpectrum]] = defaultdict(list)
-    query = ("SELECT run, checkpoint, matrix, layer, module, rows, cols, k90, k90_frac, rel_change, intruders, "
-             "k90_base, k90_finetuned, k90_gaussian, singular_values FROM spectra ORDER BY run, checkpoint, rowid")
-    for run, ckpt, name, layer, module, m, n, k90, frac, rel, intr, kb, kf, kg, sv in db.execute(query):
-        matrices[run, ckpt].append(MatrixSpectrum(name, layer, module or "", [m, n], k90, frac, kb, kf, kg, rel, intr,
-                                                  json.loads(sv) if sv else None))
+    for s in spectra:
+        matrices[s.run, s.checkpoint].append(MatrixSpectrum(
+            s.matrix, s.layer, s.module or "", [s.rows, s.cols], s.k90, s.k90_frac, s.k90_base, s.k90_finetuned,
+            s.k90_gaussian, s.rel_change, s.intruders, json.loads(s.singular_values) if s.singular_values else None))
     out = {}
     for key, ms in matrices.items():
         rel = [m.rel_change for m in ms if m.rel_change is not None]
@@ -308,13 +308,6 @@ def _spectra(db) -> dict[Key, Spectrum]:
         out[key] = Spectrum(sum(m.k90 for m in ms) / len(ms), sum(m.k90_frac for m in ms) / len(ms),
                             sum(rel) / len(rel) if rel else None,
                             None if any(i is None for i in intruders) else sum(intruders), ms)
-    return out
-
-
-def _analyses(db) -> dict[Key, dict[str, dict]]:
-    out: dict[Key, dict[str, dict]] = defaultdict(dict)
-    for run, ckpt, kind, value in db.execute("SELECT * FROM analyses"):
-        out[run, ckpt][kind] = json.loads(value)
     return out
 
 
@@ -373,17 +366,17 @@ def _mark_duplicates(rows: list[Row]) -> None:
         final.duplicate_of = twin.checkpoint
 
 
-def _missing(db, study: Study, runs: dict[str, dict]) -> list[str]:
+def _missing(notes: list[Note], study: Study, runs: dict[str, RunRecord]) -> list[str]:
     """What the report should say is absent, in a stable order."""
-    out = [f"{source}: {text}" for source, text in db.execute("SELECT source, text FROM notes ORDER BY source, text")]
+    out = [f"{n.source}: {n.text}" for n in notes]
     indexed = {r.run for r in study.rows}
     for name, rec in sorted(runs.items()):
         if name.startswith(BASE + "/"):
             continue
-        if rec["status"] == "failed":
-            out.append(f"{name}: failed ({rec['reason']})")
+        if rec.status == "failed":
+            out.append(f"{name}: failed ({rec.reason})")
         elif name not in indexed:
-            out.append(f"{name}: {rec['status']}, no checkpoint measured yet")
+            out.append(f"{name}: {rec.status}, no checkpoint measured yet")
     for r in study.points():
         where = f"{r.run}/{r.checkpoint}"
         if r.learning is None:

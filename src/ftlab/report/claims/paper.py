@@ -22,11 +22,10 @@ import numpy as np
 
 from ftlab.analysis.statistics import Interval, spearman_interval, t975
 from ftlab.report.select import Arm, arms_by_kind, rank_ladder, sorted_arms
-from ftlab.report.verdicts import Claim, Comparison, compare
-from ftlab.results.study import Row, Study
+from ftlab.report.verdicts import FORGETTING, Claim, Comparison, compare, decided
+from ftlab.results.study import Study
 
 PAPER = "Biderman et al. 2024"
-FORGETTING = ("source_loss", "source")  # the forgetting instruments, the one with power first
 RANK_SHARE = 50  # delta_rank counts LoRA ranks r <= width / 50 (the paper's 16 and 64 of 4096: 0.4% and 1.6%)
 
 
@@ -34,11 +33,8 @@ RANK_SHARE = 50  # delta_rank counts LoRA ranks r <= width / 50 (the paper's 16 
 
 
 def _at(study: Study, arm: Arm) -> str:
-    """"2 epochs", "262,144 tokens" (with the setting when the study has several)."""
-    first, d = arm.rows[0], arm.duration
-    unit = first.duration_unit if isinstance(first, Row) else ""
-    text = "-" if d is None else f"{d:,.0f} {unit}" if unit == "tokens" else f"{d:g} {unit}"
-    return text if len({r.setting for r in study.rows}) < 2 else f"{text}, {arm.setting}"
+    """An arm's duration in words (select.duration_text), with its setting when the study has several."""
+    return arm.when if len({r.setting for r in study.rows}) < 2 else f"{arm.when}, {arm.setting}"
 
 
 def _value(arm: Arm, instrument: str) -> float | None:
@@ -74,20 +70,6 @@ def _headline(comparisons: list[Comparison | None], prefer: tuple[str, ...] = FO
     return None
 
 
-def _decided(claim: Claim, comparisons: list[Comparison | None], empty: str,
-             headline: Comparison | None = None) -> Claim:
-    """Claim.decide, then the instruments used (where forgetting was read on both) and the contradictions noted."""
-    claim.decide(comparisons, empty, headline)
-    used = {c.instrument for c in claim.comparisons}
-    if len(used & set(FORGETTING)) > 1:
-        n = {i: sum(c.instrument == i for c in claim.comparisons) for i in FORGETTING}
-        claim.sentence += (f" (forgetting read on the source loss in {n['source_loss']} comparisons, on the source "
-                           f"score in {n['source']} without per-document source loss)")
-    if claim.headline is not None:  # what the headline and the MDE are on
-        claim.instrument = claim.headline.instrument
-    return claim.note_contradictions()
-
-
 def _empty(pairs: int, what: str, instrument: str) -> str:
     """The "not enough data" sentence: nothing to pair, or pairs without shared per-example values."""
     if not pairs:
@@ -115,7 +97,7 @@ def learns_less(study: Study) -> Claim:
                   MATCHED + "the learning score's difference LoRA - full FT over the learning tasks' documents "
                   "(paired bootstrap, 95%); agree if the interval lies below 0, disagree if above.", "learning")
     pairs = _lora_vs_full(study)
-    return _decided(claim, [_compare(study, f, lo, "learning", -1, what) for f, lo, what in pairs],
+    return decided(claim, [_compare(study, f, lo, "learning", -1, what) for f, lo, what in pairs],
                     _empty(len(pairs), NO_PAIR, "learning"))
 
 
@@ -126,7 +108,7 @@ def forgets_less(study: Study) -> Claim:
                   "(paired bootstrap, 95%); agree if the interval lies above 0 (LoRA kept more), disagree if below.",
                   "source")
     pairs = _lora_vs_full(study)
-    return _decided(claim, [_compare(study, f, lo, "source", +1, what) for f, lo, what in pairs],
+    return decided(claim, [_compare(study, f, lo, "source", +1, what) for f, lo, what in pairs],
                     _empty(len(pairs), NO_PAIR, "source score"))
 
 
@@ -137,7 +119,7 @@ def forgets_less_loss(study: Study) -> Claim:
                   "by their tokens (paired bootstrap, 95%); agree if the interval lies below 0 (LoRA's loss rose "
                   "less), disagree if above.", "source_loss")
     pairs = _lora_vs_full(study)
-    return _decided(claim, [_compare(study, f, lo, "source_loss", -1, what) for f, lo, what in pairs],
+    return decided(claim, [_compare(study, f, lo, "source_loss", -1, what) for f, lo, what in pairs],
                     _empty(len(pairs), NO_PAIR, "source loss"))
 
 
@@ -156,7 +138,7 @@ def forgetting_grows_with_duration(study: Study) -> Claim:
             ladders.setdefault(key[:4], []).append(arm)
     pairs = [(a, b) for ladder in ladders.values() for a, b in zip(ladder, ladder[1:])]
     comparisons = [_forgets(study, a, b, +1, f"{b.label} at {_at(study, b)} vs {_at(study, a)}") for a, b in pairs]
-    return _decided(claim, comparisons, _empty(len(pairs), "no configuration evaluated at two durations",
+    return decided(claim, comparisons, _empty(len(pairs), "no configuration evaluated at two durations",
                                                "source loss or source score"), _headline(comparisons))
 
 
@@ -171,7 +153,7 @@ def forgetting_ordered_by_rank(study: Study) -> Claim:
         ladder = rank_ladder(kinds["lora"]) + kinds["full"]
         pairs += zip(ladder, ladder[1:])
     comparisons = [_forgets(study, a, b, +1, f"{b.label} vs {a.label} at {_at(study, b)}") for a, b in pairs]
-    return _decided(claim, comparisons, _empty(len(pairs), "no duration with two LoRA ranks, or a LoRA rank and "
+    return decided(claim, comparisons, _empty(len(pairs), "no duration with two LoRA ranks, or a LoRA rank and "
                                                "plain full FT, evaluated", "source loss or source score"),
                     _headline(comparisons))
 
@@ -226,7 +208,7 @@ def regularization(study: Study) -> Claim:
     empty = ("not enough data: no full-FT run with weight decay or attention dropout above plain full FT's"
              if not regularized else "not enough data: no plain full FT (with a base model) or LoRA evaluated at "
              "the regularized runs' durations, with per-example values on shared documents")
-    return _decided(claim, equivalence + lora_less, empty, _headline(lora_less) or _headline(
+    return decided(claim, equivalence + lora_less, empty, _headline(lora_less) or _headline(
         equivalence, ("learning",)))
 
 
@@ -257,7 +239,7 @@ def diversity(study: Study) -> Claim:
     if no_base:
         claim.notes.append("the base model's diversity is not measured (in some setting): finetuned against base "
                            "not compared there")
-    return _decided(claim, comparisons, _empty(pairs, "no diversity to compare: a full-FT and a LoRA checkpoint "
+    return decided(claim, comparisons, _empty(pairs, "no diversity to compare: a full-FT and a LoRA checkpoint "
                                                "of one duration, or a checkpoint and the base", "unique-output"))
 
 
@@ -301,11 +283,11 @@ def delta_rank(study: Study) -> Claim:
             c = _k90_against(arm, rank, width, f"{arm.label} at {_at(study, arm)} vs r={rank}")
             (comparisons if rank <= width / RANK_SHARE else reported).append(c)
     if not comparisons and not reported:
-        return _decided(claim, [], "not enough data: " + ("no full-FT checkpoint has a spectrum" if not full else
+        return decided(claim, [], "not enough data: " + ("no full-FT checkpoint has a spectrum" if not full else
                                                           "no LoRA run in a setting with a full-FT spectrum"))
     counted = [c for c in comparisons if c.detail["lora_rank"] == max(x.detail["lora_rank"] for x in comparisons)]
     headline = min(counted, key=lambda c: (c.detail["duration"] or 0.0)) if counted else None
-    _decided(claim, comparisons, f"not enough data: every LoRA rank is above width/{RANK_SHARE}, "
+    decided(claim, comparisons, f"not enough data: every LoRA rank is above width/{RANK_SHARE}, "
              "so none is counted", headline)
     k90s = [c.detail["k90"] for c in comparisons + reported]
     claim.sentence += f"; full FT's mean k90 {min(k90s):.3g}-{max(k90s):.3g}"
@@ -353,7 +335,7 @@ def kl_predicts_forgetting(study: Study) -> Claim:
         comparisons.append(Comparison(f"KL vs {measure} over {len(kl)} checkpoints ({setting})", "rho", +1, rho,
                                       rho.verdict(+1), {"setting": setting, "forgetting": measure,
                                                         "checkpoints": len(kl)}))
-    return _decided(claim, comparisons, f"not enough data: fewer than {MIN_CHECKPOINTS} checkpoints with KL and "
+    return decided(claim, comparisons, f"not enough data: fewer than {MIN_CHECKPOINTS} checkpoints with KL and "
                     "forgetting measured per setting (" + (", ".join(short) or "no checkpoints") + ")",
                     max(comparisons, key=lambda c: c.interval.n) if comparisons else None)
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ftlab.analysis.statistics import BLOCK, LEVEL, N_BOOT, SEED, Interval
-from ftlab.report.claims.sweeps import (SHARE, TOL, best_lr_draws, bootstrap_comparison, decided, edge_note,
-                                        grid_note, target_comparisons)
+from ftlab.report.claims.sweeps import (SHARE, TOL, best_lr_draws, bootstrap_comparison, edge_note, grid_note,
+                                        target_comparisons)
 from ftlab.report.select import LrSweep, analysed, best_lr_rows, lr_sweeps, plain_full, plain_lora
-from ftlab.report.verdicts import Claim, Comparison
+from ftlab.report.verdicts import Claim, Comparison, decided
 from ftlab.results.study import Row, Study
 
 REGRET = "Schulman et al. 2025"
@@ -106,7 +106,7 @@ def group_curve(study: Study, rows: list[Row]) -> Curve | None:
     curves = []
     for _, runs in sorted(by_seed.items()):
         for r in sorted(runs, key=lambda r: -np.inf if r.duration is None else r.duration, reverse=True):
-            points = {p["step"]: p["loss"] for p in study.curves.get(r.run, []) if p.get("loss") is not None}
+            points = {p.step: p.loss for p in study.curves.get(r.run, []) if p.loss is not None}
             if points:
                 curves.append(points)
                 break

@@ -23,31 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ftlab.analysis.statistics import BLOCK, LEVEL, N_BOOT, SEED, Interval
-from ftlab.report.select import (Arm, LrSweep, analysed, arms, best_lr_rows, lr_sweeps, plain_full, plain_lora)
-from ftlab.report.verdicts import Claim, Comparison, compare, shared_values
+from ftlab.report.select import LrSweep, analysed, arms, best_lr_rows, lr_sweeps, plain_full, plain_lora
+from ftlab.report.verdicts import Claim, Comparison, compare, decided, shared_values
 from ftlab.results.study import Row, Study
 
 PAPER = "Biderman et al. 2024"
 BAND = (3.0, 30.0)  # "about 10x": within half an order of magnitude of it
 TOL = 1e-9  # relative tolerance for LR ratios and budgets written in decimal (5e-4 / 5e-5, T / 4)
 SHARE = 0.95  # a bootstrap verdict needs this share of its replicates on one side
-
-
-# ----------------------------------------------------------------------------- shared by the sweeps' checks
-
-
-def at(arm: Arm) -> str:
-    """"2 epochs", "262,144 tokens": an arm's duration in words."""
-    first, d = arm.rows[0], arm.duration
-    if d is None:
-        return "-"
-    return f"{d:,.0f} tokens" if first.duration_unit == "tokens" else f"{d:g} {first.duration_unit}"
-
-
-def decided(claim: Claim, comparisons: list[Comparison | None], empty: str,
-            headline: Comparison | None = None) -> Claim:
-    """Claim.decide, then where the study contradicts the paper."""
-    return claim.decide(comparisons, empty, headline).note_contradictions()
 
 
 # ----------------------------------------------------------------------------- the uncertainty of a best LR
@@ -194,7 +177,7 @@ def alpha_2r_best(study: Study) -> Claim:
             continue
         for alpha, arm in sorted((a, arm) for a, arm in by_alpha.items() if arm is not two_r and a is not None):
             comparisons.append(compare(study, arm, two_r, "learning", +1,
-                                       f"LoRA r={rank} α={2 * rank:g} (2r) vs α={alpha:g} at {at(arm)}",
+                                       f"LoRA r={rank} α={2 * rank:g} (2r) vs α={alpha:g} at {arm.when}",
                                        alpha=alpha, rank=rank, targets=dict(held)["targets"]))
     return decided(claim, comparisons, "not enough data: needs LoRA runs of one rank, setting and duration with "
                    "several alphas, 2r among them, and per-example learning values")
@@ -215,7 +198,7 @@ def target_comparisons(study: Study, against: tuple[str, ...]) -> list[Compariso
         for other in (t for t in against if attn is not None and t in by_targets):
             comparisons.append(compare(study, by_targets[other], attn, "learning", -1,
                                        f"LoRA r={dict(held)['rank']} attention-only vs {other} at "
-                                       f"{at(attn)} ({attn.setting})", targets=other, rank=dict(held)["rank"]))
+                                       f"{attn.when} ({attn.setting})", targets=other, rank=dict(held)["rank"]))
     return comparisons
 
 
@@ -277,16 +260,16 @@ def _regime_pairs(study: Study, rows: list[Row], ift: str, cpt: str, missing: li
         for a in by[ift][group]:
             tokens = a.rows[0].tokens
             if tokens is None:
-                missing.append(f"{group[0]} IFT at {at(a)}: its tokens are unknown")
+                missing.append(f"{group[0]} IFT at {a.when}: its tokens are unknown")
                 continue
             later = [c for c in by[cpt][group] if (c.rows[0].tokens or 0) >= tokens]
             if not later:
                 most = max(c.rows[0].tokens or 0 for c in by[cpt][group])
-                missing.append(f"{group[0]}: no CPT checkpoint trained on as many tokens as IFT at {at(a)} "
+                missing.append(f"{group[0]}: no CPT checkpoint trained on as many tokens as IFT at {a.when} "
                                f"({tokens:,}; CPT reached {most:,})")
                 continue
             for c in sorted(later, key=lambda c: c.rows[0].tokens):
-                what = f"{group[0]}: IFT {at(a)} ({tokens:,} tokens) vs CPT {at(c)}"
+                what = f"{group[0]}: IFT {a.when} ({tokens:,} tokens) vs CPT {c.when}"
                 detail = {"ift_setting": ift, "cpt_setting": cpt, "ift_tokens": tokens,
                           "cpt_tokens": c.rows[0].tokens, "group": group[0]}
                 out.append(compare(study, c, a, "source_loss", +1, what, **detail)
@@ -353,17 +336,17 @@ def _long_budget(study: Study, rows: list[Row], missing: list[str]) -> Compariso
     short = [d for d in budgets if d <= long.duration / 4 * (1 + TOL)]
     if not short:
         missing.append(f"{long.setting}: no full-FT budget <= T/4 = {long.duration / 4:,.0f} (LoRA r={top} at "
-                       f"{at(long)}; full FT at {', '.join(at(a) for a in budgets.values())})")
+                       f"{long.when}; full FT at {', '.join(a.when for a in budgets.values())})")
         return None
     t_short = max(short)
     upper = [d for d in budgets if t_short < d <= long.duration * (1 + TOL)]
     if not upper:
-        missing.append(f"{long.setting}: full FT has no budget between {at(budgets[t_short])} and {at(long)} to "
+        missing.append(f"{long.setting}: full FT has no budget between {budgets[t_short].when} and {long.when} to "
                        "size the margin with")
         return None
     gain = compare(study, budgets[t_short], budgets[max(upper)], "learning", +1)
     c = compare(study, budgets[t_short], long, "learning", +1,
-                f"LoRA r={top} at {at(long)} vs full FT at {at(budgets[t_short])} ({long.setting})")
+                f"LoRA r={top} at {long.when} vs full FT at {budgets[t_short].when} ({long.setting})")
     if c is None or gain is None:
         missing.append(f"{long.setting}: no per-example learning values shared by the arms")
         return None
