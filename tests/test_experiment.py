@@ -457,7 +457,10 @@ def test_sigkill_at_every_stage_resumes_to_the_uninterrupted_results(reference, 
     proc = start(exp, out, log)
     kill_when(proc, lambda: any("loss" in r for r in records(first / "metrics.jsonl")), log)
     assert not (first / "final").exists()
-    assert [(r["run"], r["status"]) for r in study_status(out) if r["status"] != "left"] == [(IFT_FULL, "interrupted")]
+    rows = study_status(out)  # every planned run is in the store from the start
+    assert {r["run"] for r in rows} == {p.name for p in reference[2]}
+    assert [(r["run"], r["status"], r["phase"]) for r in rows if r["status"] != "left"] == [
+        (IFT_FULL, "interrupted", "training")]
 
     # (a') mid-training of a CPT long run, past the state its branch restarts from (step 5 of 20; step 6 is logged
     # after it is kept)
@@ -470,12 +473,15 @@ def test_sigkill_at_every_stage_resumes_to_the_uninterrupted_results(reference, 
     proc = start(exp, out, log)
     kill_when(proc, lambda: (long / "final" / "eval.json").exists(), log)
     assert (LONG["full"], "final") not in {(r, c) for r, c, *_ in dump(out)["checkpoints"]}
+    stopped = next(r for r in study_status(out) if r["run"] == LONG["full"])
+    assert (stopped["status"], stopped["phase"]) == ("interrupted", "evaluating") and "step" not in stopped
 
     # (c) mid-analysis: a checkpoint's spectrum is written, its KL not yet
     spectra = checkpoint_files(out, "spectrum.json")
     proc = start(exp, out, log)
     kill_when(proc, lambda: checkpoint_files(out, "spectrum.json") - spectra, log)
     assert len(dump(out)["analyses"]) < len(dump(ref_out)["analyses"])
+    assert "analysing" in {r["phase"] for r in study_status(out)}
 
     proc = start(exp, out, log)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
@@ -535,9 +541,13 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, capsys):
     assert "DataError" in (out / "runs" / "long/full/epochs-1" / "failure.txt").read_text()
 
     capsys.readouterr()
+    for name in ("short", "long"):  # the data is no longer there: status reads the store alone
+        (tmp_path / f"{name}.jsonl").rename(tmp_path / f"{name}.moved")
     assert main(["status", str(out)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "long/full/epochs-1" in x)
     assert "failed" in line and "no training examples" in line
+    for name in ("short", "long"):
+        (tmp_path / f"{name}.moved").rename(tmp_path / f"{name}.jsonl")
 
     # without --retry-failed the failed run is left alone; with it, it is tried again (and fails again)
     run_experiment(exp, out, report=False)

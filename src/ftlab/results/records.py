@@ -2,7 +2,8 @@
 generated from them (`create_sql`): a field's type is its column's (str TEXT, int INTEGER, float REAL; `| None`
 nullable, anything else NOT NULL), the class's KEY its primary key. ftlab.results.index fills the records from the
 artefacts, ftlab.results.store writes and reads them, ftlab.results.study turns them into a Study. Adding a measured
-field is a field here, the line of index.py that fills it and the line of study.py that reads it.
+field is a field here (and SCHEMA_VERSION up by one), the line of index.py that fills it and the line of study.py
+that reads it.
 
 A field marked volatile differs from one run of the same study to the next (times, speeds, paths): Store.dump
 leaves it out when comparing two studies.
