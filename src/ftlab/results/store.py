@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ftlab.errors import FtlabError
-from ftlab.results.records import (FINISHED, PER_CHECKPOINT, PLANNED, RUN_COST, SCHEMA, SCHEMA_VERSION, TABLES,
+from ftlab.results.records import (PER_CHECKPOINT, PLANNED, RUN_COST, SCHEMA, SCHEMA_VERSION, TABLES,
                                    CheckpointRecord, CheckpointResult, CurvePoint, Meta, Note, RunRecord, columns, row,
                                    volatile_columns)
 
@@ -34,6 +34,14 @@ R = TypeVar("R")
 def _insert(record, verb: str = "INSERT") -> tuple[str, tuple]:
     table = type(record)
     return f"{verb} INTO {table.TABLE} VALUES ({','.join('?' * len(columns(table)))})", row(record)
+
+
+def _upsert(record) -> tuple[str, tuple]:
+    """Insert, or update the row of the same key in place (it keeps its place: a study's runs stay in plan order)."""
+    sql, values = _insert(record)
+    table = type(record)
+    update = ", ".join(f"{c}=excluded.{c}" for c in columns(table) if c not in table.KEY)
+    return f"{sql} ON CONFLICT({', '.join(table.KEY)}) DO UPDATE SET {update}", values
 
 
 class Store:
@@ -83,15 +91,16 @@ class Store:
         """A run's row, replacing the one of that name; the cost of its training (put_cost) is kept."""
         old = self.records(RunRecord, "name=?", (record.name,))
         kept = {k: getattr(old[0], k) for k in RUN_COST} if old else {}
-        self._tx([_insert(replace(record, **kept, updated=time.time()), "INSERT OR REPLACE")])
+        self._tx([_upsert(replace(record, **kept, updated=time.time()))])
 
     def put_planned(self, records: list[RunRecord]) -> None:
-        """The rows of runs not started yet (status left or waiting), in one transaction: written where the store has
-        no row of that name or one that is itself only planned; a run that has started keeps its row."""
+        """The rows of runs not started yet (status left or waiting), in one transaction and in their order: written
+        where the store has no row of that name or one that is itself only planned; a run that has started keeps its
+        row."""
         runs, now = self.runs(), time.time()
         changed = [r for r in records if r.name not in runs or runs[r.name].status in PLANNED
                    and row(replace(runs[r.name], updated=None)) != row(r)]
-        new = [_insert(replace(r, updated=now), "INSERT OR REPLACE") for r in changed]
+        new = [_upsert(replace(r, updated=now)) for r in changed]
         if new:
             self._tx(new)
 
@@ -134,17 +143,14 @@ class Store:
         return found[0].value if found else None
 
     def runs(self) -> dict[str, RunRecord]:
-        return {r.name: r for r in self.records(RunRecord, order="name")}
+        """name -> its row, in the order the rows were first written (a study's: its plan's)."""
+        return {r.name: r for r in self.records(RunRecord)}
 
     def has_checkpoint(self, run: str, name: str) -> bool:
         return bool(self.records(CheckpointRecord, "run=? AND name=?", (run, name)))
 
     def checkpoint_counts(self) -> dict[str, int]:
         return dict(self.db.execute(f"SELECT run, COUNT(*) FROM {CheckpointRecord.TABLE} GROUP BY run"))
-
-    def finished(self) -> set[str]:
-        """The runs the study is through with (done or failed)."""
-        return {name for name, r in self.runs().items() if r.status in FINISHED}
 
     def dump(self, volatile: bool = False) -> dict[str, list[tuple]]:
         """Every table's rows, sorted; without the volatile columns (times, speeds, paths) unless asked. Without
