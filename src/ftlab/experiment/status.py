@@ -160,7 +160,7 @@ def print_status(out: str | Path) -> int:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     print(f"ftlab status: {Path(out)}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
           + f" | {study_eta(out)}")
-    width = max(len(r["run"]) for r in rows)
+    width, status_width = max(len(r["run"]) for r in rows), max(len(r["status"]) for r in rows)
     for r in rows:
         extra = ""
         if r["status"] == "interrupted":
@@ -172,7 +172,7 @@ def print_status(out: str | Path) -> int:
         elif r.get("tokens_per_s"):
             extra += f" | {r['tokens_per_s']:,.0f} tok/s"
         reason = f" | {r['reason']}" if r.get("reason") else ""
-        print(f"  {r['run']:<{width}}  {r['status']:<11} checkpoints {r['checkpoints']}{extra}{reason}")
+        print(f"  {r['run']:<{width}}  {r['status']:<{status_width}}  checkpoints {r['checkpoints']}{extra}{reason}")
     return 0
 
 
