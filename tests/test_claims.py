@@ -8,9 +8,9 @@ import zlib
 import numpy as np
 import pytest
 
-from ftlab.report import findings_paper
+from ftlab.report.claims import paper as findings_paper
 from ftlab.report.claims import CHECKS, Claim, check_claims
-from ftlab.results.rows import BaseResult, Diversity, MatrixSpectrum, Row, Spectrum, Study, TaskInfo
+from ftlab.results.study import BaseResult, Diversity, MatrixSpectrum, Row, Spectrum, Study, TaskInfo
 
 SETTING = "ift: math @ tiny"
 N, PROBLEMS = 300, 60

@@ -65,7 +65,7 @@ def test_interleaved_problems_are_grouped_and_bad_files_are_named(tmp_path):
     samples.mkdir(parents=True)
     rows = [rec("A", "a", True), rec("A", "b", True), rec("B", "c", False), rec("C", "d", True), rec("C", "e", True)]
     (samples / "humaneval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(FtlabError, match=r"humaneval\.jsonl:3: problem B has 1 samples, but the first .* has 2"):
+    with pytest.raises(FtlabError, match=r"humaneval\.jsonl:3: problem B has 1 samples"):
         diversity_of(tmp_path / "ckpt", "humaneval")
     greedy = {"id": "math:heldout:1", "prompt": "Q", "completion": "#### 4", "extracted_strict": "4", "gold": "4"}
     (samples / "math.jsonl").write_text(json.dumps(greedy) + "\n")

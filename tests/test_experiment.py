@@ -29,7 +29,9 @@ from ftlab.errors import ConfigError, FtlabError
 from ftlab.experiment.spec import load_experiment, parse_experiment, plan_runs, same_training
 from ftlab.experiment.status import study_status
 from ftlab.results.store import Store
-from ftlab.experiment.study import LOCK, _check_tasks, run_experiment, sweep_picks
+from ftlab.results.study import load_study
+from ftlab.experiment.study import check_tasks, run_experiment, sweep_picks
+from ftlab.rundir import StudyLayout
 from ftlab.optim import lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +112,7 @@ def records(path: Path) -> list[dict]:
 
 # ----------------------------------------------------------------------------- 1. the paper presets
 
-# PAPER.md's grid: seq len, global batch, LR per method, durations.
+# The paper's grid (Biderman et al. 2024): seq len, global batch, LR per method, durations.
 CPT_BUDGETS = [2.5e8, 5e8, 1e9, 2e9, 4e9, 8e9, 1.6e10, 2e10]
 PAPER = {
     "code-ift": dict(regime="ift", seq_len=4096, batch=192, wd=0.0, durations=[1, 2, 4, 8, 16],
@@ -126,7 +128,7 @@ PAPER = {
 
 def preset(name: str, tmp_path: Path):
     exp = load_experiment(ROOT / "configs" / "paper" / f"{name}.yaml")
-    _check_tasks(exp)  # the task names resolve, as `ftlab run` checks before training
+    check_tasks(exp)  # the task names resolve, as `ftlab run` checks before training
     return plan_runs(exp, tmp_path)
 
 
@@ -313,7 +315,7 @@ def test_bad_input_fails_before_any_training(case, tmp_path, capsys):
     with pytest.raises(FtlabError, match=message):  # the checks `ftlab run` makes before anything else
         spec = load_experiment(exp)
         plan_runs(spec, out)
-        _check_tasks(spec)
+        check_tasks(spec)
     with pytest.raises(FtlabError, match=message):
         run_experiment(exp, out)
     capsys.readouterr()
@@ -358,7 +360,7 @@ def test_study_end_to_end_and_a_second_run_trains_nothing(reference, capsys):
     try:
         runs = store.runs()
         assert set(runs) == {p.name for p in plans} | {"(base)/math-ift", "(base)/code-cpt"}
-        assert {n: (r["status"], r["reason"]) for n, r in runs.items()} == {n: ("done", None) for n in runs}
+        assert {n: (r.status, r.reason) for n, r in runs.items()} == {n: ("done", None) for n in runs}
         checkpoints = store.db.execute("SELECT run, name, duration, step, tokens FROM checkpoints").fetchall()
         metrics = store.db.execute("SELECT run, checkpoint, task, value FROM metrics").fetchall()
         spectra = store.db.execute("SELECT run, checkpoint, k90, rows, cols FROM spectra").fetchall()
@@ -455,7 +457,10 @@ def test_sigkill_at_every_stage_resumes_to_the_uninterrupted_results(reference, 
     proc = start(exp, out, log)
     kill_when(proc, lambda: any("loss" in r for r in records(first / "metrics.jsonl")), log)
     assert not (first / "final").exists()
-    assert [(r["run"], r["status"]) for r in study_status(out) if r["status"] != "left"] == [(IFT_FULL, "interrupted")]
+    rows = study_status(out)  # every planned run is in the store from the start
+    assert {r["run"] for r in rows} == {p.name for p in reference[2]}
+    assert [(r["run"], r["status"], r["phase"]) for r in rows if r["status"] != "left"] == [
+        (IFT_FULL, "interrupted", "training")]
 
     # (a') mid-training of a CPT long run, past the state its branch restarts from (step 5 of 20; step 6 is logged
     # after it is kept)
@@ -468,12 +473,15 @@ def test_sigkill_at_every_stage_resumes_to_the_uninterrupted_results(reference, 
     proc = start(exp, out, log)
     kill_when(proc, lambda: (long / "final" / "eval.json").exists(), log)
     assert (LONG["full"], "final") not in {(r, c) for r, c, *_ in dump(out)["checkpoints"]}
+    stopped = next(r for r in study_status(out) if r["run"] == LONG["full"])
+    assert (stopped["status"], stopped["phase"]) == ("interrupted", "evaluating") and "step" not in stopped
 
     # (c) mid-analysis: a checkpoint's spectrum is written, its KL not yet
     spectra = checkpoint_files(out, "spectrum.json")
     proc = start(exp, out, log)
     kill_when(proc, lambda: checkpoint_files(out, "spectrum.json") - spectra, log)
     assert len(dump(out)["analyses"]) < len(dump(ref_out)["analyses"])
+    assert "analysing" in {r["phase"] for r in study_status(out)}
 
     proc = start(exp, out, log)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
@@ -525,7 +533,7 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, capsys):
     exp.write_text(FAILING)
     run_experiment(exp, out, report=False)
     runs = store_runs(out)
-    status = {name: (r["status"], r["reason"]) for name, r in runs.items()}
+    status = {name: (r.status, r.reason) for name, r in runs.items()}
     assert status["short/full/epochs-1"] == ("done", None)
     assert status["long/full/epochs-1"][0] == "failed"
     reason = status["long/full/epochs-1"][1]
@@ -533,9 +541,13 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, capsys):
     assert "TrainingError" in (out / "runs" / "long/full/epochs-1" / "failure.txt").read_text()
 
     capsys.readouterr()
+    for name in ("short", "long"):  # the data is no longer there: status reads the store alone
+        (tmp_path / f"{name}.jsonl").rename(tmp_path / f"{name}.moved")
     assert main(["status", str(out)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "long/full/epochs-1" in x)
     assert "failed" in line and "non-finite loss" in line
+    for name in ("short", "long"):
+        (tmp_path / f"{name}.moved").rename(tmp_path / f"{name}.jsonl")
 
     # without --retry-failed the failed run is left alone; with it, it is tried again (and fails again)
     run_experiment(exp, out, report=False)
@@ -544,13 +556,13 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, capsys):
     run_experiment(exp, out, report=False, retry_failed=True)
     assert "[2/2] long/full/epochs-1" in capsys.readouterr().out
     again = store_runs(out)
-    assert (again["long/full/epochs-1"]["status"], again["long/full/epochs-1"]["reason"]) == status["long/full/epochs-1"]
-    assert again["long/full/epochs-1"]["updated"] > runs["long/full/epochs-1"]["updated"]  # updated: tried again
+    assert (again["long/full/epochs-1"].status, again["long/full/epochs-1"].reason) == status["long/full/epochs-1"]
+    assert again["long/full/epochs-1"].updated > runs["long/full/epochs-1"].updated  # updated: tried again
     assert again["short/full/epochs-1"] == runs["short/full/epochs-1"]
 
 
-def store_runs(out: Path) -> dict[str, dict]:
-    """The study's runs table by name, every column."""
+def store_runs(out: Path) -> dict:
+    """The study's runs table by name (RunRecord), every column."""
     with Store(out / "results.sqlite") as store:
         return store.runs()
 
@@ -562,7 +574,7 @@ def store_runs(out: Path) -> dict[str, dict]:
 def test_a_second_runner_and_another_experiment_are_refused(reference, tmp_path, capsys):
     exp, out, _ = reference
     before = dump(out, volatile=True)
-    with open(out / LOCK, "a") as held:
+    with open(StudyLayout(out).lock, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `ftlab run` holds it
         with pytest.raises(FtlabError, match="in use"):
             run_experiment(exp, out)
@@ -674,14 +686,14 @@ def test_the_grid_trains_at_the_lr_its_sweep_picked(tmp_path, capsys):
         "math-ift/lora-r2/lr0.0001/epochs-0.005", "math-ift/lora-r2/lr0.03/epochs-0.005"]
     run_experiment(exp, out, report=False)
     with Store(out / "results.sqlite") as store:
-        study, runs = store.study(), store.runs()
+        study, runs = load_study(store), store.runs()
         picks = sweep_picks(store, first)
     swept = {(r.label, r.lr): r.learning for r in study.points() if r.grp == "lr-sweep"}
     for label in ("full", "lora-r2"):  # the LR whose sweep run learned most at 0.005 epochs
         best = max((lr for lbl, lr in swept if lbl == label), key=lambda lr: swept[label, lr])
         assert picks["math-ift", label] == best
-        assert runs[f"math-ift/{label}/epochs-0.01"]["lr"] == best
-        assert runs[f"math-ift/{label}/epochs-0.01"]["status"] == "done"
+        assert runs[f"math-ift/{label}/epochs-0.01"].lr == best
+        assert runs[f"math-ift/{label}/epochs-0.01"].status == "done"
     assert {r["status"] for r in study_status(out)} == {"done", "base"}
     # the sweep's runs (trained first) are measured on learning only, the base on every task: it is the reference
     # of the grid's forgetting
@@ -716,5 +728,5 @@ def test_a_run_that_trains_as_a_finished_one_is_copied_not_trained_again(tmp_pat
     assert torch.equal(load_file(grid / "final" / "model.safetensors")["model.embed_tokens.weight"],
                        load_file(twin / "final" / "model.safetensors")["model.embed_tokens.weight"])
     runs = store_runs(out)
-    assert runs["math-ift/full/lr0.003/epochs-0.005"]["grp"] == "lr-sweep"
-    assert runs["math-ift/full/lr0.003/epochs-0.005"]["status"] == "done"
+    assert runs["math-ift/full/lr0.003/epochs-0.005"].grp == "lr-sweep"
+    assert runs["math-ift/full/lr0.003/epochs-0.005"].status == "done"

@@ -160,7 +160,7 @@ class Case:
 
     where: str
     file: str
-    command: str  # train, eval, spectrum, report, status
+    command: str  # train, eval, spectrum, report, status, run
     expect: str  # "recovered" or "exit 2"
 
     @property
@@ -202,10 +202,11 @@ CASES = [
     Case("lora", "config.yaml", "report", "recovered"),
     Case("lora", "config.yaml", "train", "recovered"),
     Case("lora", "config.json", "train", "recovered"),
-    # a study: its store, its saved experiment, and a run's plan and log as `ftlab status` reads them mid-run
+    # a study: its store, its saved experiment (read when the study resumes), and a run's plan and log as `ftlab
+    # status` reads them mid-run
     Case("study", "results.sqlite", "status", "exit 2"),
     Case("study", "results.sqlite", "report", "exit 2"),
-    Case("study", "experiment.yaml", "status", "exit 2"),
+    Case("study", "experiment.yaml", "run", "exit 2"),
     Case("study", f"{STUDY_RUN}/plan.json", "status", "exit 2"),
     Case("study", f"{STUDY_RUN}/metrics.jsonl", "status", "exit 2"),
 ]
@@ -248,6 +249,8 @@ def run_case(case: Case, damage: str, made: Made, tmp_path: Path, capsys) -> tup
         return cli(["spectrum", *base[1:], target, "--out", tmp_path / "spectrum.json"], capsys)
     if case.command == "report":
         return cli(["report", target if case.where == "study" else folder], capsys)
+    if case.command == "run":
+        return cli(["run", made.root / "faults.yaml", "--out", target, "--no-report"], capsys)
     return cli(["status", target], capsys)
 
 

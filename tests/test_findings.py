@@ -1,4 +1,4 @@
-"""The side-study findings (ftlab.report.findings_sweeps) and LoRA Without Regret's (ftlab.report.findings_regret) on
+"""The side-study findings (ftlab.report.claims.sweeps) and LoRA Without Regret's (ftlab.report.claims.regret) on
 studies with known effects: per-example values drawn with seeded numpy whose aggregates are exactly the levels set,
 and synthetic training curves. Each check is supported for a clear effect in the paper's direction, inconclusive
 for none, contradicted for the opposite and "not enough data" without the runs; plus the rules' edges."""
@@ -8,11 +8,12 @@ import zlib
 import numpy as np
 import pytest
 
-from ftlab.report.findings_regret import (REGRET_CHECKS, parting_index, regret_attention_only,
-                                          regret_best_lr_rank_independent, regret_loss_curves)
-from ftlab.report.findings_sweeps import (SWEEP_CHECKS, alpha_2r_best, attention_only_worst, best_lr,
-                                          high_rank_long_cpt, ift_forgets_more_than_cpt)
-from ftlab.results.rows import BaseResult, Row, Study, TaskInfo
+from ftlab.report.claims.regret import (REGRET_CHECKS, parting_index, regret_attention_only,
+                                        regret_best_lr_rank_independent, regret_loss_curves)
+from ftlab.report.claims.sweeps import (SWEEP_CHECKS, alpha_2r_best, attention_only_worst, best_lr,
+                                        high_rank_long_cpt, ift_forgets_more_than_cpt)
+from ftlab.results.records import CurvePoint
+from ftlab.results.study import BaseResult, Row, Study, TaskInfo
 
 N = 200  # documents per task
 TASKS = {"learn": TaskInfo("learn", "1", "perplexity", "learning", "token_accuracy"),
@@ -262,14 +263,13 @@ def test_high_rank_long_cpt_budgets():
 STEPS = np.arange(1, 201)
 
 
-def curve(gap_from: float | None, name: str) -> list[dict]:
+def curve(gap_from: float | None, name: str) -> list[CurvePoint]:
     """A training curve: full FT's trend, plus a gap growing from step gap_from (None: never), plus its own noise."""
     noise = np.random.default_rng(zlib.crc32(name.encode())).normal(0, 0.02, len(STEPS))
     loss = 1 + 3 * np.exp(-STEPS / 40) + noise
     if gap_from is not None:
         loss += 0.004 * np.clip(STEPS - gap_from, 0, None)
-    return [{"step": int(s), "tokens": int(s) * 100, "loss": float(v), "eval_loss": None, "lr": 1e-3}
-            for s, v in zip(STEPS, loss)]
+    return [CurvePoint(name, int(s), int(s) * 100, float(v), None, 1e-3) for s, v in zip(STEPS, loss)]
 
 
 def curves_study(parts: dict[int, float | None]) -> Study:

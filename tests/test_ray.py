@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def dump(out: Path) -> dict:
 def runs(out: Path) -> dict[str, dict]:
     store = Store(out / "results.sqlite")
     try:
-        return store.runs()
+        return {name: asdict(r) for name, r in store.runs().items()}
     finally:
         store.close()
 

@@ -24,9 +24,11 @@ import yaml
 
 pytest.importorskip("matplotlib")
 
+from ftlab.analysis.diversity import diversity_into  # noqa: E402
+from ftlab.io import file_digest  # noqa: E402
 from ftlab.report.claims import CHECKS  # noqa: E402
 from ftlab.report.page import SECTIONS  # noqa: E402
-from ftlab.report.plots import FIGURES  # noqa: E402
+from ftlab.report.figures import FIGURES  # noqa: E402
 from ftlab.results.index import index_folder, study_of  # noqa: E402
 from ftlab.cli import main  # noqa: E402
 from ftlab.errors import FtlabError  # noqa: E402
@@ -44,6 +46,12 @@ MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def _records(path: Path, task: str, rows: list[dict]) -> None:
     (path / "eval_samples").mkdir(exist_ok=True)
     (path / "eval_samples" / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _write_eval(path: Path, scores: list[dict]) -> None:
+    """eval.json as `ftlab eval` writes it: the scores, and the size and sha256 of each samples file."""
+    samples = {f.stem: file_digest(f) for f in sorted((path / "eval_samples").glob("*.jsonl"))}
+    (path / "eval.json").write_text(json.dumps({"scores": scores, "samples": samples}))
 
 
 def _solved(path: Path, task: str, metric: str, n: int, share: float) -> dict:
@@ -69,12 +77,13 @@ def _evaluate(path: Path, learning: float, source: float, rise: float, noise: st
     scores = [_solved(path, "math", "exact_match_strict", N_LEARN, learning)]
     scores += [_solved(path, t, m, N_SOURCE, source) for t, m in FORGETTING]
     scores.append(_losses(path, rise, noise))
-    (path / "eval.json").write_text(json.dumps({"scores": scores}))
+    _write_eval(path, scores)
 
 
 def _samples(path: Path, unique: int, passing: int) -> None:
     """math_sampled's records in `path`: 20 problems x 8 samples, `unique` distinct completions per problem, the
-    first `passing` samples of each passing; its pass@1 added to eval.json."""
+    first `passing` samples of each passing; its pass@1 added to eval.json, its diversity written as `ftlab eval`
+    does."""
     from ftlab.evaluate.code import pass_at_k
 
     n, records = 8, []
@@ -84,10 +93,10 @@ def _samples(path: Path, unique: int, passing: int) -> None:
                      "metrics": metrics} for i in range(n)]
     (path / "eval_samples").mkdir(exist_ok=True)
     (path / "eval_samples" / "math_sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    results = json.loads((path / "eval.json").read_text())
-    results["scores"].append({"task": "math_sampled", "version": "1", "metric": "pass@1",
-                              "value": pass_at_k(n, passing, 1), "n": 20, "stderr": 0.0, "extra": {}})
-    (path / "eval.json").write_text(json.dumps(results))
+    scores = json.loads((path / "eval.json").read_text())["scores"]
+    _write_eval(path, scores + [{"task": "math_sampled", "version": "1", "metric": "pass@1",
+                                 "value": pass_at_k(n, passing, 1), "n": 20, "stderr": 0.0, "extra": {}}])
+    diversity_into(path)
 
 
 def _spectrum(names: list[str], k90: float, with_values: bool) -> dict[str, dict]:
@@ -257,7 +266,7 @@ def test_report_has_every_figure_claim_and_table(report, study_dir):
 def test_the_claims_table_shows_counts_interval_and_mde(report, study_dir):
     """Each finding's row carries its counts, its headline difference with the 95% interval and its detectable
     effect, as results.json (Claim.as_dict) and claims.csv have them."""
-    from ftlab.report.html import esc, num
+    from ftlab.report.page import esc, num
 
     page = report.read_text()
     data = json.loads((study_dir / "report" / "results.json").read_text())
@@ -288,7 +297,7 @@ def test_the_claims_table_shows_counts_interval_and_mde(report, study_dir):
 
 def test_every_status_has_its_colour():
     from ftlab.analysis.statistics import Interval
-    from ftlab.report.page import CSS, _claims_html
+    from ftlab.report.page import CSS, claims_html
     from ftlab.report.verdicts import Claim, fixed
 
     def claim(verdicts: list[str]) -> Claim:
@@ -299,10 +308,10 @@ def test_every_status_has_its_colour():
 
     claims = [claim(["agree"]), claim(["disagree"]), claim(["agree", "disagree"]), claim(["inconclusive"]), claim([])]
     assert [c.status for c in claims] == ["supported", "contradicted", "mixed", "inconclusive", "not enough data"]
-    page = _claims_html(claims)
+    page = claims_html(claims)
     for c in claims:
         css_class = c.status.replace(" ", "-")
-        assert f'class="status {css_class}"' in page and f".{css_class}{{background:" in CSS
+        assert f'class="status {css_class}"' in page and f".{css_class}{{" in CSS  # each status styled
     assert "b0 vs a: learning +0.1 [+0.09, +0.11]" in page and "not enough data: nothing" in page
     assert Interval(0.1, 0.09, 0.11, 0.005, 100).mde == pytest.approx(0.014, abs=1e-4)
 
@@ -409,8 +418,8 @@ def test_without_source_loss_the_budget_is_on_the_source_score(tmp_path):
         run = make_run(tmp_path, name, method, lr, rank=rank, skill=skill, gentleness=gentle)
         for ev in run.rglob("eval.json"):
             doc = json.loads(ev.read_text())
-            ev.write_text(json.dumps({"scores": [s for s in doc["scores"] if s["task"] != "source_loss"]}))
             (ev.parent / "eval_samples" / "source_loss.jsonl").unlink()
+            _write_eval(ev.parent, [s for s in doc["scores"] if s["task"] != "source_loss"])
     measures = Measures(study_of(tmp_path))
     advice = advise(measures, budget=0.07)
     answers = {a.what: a for a in advice.answers}

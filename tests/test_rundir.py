@@ -12,9 +12,9 @@ from ftlab.builtin import DATA_KINDS, data_domain
 from ftlab.config import MethodConfig, TrainConfig
 from ftlab.errors import ConfigError, DataError, FtlabError
 from ftlab.experiment.spec import load_experiment, plan_runs
-from ftlab.experiment.status import _progress
+from ftlab.experiment.status import progress
 from ftlab.io import read_jsonl
-from ftlab.methods import lora_variant, method_label
+from ftlab.config import lora_variant, method_label
 from ftlab.rundir import (RunDir, RunLayout, base_of, checkpoint_duration, duration_name, find_runs, read_metrics,
                           run_checkpoints)
 
@@ -83,7 +83,7 @@ def test_metrics_log_tolerates_a_line_cut_short_at_the_end_only(tmp_path, pairs)
         with open(run.metrics, "a") as f:
             f.write('{"step": 5, "tok')  # a kill in the middle of a write
         assert [r["step"] for r in read_metrics(run.path)] == [1, 2, 3, 4]
-        assert _progress(run.path)["step"] == "4/8"  # `ftlab status` on a run being written
+        assert progress(run.path)["step"] == "4/8"  # `ftlab status` on a run being written
         run.truncate_log(2)  # a resume from the state of step 2
         assert [r["step"] for r in read_metrics(run.path)] == [1, 2]
         assert run.metrics.read_text().endswith("}\n")
@@ -96,8 +96,7 @@ def test_metrics_log_tolerates_a_line_cut_short_at_the_end_only(tmp_path, pairs)
 def test_jsonl_errors_name_file_line_and_column(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"a": 1}\n\n{"a": 2,, "b": 3}\n')
-    with pytest.raises(DataError, match=rf"{path}:3: not valid JSON \(Expecting property name enclosed in double "
-                                        r"quotes at column 9\)"):
+    with pytest.raises(DataError, match=rf"{path}:3: not valid JSON .*column 9"):
         read_jsonl(path)
     path.write_text('{"a": 1}\n[1, 2]\n')
     with pytest.raises(DataError, match=rf"{path}:2: expected a JSON object, got a JSON list"):
@@ -141,7 +140,7 @@ def test_kl_prompts_are_chosen_explicitly_and_paths_resolve_beside_the_file(tmp_
     assert plans["math"].method == "lora-r2-dora"
     assert {k: v.domain for k, v in DATA_KINDS.items()}["code-ift"] == data_domain("builtin:code-ift") == "code"
     exp.write_text(EXPERIMENT.format(extra="").replace("kl_domain: code", "kl_domain: poetry"))
-    with pytest.raises(ConfigError, match=r"settings\[3\].kl_domain: expected one of math, code, got 'poetry'"):
+    with pytest.raises(ConfigError, match=r"settings\[3\].kl_domain.*'poetry'"):
         plan_runs(load_experiment(exp), tmp_path / "out")
     exp.write_text(EXPERIMENT.format(extra="base_dir: /elsewhere"))  # set by code, never by the file
     with pytest.raises(ConfigError, match="unknown key 'base_dir'"):

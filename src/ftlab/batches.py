@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ftlab.config import RunConfig
+from ftlab.config import RunConfig, budget_steps
 from ftlab.data import IGNORE, Example, PackedText, collate
 
 
@@ -115,12 +115,6 @@ def make_plan(cfg: RunConfig, steps) -> Plan:
     else:  # an IFT token budget: met on average
         total = max(1, math.ceil(t.tokens / per_step))
     return Plan(total_steps=total, steps_per_epoch=spe, tokens_per_step=per_step)
-
-
-def budget_steps(tokens: float, global_batch: int, seq_len: int) -> int:
-    """Optimizer steps of a CPT token budget: packed sequences make every step exactly global_batch x seq_len tokens.
-    The one place this is computed (the run's plan and a study's CPT branch points both ask it)."""
-    return max(1, math.ceil(tokens / (global_batch * seq_len)))
 
 
 def checkpoint_due(cfg: RunConfig, plan: Plan, step: int, tokens_before: int, tokens_after: int) -> list[float]:

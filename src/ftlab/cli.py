@@ -73,11 +73,12 @@ def closing_line(run) -> str:
 
 def _eval(args: argparse.Namespace) -> int:
     from ftlab.evaluate.targets import evaluate_target
+    from ftlab.rundir import CheckpointFiles
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     written = evaluate_target(args.target, tasks, data_dir=args.data_dir, base=args.base, device=args.device,
                               batch_size=args.batch_size, limit=args.limit, isolation=args.isolation)
-    print("ftlab eval: results in " + ", ".join(str(d / "eval.json") for d in written))
+    print("ftlab eval: results in " + ", ".join(str(CheckpointFiles(d).eval) for d in written))
     return 0
 
 
@@ -193,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the forgetting you allow: the source-loss rise over the base (nats/token) where the study "
                         "measured it, else the source-score drop; the report says which configuration learns most "
                         "within it")
-    p.set_defaults(func=_report)
+    p.set_defaults(func=_report, loads_models=False)
 
     p = sub.add_parser("spectrum", help="the singular-value spectrum of ΔW = W_ft - W_base per layer and module",
                        usage="ftlab spectrum [BASE] FINETUNED --out FILE [options]")
@@ -237,9 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "experiment's gpus.per_run, else 1)")
     p.set_defaults(func=_plan)
 
-    p = sub.add_parser("status", help="what a study has done, is running, has failed and has left")
-    p.add_argument("out", help="study directory")
-    p.set_defaults(func=_status)
+    p = sub.add_parser("status", help="what a study has done, is doing (and its ETA), has failed and has left; or a "
+                       "training run's progress")
+    p.add_argument("out", help="study directory, or a run directory (ftlab train --out)")
+    p.set_defaults(func=_status, loads_models=False)  # reads the store: no torch, well under a second
 
     p = sub.add_parser("demo", help="the whole study on the embedded default (CPU, no network): summary + report")
     p.add_argument("--out", default="demo-out", help="the study directory (default: demo-out; a rerun resumes)")
@@ -273,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides += extra
-    process_settings()
+    if getattr(args, "loads_models", True):
+        process_settings()
     try:
         if getattr(args, "out_kind", None) and args.out is not None:  # before anything is read or written
             check_writable(args.out, directory=args.out_kind == "dir")

@@ -11,6 +11,7 @@ file) -> `validate` (impossible values, one function per section), all before an
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 import os
 import types
@@ -157,6 +158,52 @@ class RunConfig:
 
     def lora_alpha(self) -> float:
         return self.method.alpha if self.method.alpha is not None else 2.0 * self.method.rank
+
+
+# ----------------------------------------------------------------------------- what a config means, without torch
+# A method's label and the schedule's step counts are pure functions of the config: the study's planner and
+# `ftlab status` compute them without importing torch; training (methods.py, optim.py, batches.py) asks here too.
+
+
+def lora_variant(m: MethodConfig) -> list[str]:
+    """The LoRA options besides rank, alpha and targets, one word each: rsLoRA, DoRA, init=pissa, LoRA+ x16 ([] for
+    plain LoRA and for full FT). What describe prints, the report's rows show and a study's method labels carry."""
+    if m.name != "lora":
+        return []
+    options = (("rsLoRA", m.rslora), ("DoRA", m.dora), (f"init={m.init}", m.init != "default"),
+               (f"LoRA+ x{m.loraplus_ratio or 0:g}", m.loraplus_ratio is not None))
+    return [word for word, on in options if on]
+
+
+def method_label(m: MethodConfig) -> str:
+    """A method's short name, as a study names its runs' folders: full; lora-r16, then -attn (targets), -a32 (an
+    alpha given), and each LoRA variant word in lower case without spaces or '=' (lora-r16-rslora-initpissa)."""
+    if m.name == "full":
+        return "full"
+    parts = [f"lora-r{m.rank}"]
+    if m.targets != "all":
+        parts.append(m.targets if isinstance(m.targets, str) else "+".join(m.targets))
+    if m.alpha is not None:
+        parts.append(f"a{m.alpha:g}")
+    parts += [word.lower().replace(" ", "").replace("=", "") for word in lora_variant(m)]
+    return "-".join(parts)
+
+
+def warmup_steps(cfg: TrainConfig, total: int) -> int:
+    """The warmup's length in steps: train.warmup as steps (>= 1) or as a fraction of `total`."""
+    return int(cfg.warmup) if cfg.warmup >= 1 else round(cfg.warmup * total)
+
+
+def cooldown_steps(cfg: TrainConfig, total: int) -> int:
+    """wsd: the cooldown's length in steps (at least one). The one place this is computed: a CPT budget's branch
+    point (ftlab.experiment.spec) is `total - cooldown_steps(cfg, total)`; the schedule (ftlab.optim.lr_factor)."""
+    return max(1, round(cfg.cooldown * total))
+
+
+def budget_steps(tokens: float, global_batch: int, seq_len: int) -> int:
+    """Optimizer steps of a CPT token budget: packed sequences make every step exactly global_batch x seq_len tokens.
+    The one place this is computed (the run's plan and a study's CPT branch points both ask it)."""
+    return max(1, math.ceil(tokens / (global_batch * seq_len)))
 
 
 # ----------------------------------------------------------------------------- dict <-> dataclass

@@ -14,26 +14,28 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from ftlab.experiment.study import run_experiment
+from ftlab.report.claims import check_claims
+from ftlab.report.select import lr_sweeps
+from ftlab.results.index import study_of
+from ftlab.results.study import Study
+from ftlab.rundir import StudyLayout
+
 
 def experiment_file(full: bool) -> Path:
     return Path(str(resources.files("ftlab") / "assets" / ("demo-full.yaml" if full else "demo.yaml")))
 
 
 def run_demo(out: str, full: bool = False) -> Path:
-    from ftlab.experiment.study import run_experiment
-
     start = time.perf_counter()
     root = run_experiment(experiment_file(full), out)
     print_summary(root)
-    print(f"\nftlab demo: finished in {time.perf_counter() - start:,.0f} s; report: {(root / 'report.html').resolve()}")
+    print(f"\nftlab demo: finished in {time.perf_counter() - start:,.0f} s; report: {StudyLayout(root).report.resolve()}")
     return root
 
 
 def print_summary(root: Path) -> None:
     """Learning and forgetting per setting, method and duration (from the study's store), then the claims check."""
-    from ftlab.report.claims import check_claims
-    from ftlab.results.index import study_of
-
     study = study_of(root)
     rows = [r for r in study.points() if (r.learning is not None or r.source is not None) and r.grp != "lr-sweep"]
     rows.sort(key=lambda r: (r.setting, r.method != "full", r.rank or 0, r.weight_decay, r.attention_dropout,
@@ -57,11 +59,9 @@ def print_summary(root: Path) -> None:
         print(f"  [{claim.status}] {claim.finding}\n      {claim.sentence}")
 
 
-def print_sweep(study) -> None:
-    """Each LR sweep's learning per LR at the sweep's duration (report.lr_sweeps), its best LR marked: for the
+def print_sweep(study: Study) -> None:
+    """Each LR sweep's learning per LR at the sweep's duration (report.select.lr_sweeps), its best LR marked: for the
     study's own lr_sweep, the LR the grid trains at."""
-    from ftlab.report.lr_sweeps import lr_sweeps
-
     sweeps = sorted(lr_sweeps(study.points()).values(),
                     key=lambda s: (s.setting, s.duration, s.first.method != "full", s.first.rank or 0))
     if sweeps:

@@ -2,6 +2,8 @@
 
 LoRA comes from PEFT, so its adapters are the ecosystem's standard format; which layers it adapts
 (method.targets) is ftlab.architectures' table per architecture. LoRA+ is two optimizer groups (`param_groups`).
+A method's label and its LoRA variant words are pure functions of its config (ftlab.config: method_label,
+lora_variant), so a study can be planned without torch.
 ΔW of either method is computed in one place, from a saved checkpoint against its base, in fp32:
 ftlab.analysis.spectrum_sources (W_ft - W_base for a full model; for an adapter, PEFT's merge arithmetic, checked
 against PEFT's own merge by tests/delta_oracle.py).
@@ -15,7 +17,7 @@ from typing import Iterator
 from torch import nn
 
 from ftlab.architectures import check_rank, is_conv1d, target_modules, targeted_layers  # per architecture
-from ftlab.config import MethodConfig, RunConfig
+from ftlab.config import RunConfig, lora_variant
 
 
 @dataclass
@@ -69,30 +71,6 @@ def count_params(model: nn.Module) -> ParamCounts:
         else:
             frozen += p.numel()
     return ParamCounts(trainable, frozen)
-
-
-def lora_variant(m: MethodConfig) -> list[str]:
-    """The LoRA options besides rank, alpha and targets, one word each: rsLoRA, DoRA, init=pissa, LoRA+ x16 ([] for
-    plain LoRA and for full FT). What describe prints, the report's rows show and a study's method labels carry."""
-    if m.name != "lora":
-        return []
-    options = (("rsLoRA", m.rslora), ("DoRA", m.dora), (f"init={m.init}", m.init != "default"),
-               (f"LoRA+ x{m.loraplus_ratio or 0:g}", m.loraplus_ratio is not None))
-    return [word for word, on in options if on]
-
-
-def method_label(m: MethodConfig) -> str:
-    """A method's short name, as a study names its runs' folders: full; lora-r16, then -attn (targets), -a32 (an
-    alpha given), and each LoRA variant word in lower case without spaces or '=' (lora-r16-rslora-initpissa)."""
-    if m.name == "full":
-        return "full"
-    parts = [f"lora-r{m.rank}"]
-    if m.targets != "all":
-        parts.append(m.targets if isinstance(m.targets, str) else "+".join(m.targets))
-    if m.alpha is not None:
-        parts.append(f"a{m.alpha:g}")
-    parts += [word.lower().replace(" ", "").replace("=", "") for word in lora_variant(m)]
-    return "-".join(parts)
 
 
 def describe(cfg: RunConfig) -> str:

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from ftlab.config import TrainConfig
+from ftlab.config import TrainConfig, cooldown_steps, warmup_steps
 
 
 class LionW(torch.optim.Optimizer):
@@ -62,16 +62,6 @@ def make_optimizer(groups: list[dict], cfg: TrainConfig) -> torch.optim.Optimize
     fused = all(p.device.type in FUSED_ADAMW_DEVICES for g in groups for p in g["params"]) or None
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                              weight_decay=cfg.weight_decay, fused=fused)
-
-
-def warmup_steps(cfg: TrainConfig, total: int) -> int:
-    return int(cfg.warmup) if cfg.warmup >= 1 else round(cfg.warmup * total)
-
-
-def cooldown_steps(cfg: TrainConfig, total: int) -> int:
-    """wsd: the cooldown's length in steps (at least one). The one place this is computed: a CPT budget's branch
-    point (ftlab.experiment.spec) is `total - cooldown_steps(cfg, total)`."""
-    return max(1, round(cfg.cooldown * total))
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:

@@ -16,9 +16,16 @@
       failure.txt, launch.yaml        why training failed; the config a torchrun launch reads (ftlab run)
 
 A checkpoint (final/ or one under checkpoints/) is a Hugging Face model directory or a PEFT adapter directory, plus
-ftlab.json {step, tokens, epoch, method, base}. A folder is a run when it holds config.yaml and final/ or
-checkpoints/. Everything that reads or writes a run asks here: training (RunDir: the lock, the config check, the
-metrics log), evaluation and analysis (the ordered checkpoints, the base of a checkpoint), the study and its status.
+ftlab.json {step, tokens, epoch, method, base} and what evaluation and analysis write into it (CheckpointFiles):
+
+      eval.json, eval_samples/<task>.jsonl    each task's scores; per-example records (ftlab eval)
+      spectrum.json, kl.json, diversity.json  ΔW per matrix, KL to the base, unique outputs of sampled tasks (analysis)
+
+A folder is a run when it holds config.yaml and final/ or checkpoints/. A study (`ftlab run`, StudyLayout) holds
+experiment.yaml, results.sqlite, base/<setting>/ (the base model's evaluation), runs/<setting>/<label>/<duration>/
+and report.html. Every artefact's name is written here once; everything that reads or writes a run or a study asks
+here: training (RunDir: the lock, the config check, the metrics log), evaluation and analysis (the ordered
+checkpoints, the base of a checkpoint, their files), the results index, the study and its status.
 """
 
 from __future__ import annotations
@@ -37,6 +44,48 @@ from ftlab.io import TMP_SUFFIX, parse_json_line, read_json, write_json, write_t
 
 INFO = "ftlab.json"  # in every checkpoint: where in the run it was saved, and its base
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's: a checkpoint holding it is an adapter
+EVAL = "eval.json"  # a checkpoint's evaluation: each task's scores, and its samples files' checksums
+SAMPLES = "eval_samples"  # a checkpoint's per-example records, <task>.jsonl
+SPECTRUM = "spectrum.json"  # ΔW's spectrum per matrix
+KL = "kl.json"  # KL(base || finetuned) on the setting's target prompts
+DIVERSITY = "diversity.json"  # unique outputs per problem of each sampled task: {task: report}
+
+
+class CheckpointFiles:
+    """What evaluation and analysis write into a checkpoint (or into a base model's evaluation folder)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.info = self.path / INFO
+        self.eval = self.path / EVAL
+        self.samples_dir = self.path / SAMPLES
+        self.spectrum = self.path / SPECTRUM
+        self.kl = self.path / KL
+        self.diversity = self.path / DIVERSITY
+
+    def samples(self, task: str) -> Path:
+        return self.samples_dir / f"{task}.jsonl"
+
+
+class StudyLayout:
+    """Where each part of the study at `path` lives (`ftlab run --out path`)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.experiment = self.path / "experiment.yaml"  # the experiment as run: {source, overrides, text}
+        self.store = self.path / "results.sqlite"  # every number (ftlab.results)
+        self.lock = self.path / ".ftlab-run.lock"  # held by the study's runner
+        self.report = self.path / "report.html"  # ftlab report; its data in report/
+        self.base = self.path / "base"  # the prepared base model (model.name=tiny) and base/<setting>/
+        self.runs = self.path / "runs"
+
+    def run(self, name: str) -> Path:
+        """runs/<name>: the run called `name` (<setting>/<label>/<duration>)."""
+        return self.runs / name
+
+    def base_eval(self, setting: str) -> Path:
+        """base/<setting>: the base model evaluated on the setting's tasks."""
+        return self.base / setting
 
 
 class RunLayout:
@@ -154,7 +203,7 @@ def is_adapter(checkpoint: str | Path) -> bool:
 
 def read_info(checkpoint: str | Path) -> dict:
     """A checkpoint's ftlab.json ({} when it has none: a model or adapter that ftlab did not train)."""
-    path = Path(checkpoint) / INFO
+    path = CheckpointFiles(checkpoint).info
     return read_json(path, "checkpoint info", fix=weights_remedy(checkpoint)) if path.exists() else {}
 
 

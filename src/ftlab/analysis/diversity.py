@@ -3,6 +3,7 @@ pass@k curve for k = 1..n (the paper's "LoRA and full FT collapse" analysis of H
 
     report = diversity_of("runs/lora/final", "humaneval")     # reads <ckpt>/eval_samples/humaneval.jsonl
     report["unique_mean"], report["pass_at_k"][10]
+    diversity_into("runs/lora/final")     # <ckpt>/diversity.json: {task: report} of every sampled task evaluated
 
 Records come from `ftlab eval`: code tasks write {task_id, completion, status, passed} per sample, sampled math
 tasks (math_sampled) {id, sample, completion, extracted_strict, gold, passed}. A problem is its task_id (else id).
@@ -20,7 +21,9 @@ from pathlib import Path
 
 from ftlab.errors import FtlabError
 from ftlab.evaluate.code import pass_at_k
-from ftlab.io import read_jsonl
+from ftlab.evaluate.tasks import REGISTRY
+from ftlab.io import read_json, read_jsonl, write_json
+from ftlab.rundir import CheckpointFiles
 
 
 def normalize(text: str) -> str:
@@ -86,7 +89,7 @@ def diversity(records: list[dict], task: str = "", where: list[str] | None = Non
 
 def diversity_of(ckpt_dir: str | Path, task: str) -> dict:
     """`diversity` of the samples `ftlab eval` wrote to <ckpt_dir>/eval_samples/<task>.jsonl."""
-    path = Path(ckpt_dir) / "eval_samples" / f"{task}.jsonl"
+    path = CheckpointFiles(ckpt_dir).samples(task)
     if not path.exists():
         raise FtlabError(f"{path}: no samples; run `ftlab eval {ckpt_dir} --tasks {task}` first (a task that "
                          "samples several completions per problem, e.g. humaneval or math_sampled)")
@@ -94,3 +97,18 @@ def diversity_of(ckpt_dir: str | Path, task: str) -> dict:
     if not rows:
         raise FtlabError(f"{path}: empty; no samples to measure")
     return diversity([r for _, r in rows], task, [w for w, _ in rows])
+
+
+def diversity_into(directory: str | Path) -> dict:
+    """Write <directory>/diversity.json: {task: diversity_of} of every sampled task (several samples per problem)
+    whose samples the directory's evaluation holds; returns it ({} and no file when there is none). What a study's
+    analyse stage and `ftlab eval` do after evaluating a checkpoint or a base model; the results index reads it."""
+    files = CheckpointFiles(directory)
+    if not files.eval.exists():
+        return {}
+    tasks = sorted({s["task"] for s in read_json(files.eval, "evaluation").get("scores", [])})
+    reports = {task: diversity_of(files.path, task) for task in tasks
+               if task in REGISTRY and REGISTRY[task].samples > 1 and files.samples(task).exists()}
+    if reports:
+        write_json(files.diversity, reports)
+    return reports

@@ -3,6 +3,7 @@
 
     result = kl_for_checkpoint(None, "runs/lora/final", target_prompts("math", 64))
     result["kl"], result["tokens"], result["per_text"]
+    kl_into(evaluator, "runs/lora/final", "math", 64)     # a study's analyse stage: <ckpt>/kl.json {kl, tokens, texts}
 
 At every position t of every text, with p = the base's and q = the finetuned model's distribution of token t+1,
 KL(p || q) = sum_v p(v) (log p(v) - log q(v)) in nats; "kl" is the mean over all positions of all texts (each
@@ -21,8 +22,10 @@ from ftlab import domains
 from ftlab.builtin import PROMPT_DOMAINS
 from ftlab.config import ModelConfig
 from ftlab.errors import FtlabError
+from ftlab.evaluate.targets import Evaluator
+from ftlab.io import write_json
 from ftlab.model import load_adapter, load_model, resolve_device
-from ftlab.rundir import base_of, is_adapter
+from ftlab.rundir import ADAPTER_CONFIG, INFO, CheckpointFiles, base_of, is_adapter
 
 
 @torch.inference_mode()
@@ -75,6 +78,24 @@ def kl_divergence(base_model, tuned_model, tokenizer, texts: list[str], batch_si
             "per_text": [s / c for s, c in zip(sums, counts)], "per_text_tokens": counts}
 
 
+def kl_into(evaluator: Evaluator, ckpt_dir: str | Path, domain: str, prompts: int) -> None:
+    """Write <ckpt_dir>/kl.json {kl, tokens, texts}: kl_divergence of the checkpoint from the evaluator's base on the
+    first `prompts` held-out prompts of a target domain (target_prompts), unless it is there. An adapter is swapped
+    onto the evaluator's base, whose logits come from it with the adapter disabled; a full model is compared with
+    the plain base (an adapter swapped on earlier disabled)."""
+    files = CheckpointFiles(ckpt_dir)
+    if files.kl.exists():
+        return
+    model = evaluator.load(files.path)
+    texts = target_prompts(domain, prompts)
+    if is_adapter(files.path):
+        value = kl_divergence(None, model, evaluator.tokenizer, texts, device=evaluator.device)
+    else:
+        with evaluator.plain_base() as base:
+            value = kl_divergence(base, model, evaluator.tokenizer, texts, device=evaluator.device)
+    write_json(files.kl, {k: value[k] for k in ("kl", "tokens", "texts")})
+
+
 def kl_for_checkpoint(base_dir: str | Path | None, ckpt_dir: str | Path, texts: list[str], batch_size: int = 8,
                       device: str = "auto") -> dict:
     """kl_divergence of a checkpoint (full model or PEFT adapter directory) from its base, on texts.
@@ -88,7 +109,7 @@ def kl_for_checkpoint(base_dir: str | Path | None, ckpt_dir: str | Path, texts: 
     if base_dir is None:
         base_dir = base_of(ckpt)
         if base_dir is None:
-            raise FtlabError(f"{ckpt}: neither adapter_config.json nor ftlab.json names its base; pass base_dir")
+            raise FtlabError(f"{ckpt}: neither {ADAPTER_CONFIG} nor {INFO} names its base; pass base_dir")
     dev = resolve_device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     base, tokenizer = load_model(ModelConfig(name=str(base_dir)), dev, dtype)

@@ -49,13 +49,14 @@ from ftlab.evaluate.targets import resolve
 from ftlab.io import write_json
 from ftlab.model import resolve_device
 from ftlab.progress import Progress
+from ftlab.rundir import SPECTRUM
 
 __all__ = ["k_values", "matrix_stats", "singular_values", "left_factors", "intruders", "gaussian_stats",
            "spectrum_of", "spectrum_into", "spectrum_target", "resolve_spectrum_target", "analyse", "settings_of",
            "document", "BaseFactors"]
 
 VERSION = 1
-RESULTS = "spectrum.json"
+RESULTS = SPECTRUM  # a checkpoint's spectrum.json (ftlab.rundir names every artefact)
 
 
 class BaseFactors:

@@ -23,7 +23,7 @@ difference a two-sided 5% test would detect with 80% power: (z_0.975 + z_0.8) ·
 standard deviation of D.
 
 Rank correlation (Spearman's rho) between two quantities over checkpoints, with a bootstrap interval over
-checkpoints: does KL to the base predict forgetting?
+checkpoints: does KL to the base predict forgetting? Student's t quantile (t975) for a mean over a few seeds.
 """
 
 from __future__ import annotations
@@ -168,6 +168,18 @@ def spearman_interval(x: np.ndarray, y: np.ndarray, n_boot: int = N_BOOT, seed: 
         return Interval(spearman(x, y), -1.0, 1.0, float("nan"), len(x))
     low, high = np.quantile(reps, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
     return Interval(spearman(x, y), float(low), float(high), float(reps.std(ddof=1)), len(x))
+
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def t975(df: int) -> float:
+    """Student's t 97.5% quantile with df degrees of freedom: the table, then the Cornish-Fisher expansion (within
+    0.003 from 10 on). A mean over n seeds has the 95% half-width t975(n - 1) x its standard error."""
+    if df in T_975:
+        return T_975[df]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def _ranks(v: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ mapping of its value of each metric the task reports: a task's metric is the mea
 perplexity tasks the token-weighted mean; see score_choices, score_gsm8k, score_completions and _text_record).
 A task whose result with the same version is already there is not run again. These are the checkpoint's
 artefacts; numbers derived from several tasks or models (learning, the source score, forgetting) are computed once,
-in the results store's reader (ftlab.results.load), which ftlab.results.index fills from these files.
+in the results store's reader (ftlab.results.study), which ftlab.results.index fills from these files.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from ftlab.evaluate.isolation import Isolation
 from ftlab.evaluate.tasks import LM_EVAL_PREFIX, TaskSpec, load_docs
 from ftlab.hub import hub_offline, offline_mode
 from ftlab.io import file_digest, read_json, write_json, write_jsonl
-
-RESULTS = "eval.json"
+from ftlab.rundir import CheckpointFiles
 
 
 def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234,
@@ -169,14 +168,15 @@ def git_commit() -> str | None:
 
 
 def read_results(directory: Path) -> dict:
-    path = Path(directory) / RESULTS
+    path = CheckpointFiles(directory).eval
     return read_json(path, "evaluation results") if path.exists() else {"scores": []}
 
 
 def evaluate_into(directory: Path, lm, model, tokenizer, specs: list, data_dir: str | None,
                   isolation: Isolation | None = None) -> dict:
     """Run the tasks not yet recorded in directory/eval.json, rewriting it (atomically) after each task."""
-    directory = Path(directory)
+    files = CheckpointFiles(directory)
+    directory = files.path
     results = read_results(directory)
     done = {(s["task"], s["version"]) for s in results["scores"]}
     for spec in specs:
@@ -194,11 +194,10 @@ def evaluate_into(directory: Path, lm, model, tokenizer, specs: list, data_dir: 
         print(f"ftlab eval: {directory.name}: {name} {shown} ({seconds:.1f} s)", flush=True)
         results["scores"] = [s for s in results["scores"] if s["task"] != name] + [asdict(s) for s in scores]
         if samples:
-            sample_dir = directory / "eval_samples"
-            sample_dir.mkdir(exist_ok=True)
-            write_jsonl(sample_dir / f"{name}.jsonl", samples)
+            files.samples_dir.mkdir(exist_ok=True)
+            write_jsonl(files.samples(name), samples)
             # its size and checksum: a samples file cut or changed later is found when it is indexed
-            results.setdefault("samples", {})[name] = file_digest(sample_dir / f"{name}.jsonl")
+            results.setdefault("samples", {})[name] = file_digest(files.samples(name))
         results.update(ftlab_version=__version__, git_commit=git_commit())
-        write_json(directory / RESULTS, results)  # after every task: a kill loses at most one task
+        write_json(files.eval, results)  # after every task: a kill loses at most one task
     return results

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ftlab.analysis.diversity import diversity_into
 from ftlab.config import ModelConfig
 from ftlab.errors import FtlabError
 from ftlab.evaluate.harness import check_lm_eval_offline, evaluate_into
@@ -72,10 +73,12 @@ def evaluate_target(path: str, tasks: list[str], data_dir: str | None = None, ba
     base_dir = target.base_results or Path(target.base)
     if target.base_results is not None or not target.checkpoints:
         evaluator.evaluate_base(base_dir, specs, data_dir)
+        diversity_into(base_dir)
         written.append(base_dir)
     units.update(model="base")
     for ckpt in target.checkpoints:
         evaluator.evaluate(ckpt, specs, data_dir)
+        diversity_into(ckpt)  # the unique outputs of its sampled tasks, beside their samples
         written.append(ckpt)
         units.update(model=ckpt.name)
     units.close()

@@ -20,14 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from ftlab.batches import budget_steps
 from ftlab.builtin import PROMPT_DOMAINS, data_domain
-from ftlab.config import (MethodConfig, RunConfig, apply_overrides, from_dict, read_mapping, resolve_paths, to_dict,
-                          validate)
+from ftlab.config import (MethodConfig, RunConfig, apply_overrides, budget_steps, cooldown_steps, from_dict,
+                          method_label, read_mapping, resolve_paths, to_dict, validate, warmup_steps)
 from ftlab.errors import ConfigError
-from ftlab.methods import method_label
-from ftlab.optim import cooldown_steps, warmup_steps
-from ftlab.rundir import duration_name
+from ftlab.rundir import StudyLayout, duration_name
 
 
 @dataclass
@@ -205,14 +202,15 @@ def _lists_back(node):
 
 def run_path(out: str | Path, name: str) -> Path:
     """Where the study in `out` keeps the run called `name` (runs/<setting>/<method>/<duration>)."""
-    return Path(out) / "runs" / name
+    return StudyLayout(out).run(name)
 
 
 def plan_runs(exp: ExperimentConfig, out: str | Path, chosen: dict[tuple[str, str], float] | None = None
               ) -> list[RunPlan]:
     """Every run of the study, validated; bad input fails here, before any training, naming the key. `chosen`:
-    (setting, method label) -> the LR the lr_sweep picked (ftlab.experiment.study.sweep_picks); a run whose LR is
-    "sweep" and has no pick yet is planned with waits_for_sweep."""
+    (setting, method label) -> the LR the lr_sweep picked (ftlab.experiment.study.sweep_picks, by the report's rule
+    ftlab.report.select.best_lrs); a run whose LR is "sweep" and has no pick yet is planned with waits_for_sweep.
+    Planning imports no torch: labels and step counts are functions of the config (ftlab.config)."""
     if not exp.settings:
         raise ConfigError("settings: the experiment has no settings (a target domain in a regime)")
     if not exp.methods:

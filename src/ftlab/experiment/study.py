@@ -1,17 +1,19 @@
 """`ftlab run EXP.yaml --out DIR`: a whole study, resumable: train, evaluate, analyse, store, report.
 
     DIR/experiment.yaml       the experiment as run (a second `ftlab run` with another one is refused)
-    DIR/results.sqlite        the results store (ftlab.results): every number of the study
-    DIR/base/<setting>/       the base model's evaluation per setting (eval.json, eval_samples/)
-    DIR/runs/<setting>/<method>/<duration>/   each run (ftlab train's layout); each checkpoint holds its artefacts:
-                              eval.json, eval_samples/, spectrum.json, kl.json
+    DIR/results.sqlite        the results store (ftlab.results): every number of the study, and every planned run
+    DIR/base/<setting>/       the base model's evaluation per setting
+    DIR/runs/<setting>/<method>/<duration>/   each run (ftlab train's layout); each checkpoint holds what its
+                              evaluation and analysis wrote (ftlab.rundir.CheckpointFiles)
     DIR/report.html           the report (ftlab report DIR), from the store alone
 
-Every stage is skipped when its artefacts or the store already hold it, so the same command after a kill (or a
-crash) picks up where it stopped, and lands the same numbers as an uninterrupted study; a run that fails is
-recorded with its reason and the others go on. The runs train (launch.py) one
-after another in this process, or, with `--backend ray`, in parallel on a Ray cluster (ray_backend.py, handed this
-module's Runner); either way this process evaluates, analyses and writes the store.
+When the study starts, every run it plans is written to the store (status left, or waiting for the LR sweep's
+pick); each run then goes running (training), evaluating, analysing and done (or failed, with its reason, while
+the others go on), so `ftlab status` reads the store alone. Every stage is skipped when its artefacts or the store
+already hold it, so the same command after a kill (or a crash) picks up where it stopped, and lands the same
+numbers as an uninterrupted study. The runs train (launch.py) one after another in this process, or, with
+`--backend ray`, in parallel on a Ray cluster (ray_backend.py, handed this module's Runner); either way this process
+evaluates, analyses and writes the store.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from __future__ import annotations
 import fcntl
 import gc
 import shutil
+import time
 import traceback
 from pathlib import Path
 
 import torch
 import yaml
 
-from ftlab.analysis.kl import kl_divergence, target_prompts
+from ftlab.analysis.diversity import diversity_into
+from ftlab.analysis.kl import kl_into
 from ftlab.analysis.spectrum import BaseFactors, spectrum_into
 from ftlab.builtin import PROMPT_DOMAINS
 from ftlab.config import read_mapping
@@ -38,23 +42,22 @@ from ftlab.experiment.ray_backend import RayOptions, require_ray, run_on_ray
 from ftlab.experiment.spec import ExperimentConfig, RunPlan, load_experiment, plan_runs, same_training
 from ftlab.experiment.tracking import Tracker
 from ftlab.experiment.tracking import require as require_tracking
-from ftlab.io import copy_dir, write_json, write_text
+from ftlab.io import copy_dir, write_text
 from ftlab.model import prepare_base
 from ftlab.plan.study import check_study
+from ftlab.report import write_report
+from ftlab.report.select import best_lrs
 from ftlab.results.index import base_record, index_training, measure_base, measure_checkpoint, run_record
-from ftlab.results.schema import EXPERIMENT, STORE, base_run
+from ftlab.results.records import FINISHED, STARTED, base_run
 from ftlab.results.store import Store
-from ftlab.rundir import RunLayout
-
-LOCK = ".ftlab-run.lock"
-RESULTS = STORE
-KL = "kl.json"  # a checkpoint's KL(base || finetuned) on its setting's target prompts
+from ftlab.results.study import load_study
+from ftlab.rundir import RunLayout, StudyLayout
 
 
 def saved_experiment(root: Path) -> dict:
-    """The experiment a study was started with, as its runner saved it in root/experiment.yaml: {source, overrides,
-    text}; a damaged file is a ConfigError naming it and what to do."""
-    saved = Path(root) / EXPERIMENT
+    """The experiment a study was started with, as its runner saved it: {source, overrides, text}; a damaged file
+    is a ConfigError naming it and what to do."""
+    saved = StudyLayout(root).experiment
     fix = (f"delete it and run `ftlab run` with the study's experiment file and --out {root} again: it is written "
            "again and the study resumes")
     record = read_mapping(saved, "saved experiment", fix=fix)
@@ -68,24 +71,25 @@ class StudyDir:
     """The experiment directory, locked against a second runner."""
 
     def __init__(self, out: str | Path, exp_path: str | Path, overrides: list[str]):
-        self.path = Path(out)
+        self.layout = StudyLayout(out)
+        self.path = self.layout.path
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / LOCK, "w")
+        self._lock = open(self.layout.lock, "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
             raise FtlabError(f"{self.path} is in use by another `ftlab run`; wait for it to finish or choose "
                              f"another --out (see `ftlab status {self.path}`)") from None
-        saved = self.path / EXPERIMENT
+        saved = self.layout.experiment
         text = Path(exp_path).read_text()
         record = {"source": str(Path(exp_path).resolve()), "overrides": list(overrides), "text": text}
         if saved.exists():
             old = saved_experiment(self.path)
             if (old.get("text"), old.get("overrides")) != (text, list(overrides)):
                 self._lock.close()
-                raise ConfigError(f"{self.path} holds a study of another experiment ({old.get('source')} with "
-                                  f"overrides {old.get('overrides')}); use another --out")
+                raise ConfigError(f"{self.path} holds a study of another experiment (its {saved.name}: "
+                                  f"{old.get('source')} with overrides {old.get('overrides')}); use another --out")
         else:
             write_text(saved, yaml.safe_dump(record, sort_keys=False))
 
@@ -103,18 +107,20 @@ def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] =
                           f"device); got {nproc}")
     exp = load_experiment(exp_path, list(overrides))
     plans = plan_runs(exp, out)  # every run validated before anything starts
-    _check_tasks(exp)
+    check_tasks(exp)
     require_tracking(exp.tracking)  # a missing backend fails before the study directory is made
     if ray is not None:
         require_ray()  # so does a missing Ray
     check_study(exp, exp_path, out, nproc, ray is not None)  # every input, and each run's memory: printed, refused
     study = StudyDir(out, exp_path, list(overrides))
-    store = Store(study.path / RESULTS)
+    store = Store(study.layout.store)
     tracker = Tracker(exp.tracking, study.path)
     try:
         print(f"ftlab run: {len(plans)} runs in {len(exp.settings)} settings -> {study.path}", flush=True)
         _note_skipped_kl(exp, plans)
+        store.put_meta(STARTED, repr(time.time()))
         runner = Runner(exp, plans, study.path, store, tracker, retry_failed, nproc)
+        runner.plan()
         while True:  # once more after an LR sweep, for the runs that train at its pick
             if ray is None:
                 runner.run_all()
@@ -125,13 +131,12 @@ def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] =
             if not waiting or sum(p.waits_for_sweep for p in replanned) == len(waiting):
                 break
             runner.plans = replanned
+            runner.plan()
         for plan in runner.plans:
             if plan.waits_for_sweep:
                 print(f"ftlab run: {plan.name} not trained: no LR of its sweep finished with a learning score",
                       flush=True)
         if report:
-            from ftlab.report import write_report  # matplotlib: only when a report is written
-
             path = write_report(study.path)
             print(f"ftlab run: report in {path}", flush=True)
     finally:
@@ -143,28 +148,24 @@ def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] =
 
 def failed_runs(root: str | Path) -> dict[str, str]:
     """The study's failed runs and why, from its store (ftlab run exits 1 when there is one)."""
-    store = Store(Path(root) / RESULTS)
-    try:
-        return {name: r["reason"] or "" for name, r in store.runs().items() if r["status"] == "failed"}
-    finally:
-        store.close()
+    with Store(StudyLayout(Path(root)).store) as store:
+        return {name: r.reason or "" for name, r in store.runs().items() if r.status == "failed"}
 
 
 def sweep_picks(store: Store, plans: list[RunPlan]) -> dict[tuple[str, str], float]:
-    """(setting, method label) -> the LR the study's lr_sweep picked: the one whose run learned most at the sweep's
-    duration (mean over seeds; ties to the smaller LR), once every LR of that method's sweep is done or failed."""
+    """(setting, method label) -> the LR the study's lr_sweep picked, by the report's own rule (select.best_lrs: the
+    LR whose runs learned most at the sweep's duration, mean over seeds, ties to the smaller), over each method's
+    sweep runs once every LR of that sweep is done or failed."""
     sweep = [p for p in plans if p.group == "lr-sweep"]
-    status = store.runs()
+    runs = store.runs()
     finished = {(p.setting, p.method) for p in sweep}
-    finished -= {(p.setting, p.method) for p in sweep if status.get(p.name, {}).get("status") not in ("done", "failed")}
-    learned: dict[tuple[str, str], dict[float, list[float]]] = {}
-    for r in store.study().points():
-        if r.grp == "lr-sweep" and r.learning is not None and (r.setting, r.label) in finished:
-            learned.setdefault((r.setting, r.label), {}).setdefault(r.lr, []).append(r.learning)
-    return {key: max(sorted(by_lr), key=lambda lr: sum(by_lr[lr]) / len(by_lr[lr])) for key, by_lr in learned.items()}
+    finished -= {(p.setting, p.method) for p in sweep if p.name not in runs or runs[p.name].status not in FINISHED}
+    rows = [r for r in load_study(store).points()
+            if r.grp == "lr-sweep" and r.learning is not None and (r.setting, r.label) in finished]
+    return best_lrs(rows, key=lambda r: (r.setting, r.label))
 
 
-def _check_tasks(exp: ExperimentConfig) -> None:
+def check_tasks(exp: ExperimentConfig) -> None:
     for s in exp.settings:
         try:
             resolve_tasks([*s.learning, *exp.forgetting, *exp.analyses.diversity])
@@ -190,20 +191,28 @@ class Runner:
     def __init__(self, exp: ExperimentConfig, plans: list[RunPlan], root: Path, store: Store, tracker: Tracker,
                  retry_failed: bool = False, nproc: int = 1):
         self.exp, self.plans, self.root, self.store, self.tracker = exp, plans, root, store, tracker
+        self.layout = StudyLayout(root)
         self.nproc = nproc  # processes (GPUs) each run trains on, one run after another
         self.finished = ("done",) if retry_failed else ("done", "failed")
         self.evaluator = None
         self.bases: set[str] = set()  # settings whose base model is measured
         self.factors = BaseFactors()  # the spectrum's base SVDs: once per matrix for the whole study
+        self._status: dict[str, str] = {}  # run -> the status this process last recorded
         runs = store.runs()
         # long runs that failed (and stay failed): their CPT branches are recorded failed without training
         self.failed_long = {p.name for p in plans if p.branch_of is None and "failed" in self.finished
-                            and runs.get(p.name, {}).get("status") == "failed"}
+                            and p.name in runs and runs[p.name].status == "failed"}
+
+    def plan(self) -> None:
+        """Every planned run into the store (left, or waiting for the LR sweep's pick) unless it has started: what
+        `ftlab status` shows of the runs to come."""
+        self.store.put_planned([run_record(p.name, p.setting, p.group, p.method, p.cfg,
+                                           "waiting" if p.waits_for_sweep else "left") for p in self.plans])
 
     def todo(self) -> list[RunPlan]:
         """The runs the store does not record as finished, in the study's order (not those still waiting for the LR
         sweep's pick)."""
-        done = {name for name, r in self.store.runs().items() if r["status"] in self.finished}
+        done = {name for name, r in self.store.runs().items() if r.status in self.finished}
         return [p for p in self.plans if p.name not in done and not p.waits_for_sweep]
 
     def run_all(self) -> None:
@@ -217,14 +226,21 @@ class Runner:
         self.summary()
 
     def summary(self) -> None:
-        failed = [n for n, r in self.store.runs().items() if r["status"] == "failed"]
+        failed = [n for n, r in self.store.runs().items() if r.status == "failed"]
         if failed:
             print(f"ftlab run: {len(failed)} run(s) failed: {', '.join(failed)} (reasons: ftlab status "
                   f"{self.root})", flush=True)
 
     def record(self, plan: RunPlan, status: str, reason: str | None = None) -> None:
-        """The run's row in the store, with this status."""
+        """The run's row in the store, with this status (ftlab.results.records: running, evaluating, analysing,
+        done, failed)."""
         self.store.put_run(run_record(plan.name, plan.setting, plan.group, plan.method, plan.cfg, status, reason))
+        self._status[plan.name] = status
+
+    def phase(self, plan: RunPlan, status: str) -> None:
+        """Record what the study is doing with the run (evaluating, analysing) when that changes."""
+        if self._status.get(plan.name) != status:
+            self.record(plan, status)
 
     # ------------------------------------------------------------------ one run
 
@@ -242,14 +258,14 @@ class Runner:
     def _copy_twin(self, plan: RunPlan) -> None:
         """A run that trains exactly as a finished run of the study (a sweep's run at the grid's LR and duration)
         starts from a copy of it: training then finds it complete, and its own evaluation reuses what was measured."""
-        target = RunLayout(plan.cfg.output.dir).path
-        if target.exists():
+        target = RunLayout(plan.cfg.output.dir)
+        if target.path.exists():
             return
-        done = {name for name, r in self.store.runs().items() if r["status"] == "done"}
+        done = {name for name, r in self.store.runs().items() if r.status == "done"}
         twin = next((p for p in self.plans if p.name in done and same_training(p, plan)), None)
         if twin is not None:
             print(f"ftlab run: {plan.name} trains as {twin.name} did: copied from it", flush=True)
-            copy_dir(RunLayout(twin.cfg.output.dir).path, target, ignore=shutil.ignore_patterns(".lock"))
+            copy_dir(RunLayout(twin.cfg.output.dir).path, target.path, ignore=shutil.ignore_patterns(target.lock.name))
 
     def fail(self, plan: RunPlan, reason: str, trace: str) -> None:
         """Record a run whose training failed: the reason in the store, the traceback in <run>/failure.txt."""
@@ -267,6 +283,7 @@ class Runner:
     def finish(self, plan: RunPlan) -> None:
         """A trained run: log it, evaluate and analyse its checkpoints, then record it done with its cost."""
         run = RunLayout(plan.cfg.output.dir)
+        self.phase(plan, "evaluating")
         self.tracker.log_run(plan, run.path)
         for ckpt, duration in self._checkpoints(plan, run):
             self.evaluate_checkpoint(plan, ckpt, duration)
@@ -284,7 +301,9 @@ class Runner:
         self._base(plan)
         if self.store.has_checkpoint(plan.name, ckpt.name):
             return
+        self.phase(plan, "evaluating")
         self._evaluator().evaluate(ckpt, self._specs(plan), self.exp.eval.data_dir)
+        self.phase(plan, "analysing")
         self.analyse(plan, ckpt)
         result = measure_checkpoint(plan.name, ckpt, duration)
         self.store.put_checkpoint(result)
@@ -300,25 +319,18 @@ class Runner:
         return resolve_tasks([*plan.learning, *(self.exp.forgetting if forgetting else [])], self.exp.eval.limit)
 
     def analyse(self, plan: RunPlan, ckpt: Path) -> None:
-        """The checkpoint's spectrum.json, its sampled tasks (diversity, on final models, as the paper) and kl.json;
-        none for an LR sweep's runs."""
+        """The analyse stage, beside the checkpoint's evaluation: its spectrum, its samples of the diversity tasks
+        (final models, as the paper) and its KL to the base (none of these for an LR sweep's runs: they are there to
+        pick an LR), then the diversity of every sampled task it was evaluated on. Each is reused when there."""
         a = self.exp.analyses
-        if plan.group == "lr-sweep":
-            return
-        if a.spectrum:
-            spectrum_into(self._base_model_dir(plan), ckpt, singular_values=a.singular_values, factors=self.factors)
-        if ckpt.name == "final" and plan.diversity:
-            self._evaluator().evaluate(ckpt, [get_task(t) for t in plan.diversity], self.exp.eval.data_dir)
-        if a.kl and plan.kl_domain and not (ckpt / KL).exists():
-            evaluator = self._evaluator()
-            model = evaluator.load(ckpt)
-            texts = target_prompts(plan.kl_domain, a.kl_prompts)
-            if hasattr(model, "disable_adapter"):  # an adapter: kl_divergence disables it for the base's logits
-                value = kl_divergence(None, model, evaluator.tokenizer, texts, device=evaluator.device)
-            else:
-                with evaluator.plain_base() as base:
-                    value = kl_divergence(base, model, evaluator.tokenizer, texts, device=evaluator.device)
-            write_json(ckpt / KL, {k: value[k] for k in ("kl", "tokens", "texts")})
+        if plan.group != "lr-sweep":
+            if a.spectrum:
+                spectrum_into(self._base_model_dir(plan), ckpt, singular_values=a.singular_values, factors=self.factors)
+            if ckpt.name == "final" and plan.diversity:
+                self._evaluator().evaluate(ckpt, [get_task(t) for t in plan.diversity], self.exp.eval.data_dir)
+            if a.kl and plan.kl_domain:
+                kl_into(self._evaluator(), ckpt, plan.kl_domain, a.kl_prompts)
+        diversity_into(ckpt)
 
     # ------------------------------------------------------------------ the base model
 
@@ -339,14 +351,14 @@ class Runner:
             torch.cuda.empty_cache()  # back to the driver: --nproc runs train in child processes
 
     def _base_model_dir(self, plan: RunPlan) -> str:
-        return prepare_base(plan.cfg.model, self.root / "base")
+        return prepare_base(plan.cfg.model, self.layout.base)
 
     def _base(self, plan: RunPlan) -> None:
         """The base model on this setting's tasks (and its sampled tasks), in DIR/base/<setting>, indexed once as the
         store's "(base)/<setting>"."""
         if plan.setting in self.bases:
             return
-        directory = self.root / "base" / plan.setting
+        directory = self.layout.base_eval(plan.setting)
         # every task of the setting, whichever run asks first (an LR sweep's runs are measured on learning only;
         # the base is the reference of forgetting for the whole setting)
         specs = self._tasks(plan) + [get_task(t) for t in plan.diversity]
@@ -354,6 +366,7 @@ class Runner:
         measured = {s["task"] for s in read_results(directory)["scores"]}
         if not self.store.has_checkpoint(base_run(plan.setting), "base") or not names <= measured:
             self._evaluator().evaluate_base(directory, specs, self.exp.eval.data_dir)  # only the tasks not there
+            diversity_into(directory)
             self.store.put_run(base_record(plan.setting))
             self.store.put_checkpoint(measure_base(plan.setting, directory))
         self.bases.add(plan.setting)

@@ -61,12 +61,11 @@ class Tracker:
         self._log(plan.name, series, {"lr": plan.lr, "method": plan.method, "setting": plan.setting})
 
     def log_checkpoint(self, plan, result) -> None:
-        """A checkpoint's scores (result: the ftlab.results.index.CheckpointResult the store got), at its step."""
+        """A checkpoint's scores (result: the ftlab.results.records.CheckpointResult the store got), at its step."""
         if self.backend == "none":
             return
-        values = {f"eval/{task}/{metric}": value for task, _, metric, value, *_ in result.metrics
-                  if isinstance(value, (int, float))}
-        self._log(plan.name, [(result.step or 0, values)], None)
+        values = {f"eval/{m.task}/{m.metric}": m.value for m in result.metrics if isinstance(m.value, (int, float))}
+        self._log(plan.name, [(result.checkpoint.step or 0, values)], None)
 
     def _log(self, run: str, series: list[tuple[int, dict]], params: dict | None) -> None:
         if self.backend == "tensorboard":

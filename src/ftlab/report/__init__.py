@@ -2,9 +2,15 @@
 
     write_report("studies/x")      # -> studies/x/report.html and studies/x/report/ (CSV, JSON)
 
-page.py (the HTML and the exports), claims.py (the paper's findings checked), measures.py (each configuration's
-numbers with their intervals), instruments.py (what each instrument can detect), advice.py (the Pareto front and
-forgetting budgets), plots*.py (the figures), html.py (tables and CSV).
+    select.py       every rule choosing what is compared: plain full FT and LoRA, best LRs, sweeps, arms, durations
+    verdicts.py     paired comparisons of arms on an instrument -> a verdict; the Claim a finding decides
+    claims/         the findings checked: the paper's (paper.py), its side studies' (sweeps.py), LoRA Without
+                    Regret's (regret.py); the registry in claims/__init__.py
+    measures.py     each configuration's numbers with their 95% intervals
+    instruments.py  what each instrument can detect
+    advice.py       the learning-forgetting Pareto front and forgetting budgets
+    figures.py      the figures, in page order
+    page.py         the HTML page and every export (CSV, JSON)
 """
 
 from ftlab.report.page import write_report

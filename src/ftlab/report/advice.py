@@ -22,9 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ftlab.report.html import esc, table
-from ftlab.report.measures import FORGETTING_WORDS, Measures, Point, Value, best_arms, reference_arms
-from ftlab.report.plots_base import pareto
+from ftlab.report.measures import Measures, Point, Value
+from ftlab.report.select import best_arms, reference_arms
 from ftlab.report.verdicts import compare
 
 BUDGET_SHARES = (0.25, 0.5, 0.75, 1.0)  # of plain full FT's forgetting at its longest duration
@@ -81,6 +80,16 @@ def advise(m: Measures, budget: float | None = None) -> Advice:
     return advice
 
 
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points (source score, learning) no other point beats on both (both maximized), by source score."""
+    front, best = [], float("-inf")
+    for f, l in sorted(points, key=lambda p: (-p[0], -p[1])):
+        if l > best:
+            front.append((f, l))
+            best = l
+    return sorted(front)
+
+
 def _front(m: Measures, points: list[Point]) -> list[Step]:
     """The Pareto front, least forgetting first, each step compared with the one before."""
     best = set(pareto([(-p.forgetting.estimate, p.learning.estimate) for p in points]))
@@ -116,7 +125,7 @@ def _answer(m: Measures, points: list[Point], setting: str, budget: float, what:
     return answer
 
 
-# ----------------------------------------------------------------------------- exports and HTML
+# ----------------------------------------------------------------------------- exports
 
 
 def front_records(advice: Advice) -> list[dict]:
@@ -133,62 +142,3 @@ def budget_records(advice: Advice) -> list[dict]:
              "best": a.best.name if a.best else None,
              **(a.best.record() if a.best else {}),
              "ties": "; ".join(p.name for p in a.ties)} for a in advice.answers]
-
-
-def section(advice: Advice, budget: float | None) -> str:
-    """The recommendation section of the page."""
-    out = ['<section id="recommendation"><h2>What to train: the learning-forgetting front</h2>'
-           '<p class="meta">Candidates: each method/rank at its best learning rate, at each duration it was trained '
-           'for. Forgetting is read against the base model on the held-out source loss (its rise, nats/token) where '
-           'the setting measured it, else on the source score (its drop); higher = more forgotten. The front holds '
-           'the configurations no other beats on both learning and forgetting; neighbours on it are compared paired '
-           'over the same documents (95%). A configuration is within a forgetting budget when its forgetting\'s 95% '
-           'interval lies at or below the budget; ties: learning not distinguishable from the best\'s (paired, 95%).'
-           '</p>']
-    if not advice.front:
-        out.append("<p>Not enough data: no configuration has both learning and forgetting measured (forgetting "
-                   "needs the base model evaluated).</p></section>\n")
-        return "".join(out)
-    for setting, steps in advice.front.items():
-        measure = FORGETTING_WORDS[steps[0].point.instrument]
-        out.append(f"<h3>{esc(setting)}</h3>")
-        rows = []
-        for i, s in enumerate(steps):
-            if s.distinct is None:
-                change, flag = ("–", "") if i == 0 else ("not paired (no shared per-example values)", "")
-            else:
-                change = f"learning {s.learning_gain.text(True)}, forgetting {s.forgetting_gain.text(True)}"
-                flag = "distinguishable" if s.distinct else '<span class="tie">not distinguishable at 95%</span>'
-            rows.append([esc(s.point.name), esc(s.point.learning.text()), esc(s.point.forgetting.text()),
-                         esc(change), flag])
-        out.append(table(["configuration (least forgetting first)", "learning [95%]", f"forgetting: {measure} [95%]",
-                          "change from the row above [95%]", "from the row above"], rows, "front"))
-        answers = [a for a in advice.answers if a.setting == setting]
-        ref = advice.reference.get(setting)
-        if ref is None:
-            note = f"Budgets on the {measure}; no plain full FT to scale the default budgets by."
-        else:
-            note = (f"Budgets on the {measure}; plain full FT's at its longest duration ({ref.name}): "
-                    f"{ref.forgetting.text()}" + ("." if ref.forgetting.estimate > 0 else
-                                                  ": it forgot nothing to take a share of, so no default budgets."))
-        if budget is not None:
-            note += f" --forgetting-budget {budget:g} is read on the {measure}."
-        out.append(f'<p class="meta">{esc(note)}</p>')
-        rows = [[esc(a.what), esc(f"{a.budget:.3g}"), esc(a.best.name) if a.best else esc(_none(a)),
-                 esc(a.best.learning.text()) if a.best else "–", esc(a.best.forgetting.text()) if a.best else "–",
-                 esc("; ".join(p.name for p in a.ties)) or "–", f"{len(a.within)} of {a.candidates}"]
-                for a in answers]
-        if rows:
-            out.append(table(["budget", "forgetting allowed", "learns most within it", "learning [95%]",
-                              "forgetting [95%]", "tied with it (learning, paired 95%)", "within the budget"],
-                             rows, "budgets", frozenset({1, 6})))
-    out.append("</section>\n")
-    return "".join(out)
-
-
-def _none(a: Answer) -> str:
-    """Why no configuration is within a budget."""
-    if a.below:
-        return (f"none within it at 95%: {a.below} of {a.candidates} have estimates below it, but their intervals "
-                "reach above (the instrument cannot certify this little forgetting)")
-    return "none within it: every configuration forgot more"

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ftlab.report.html import esc, num, table
-from ftlab.report.measures import Measures, duration_text, reference_arms
-from ftlab.report.verdicts import INSTRUMENTS, Arm, Claim, Comparison, compare
+from ftlab.report.measures import Measures
+from ftlab.report.select import Arm, reference_arms
+from ftlab.report.verdicts import INSTRUMENTS, Claim, Comparison, compare
 
 EXPECTED = {"learning": +1, "source": -1, "source_loss": +1, "unique": -1}  # full FT - base, as the paper expects
 
@@ -74,7 +74,7 @@ def _full_effect(m: Measures, setting: str, arms: list[Arm], instrument: str) ->
         return None
     for arm in arms:  # the longest duration first
         c = compare(m.study, Arm.of([base]), arm, instrument, EXPECTED[instrument],
-                    f"{arm.label} at {duration_text(arm.rows[0])} vs base")
+                    f"{arm.label} at {arm.when} vs base")
         if c is not None:
             return c
     return None
@@ -99,25 +99,3 @@ def powers(m: Measures, claims: list[Claim]) -> list[Power]:
                  if (effect := _full_effect(m, s, arms, instrument)) is not None]
         out += found or [Power(instrument, *_mde(on))]
     return out
-
-
-def section(rows: list[Power]) -> str:
-    """The instruments section of the page."""
-    resolved = {None: "–", True: "yes: |effect| ≥ MDE", False: '<span class="tie">no: |effect| &lt; MDE</span>'}
-    cells = []
-    for p in rows:
-        effect = "not measured" if p.full is None else esc(
-            p.full.text() + (" (not significant)" if p.full.verdict == "inconclusive" else ""))
-        cells.append([esc(INSTRUMENTS[p.instrument]), esc(p.setting or "–"), str(p.comparisons), esc(num(p.mde)),
-                      effect, esc(num(p.full.interval.mde if p.full else None)), resolved[p.resolved]])
-    return ('<section id="instruments"><h2>Instruments: what this study can detect</h2>'
-            '<p class="meta">Minimal detectable effect (MDE): the true difference a paired comparison detects with '
-            '80% power at 5% (two-sided), 2.8 x its bootstrap standard error; here the median over the study\'s '
-            'comparisons on the instrument in the setting. Beside it, plain full FT (best learning rate, longest '
-            'duration) against the base model, paired over the same documents: where the MDE exceeds that effect the '
-            'instrument cannot resolve the forgetting (or learning) full FT causes, and a verdict read on it says '
-            'little.</p>'
-            + table(["instrument", "setting", "comparisons", "MDE (median)", "plain full FT vs base [95%]",
-                     "that comparison's MDE", "resolves full FT's effect?"], cells, "instruments",
-                    frozenset({2, 3, 5}))
-            + "</section>\n")

@@ -15,12 +15,12 @@ estimate (the rows' mean) and has no interval.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ftlab.analysis.statistics import Interval
-from ftlab.report.verdicts import Arm, arms, compare, level
-from ftlab.results.rows import Row, Study, best_lr_rows, plain_full
+from ftlab.report.select import Arm
+from ftlab.report.verdicts import compare, level
+from ftlab.results.study import Study
 
 FORGETTING_WORDS = {  # forgetting instrument -> what its numbers are, in words (figures, tables, the CLI option)
     "source_loss": "source-loss rise over the base (nats/token)",
@@ -154,9 +154,8 @@ class Point:
     @property
     def name(self) -> str:
         """"LoRA r=16, lr 0.001, 4 epochs": the configuration in words."""
-        first = self.arm.rows[0]
-        return f"{self.arm.label}, lr {self.lr:g}, {duration_text(first)}" if self.lr is not None else (
-            f"{self.arm.label}, {duration_text(first)}")
+        return f"{self.arm.label}, lr {self.lr:g}, {self.arm.when}" if self.lr is not None else (
+            f"{self.arm.label}, {self.arm.when}")
 
     def record(self) -> dict:
         first = self.arm.rows[0]
@@ -165,50 +164,3 @@ class Point:
                 **(self.learning.record("learning") if self.learning else empty_record("learning")),
                 **(self.forgetting.record("forgetting") if self.forgetting else empty_record("forgetting")),
                 "forgetting_measure": self.instrument}
-
-
-def duration_text(r: Row) -> str:
-    d = r.duration
-    if d is None:
-        return "duration unknown"
-    return f"{d:,.0f} {r.duration_unit}" if r.duration_unit == "tokens" else f"{d:g} {r.duration_unit}"
-
-
-def group_order(r: Row) -> tuple:
-    """Groups in the report's order: full FT first, then LoRA by rank."""
-    return r.method != "full", r.rank or 0, r.group
-
-
-def best_arms(study: Study) -> list[Arm]:
-    """The arms of each group's best learning rate (rows.best_lr_rows), every duration, in a fixed order."""
-    def order(item: tuple) -> tuple:
-        setting, _, optimizer, lr, duration = item[0]
-        return (setting, *group_order(item[1].rows[0]), optimizer, lr or 0.0,
-                -math.inf if duration is None else duration)
-    return [arm for _, arm in sorted(arms(best_lr_rows(study.points())).items(), key=order)]
-
-
-def longest(arms_: list[Arm]) -> list[Arm]:
-    """Of each (setting, group, optimizer, lr), its arm at the longest duration."""
-    def length(arm: Arm) -> float:
-        return -math.inf if arm.duration is None else arm.duration
-
-    out: dict[tuple, Arm] = {}
-    for arm in arms_:
-        key = (arm.setting, arm.label, arm.rows[0].optimizer, arm.rows[0].lr)
-        if key not in out or length(arm) > length(out[key]):
-            out[key] = arm
-    return list(out.values())
-
-
-def reference_arms(study: Study) -> dict[str, list[Arm]]:
-    """setting -> plain full FT at its best learning rate, longest duration first (AdamW before other optimizers):
-    the reference the instruments and the forgetting budgets are read against."""
-    plain = {id(r) for r in plain_full(study.points())}
-    out: dict[str, list[Arm]] = {}
-    for arm in best_arms(study):
-        if id(arm.rows[0]) in plain:
-            out.setdefault(arm.setting, []).append(arm)
-    return {s: sorted(found, key=lambda a: (a.rows[0].optimizer not in ("", "adamw"), a.label,
-                                            -(a.duration if a.duration is not None else -math.inf)))
-            for s, found in out.items()}

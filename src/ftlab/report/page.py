@@ -11,8 +11,8 @@ checkpoints, ftlab version); the claims (ftlab.report.claims: per finding its ve
 disagreeing and inconclusive comparisons, the headline difference with its 95% interval, the minimal detectable
 effect, notes and rule); the instruments (ftlab.report.instruments: each one's detectable effect beside full FT's
 effect on it); the recommendation (ftlab.report.advice: the learning-forgetting Pareto front and forgetting budgets);
-the cost view (ftlab.report.plots_cost); the figures (ftlab.report.plots; skipped ones listed with the reason); one
-table row per (run, checkpoint); and what is missing.
+the cost view and the figures (ftlab.report.figures; skipped ones listed with the reason); one table row per
+(run, checkpoint); and what is missing. This module writes every part of the page and every export.
 Next to it, in the folder named after OUT without its suffix (DIR/report/ by default):
     results.json       the Study (every row; per-example values stay in the store), the claims (Claim.as_dict: every
                        comparison with its interval), the instruments, the recommendation, each figure's table
@@ -29,7 +29,10 @@ Every file is written under a temporary name and renamed; the same inputs give t
 from __future__ import annotations
 
 import base64
+import csv
 import dataclasses
+import html
+import io
 import json
 import math
 import struct
@@ -40,14 +43,15 @@ from ftlab import __version__
 from ftlab.errors import FtlabError
 from ftlab.io import write_text
 from ftlab.report import advice, instruments
+from ftlab.report.advice import Advice, Answer
 from ftlab.report.claims import check_claims
-from ftlab.report.html import csv_text, esc, num, table
+from ftlab.report.figures import Plot, cost, cost_points, draw_all
+from ftlab.report.instruments import Power
 from ftlab.report.measures import FORGETTING_WORDS, Measures
-from ftlab.report.plots import Plot, draw_all
-from ftlab.report.plots_cost import cost, cost_points
-from ftlab.report.verdicts import Claim
+from ftlab.report.verdicts import INSTRUMENTS, Claim
 from ftlab.results.index import study_of
-from ftlab.results.rows import Row, Study
+from ftlab.results.study import Row, Study
+from ftlab.rundir import StudyLayout
 
 SECTIONS = ("summary", "claims", "instruments", "recommendation", "cost", "figures", "runs",
             "missing")  # the page's section ids (scripts/check_report.py checks them)
@@ -73,7 +77,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
     cost_plot = cost(m)
     powers = instruments.powers(m, claims)
     advised = advice.advise(m, forgetting_budget)
-    page = Path(out) if out is not None else Path(study_dir) / "report.html"
+    page = Path(out) if out is not None else StudyLayout(study_dir).report
     data_dir = page.with_suffix("")
     data_dir.mkdir(parents=True, exist_ok=True)
     recommendation = {"forgetting_budget": forgetting_budget, "front": advice.front_records(advised),
@@ -97,7 +101,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
             write_text(target, csv_text(p.table))
         elif target.exists():
             target.unlink()
-    body = [_claims_html(claims), instruments.section(powers), advice.section(advised, forgetting_budget),
+    body = [claims_html(claims), _instruments_html(powers), _recommendation_html(advised, forgetting_budget),
             _cost_html(m, cost_plot, data_dir.name), _figures_html(plots, data_dir.name), _rows_html(study),
             _missing_html(study)]
     write_text(page, render(study, body, data_dir.name))
@@ -141,6 +145,42 @@ def row_record(r: Row) -> dict:
 
 
 # ----------------------------------------------------------------------------- HTML
+
+def esc(x: object) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def num(x: object) -> str:
+    """A number as the page shows it: 4 significant digits, "–" for none."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def table(head: list[str], rows: list[list[str]], cls: str = "", numeric: frozenset[int] = frozenset(),
+          ids: list[str] | None = None) -> str:
+    """An HTML table in a horizontally scrolling box; cells are HTML already (escape them first), columns whose
+    index is in `numeric` right-aligned; ids: each row's id attribute."""
+    th = "".join(f"<th>{esc(h)}</th>" for h in head)
+    body = "".join((f'<tr id="{esc(ids[n])}">' if ids else "<tr>")
+                   + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
+                   + "</tr>" for n, row in enumerate(rows))
+    klass = f' class="{cls}"' if cls else ""
+    return f'<div class="scroll"><table{klass}><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def csv_text(records: list[dict], columns: tuple[str, ...] | None = None) -> str:
+    """CSV of records (columns default: the union of their keys, in order of first appearance); None -> empty."""
+    if columns is None:
+        columns = tuple(dict.fromkeys(k for r in records for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: "" if v is None else v for k, v in r.items()} for r in records])
+    return buf.getvalue()
+
 
 CSS = """
 body{margin:0;font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2329;background:#fafbfc}
@@ -186,7 +226,7 @@ def render(study: Study, sections: list[str], data_dir: str) -> str:
 """
 
 
-def _claims_html(claims: list[Claim]) -> str:
+def claims_html(claims: list[Claim]) -> str:
     shared = [n for n, k in Counter(n for c in claims for n in dict.fromkeys(c.notes)).items() if k > 1]
     rows = []
     for c in claims:
@@ -213,6 +253,87 @@ def _claims_html(claims: list[Claim]) -> str:
                      "detectable (MDE)", "notes", "numbers and rule"], rows, "claims", frozenset({2, 4}),
                     [f"claim-{c.id}" for c in claims])
             + shared_html + "</section>\n")
+
+
+def _instruments_html(rows: list[Power]) -> str:
+    """The instruments section of the page."""
+    resolved = {None: "–", True: "yes: |effect| ≥ MDE", False: '<span class="tie">no: |effect| &lt; MDE</span>'}
+    cells = []
+    for p in rows:
+        effect = "not measured" if p.full is None else esc(
+            p.full.text() + (" (not significant)" if p.full.verdict == "inconclusive" else ""))
+        cells.append([esc(INSTRUMENTS[p.instrument]), esc(p.setting or "–"), str(p.comparisons), esc(num(p.mde)),
+                      effect, esc(num(p.full.interval.mde if p.full else None)), resolved[p.resolved]])
+    return ('<section id="instruments"><h2>Instruments: what this study can detect</h2>'
+            '<p class="meta">Minimal detectable effect (MDE): the true difference a paired comparison detects with '
+            '80% power at 5% (two-sided), 2.8 x its bootstrap standard error; here the median over the study\'s '
+            'comparisons on the instrument in the setting. Beside it, plain full FT (best learning rate, longest '
+            'duration) against the base model, paired over the same documents: where the MDE exceeds that effect the '
+            'instrument cannot resolve the forgetting (or learning) full FT causes, and a verdict read on it says '
+            'little.</p>'
+            + table(["instrument", "setting", "comparisons", "MDE (median)", "plain full FT vs base [95%]",
+                     "that comparison's MDE", "resolves full FT's effect?"], cells, "instruments",
+                    frozenset({2, 3, 5}))
+            + "</section>\n")
+
+
+def _recommendation_html(advice: Advice, budget: float | None) -> str:
+    """The recommendation section of the page."""
+    out = ['<section id="recommendation"><h2>What to train: the learning-forgetting front</h2>'
+           '<p class="meta">Candidates: each method/rank at its best learning rate, at each duration it was trained '
+           'for. Forgetting is read against the base model on the held-out source loss (its rise, nats/token) where '
+           'the setting measured it, else on the source score (its drop); higher = more forgotten. The front holds '
+           'the configurations no other beats on both learning and forgetting; neighbours on it are compared paired '
+           'over the same documents (95%). A configuration is within a forgetting budget when its forgetting\'s 95% '
+           'interval lies at or below the budget; ties: learning not distinguishable from the best\'s (paired, 95%).'
+           '</p>']
+    if not advice.front:
+        out.append("<p>Not enough data: no configuration has both learning and forgetting measured (forgetting "
+                   "needs the base model evaluated).</p></section>\n")
+        return "".join(out)
+    for setting, steps in advice.front.items():
+        measure = FORGETTING_WORDS[steps[0].point.instrument]
+        out.append(f"<h3>{esc(setting)}</h3>")
+        rows = []
+        for i, s in enumerate(steps):
+            if s.distinct is None:
+                change, flag = ("–", "") if i == 0 else ("not paired (no shared per-example values)", "")
+            else:
+                change = f"learning {s.learning_gain.text(True)}, forgetting {s.forgetting_gain.text(True)}"
+                flag = "distinguishable" if s.distinct else '<span class="tie">not distinguishable at 95%</span>'
+            rows.append([esc(s.point.name), esc(s.point.learning.text()), esc(s.point.forgetting.text()),
+                         esc(change), flag])
+        out.append(table(["configuration (least forgetting first)", "learning [95%]", f"forgetting: {measure} [95%]",
+                          "change from the row above [95%]", "from the row above"], rows, "front"))
+        answers = [a for a in advice.answers if a.setting == setting]
+        ref = advice.reference.get(setting)
+        if ref is None:
+            note = f"Budgets on the {measure}; no plain full FT to scale the default budgets by."
+        else:
+            note = (f"Budgets on the {measure}; plain full FT's at its longest duration ({ref.name}): "
+                    f"{ref.forgetting.text()}" + ("." if ref.forgetting.estimate > 0 else
+                                                  ": it forgot nothing to take a share of, so no default budgets."))
+        if budget is not None:
+            note += f" --forgetting-budget {budget:g} is read on the {measure}."
+        out.append(f'<p class="meta">{esc(note)}</p>')
+        rows = [[esc(a.what), esc(f"{a.budget:.3g}"), esc(a.best.name) if a.best else esc(_no_answer(a)),
+                 esc(a.best.learning.text()) if a.best else "–", esc(a.best.forgetting.text()) if a.best else "–",
+                 esc("; ".join(p.name for p in a.ties)) or "–", f"{len(a.within)} of {a.candidates}"]
+                for a in answers]
+        if rows:
+            out.append(table(["budget", "forgetting allowed", "learns most within it", "learning [95%]",
+                              "forgetting [95%]", "tied with it (learning, paired 95%)", "within the budget"],
+                             rows, "budgets", frozenset({1, 6})))
+    out.append("</section>\n")
+    return "".join(out)
+
+
+def _no_answer(a: Answer) -> str:
+    """Why no configuration is within a budget."""
+    if a.below:
+        return (f"none within it at 95%: {a.below} of {a.candidates} have estimates below it, but their intervals "
+                "reach above (the instrument cannot certify this little forgetting)")
+    return "none within it: every configuration forgot more"
 
 
 def _figure_html(p: Plot, data_dir: str) -> str:

@@ -1,10 +1,9 @@
 """What every finding's check shares: arms of a comparison, the instruments that measure them, paired intervals and
 the three-way verdict.
 
-    arm = Arm.of(rows)                                   # one configuration at one duration, a row per seed
     c = compare(study, lora_arm, full_arm, "learning", expected=-1, what="LoRA r=16 vs full FT at 2 epochs")
     c.verdict                                            # agree | disagree | inconclusive (95% paired interval)
-    claim.decide([c, ...], empty="not enough data: ...")
+    decided(claim, [c, ...], empty="not enough data: ...")   # the claim's status, counts, headline and sentence
 
 An instrument turns a row into per-example values: learning (the learning tasks' headline metrics), source (the
 source benchmarks' headline metrics: the source score), source_loss (held-out source loss per document, weighted
@@ -24,49 +23,17 @@ from typing import Literal
 import numpy as np
 
 from ftlab.analysis.statistics import Interval, Part, classify, holm, level_interval, paired_difference_of
-from ftlab.results.rows import BaseResult, Row, Study
+from ftlab.report.select import Arm, Measured
+from ftlab.results.study import Study
 
 InstrumentName = Literal["learning", "source", "source_loss", "unique"]
+FORGETTING = ("source_loss", "source")  # the forgetting instruments, the one with power first
 INSTRUMENTS: dict[str, str] = {  # name -> what it measures, in words (the report's instrument table)
     "learning": "learning: the learning tasks' headline metric (higher = learned more)",
     "source": "source score: the source benchmarks' headline metric (lower = more forgotten)",
     "source_loss": "source loss: held-out source-domain loss, nats per token (higher = more forgotten)",
     "unique": "unique outputs per problem among a sampled task's samples (lower = less diverse)",
 }
-Measured = Row | BaseResult
-
-
-@dataclass
-class Arm:
-    """One configuration at one duration: a row per training seed (or the setting's base model)."""
-
-    label: str  # "LoRA r=16", "full FT", "base"
-    rows: list[Measured]
-
-    @classmethod
-    def of(cls, rows: list[Measured], label: str | None = None) -> Arm:
-        first = rows[0]
-        return cls(label or (first.group if isinstance(first, Row) else "base"), list(rows))
-
-    @property
-    def setting(self) -> str:
-        return self.rows[0].setting
-
-    @property
-    def duration(self) -> float | None:
-        first = self.rows[0]
-        return first.duration if isinstance(first, Row) else 0.0
-
-
-def arms(rows: list[Row]) -> dict[tuple, Arm]:
-    """The rows grouped into arms by (setting, group, optimizer, lr, duration): seeds of one configuration together.
-    (The group already names the optimizer when it is not AdamW; it is in the key so nothing compares across it.)"""
-    grouped: dict[tuple, list[Row]] = {}
-    for r in rows:
-        grouped.setdefault((r.setting, r.group, r.optimizer, r.lr, r.duration), []).append(r)
-    return {key: Arm.of(sorted(rs, key=lambda r: r.seed)) for key, rs in grouped.items()}
-
-
 def _examples(m: Measured, instrument: str, study: Study) -> dict[str, dict[str, tuple[float, float]]]:
     """key -> per-document (value, weight) of one row under an instrument."""
     if instrument == "unique":
@@ -84,22 +51,6 @@ def _examples(m: Measured, instrument: str, study: Study) -> dict[str, dict[str,
     return {k: m.values(k) for k in keys if m.values(k)}
 
 
-def parts(study: Study, a: Arm, b: Arm, instrument: str) -> list[Part]:
-    """The paired parts (one per task both arms measured on every seed) over the documents all rows share."""
-    measured = [_examples(m, instrument, study) for m in a.rows + b.rows]
-    keys = sorted(set.intersection(*(set(e) for e in measured))) if measured else []
-    out = []
-    for key in keys:
-        docs = sorted(set.intersection(*(set(e[key]) for e in measured)))
-        if not docs:
-            continue
-        values = [np.array([e[key][d][0] for d in docs]) for e in measured]
-        weights = np.array([measured[0][key][d][1] for d in docs])
-        out.append(Part(np.stack(values[:len(a.rows)]), np.stack(values[len(a.rows):]),
-                        None if np.all(weights == 1.0) else weights))
-    return out
-
-
 def shared_values(study: Study, rows: list[Measured], instrument: str) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Per task every row measured: the values on the documents all rows share, (rows, n), and their weights (n,)
     (None when all are 1). What an arm's level resamples, and a sweep's bootstrap (every LR's rows at once)."""
@@ -113,6 +64,13 @@ def shared_values(study: Study, rows: list[Measured], instrument: str) -> list[t
             weights = np.array([measured[0][key][d][1] for d in docs])
             found.append((values, None if np.all(weights == 1.0) else weights))
     return found
+
+
+def parts(study: Study, a: Arm, b: Arm, instrument: str) -> list[Part]:
+    """The paired parts (one per task both arms measured on every seed) over the documents all rows share."""
+    n = len(a.rows)
+    return [Part(values[:n], values[n:], weights) for values, weights in shared_values(study, a.rows + b.rows,
+                                                                                         instrument)]
 
 
 def level(study: Study, arm: Arm, instrument: str) -> Interval | None:
@@ -225,3 +183,19 @@ class Claim:
                 "counts": self.counts, "mde": self.mde, "notes": self.notes,
                 "headline": self.headline.as_dict() if self.headline else None,
                 "comparisons": [c.as_dict() for c in self.comparisons]}
+
+
+def decided(claim: Claim, comparisons: list[Comparison | None], empty: str,
+            headline: Comparison | None = None) -> Claim:
+    """What every finding's check ends with: Claim.decide; where forgetting was read on both of its instruments,
+    how many comparisons each; the instrument the headline (and the MDE) is on, when the claim names none; and the
+    comparisons that contradict the paper, noted."""
+    claim.decide(comparisons, empty, headline)
+    used = {c.instrument for c in claim.comparisons}
+    if len(used & set(FORGETTING)) > 1:
+        n = {i: sum(c.instrument == i for c in claim.comparisons) for i in FORGETTING}
+        claim.sentence += (f" (forgetting read on the source loss in {n['source_loss']} comparisons, on the source "
+                           f"score in {n['source']} without per-document source loss)")
+    if claim.headline is not None and not claim.instrument:
+        claim.instrument = claim.headline.instrument
+    return claim.note_contradictions()

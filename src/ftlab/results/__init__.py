@@ -1,5 +1,5 @@
 """The results store: every number of a study in one SQLite file, indexed from the run directories' artefacts.
 
-    store.py   the schema, writes and reads        index.py   run directories -> store rows
-    rows.py    Study, Row: what readers get          load.py    store tables -> Study (derived numbers computed once)
+    records.py  the tables: one dataclass per table, its fields the columns   store.py  SQLite writes and reads
+    index.py    run directories -> records                                     study.py  the store -> a Study
 """

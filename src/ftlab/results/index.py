@@ -1,97 +1,92 @@
-"""Run directories -> the results store: the one code path from artefacts to numbers.
+"""Run directories -> the results store: the one code path from artefacts to records.
 
     result = measure_checkpoint("runs/math-ift/full/epochs-1", ckpt_dir, duration=1.0)
-    store.put_checkpoint(result)                 # what the study runner does after evaluating a checkpoint
+    store.put_checkpoint(result)                 # what the study runner does after analysing a checkpoint
     index_folder("studies/plain")                # what `ftlab report` does on a folder of ftlab train/eval runs
 
-A checkpoint's artefacts, all optional: ftlab.json (step, tokens), eval.json (each task's scores, as `ftlab eval`
-wrote them), eval_samples/<task>.jsonl (per-example records: the examples table, and the diversity of sampled
-tasks), spectrum.json (ΔW per matrix), kl.json (KL to the base). The store gets exactly what the files hold, so
-what lands does not depend on the order things were done in, or on an interruption.
+A checkpoint's artefacts (ftlab.rundir.CheckpointFiles), all optional: its info (step, tokens), its evaluation
+(each task's scores as `ftlab eval` wrote them, and per-example records: the examples table), its spectrum (ΔW per
+matrix), its KL to the base and its diversity (written by the analyse stage). The store gets exactly what the files
+hold, so what lands does not depend on the order things were done in, or on an interruption. Nothing is computed
+here: every number comes from a file.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftlab.errors import FtlabError
+from ftlab.builtin import BUILTIN_PREFIX
+from ftlab.config import HUB_PREFIX, RunConfig, lora_variant, method_label, to_dict
+from ftlab.errors import ConfigError, FtlabError
+from ftlab.evaluate.tasks import REGISTRY
 from ftlab.io import damaged_files, read_json, read_jsonl
-from ftlab.results.schema import EXPERIMENT, STORE, base_run
+from ftlab.results.records import (AnalysisRecord, CheckpointRecord, CheckpointResult, CurvePoint, ExampleRecord,
+                                   MetricRecord, RunRecord, SpectrumRecord, TaskRecord, base_run)
+from ftlab.results.store import Store
+from ftlab.results.study import Study, load_study
+from ftlab.rundir import (CheckpointFiles, RunLayout, StudyLayout, checkpoint_duration, find_runs, read_info,
+                          read_metrics, run_checkpoints, saved_config)
 
 TOKEN_WEIGHTED = ("loss", "token_accuracy")  # perplexity tasks: per-document means weighted by tokens
 DERIVED = ("perplexity",)  # exp(loss): not a mean of per-document values, so not stored per document
 
 
-@dataclass
-class CheckpointResult:
-    """Every number measured on one checkpoint, ready for Store.put_checkpoint."""
-
-    run: str
-    name: str
-    path: str
-    duration: float
-    step: int | None = None
-    tokens: int | None = None
-    epoch: float | None = None
-    tasks: list[tuple] = field(default_factory=list)  # (task, version, kind, role, metric)
-    metrics: list[tuple] = field(default_factory=list)  # (task, version, metric, value, n, stderr)
-    examples: list[tuple] = field(default_factory=list)  # (task, metric, doc, value, weight)
-    spectra: list[tuple] = field(default_factory=list)  # schema.SPECTRUM_COLUMNS after (run, checkpoint)
-    analyses: dict[str, dict] = field(default_factory=dict)  # kind -> value
-
-
 def measure_checkpoint(run: str, directory: Path, duration: float, name: str | None = None) -> CheckpointResult:
     """Everything the artefacts of one checkpoint (or a base model's evaluation directory) hold."""
-    directory = Path(directory)
-    info = read_json(directory / "ftlab.json", "checkpoint info") if (directory / "ftlab.json").exists() else {}
-    result = CheckpointResult(run, name or directory.name, str(directory), duration, info.get("step"),
-                              info.get("tokens"), info.get("epoch"))
-    if (directory / "eval.json").exists():
-        _evaluation(result, directory)
-    if (directory / "spectrum.json").exists():
-        _spectrum(result, read_json(directory / "spectrum.json", "spectrum"), directory)
-    if (directory / "kl.json").exists():
-        result.analyses["kl"] = read_json(directory / "kl.json", "KL measurement")
+    files = CheckpointFiles(directory)
+    info = read_info(files.path)
+    result = CheckpointResult(CheckpointRecord(run, name or files.path.name, str(files.path), info.get("step"),
+                                               info.get("tokens"), info.get("epoch"), duration))
+    if files.eval.exists():
+        _evaluation(result, files)
+    if files.spectrum.exists():
+        result.spectra = _spectrum(result.checkpoint, read_json(files.spectrum, "spectrum"), files)
+    if files.kl.exists():
+        _analysis(result, "kl", read_json(files.kl, "KL measurement"))
+    if files.diversity.exists():
+        for task, report in read_json(files.diversity, "diversity").items():
+            _analysis(result, f"diversity:{task}", report)
     return result
 
 
-def _evaluation(result: CheckpointResult, directory: Path) -> None:
-    from ftlab.evaluate.tasks import REGISTRY
+def _analysis(result: CheckpointResult, kind: str, value: dict) -> None:
+    c = result.checkpoint
+    result.analyses.append(AnalysisRecord(c.run, c.name, kind, json.dumps(value, sort_keys=True)))
 
-    doc = read_json(directory / "eval.json", "evaluation")
+
+def _evaluation(result: CheckpointResult, files: CheckpointFiles) -> None:
+    c = result.checkpoint
+    doc = read_json(files.eval, "evaluation")
     versions = {}
     for s in doc.get("scores", []):
-        result.metrics.append((s["task"], s["version"], s["metric"], s["value"], s.get("n"), s.get("stderr")))
+        result.metrics.append(MetricRecord(c.run, c.name, s["task"], s["version"], s["metric"], s["value"],
+                                           s.get("n"), s.get("stderr")))
         versions[s["task"]] = s["version"]
     for task, version in sorted(versions.items()):
         spec = REGISTRY.get(task)
         if spec is None:  # lm_eval:<task>, or a task this ftlab no longer has: its numbers, no role
-            first = next(m for t, _, m, *_ in result.metrics if t == task)
-            result.tasks.append((task, version, "lm_eval" if ":" in task else "unknown", "other", first))
+            first = next(m.metric for m in result.metrics if m.task == task)
+            result.tasks.append(TaskRecord(task, version, "lm_eval" if ":" in task else "unknown", "other", first))
             continue
-        result.tasks.append((task, version, spec.kind, spec.role, spec.metric))
-        samples = directory / "eval_samples" / f"{task}.jsonl"
+        result.tasks.append(TaskRecord(task, version, spec.kind, spec.role, spec.metric))
+        samples = files.samples(task)
         if samples.exists():
-            fix = f"delete {directory / 'eval.json'} and run `ftlab eval` on {directory} again (it rewrites both)"
-            recorded = doc.get("samples", {}).get(task)  # its size and sha256 (none in an older eval.json)
-            damaged = damaged_files(directory, {f"eval_samples/{task}.jsonl": recorded}) if recorded else []
+            fix = f"delete {files.eval} and run `ftlab eval` on {files.path} again (it rewrites both)"
+            recorded = doc.get("samples", {}).get(task)  # its size and sha256, written with it
+            if recorded is None:
+                raise FtlabError(f"{samples}: {files.eval.name} records no checksum of it; {fix}")
+            damaged = damaged_files(files.path, {samples.relative_to(files.path).as_posix(): recorded})
             if damaged:
                 raise FtlabError(f"{damaged[0]}: the file is damaged; {fix}")
             records = [r for _, r in read_jsonl(samples, fix=fix)]
-            result.examples += _examples(task, spec.kind, records)
-            if spec.samples > 1:
-                from ftlab.analysis.diversity import diversity
-
-                result.analyses[f"diversity:{task}"] = diversity(records, task, [f"{samples}:{i + 1}" for i in
-                                                                                 range(len(records))])
+            result.examples += _examples(c, task, spec.kind, records)
 
 
-def _examples(task: str, kind: str, records: list[dict]) -> list[tuple]:
-    """(task, metric, doc, value, weight) per document: a sampled task's records are per sample and carry their
-    problem's pass@k, so the first record of each problem stands for it."""
+def _examples(c: CheckpointRecord, task: str, kind: str, records: list[dict]) -> list[ExampleRecord]:
+    """One record per document and metric: a sampled task's records are per sample and carry their problem's
+    pass@k, so the first record of each problem stands for it."""
     out, seen = [], set()
     for r in records:
         doc = str(r["id"])
@@ -104,23 +99,27 @@ def _examples(task: str, kind: str, records: list[dict]) -> list[tuple]:
             weight = float(r["tokens"]) if kind == "perplexity" and metric in TOKEN_WEIGHTED else 1.0
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
-            out.append((task, metric, doc, float(value), weight))
+            out.append(ExampleRecord(c.run, c.name, task, metric, doc, float(value), weight))
     return out
 
 
-def _spectrum(result: CheckpointResult, doc: dict, directory: Path) -> None:
+def _spectrum(c: CheckpointRecord, doc: dict, files: CheckpointFiles) -> list[SpectrumRecord]:
     entries = doc.get("checkpoints", [])
     if len(entries) != 1:
-        raise FtlabError(f"{directory / 'spectrum.json'}: expected the spectrum of one checkpoint, found "
-                         f"{len(entries)}; run `ftlab spectrum` on the run again")
+        raise FtlabError(f"{files.spectrum}: expected the spectrum of one checkpoint, found {len(entries)}; run "
+                         "`ftlab spectrum` on the run again")
+    out = []
     for m in entries[0]["matrices"]:
         d = m["delta"]
-        result.spectra.append((m["name"], m.get("layer"), m.get("module"), m["shape"][0], m["shape"][1], d.get("k50"),
-                               d["k90"], d.get("k99"), d["k90_frac"], m.get("rel_change"), m.get("intruders"),
-                               d.get("stable_rank"), d.get("effective_rank"), d.get("fro"),
-                               (m.get("base") or {}).get("k90"), (m.get("finetuned") or {}).get("k90"),
-                               (m.get("gaussian") or {}).get("k90"), m.get("lora_rank"),
-                               json.dumps(m["singular_values"]) if m.get("singular_values") else None))
+        out.append(SpectrumRecord(
+            c.run, c.name, m["name"], layer=m.get("layer"), module=m.get("module"), rows=m["shape"][0],
+            cols=m["shape"][1], k50=d.get("k50"), k90=d["k90"], k99=d.get("k99"), k90_frac=d["k90_frac"],
+            rel_change=m.get("rel_change"), intruders=m.get("intruders"), stable_rank=d.get("stable_rank"),
+            effective_rank=d.get("effective_rank"), fro=d.get("fro"), k90_base=(m.get("base") or {}).get("k90"),
+            k90_finetuned=(m.get("finetuned") or {}).get("k90"), k90_gaussian=(m.get("gaussian") or {}).get("k90"),
+            lora_rank=m.get("lora_rank"),
+            singular_values=json.dumps(m["singular_values"]) if m.get("singular_values") else None))
+    return out
 
 
 def measure_base(setting: str, directory: Path) -> CheckpointResult:
@@ -131,33 +130,28 @@ def measure_base(setting: str, directory: Path) -> CheckpointResult:
 # ----------------------------------------------------------------------------- runs
 
 
-def run_record(name: str, setting: str, group: str, label: str, cfg, status: str, reason: str | None = None) -> dict:
-    """A run's row for Store.put_run: its place in the study and its configuration (cfg: the resolved RunConfig)."""
-    from ftlab.config import to_dict
-    from ftlab.methods import lora_variant
-
+def run_record(name: str, setting: str, group: str, label: str, cfg: RunConfig, status: str,
+               reason: str | None = None) -> RunRecord:
+    """A run's row: its place in the study and its configuration (cfg: the resolved RunConfig)."""
     m, t = cfg.method, cfg.train
     lora = m.name == "lora"
-    return {"name": name, "setting": setting, "grp": group, "label": label, "method": m.name,
-            "regime": cfg.data.regime, "rank": m.rank if lora else None, "alpha": cfg.lora_alpha() if lora else None,
-            "targets": (m.targets if isinstance(m.targets, str) else ",".join(m.targets)) if lora else "",
-            "variant": " ".join(lora_variant(m)), "lr": t.lr, "weight_decay": t.weight_decay,
-            "attention_dropout": cfg.model.attention_dropout, "optimizer": t.optimizer, "seed": t.seed,
-            "duration_unit": t.unit, "config": json.dumps(to_dict(cfg), sort_keys=True), "status": status,
-            "reason": reason}
+    return RunRecord(name, setting, group, label, m.name, cfg.data.regime, rank=m.rank if lora else None,
+                     alpha=cfg.lora_alpha() if lora else None,
+                     targets=(m.targets if isinstance(m.targets, str) else ",".join(m.targets)) if lora else "",
+                     variant=" ".join(lora_variant(m)), lr=t.lr, weight_decay=t.weight_decay,
+                     attention_dropout=cfg.model.attention_dropout, optimizer=t.optimizer, seed=t.seed,
+                     duration_unit=t.unit, config=json.dumps(to_dict(cfg), sort_keys=True), status=status,
+                     reason=reason)
 
 
-def base_record(setting: str) -> dict:
+def base_record(setting: str) -> RunRecord:
     """The pseudo-run holding a setting's base model."""
-    return {"name": base_run(setting), "setting": setting, "grp": "base", "label": "base", "method": "base",
-            "regime": "", "config": "{}", "status": "done"}
+    return RunRecord(base_run(setting), setting, "base", "base", "base", "", config="{}", status="done")
 
 
 def run_cost(run_dir: Path) -> dict:
-    """What training the run cost: run.json (written by training: wall time, peak memory, device, parameters) and
-    the mean tokens/s of its logged steps."""
-    from ftlab.rundir import RunLayout, read_metrics
-
+    """What training the run cost: its cost file (written by training: wall time, peak memory, device,
+    parameters) and the mean tokens/s of its logged steps."""
     layout = RunLayout(run_dir)
     cost = read_json(layout.cost, "run cost") if layout.cost.exists() else {}
     speeds = [r["tokens_per_s"] for r in read_metrics(run_dir) if r.get("tokens_per_s")]
@@ -166,20 +160,16 @@ def run_cost(run_dir: Path) -> dict:
     return cost
 
 
-def index_training(store, run: str, run_dir: Path) -> None:
-    """What training a run wrote beside its checkpoints: its cost (run.json, tokens/s) and its curve (metrics log)."""
-    from ftlab.rundir import read_metrics
-
+def index_training(store: Store, run: str, run_dir: Path) -> None:
+    """What training a run wrote beside its checkpoints: its cost and its curve (the metrics log)."""
     store.put_cost(run, run_cost(run_dir))
-    store.put_curve(run, read_metrics(run_dir))
+    store.put_curve(run, [CurvePoint(run, r["step"], r.get("tokens"), r.get("loss"), r.get("eval_loss"), r.get("lr"))
+                          for r in read_metrics(run_dir)])
 
 
-def setting_of(cfg) -> str:
+def setting_of(cfg: RunConfig) -> str:
     """A plain run's setting: "ift: math-ift @ base-tiny": the regime, the data (built-in kind, hub id, or a file's
     last two path parts without suffix) and the base model's last path part. Runs compare within one setting."""
-    from ftlab.builtin import BUILTIN_PREFIX
-    from ftlab.config import HUB_PREFIX
-
     data = cfg.data.path
     if data.startswith(BUILTIN_PREFIX):
         data = data.removeprefix(BUILTIN_PREFIX)
@@ -191,19 +181,15 @@ def setting_of(cfg) -> str:
     return f"{cfg.data.regime}: {data} @ {model}"
 
 
-def index_run(store, root: Path, run_dir: Path) -> None:
+def index_run(store: Store, root: Path, run_dir: Path) -> None:
     """A run directory made by `ftlab train` (and evaluated by `ftlab eval`) into the store: its row, each
-    checkpoint's numbers, its base model's (<run>/base_eval) as the setting's base."""
-    from ftlab.errors import ConfigError
-    from ftlab.methods import method_label
-    from ftlab.rundir import RunLayout, checkpoint_duration, read_info, run_checkpoints, saved_config
-
+    checkpoint's numbers, its base model's evaluation (beside the run) as the setting's base."""
     name = run_dir.relative_to(root).as_posix() if run_dir != root else "."
     layout = RunLayout(run_dir)
     try:
-        cfg = saved_config(run_dir)  # config.yaml, or its twin config.json when it is damaged
+        cfg = saved_config(run_dir)
     except (ConfigError, OSError) as e:
-        store.put_note(name, f"config.yaml unreadable ({e}); run skipped")
+        store.put_note(name, f"{layout.config_yaml.name} unreadable ({e}); run skipped")
         return
     setting = setting_of(cfg)
     store.put_run(run_record(name, setting, "run", method_label(cfg.method), cfg, "done"))
@@ -211,28 +197,28 @@ def index_run(store, root: Path, run_dir: Path) -> None:
     for ckpt in run_checkpoints(run_dir):
         duration = checkpoint_duration(cfg.train, ckpt.name, read_info(ckpt))
         if duration is None:
-            store.put_note(f"{name}/{ckpt.name}", "its duration is unknown (no ftlab.json); not indexed")
+            store.put_note(f"{name}/{ckpt.name}", f"its duration is unknown (no {CheckpointFiles(ckpt).info.name}); "
+                           "not indexed")
             continue
         store.put_checkpoint(measure_checkpoint(name, ckpt, duration))
-    if (layout.base_eval / "eval.json").exists() and not store.has_checkpoint(base_run(setting), "base"):
+    if CheckpointFiles(layout.base_eval).eval.exists() and not store.has_checkpoint(base_run(setting), "base"):
         store.put_run(base_record(setting))
         store.put_checkpoint(measure_base(setting, layout.base_eval))
 
 
 def index_folder(root: str | Path) -> Path:
-    """A store of every run below `root` (plain `ftlab train`/`ftlab eval` runs), written afresh to
-    root/results.sqlite; raises FtlabError when there is no run."""
-    from ftlab.results.store import Store
-    from ftlab.rundir import find_runs
-
+    """A store of every run below `root` (plain `ftlab train`/`ftlab eval` runs), written afresh into the folder;
+    raises FtlabError when there is no run."""
     root = Path(root)
     if not root.is_dir():
         raise FtlabError(f"{root}: not a directory; pass a study directory or a folder of run directories")
     runs = find_runs(root)
     if not runs:
-        raise FtlabError(f"{root}: no run directories found (a run directory holds config.yaml and final/ or "
-                         f"checkpoints/; make one with `ftlab train CONFIG --out {root}/NAME`)")
-    path = root / STORE
+        layout = RunLayout(root / "NAME")
+        raise FtlabError(f"{root}: no run directories found (a run directory holds {layout.config_yaml.name} and "
+                         f"{layout.final.name}/ or {layout.checkpoints.name}/; make one with `ftlab train CONFIG "
+                         f"--out {layout.path}`)")
+    path = StudyLayout(root).store
     tmp = path.with_name(path.name + ".tmp")
     for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
         leftover.unlink(missing_ok=True)
@@ -245,12 +231,11 @@ def index_folder(root: str | Path) -> Path:
     return path
 
 
-def study_of(root: str | Path):
+def study_of(root: str | Path) -> Study:
     """The Study a folder holds: a study's own store (`ftlab run` wrote it), else a store indexed afresh from the
     plain runs below (index_folder)."""
-    from ftlab.results.store import Store
-
     root = Path(root)
-    path = root / STORE if (root / EXPERIMENT).exists() and (root / STORE).exists() else index_folder(root)
+    study = StudyLayout(root)
+    path = study.store if study.experiment.exists() and study.store.exists() else index_folder(root)
     with Store(path) as store:
-        return store.study(root)
+        return load_study(store, root)

@@ -1,15 +1,17 @@
 """The results store: SQLite, the one place every number of a study lives. The report, `ftlab status`, the CSV/JSON
 exports and the claims check read it and nothing else; run directories hold artefacts (weights, per-example
-records), and ftlab.results.index turns them into rows here.
+records), and ftlab.results.index turns them into records here.
 
     store = Store("studies/x/results.sqlite")
-    store.study()                     # -> ftlab.results.rows.Study: every row, with per-example values
+    store.runs()                                  # name -> RunRecord
+    store.records(MetricRecord, "task=?", ("gsm8k",))
+    load_study(store)                             # ftlab.results.study: every row, with per-example values
     sqlite3 studies/x/results.sqlite "SELECT run, checkpoint, value FROM metrics WHERE task='gsm8k'"
 
 Every write is one transaction and every row has a natural key, so a study killed at any moment and started again
 rewrites the same rows: nothing is lost and nothing is duplicated. WAL mode lets `ftlab status` read while a
-runner writes. The schema (ftlab.results.schema; README "The results store") is versioned in the meta table; a store of
-another version is refused with what to do.
+runner writes. The tables are the records of ftlab.results.records (README "The results store"); the schema is
+versioned in the meta table, and a store of another version is refused with what to do.
 """
 
 from __future__ import annotations
@@ -17,11 +19,30 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from ftlab.errors import FtlabError
-from ftlab.results.load import read_study
-from ftlab.results.schema import RUN_COLUMNS, SCHEMA, SCHEMA_VERSION, SPECTRUM_COLUMNS, VOLATILE
+from ftlab.results.records import (PER_CHECKPOINT, PLANNED, RUN_COST, SCHEMA, SCHEMA_VERSION, TABLES,
+                                   CheckpointRecord, CheckpointResult, CurvePoint, Meta, Note, RunRecord, columns, row,
+                                   volatile_columns)
+
+R = TypeVar("R")
+
+
+def _insert(record, verb: str = "INSERT") -> tuple[str, tuple]:
+    table = type(record)
+    return f"{verb} INTO {table.TABLE} VALUES ({','.join('?' * len(columns(table)))})", row(record)
+
+
+def _upsert(record) -> tuple[str, tuple]:
+    """Insert, or update the row of the same key in place (it keeps its place: a study's runs stay in plan order)."""
+    sql, values = _insert(record)
+    table = type(record)
+    update = ", ".join(f"{c}=excluded.{c}" for c in columns(table) if c not in table.KEY)
+    return f"{sql} ON CONFLICT({', '.join(table.KEY)}) DO UPDATE SET {update}", values
+
 
 class Store:
     def __init__(self, path: str | Path):
@@ -31,15 +52,15 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
-            version = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            version = self.meta("schema")
         except sqlite3.DatabaseError as e:
             raise FtlabError(f"{self.path}: the results store is damaged ({e}); move it aside and run `ftlab run` "
                              "again with the same --out (finished runs are indexed again from their directories)"
                              ) from None
         if version is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-        elif version[0] != SCHEMA_VERSION:
-            raise FtlabError(f"{self.path}: a results store of schema {version[0]}, written by another ftlab version "
+            self.put_meta("schema", SCHEMA_VERSION)
+        elif version != SCHEMA_VERSION:
+            raise FtlabError(f"{self.path}: a results store of schema {version}, written by another ftlab version "
                              f"(this one writes schema {SCHEMA_VERSION}); move it aside to index the runs again")
 
     def close(self) -> None:
@@ -63,82 +84,88 @@ class Store:
 
     # ------------------------------------------------------------------ writes
 
-    def put_run(self, record: dict) -> None:
-        """A run's row (ftlab.results.index.run_record), replacing the one of that name; keeps its cost columns
-        when the record has none."""
-        old = self.runs().get(record["name"], {})
-        row = {**{k: old.get(k) for k in RUN_COLUMNS}, **record, "updated": time.time()}
-        self._tx([(f"INSERT OR REPLACE INTO runs VALUES ({','.join('?' * len(RUN_COLUMNS))})",
-                   tuple(row.get(k) for k in RUN_COLUMNS))])
+    def put_meta(self, key: str, value: str) -> None:
+        self._tx([_insert(Meta(key, value), "INSERT OR REPLACE")])
+
+    def put_run(self, record: RunRecord) -> None:
+        """A run's row, replacing the one of that name; the cost of its training (put_cost) is kept."""
+        old = self.records(RunRecord, "name=?", (record.name,))
+        kept = {k: getattr(old[0], k) for k in RUN_COST} if old else {}
+        self._tx([_upsert(replace(record, **kept, updated=time.time()))])
+
+    def put_planned(self, records: list[RunRecord]) -> None:
+        """The rows of runs not started yet (status left or waiting), in one transaction and in their order: written
+        where the store has no row of that name or one that is itself only planned; a run that has started keeps its
+        row."""
+        runs, now = self.runs(), time.time()
+        changed = [r for r in records if r.name not in runs or runs[r.name].status in PLANNED
+                   and row(replace(runs[r.name], updated=None)) != row(r)]
+        new = [_upsert(replace(r, updated=now)) for r in changed]
+        if new:
+            self._tx(new)
 
     def put_cost(self, run: str, cost: dict) -> None:
-        """wall_s, tokens_per_s, peak_memory_gb, device, trainable_params, total_params of a run."""
-        keys = [k for k in ("wall_s", "tokens_per_s", "peak_memory_gb", "device", "trainable_params",
-                            "total_params") if k in cost]
+        """What training the run cost (RUN_COST: wall_s, tokens_per_s, peak_memory_gb, device, parameters)."""
+        keys = [k for k in RUN_COST if k in cost]
         if keys:
             self._tx([(f"UPDATE runs SET {', '.join(f'{k}=?' for k in keys)} WHERE name=?",
                        (*(cost[k] for k in keys), run))])
 
-    def put_checkpoint(self, result) -> None:
-        """Everything measured on one checkpoint (ftlab.results.index.CheckpointResult), in one transaction that
-        first drops what the store had for it: the checkpoint row last, so its presence means "indexed"."""
-        key = (result.run, result.name)
-        statements = [(f"DELETE FROM {table} WHERE run=? AND {column}=?", key) for table, column in
-                      (("checkpoints", "name"), ("metrics", "checkpoint"), ("examples", "checkpoint"),
-                       ("spectra", "checkpoint"), ("analyses", "checkpoint"))]
-        statements += [("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?)", tuple(t)) for t in result.tasks]
-        statements += [("INSERT INTO metrics VALUES (?,?,?,?,?,?,?,?)", (*key, *m)) for m in result.metrics]
-        statements += [("INSERT INTO examples VALUES (?,?,?,?,?,?,?)", (*key, *e)) for e in result.examples]
-        statements += [(f"INSERT INTO spectra VALUES ({','.join('?' * len(SPECTRUM_COLUMNS))})", (*key, *s))
-                       for s in result.spectra]
-        statements += [("INSERT INTO analyses VALUES (?,?,?,?)", (*key, kind, json.dumps(value, sort_keys=True)))
-                       for kind, value in sorted(result.analyses.items())]
-        statements.append(("INSERT INTO checkpoints VALUES (?,?,?,?,?,?,?)",
-                           (*key, result.path, result.step, result.tokens, result.epoch, result.duration)))
+    def put_checkpoint(self, result: CheckpointResult) -> None:
+        """Everything measured on one checkpoint, in one transaction that first drops what the store had for it:
+        the checkpoint row last, so its presence means "indexed"."""
+        c = result.checkpoint
+        statements = [(f"DELETE FROM {t.TABLE} WHERE run=? AND checkpoint=?", (c.run, c.name)) for t in PER_CHECKPOINT]
+        statements.append((f"DELETE FROM {CheckpointRecord.TABLE} WHERE run=? AND name=?", (c.run, c.name)))
+        statements += [_insert(t, "INSERT OR REPLACE") for t in result.tasks]
+        statements += [_insert(r) for r in (*result.metrics, *result.examples, *result.spectra, *result.analyses)]
+        statements.append(_insert(c))
         self._tx(statements)
 
-    def put_curve(self, run: str, records: list[dict]) -> None:
-        """A run's training curve (its metrics log: step, tokens, loss, eval_loss, lr), replacing the one stored."""
-        rows = [(run, r["step"], r.get("tokens"), r.get("loss"), r.get("eval_loss"), r.get("lr")) for r in records]
-        self._tx([("DELETE FROM curves WHERE run=?", (run,))] +
-                 [("INSERT OR REPLACE INTO curves VALUES (?,?,?,?,?,?)", row) for row in rows])
+    def put_curve(self, run: str, points: list[CurvePoint]) -> None:
+        """A run's training curve, replacing the one stored."""
+        self._tx([(f"DELETE FROM {CurvePoint.TABLE} WHERE run=?", (run,))] +
+                 [_insert(p, "INSERT OR REPLACE") for p in points])
 
     def put_note(self, source: str, text: str) -> None:
-        """Something the report should say (a run skipped while indexing, KL not measured and why)."""
-        self._tx([("INSERT OR IGNORE INTO notes VALUES (?,?)", (source, text))])
+        """Something the report should say (a run skipped while indexing, and why)."""
+        self._tx([_insert(Note(source, text), "INSERT OR IGNORE")])
 
     # ------------------------------------------------------------------ reads
 
-    def runs(self) -> dict[str, dict]:
-        cur = self.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY name")
-        return {row[0]: dict(zip(RUN_COLUMNS, row)) for row in cur}
+    def records(self, record: type[R], where: str = "", args: tuple = (), order: str = "rowid") -> list[R]:
+        """A table's rows as its records (where: an SQL condition on its columns, with ? for args)."""
+        sql = f"SELECT {', '.join(columns(record))} FROM {record.TABLE}" + (f" WHERE {where}" if where else "")
+        return [record(*values) for values in self.db.execute(f"{sql} ORDER BY {order}", args)]
+
+    def meta(self, key: str) -> str | None:
+        found = self.records(Meta, "key=?", (key,))
+        return found[0].value if found else None
+
+    def runs(self) -> dict[str, RunRecord]:
+        """name -> its row, in the order the rows were first written (a study's: its plan's)."""
+        return {r.name: r for r in self.records(RunRecord)}
 
     def has_checkpoint(self, run: str, name: str) -> bool:
-        return self.db.execute("SELECT 1 FROM checkpoints WHERE run=? AND name=?", (run, name)).fetchone() is not None
+        return bool(self.records(CheckpointRecord, "run=? AND name=?", (run, name)))
 
     def checkpoint_counts(self) -> dict[str, int]:
-        return dict(self.db.execute("SELECT run, COUNT(*) FROM checkpoints GROUP BY run"))
-
-    def study(self, root: str | Path = ""):
-        """The Study in this store (ftlab.results.load builds it)."""
-        return read_study(self.db, str(root or self.path.parent))
+        return dict(self.db.execute(f"SELECT run, COUNT(*) FROM {CheckpointRecord.TABLE} GROUP BY run"))
 
     def dump(self, volatile: bool = False) -> dict[str, list[tuple]]:
-        """Every table's rows, sorted; without the columns that differ run to run (times, speeds, paths) unless
-        asked. Without them, two studies of one experiment in different directories dump the same: runs.config
-        then leaves out output.dir (the run's directory)."""
+        """Every table's rows, sorted; without the volatile columns (times, speeds, paths) unless asked. Without
+        them, two studies of one experiment in different directories dump the same: runs.config then leaves out
+        output.dir (the run's directory)."""
         out = {}
-        for table in ("runs", "checkpoints", "tasks", "metrics", "examples", "spectra", "analyses", "curves",
-                      "notes"):
-            cur = self.db.execute(f"SELECT * FROM {table}")
-            cols = [c[0] for c in cur.description]
-            keep = [i for i, c in enumerate(cols) if volatile or c not in VOLATILE]
-            rows = [[row[i] for i in keep] for row in cur]
-            if table == "runs" and not volatile:
-                at = [cols[i] for i in keep].index("config")
-                for row in rows:
-                    config = json.loads(row[at])
+        for table in TABLES:
+            names = columns(table)
+            keep = [i for i, c in enumerate(names) if volatile or c not in volatile_columns(table)]
+            rows = [[values[i] for i in keep] for values in self.db.execute(f"SELECT * FROM {table.TABLE}")]
+            if table is RunRecord and not volatile:
+                at = [names[i] for i in keep].index("config")
+                for values in rows:
+                    config = json.loads(values[at])
                     config.get("output", {}).pop("dir", None)
-                    row[at] = json.dumps(config, sort_keys=True)
-            out[table] = sorted(tuple(row) for row in rows)
+                    values[at] = json.dumps(config, sort_keys=True)
+            out[table.TABLE] = sorted(tuple(values) for values in rows)
         return out

@@ -4,52 +4,100 @@ base model (IFT forgets more) and long CPT budgets (LoRA r=256 at 20B tokens lea
 
     claim = best_lr(study)      # a Claim (ftlab.report.verdicts): status, counts, headline, mde, notes
 
-Each check compares arms (the seeds of one configuration at one duration, each group at its best LR: rows.best_lrs)
+Each check compares arms (the seeds of one configuration at one duration, each group at its best LR: select.best_lrs)
 within one setting and one optimizer; IFT against CPT compares two settings that share the base model and the
-source documents. A best LR is an argmax over a sweep; its uncertainty comes from ftlab.report.lr_sweeps (a
-bootstrap over the learning tasks' documents that takes the argmax again).
+source documents.
+
+A best LR is an argmax over a sweep (select.lr_sweeps), so it has no paired difference to bootstrap; instead each
+replicate resamples the learning tasks' documents (one draw for every LR of every sweep given, so the sweeps stay
+paired) and each LR's seeds, recomputes each LR's learning at its sweep's duration and takes the argmax again
+(best_lr_draws). A finding about best LRs (a ratio of two, a spread over ranks) is then decided by the share of
+replicates inside the paper's range (bootstrap_comparison). The LR grid bounds the resolution: a best LR is known
+only to the grid's step, and one at the edge of its sweep may lie beyond it (edge_note, grid_note say so).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from ftlab.report.lr_sweeps import best_lr_draws, bootstrap_comparison, edge_note, grid_note, lr_sweeps
-from ftlab.report.verdicts import Arm, Claim, Comparison, arms, compare
-from ftlab.results.rows import Row, Study, best_lr_rows, plain_full
+from ftlab.analysis.statistics import BLOCK, LEVEL, N_BOOT, SEED, Interval
+from ftlab.report.select import LrSweep, analysed, arms, best_lr_rows, lr_sweeps, plain_full, plain_lora
+from ftlab.report.verdicts import Claim, Comparison, compare, decided, shared_values
+from ftlab.results.study import Row, Study
 
 PAPER = "Biderman et al. 2024"
 BAND = (3.0, 30.0)  # "about 10x": within half an order of magnitude of it
 TOL = 1e-9  # relative tolerance for LR ratios and budgets written in decimal (5e-4 / 5e-5, T / 4)
+SHARE = 0.95  # a bootstrap verdict needs this share of its replicates on one side
 
 
-# ----------------------------------------------------------------------------- shared by the sweeps' checks
+# ----------------------------------------------------------------------------- the uncertainty of a best LR
 
 
-def analysed(study: Study) -> list[Row]:
-    """The rows a finding compares: all but an LR sweep's runs (grp "lr-sweep": measured on learning only, at one
-    duration, to pick the LR the grid trains at)."""
-    return [r for r in study.points() if r.grp != "lr-sweep"]
+@dataclass
+class Draws:
+    """Each sweep's best LR in every bootstrap replicate, and what the replicates resampled."""
+
+    best: list[np.ndarray]  # per sweep: (n_boot,) best LR of each replicate
+    n: int  # documents resampled (summed over learning tasks)
+    seeds: int  # the fewest seeds of any LR
 
 
-def plain_lora(r: Row) -> bool:
-    """LoRA as the paper runs it: all modules, α = 2r, no variant, no regularizer: the groups a rank ladder holds."""
-    return (r.method == "lora" and r.rank is not None and r.targets in ("", "all") and not r.variant
-            and not r.weight_decay and not r.attention_dropout and (r.alpha is None or r.alpha == 2 * r.rank))
+def best_lr_draws(study: Study, sweeps: list[LrSweep], n_boot: int = N_BOOT, seed: int = SEED) -> Draws | None:
+    """The sweeps' best LRs under a bootstrap over the learning tasks' documents (one draw shared by every LR of every
+    sweep given) and each LR's seeds; None when the rows share no per-example learning values."""
+    rows = [r for s in sweeps for rs in s.rows for r in rs]
+    found = shared_values(study, rows, "learning")
+    if not found:
+        return None
+    rng = np.random.default_rng(seed)
+    learning = np.zeros((n_boot, len(rows)))  # (B, R): each row's learning in each replicate
+    for values, weights in found:  # values (R, n), weights (n,) or None
+        n = values.shape[1]
+        for start in range(0, n_boot, BLOCK):
+            count = min(BLOCK, n_boot - start)
+            idx = rng.integers(0, n, size=(count, n))  # (b, n): the same documents for every row
+            picked = values[:, idx]  # (R, b, n)
+            agg = picked.mean(-1) if weights is None else (picked * weights[idx]).sum(-1) / weights[idx].sum(-1)
+            learning[start:start + count] += agg.T / len(found)  # mean over tasks, as Row.learning
+    best, col = [], 0
+    for s in sweeps:
+        per_lr = []
+        for rs in s.rows:
+            pick = col + rng.integers(0, len(rs), size=(n_boot, len(rs)))  # (B, seeds): seeds resampled
+            per_lr.append(np.take_along_axis(learning, pick, axis=1).mean(axis=1))  # (B,)
+            col += len(rs)
+        best.append(np.asarray(s.lrs)[np.argmax(np.stack(per_lr, axis=1), axis=1)])  # ties: the smaller LR
+    return Draws(best, sum(v.shape[1] for v, _ in found), min(len(rs) for s in sweeps for rs in s.rows))
 
 
-def at(arm: Arm) -> str:
-    """"2 epochs", "262,144 tokens": an arm's duration in words."""
-    first, d = arm.rows[0], arm.duration
-    if d is None:
-        return "-"
-    return f"{d:,.0f} tokens" if first.duration_unit == "tokens" else f"{d:g} {first.duration_unit}"
+def edge_note(sweeps: list[LrSweep]) -> list[str]:
+    """A note naming the best LRs at the edge of their sweep."""
+    edges = [f"{s.group} {s.best:g} ({'lowest' if s.best == s.lrs[0] else 'highest'} of {len(s.lrs)} tried, "
+             f"{s.setting})" for s in sweeps if s.at_edge]
+    return [f"best LR at the edge of its sweep, so the true best may lie beyond it: {'; '.join(edges)}"] if edges \
+        else []
 
 
-def decided(claim: Claim, comparisons: list[Comparison | None], empty: str,
-            headline: Comparison | None = None) -> Claim:
-    """Claim.decide, then where the study contradicts the paper."""
-    return claim.decide(comparisons, empty, headline).note_contradictions()
+def grid_note(sweeps: list[LrSweep]) -> list[str]:
+    """The LR grids' resolution: an argmax is known only to the grid's step."""
+    steps = [b / a for s in sweeps for a, b in zip(s.lrs, s.lrs[1:])]
+    return [f"the LR grids step by {min(steps):.3g}x-{max(steps):.3g}x: a best LR (and a ratio of two) is resolved "
+            "only to that factor"] if steps else []
+
+
+def bootstrap_comparison(what: str, instrument: str, estimate: float, draws: np.ndarray, inside: np.ndarray,
+                         n: int, seeds: int, **detail) -> Comparison:
+    """A comparison decided by the share of bootstrap replicates inside the paper's range (`inside`, boolean per
+    replicate): agree with >= 95% inside, disagree with >= 95% outside, else inconclusive. The interval is the
+    replicates' 95% percentile interval; no standard error (hence no detectable effect) for an argmax's ratio."""
+    share = float(np.mean(inside))
+    verdict = "agree" if share >= SHARE else "disagree" if 1 - share >= SHARE else "inconclusive"
+    low, high = np.quantile(draws, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
+    return Comparison(what, instrument, +1, Interval(float(estimate), float(low), float(high), float("nan"), n, seeds),
+                      verdict, {"share_inside": share, **detail})
 
 
 # ----------------------------------------------------------------------------- best LR: about 10x full FT's
@@ -129,7 +177,7 @@ def alpha_2r_best(study: Study) -> Claim:
             continue
         for alpha, arm in sorted((a, arm) for a, arm in by_alpha.items() if arm is not two_r and a is not None):
             comparisons.append(compare(study, arm, two_r, "learning", +1,
-                                       f"LoRA r={rank} α={2 * rank:g} (2r) vs α={alpha:g} at {at(arm)}",
+                                       f"LoRA r={rank} α={2 * rank:g} (2r) vs α={alpha:g} at {arm.when}",
                                        alpha=alpha, rank=rank, targets=dict(held)["targets"]))
     return decided(claim, comparisons, "not enough data: needs LoRA runs of one rank, setting and duration with "
                    "several alphas, 2r among them, and per-example learning values")
@@ -150,7 +198,7 @@ def target_comparisons(study: Study, against: tuple[str, ...]) -> list[Compariso
         for other in (t for t in against if attn is not None and t in by_targets):
             comparisons.append(compare(study, by_targets[other], attn, "learning", -1,
                                        f"LoRA r={dict(held)['rank']} attention-only vs {other} at "
-                                       f"{at(attn)} ({attn.setting})", targets=other, rank=dict(held)["rank"]))
+                                       f"{attn.when} ({attn.setting})", targets=other, rank=dict(held)["rank"]))
     return comparisons
 
 
@@ -212,16 +260,16 @@ def _regime_pairs(study: Study, rows: list[Row], ift: str, cpt: str, missing: li
         for a in by[ift][group]:
             tokens = a.rows[0].tokens
             if tokens is None:
-                missing.append(f"{group[0]} IFT at {at(a)}: its tokens are unknown")
+                missing.append(f"{group[0]} IFT at {a.when}: its tokens are unknown")
                 continue
             later = [c for c in by[cpt][group] if (c.rows[0].tokens or 0) >= tokens]
             if not later:
                 most = max(c.rows[0].tokens or 0 for c in by[cpt][group])
-                missing.append(f"{group[0]}: no CPT checkpoint trained on as many tokens as IFT at {at(a)} "
+                missing.append(f"{group[0]}: no CPT checkpoint trained on as many tokens as IFT at {a.when} "
                                f"({tokens:,}; CPT reached {most:,})")
                 continue
             for c in sorted(later, key=lambda c: c.rows[0].tokens):
-                what = f"{group[0]}: IFT {at(a)} ({tokens:,} tokens) vs CPT {at(c)}"
+                what = f"{group[0]}: IFT {a.when} ({tokens:,} tokens) vs CPT {c.when}"
                 detail = {"ift_setting": ift, "cpt_setting": cpt, "ift_tokens": tokens,
                           "cpt_tokens": c.rows[0].tokens, "group": group[0]}
                 out.append(compare(study, c, a, "source_loss", +1, what, **detail)
@@ -288,17 +336,17 @@ def _long_budget(study: Study, rows: list[Row], missing: list[str]) -> Compariso
     short = [d for d in budgets if d <= long.duration / 4 * (1 + TOL)]
     if not short:
         missing.append(f"{long.setting}: no full-FT budget <= T/4 = {long.duration / 4:,.0f} (LoRA r={top} at "
-                       f"{at(long)}; full FT at {', '.join(at(a) for a in budgets.values())})")
+                       f"{long.when}; full FT at {', '.join(a.when for a in budgets.values())})")
         return None
     t_short = max(short)
     upper = [d for d in budgets if t_short < d <= long.duration * (1 + TOL)]
     if not upper:
-        missing.append(f"{long.setting}: full FT has no budget between {at(budgets[t_short])} and {at(long)} to "
+        missing.append(f"{long.setting}: full FT has no budget between {budgets[t_short].when} and {long.when} to "
                        "size the margin with")
         return None
     gain = compare(study, budgets[t_short], budgets[max(upper)], "learning", +1)
     c = compare(study, budgets[t_short], long, "learning", +1,
-                f"LoRA r={top} at {at(long)} vs full FT at {at(budgets[t_short])} ({long.setting})")
+                f"LoRA r={top} at {long.when} vs full FT at {budgets[t_short].when} ({long.setting})")
     if c is None or gain is None:
         missing.append(f"{long.setting}: no per-example learning values shared by the arms")
         return None

@@ -5,9 +5,9 @@
 Each check picks the arms its finding compares, compares them with paired 95% intervals (verdicts.compare) and lets
 Claim.decide count the agreements. What every check shares:
 - comparisons stay within one setting and one optimizer;
-- "best LR" is each group's best learning rate by learning (rows.best_lrs); "plain full FT" is full FT without
-  attention dropout at the smallest weight decay of its setting and optimizer (rows.plain_full); "regularized full
-  FT" is any other full FT;
+- "best LR" is each group's best learning rate by learning (select.best_lrs); "plain full FT" is full FT without
+  attention dropout at the smallest weight decay of its setting and optimizer (select.plain_full); "regularized
+  full FT" is any other full FT;
 - an arm is the seeds of one configuration at one duration; checkpoints of one run and separate runs (IFT epoch
   counts, CPT budgets: the paper's protocol) are alike, a duration is a duration;
 - forgetting is read on the source loss (held-out source text, per document; higher = more forgotten) where both
@@ -17,65 +17,24 @@ Claim.decide count the agreements. What every check shares:
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
-from ftlab.analysis.statistics import Interval, spearman_interval
-from ftlab.report.verdicts import Arm, Claim, Comparison, arms, compare
-from ftlab.results.rows import Row, Study, best_lr_rows, plain_full
+from ftlab.analysis.statistics import Interval, spearman_interval, t975
+from ftlab.report.select import Arm, arms_by_kind, rank_ladder, sorted_arms
+from ftlab.report.verdicts import FORGETTING, Claim, Comparison, compare, decided
+from ftlab.results.study import Study
 
 PAPER = "Biderman et al. 2024"
-FORGETTING = ("source_loss", "source")  # the forgetting instruments, the one with power first
 RANK_SHARE = 50  # delta_rank counts LoRA ranks r <= width / 50 (the paper's 16 and 64 of 4096: 0.4% and 1.6%)
-Where = tuple[str, str, float | None]  # (setting, optimizer, duration): what an arm may be compared within
 
 
-# ----------------------------------------------------------------------------- selecting and describing arms
-
-
-def _sorted_arms(rows: list[Row]) -> list[tuple[tuple, Arm]]:
-    """verdicts.arms in a fixed order: setting, optimizer, group, lr, then duration ascending."""
-    def order(item: tuple) -> tuple:
-        setting, group, optimizer, lr, duration = item[0]
-        return setting, optimizer, group, lr or 0.0, -math.inf if duration is None else duration
-    return sorted(arms(rows).items(), key=order)
-
-
-def _best_arms(study: Study) -> dict[Where, dict[str, list[Arm]]]:
-    """(setting, optimizer, duration) -> {"full": plain full FT, "lora": LoRA groups, "regularized": other full FT},
-    each group at its best LR."""
-    rows = best_lr_rows(study.points())
-    plain = {id(r) for r in plain_full(rows)}
-    out: dict[Where, dict[str, list[Arm]]] = {}
-    for (setting, _, optimizer, _, duration), arm in _sorted_arms(rows):
-        first = arm.rows[0]
-        kind = "lora" if first.method == "lora" else "full" if id(first) in plain else "regularized"
-        out.setdefault((setting, optimizer, duration), {"full": [], "lora": [], "regularized": []})[kind].append(arm)
-    return out
-
-
-def _departures(r: Row) -> int:
-    """How many of a LoRA row's options depart from the paper's (alpha 2r, all modules, no variant, no regularizer)."""
-    return sum([r.alpha is not None and r.rank is not None and r.alpha != 2 * r.rank,
-                r.targets not in ("", "all"), bool(r.variant), bool(r.weight_decay), bool(r.attention_dropout)])
-
-
-def _ranks(lora: list[Arm]) -> list[Arm]:
-    """The plainest LoRA arm of each rank (fewest departures from the paper's setup), by rank ascending."""
-    by_rank: dict[int, Arm] = {}
-    for arm in sorted(lora, key=lambda a: (_departures(a.rows[0]), a.label)):
-        if arm.rows[0].rank is not None:
-            by_rank.setdefault(arm.rows[0].rank, arm)
-    return [by_rank[k] for k in sorted(by_rank)]
+# ----------------------------------------------------------------------------- describing and comparing arms
 
 
 def _at(study: Study, arm: Arm) -> str:
-    """"2 epochs", "262,144 tokens" (with the setting when the study has several)."""
-    first, d = arm.rows[0], arm.duration
-    unit = first.duration_unit if isinstance(first, Row) else ""
-    text = "-" if d is None else f"{d:,.0f} {unit}" if unit == "tokens" else f"{d:g} {unit}"
-    return text if len({r.setting for r in study.rows}) < 2 else f"{text}, {arm.setting}"
+    """An arm's duration in words (select.duration_text), with its setting when the study has several."""
+    return arm.when if len({r.setting for r in study.rows}) < 2 else f"{arm.when}, {arm.setting}"
 
 
 def _value(arm: Arm, instrument: str) -> float | None:
@@ -111,20 +70,6 @@ def _headline(comparisons: list[Comparison | None], prefer: tuple[str, ...] = FO
     return None
 
 
-def _decided(claim: Claim, comparisons: list[Comparison | None], empty: str,
-             headline: Comparison | None = None) -> Claim:
-    """Claim.decide, then the instruments used (where forgetting was read on both) and the contradictions noted."""
-    claim.decide(comparisons, empty, headline)
-    used = {c.instrument for c in claim.comparisons}
-    if len(used & set(FORGETTING)) > 1:
-        n = {i: sum(c.instrument == i for c in claim.comparisons) for i in FORGETTING}
-        claim.sentence += (f" (forgetting read on the source loss in {n['source_loss']} comparisons, on the source "
-                           f"score in {n['source']} without per-document source loss)")
-    if claim.headline is not None:  # what the headline and the MDE are on
-        claim.instrument = claim.headline.instrument
-    return claim.note_contradictions()
-
-
 def _empty(pairs: int, what: str, instrument: str) -> str:
     """The "not enough data" sentence: nothing to pair, or pairs without shared per-example values."""
     if not pairs:
@@ -139,7 +84,7 @@ def _empty(pairs: int, what: str, instrument: str) -> str:
 def _lora_vs_full(study: Study) -> list[tuple[Arm, Arm, str]]:
     """(plain full FT, LoRA group, what) at every (setting, optimizer, duration) both reached, best LR each."""
     return [(full, lora, f"{lora.label} vs {full.label} at {_at(study, lora)}")
-            for kinds in _best_arms(study).values() for full in kinds["full"] for lora in kinds["lora"]]
+            for kinds in arms_by_kind(study).values() for full in kinds["full"] for lora in kinds["lora"]]
 
 
 NO_PAIR = "no duration at which a LoRA group and plain full FT of one setting and optimizer were both evaluated"
@@ -152,7 +97,7 @@ def learns_less(study: Study) -> Claim:
                   MATCHED + "the learning score's difference LoRA - full FT over the learning tasks' documents "
                   "(paired bootstrap, 95%); agree if the interval lies below 0, disagree if above.", "learning")
     pairs = _lora_vs_full(study)
-    return _decided(claim, [_compare(study, f, lo, "learning", -1, what) for f, lo, what in pairs],
+    return decided(claim, [_compare(study, f, lo, "learning", -1, what) for f, lo, what in pairs],
                     _empty(len(pairs), NO_PAIR, "learning"))
 
 
@@ -163,7 +108,7 @@ def forgets_less(study: Study) -> Claim:
                   "(paired bootstrap, 95%); agree if the interval lies above 0 (LoRA kept more), disagree if below.",
                   "source")
     pairs = _lora_vs_full(study)
-    return _decided(claim, [_compare(study, f, lo, "source", +1, what) for f, lo, what in pairs],
+    return decided(claim, [_compare(study, f, lo, "source", +1, what) for f, lo, what in pairs],
                     _empty(len(pairs), NO_PAIR, "source score"))
 
 
@@ -174,7 +119,7 @@ def forgets_less_loss(study: Study) -> Claim:
                   "by their tokens (paired bootstrap, 95%); agree if the interval lies below 0 (LoRA's loss rose "
                   "less), disagree if above.", "source_loss")
     pairs = _lora_vs_full(study)
-    return _decided(claim, [_compare(study, f, lo, "source_loss", -1, what) for f, lo, what in pairs],
+    return decided(claim, [_compare(study, f, lo, "source_loss", -1, what) for f, lo, what in pairs],
                     _empty(len(pairs), NO_PAIR, "source loss"))
 
 
@@ -188,12 +133,12 @@ def forgetting_grows_with_duration(study: Study) -> Claim:
                   "own branch): longer - shorter on the source loss where both measured it (agree if the interval "
                   "lies above 0), else on the source score (agree if below 0); disagree if the other way.")
     ladders: dict[tuple, list[Arm]] = {}
-    for key, arm in _sorted_arms(study.points()):
+    for key, arm in sorted_arms(study.points()):
         if key[4] is not None:
             ladders.setdefault(key[:4], []).append(arm)
     pairs = [(a, b) for ladder in ladders.values() for a, b in zip(ladder, ladder[1:])]
     comparisons = [_forgets(study, a, b, +1, f"{b.label} at {_at(study, b)} vs {_at(study, a)}") for a, b in pairs]
-    return _decided(claim, comparisons, _empty(len(pairs), "no configuration evaluated at two durations",
+    return decided(claim, comparisons, _empty(len(pairs), "no configuration evaluated at two durations",
                                                "source loss or source score"), _headline(comparisons))
 
 
@@ -204,11 +149,11 @@ def forgetting_ordered_by_rank(study: Study) -> Claim:
                   "then plain full FT, best LR each; each adjacent pair, higher - lower on the source loss where "
                   "both measured it (agree if above 0), else on the source score (agree if below 0).")
     pairs = []
-    for kinds in _best_arms(study).values():
-        ladder = _ranks(kinds["lora"]) + kinds["full"]
+    for kinds in arms_by_kind(study).values():
+        ladder = rank_ladder(kinds["lora"]) + kinds["full"]
         pairs += zip(ladder, ladder[1:])
     comparisons = [_forgets(study, a, b, +1, f"{b.label} vs {a.label} at {_at(study, b)}") for a, b in pairs]
-    return _decided(claim, comparisons, _empty(len(pairs), "no duration with two LoRA ranks, or a LoRA rank and "
+    return decided(claim, comparisons, _empty(len(pairs), "no duration with two LoRA ranks, or a LoRA rank and "
                                                "plain full FT, evaluated", "source loss or source score"),
                     _headline(comparisons))
 
@@ -244,11 +189,11 @@ def regularization(study: Study) -> Claim:
                   "outside. (b) The highest-rank LoRA - each regularized full FT on forgetting: agree if LoRA "
                   "forgot less (source loss below 0, else source score above 0), disagree if more.")
     equivalence, lora_less, regularized, no_base = [], [], 0, False
-    for (setting, _, _), kinds in _best_arms(study).items():
+    for (setting, _, _), kinds in arms_by_kind(study).items():
         found = study.base_of(setting)
         base = Arm.of([found]) if found is not None else None
         no_base |= base is None
-        ranks = _ranks(kinds["lora"])
+        ranks = rank_ladder(kinds["lora"])
         for reg in kinds["regularized"]:
             regularized += 1
             for plain in kinds["full"]:
@@ -263,7 +208,7 @@ def regularization(study: Study) -> Claim:
     empty = ("not enough data: no full-FT run with weight decay or attention dropout above plain full FT's"
              if not regularized else "not enough data: no plain full FT (with a base model) or LoRA evaluated at "
              "the regularized runs' durations, with per-example values on shared documents")
-    return _decided(claim, equivalence + lora_less, empty, _headline(lora_less) or _headline(
+    return decided(claim, equivalence + lora_less, empty, _headline(lora_less) or _headline(
         equivalence, ("learning",)))
 
 
@@ -277,7 +222,7 @@ def diversity(study: Study) -> Claim:
                   "setting, optimizer and duration: plain full FT - each LoRA group, agree if the interval lies "
                   "below 0; and each finetuned arm - the base model, agree if below 0; disagree if above.", "unique")
     comparisons, pairs, no_base = [], 0, False
-    for (setting, _, _), kinds in _best_arms(study).items():
+    for (setting, _, _), kinds in arms_by_kind(study).items():
         found = study.base_of(setting)
         base = Arm.of([found]) if found is not None and found.diversity and found.diversity.per_problem else None
         no_base |= base is None
@@ -294,22 +239,11 @@ def diversity(study: Study) -> Claim:
     if no_base:
         claim.notes.append("the base model's diversity is not measured (in some setting): finetuned against base "
                            "not compared there")
-    return _decided(claim, comparisons, _empty(pairs, "no diversity to compare: a full-FT and a LoRA checkpoint "
+    return decided(claim, comparisons, _empty(pairs, "no diversity to compare: a full-FT and a LoRA checkpoint "
                                                "of one duration, or a checkpoint and the base", "unique-output"))
 
 
 # ----------------------------------------------------------------------------- the rank of full FT's ΔW
-
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def _t975(df: int) -> float:
-    """Student's t 97.5% quantile: the table, then the Cornish-Fisher expansion (within 0.003 from 10 on)."""
-    if df in T_975:
-        return T_975[df]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-
 
 def _k90_against(arm: Arm, rank: int, width: int, what: str) -> Comparison:
     """Mean k90 - min(10 r, width / 2) with its interval over seeds (zero-width for one seed: k90 is deterministic)."""
@@ -317,7 +251,7 @@ def _k90_against(arm: Arm, rank: int, width: int, what: str) -> Comparison:
     need = min(10 * rank, 0.5 * width)
     mean = float(k90s.mean())
     se = float(k90s.std(ddof=1) / np.sqrt(len(k90s))) if len(k90s) > 1 else 0.0
-    half = _t975(len(k90s) - 1) * se if len(k90s) > 1 else 0.0
+    half = t975(len(k90s) - 1) * se if len(k90s) > 1 else 0.0
     interval = Interval(mean - need, mean - need - half, mean - need + half, se,
                         len(arm.rows[0].spectrum.matrices), len(k90s))
     verdict = "agree" if interval.low >= 0 else "disagree" if interval.high < 0 else "inconclusive"
@@ -336,7 +270,7 @@ def delta_rank(study: Study) -> Claim:
                   "its width), disagree if below. With one seed k90 has no sampling noise: the interval has zero "
                   "width; with seeds it is a t interval over them. Larger ranks are reported, not counted.",
                   "k90")
-    full = [arm for _, arm in _sorted_arms([r for r in study.points() if r.method == "full" and r.spectrum
+    full = [arm for _, arm in sorted_arms([r for r in study.points() if r.method == "full" and r.spectrum
                                             and r.spectrum.k90_mean is not None and r.spectrum.width])]
     ranks: dict[str, set[int]] = {}
     for r in study.points():
@@ -349,11 +283,11 @@ def delta_rank(study: Study) -> Claim:
             c = _k90_against(arm, rank, width, f"{arm.label} at {_at(study, arm)} vs r={rank}")
             (comparisons if rank <= width / RANK_SHARE else reported).append(c)
     if not comparisons and not reported:
-        return _decided(claim, [], "not enough data: " + ("no full-FT checkpoint has a spectrum" if not full else
+        return decided(claim, [], "not enough data: " + ("no full-FT checkpoint has a spectrum" if not full else
                                                           "no LoRA run in a setting with a full-FT spectrum"))
     counted = [c for c in comparisons if c.detail["lora_rank"] == max(x.detail["lora_rank"] for x in comparisons)]
     headline = min(counted, key=lambda c: (c.detail["duration"] or 0.0)) if counted else None
-    _decided(claim, comparisons, f"not enough data: every LoRA rank is above width/{RANK_SHARE}, "
+    decided(claim, comparisons, f"not enough data: every LoRA rank is above width/{RANK_SHARE}, "
              "so none is counted", headline)
     k90s = [c.detail["k90"] for c in comparisons + reported]
     claim.sentence += f"; full FT's mean k90 {min(k90s):.3g}-{max(k90s):.3g}"
@@ -366,7 +300,7 @@ def delta_rank(study: Study) -> Claim:
     return claim
 
 
-# ----------------------------------------------------------------------------- KL to the base (item 2 of issue 14)
+# ----------------------------------------------------------------------------- KL to the base
 
 MIN_CHECKPOINTS = 4
 
@@ -401,7 +335,7 @@ def kl_predicts_forgetting(study: Study) -> Claim:
         comparisons.append(Comparison(f"KL vs {measure} over {len(kl)} checkpoints ({setting})", "rho", +1, rho,
                                       rho.verdict(+1), {"setting": setting, "forgetting": measure,
                                                         "checkpoints": len(kl)}))
-    return _decided(claim, comparisons, f"not enough data: fewer than {MIN_CHECKPOINTS} checkpoints with KL and "
+    return decided(claim, comparisons, f"not enough data: fewer than {MIN_CHECKPOINTS} checkpoints with KL and "
                     "forgetting measured per setting (" + (", ".join(short) or "no checkpoints") + ")",
                     max(comparisons, key=lambda c: c.interval.n) if comparisons else None)
 

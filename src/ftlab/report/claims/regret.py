@@ -3,7 +3,7 @@
     claim = regret_loss_curves(study)     # a Claim (ftlab.report.verdicts): status, counts, headline, mde, notes
 
 LoRA matches full FT in a low-regret regime: its training loss tracks full FT's until the adapter's capacity runs
-out, then the curves part; its best LR is about 10x full FT's (ftlab.report.findings_sweeps.best_lr checks that) and
+out, then the curves part; its best LR is about 10x full FT's (ftlab.report.claims.sweeps.best_lr checks that) and
 nearly independent of rank; attention-only LoRA underperforms LoRA on all layers.
 
 Where the curves part: d(s) = LoRA's training loss - full FT's at each logged step s both runs share (each group at
@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ftlab.analysis.statistics import BLOCK, LEVEL, N_BOOT, SEED, Interval
-from ftlab.report.findings_sweeps import TOL, analysed, decided, plain_lora, target_comparisons
-from ftlab.report.lr_sweeps import SHARE, LrSweep, best_lr_draws, bootstrap_comparison, edge_note, grid_note, lr_sweeps
-from ftlab.report.verdicts import Claim, Comparison
-from ftlab.results.rows import Row, Study, best_lr_rows, plain_full
+from ftlab.report.claims.sweeps import (SHARE, TOL, best_lr_draws, bootstrap_comparison, edge_note, grid_note,
+                                        target_comparisons)
+from ftlab.report.select import LrSweep, analysed, best_lr_rows, lr_sweeps, plain_full, plain_lora
+from ftlab.report.verdicts import Claim, Comparison, decided
+from ftlab.results.study import Row, Study
 
 REGRET = "Schulman et al. 2025"
 RANK_SPREAD = 2.0  # "nearly independent of rank": the ranks' best LRs within a factor of 2
@@ -105,7 +106,7 @@ def group_curve(study: Study, rows: list[Row]) -> Curve | None:
     curves = []
     for _, runs in sorted(by_seed.items()):
         for r in sorted(runs, key=lambda r: -np.inf if r.duration is None else r.duration, reverse=True):
-            points = {p["step"]: p["loss"] for p in study.curves.get(r.run, []) if p.get("loss") is not None}
+            points = {p.step: p.loss for p in study.curves.get(r.run, []) if p.loss is not None}
             if points:
                 curves.append(points)
                 break

@@ -3,9 +3,9 @@
     claims = check_claims(study_of("studies/math-ift"))
     claims[0].status, claims[0].sentence, claims[0].counts, claims[0].headline, claims[0].mde
 
-The registry: the findings of "LoRA Learns Less and Forgets Less" (Biderman et al. 2024; ftlab.report.findings_paper),
-those checked in side studies (sweeps, IFT against CPT, long budgets; ftlab.report.findings_sweeps) and those of
-"LoRA Without Regret" (Schulman et al. 2025; ftlab.report.findings_regret). Every check compares arms (the seeds of
+The registry: the findings of "LoRA Learns Less and Forgets Less" (Biderman et al. 2024; claims/paper.py),
+those checked in side studies (sweeps, IFT against CPT, long budgets; claims/sweeps.py) and those of
+"LoRA Without Regret" (Schulman et al. 2025; claims/regret.py). Every check compares arms (the seeds of
 one configuration at one duration) of one setting and one optimizer with paired intervals (ftlab.report.verdicts)
 and classifies each comparison as agreeing, disagreeing or inconclusive at 95%:
     supported        significant agreements and no significant disagreement
@@ -17,11 +17,11 @@ and classifies each comparison as agreeing, disagreeing or inconclusive at 95%:
 
 from __future__ import annotations
 
-from ftlab.report.findings_paper import PAPER_CHECKS
-from ftlab.report.findings_regret import REGRET_CHECKS
-from ftlab.report.findings_sweeps import SWEEP_CHECKS
+from ftlab.report.claims.paper import PAPER_CHECKS
+from ftlab.report.claims.regret import REGRET_CHECKS
+from ftlab.report.claims.sweeps import SWEEP_CHECKS
 from ftlab.report.verdicts import Claim
-from ftlab.results.rows import Study
+from ftlab.results.study import Study
 
 __all__ = ["CHECKS", "Claim", "check_claims"]
 
