@@ -73,7 +73,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     written = evaluate_target(args.target, tasks, data_dir=args.data_dir, base=args.base, device=args.device,
-                              batch_size=args.batch_size, limit=args.limit, isolation=args.isolation)
+                              batch_size=args.batch_size, limit=args.limit, isolation=args.isolation,
+                              engine=args.engine, vllm_memory=args.vllm_memory)
     print("ftlab eval: results in " + ", ".join(str(d / "eval.json") for d in written))
     return 0
 
@@ -168,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(humaneval) runs under: auto = the strongest that works here (bubblewrap, else unshare, else "
                    "the Python-level guard alone); os = refuse unless bubblewrap or unshare works; bwrap = refuse "
                    "unless bubblewrap works. Checked before any model is loaded")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="what the generation tasks (gsm8k, "
+                   "humaneval, sampled math) sample on: hf = ftlab's own sampler on the transformers model; vllm = a "
+                   "vLLM engine (pip install 'ftlab[vllm]'; LoRA checkpoints as LoRA requests on one engine per "
+                   "base). Log-likelihood tasks run on transformers either way")
+    p.add_argument("--vllm-memory", type=float, default=0.5, metavar="SHARE", help="with --engine vllm on a GPU: "
+                   "the share of its memory the vLLM engine takes (the transformers model holds part of the rest)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("report", help="one self-contained HTML report on a study directory, with CSV/JSON")

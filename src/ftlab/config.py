@@ -76,9 +76,9 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    """Full finetuning or LoRA: which parameters train."""
+    """Full finetuning, LoRA, or QLoRA (LoRA on a 4-bit NF4 base): which parameters train."""
 
-    name: Literal["full", "lora"] = "lora"
+    name: Literal["full", "lora", "qlora"] = "lora"
     rank: int = 16  # LoRA rank r
     alpha: float | None = None  # LoRA alpha; None means 2 * rank (the paper's setting)
     dropout: float = 0.05  # LoRA dropout on the adapter input
@@ -88,6 +88,11 @@ class MethodConfig:
     init: Literal["default", "gaussian", "pissa"] = "default"  # LoRA initialisation of A (B starts at 0)
     loraplus_ratio: float | None = None  # LoRA+: lr of B = ratio * lr (e.g. 16)
     freeze_embeddings: bool = False  # full FT: keep input embeddings and lm_head frozen
+
+    @property
+    def adapter(self) -> bool:
+        """LoRA or QLoRA: a PEFT LoRA adapter trains (every LoRA key applies), the base stays frozen."""
+        return self.name in ("lora", "qlora")
 
 
 @dataclass
@@ -407,7 +412,12 @@ def validate_method(cfg: RunConfig) -> None:
               f"expected all, attn, mlp or a list of module names, got {m.targets!r}")
     else:
         _need(len(m.targets) > 0, "method.targets", "the list of module names is empty")
-    if m.name == "lora" and cfg.model.name == "tiny":
+    if m.name == "qlora":
+        _need(m.init != "pissa", "method.init", "pissa rewrites the base weights, which QLoRA holds in 4 bits; use "
+              "default or gaussian")
+        _need(cfg.model.dtype == "auto", "model.dtype", "QLoRA computes in bf16 on GPUs and fp32 on the CPU; leave "
+              "model.dtype auto")
+    if m.adapter and cfg.model.name == "tiny":
         tiny = cfg.model.tiny
         smallest = min(tiny.hidden_size, tiny.hidden_size // tiny.heads * tiny.kv_heads, tiny.intermediate_size)
         _need(m.rank <= smallest, "method.rank",

@@ -1,5 +1,8 @@
 """Full finetuning versus LoRA: the only place the two methods differ is which parameters train.
 
+QLoRA is LoRA on a base whose block linear layers were loaded in 4-bit NF4 (ftlab.model.load_model four_bit): the
+same PEFT adapter, trained and saved the same way (a plain PEFT adapter); only the base's loading differs.
+
 LoRA comes from PEFT, so its adapters are the ecosystem's standard format; which layers it adapts
 (method.targets) is ftlab.architectures' table per architecture. LoRA+ is two optimizer groups (`param_groups`).
 ΔW of either method is computed in one place, from a saved checkpoint against its base, in fp32:
@@ -12,10 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+import torch
 from torch import nn
 
-from ftlab.architectures import check_rank, is_conv1d, target_modules, targeted_layers  # per architecture
+from ftlab.architectures import check_rank, is_conv1d, linear_layers, target_modules, targeted_layers
 from ftlab.config import MethodConfig, RunConfig
+from ftlab.model import NF4_BLOCK, NF4_STATS_BLOCK
 
 
 @dataclass
@@ -71,10 +76,27 @@ def count_params(model: nn.Module) -> ParamCounts:
     return ParamCounts(trainable, frozen)
 
 
+def qlora_base_bytes(model: nn.Module, compute_dtype: torch.dtype) -> int:
+    """Bytes of a QLoRA base's weights, from its structure (built on the meta device: architectures.structure): the
+    block linear layers in NF4 (half a byte per weight, one 8-bit absmax per NF4_BLOCK weights, one fp32 scale per
+    NF4_STATS_BLOCK absmax values, as bitsandbytes stores them), everything else (embeddings, norms, the head) in
+    compute_dtype. Full FT and LoRA hold every weight in their load dtype instead."""
+    quantized = {id(m.weight) for m in linear_layers(model).values()}
+    size = torch.empty((), dtype=compute_dtype, device="meta").element_size()
+    total = 0
+    for p in model.parameters():  # tied weights once
+        if id(p) in quantized:
+            blocks = -(-p.numel() // NF4_BLOCK)
+            total += -(-p.numel() // 2) + blocks + 4 * -(-blocks // NF4_STATS_BLOCK)
+        else:
+            total += p.numel() * size
+    return total
+
+
 def lora_variant(m: MethodConfig) -> list[str]:
     """The LoRA options besides rank, alpha and targets, one word each: rsLoRA, DoRA, init=pissa, LoRA+ x16 ([] for
     plain LoRA and for full FT). What describe prints, the report's rows show and a study's method labels carry."""
-    if m.name != "lora":
+    if not m.adapter:
         return []
     options = (("rsLoRA", m.rslora), ("DoRA", m.dora), (f"init={m.init}", m.init != "default"),
                (f"LoRA+ x{m.loraplus_ratio or 0:g}", m.loraplus_ratio is not None))
@@ -82,11 +104,11 @@ def lora_variant(m: MethodConfig) -> list[str]:
 
 
 def method_label(m: MethodConfig) -> str:
-    """A method's short name, as a study names its runs' folders: full; lora-r16, then -attn (targets), -a32 (an
-    alpha given), and each LoRA variant word in lower case without spaces or '=' (lora-r16-rslora-initpissa)."""
+    """A method's short name, as a study names its runs' folders: full; lora-r16 (qlora-r16), then -attn (targets),
+    -a32 (an alpha given), and each LoRA variant word in lower case without spaces or '=' (lora-r16-rslora-initpissa)."""
     if m.name == "full":
         return "full"
-    parts = [f"lora-r{m.rank}"]
+    parts = [f"{m.name}-r{m.rank}"]
     if m.targets != "all":
         parts.append(m.targets if isinstance(m.targets, str) else "+".join(m.targets))
     if m.alpha is not None:
@@ -100,8 +122,9 @@ def describe(cfg: RunConfig) -> str:
     m = cfg.method
     if m.name == "full":
         return "full finetuning" + (" (embeddings frozen)" if m.freeze_embeddings else "")
-    variant = lora_variant(m)
-    return f"LoRA r={m.rank} alpha={cfg.lora_alpha():g} dropout={m.dropout:g} targets={m.targets}" + (
+    variant = (["4-bit NF4 base"] if m.name == "qlora" else []) + lora_variant(m)
+    name = "QLoRA" if m.name == "qlora" else "LoRA"
+    return f"{name} r={m.rank} alpha={cfg.lora_alpha():g} dropout={m.dropout:g} targets={m.targets}" + (
         f" ({', '.join(variant)})" if variant else "")
 
 
@@ -118,7 +141,7 @@ def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict]:
     """Optimizer groups: one for all trainable parameters, or LoRA+'s two (B at loraplus_ratio x the LR)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     ratio = cfg.method.loraplus_ratio
-    if cfg.method.name != "lora" or ratio is None:
+    if not cfg.method.adapter or ratio is None:
         return [{"params": trainable, "lr": cfg.train.lr}]
     b_ids = {id(p) for _, layer in lora_layers(model) for b in layer.lora_B.values() for p in b.parameters()}
     a_rest = [p for p in trainable if id(p) not in b_ids]

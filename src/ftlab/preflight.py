@@ -16,6 +16,7 @@ from ftlab.architectures import preflight
 from ftlab.builtin import BUILTIN_PREFIX, builtin_model_dir
 from ftlab.config import HUB_PREFIX, DataConfig, RunConfig
 from ftlab.data import detect_format, prompt_response, read_records
+from ftlab.model import require_bitsandbytes
 from ftlab.packing import document_text
 from ftlab.weights import check_headers
 
@@ -27,6 +28,8 @@ def preflight_run(cfg: RunConfig, sharded: bool = False) -> None:
     (architectures.preflight), a local model without readable safetensors weights, and data whose first records
     are not of the shape the run reads (built-in data is ftlab's own; hub data is not read before training)."""
     preflight(cfg, sharded)
+    if cfg.method.name == "qlora":
+        require_bitsandbytes()
     name = cfg.model.name
     model_dir = builtin_model_dir(name) if name.startswith(BUILTIN_PREFIX) else Path(name)
     if name != "tiny" and model_dir.is_dir():
