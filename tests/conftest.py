@@ -69,6 +69,9 @@ NUMERICAL = {
     "test_train.py": ["test_golden_losses_of_short_tiny_runs"],
     "test_choice.py": ["test_parity_with_lm_eval[0]"],
     "test_gsm8k.py": ["test_parity_with_lm_eval"],
+    "test_qlora.py": ["test_the_4bit_base", "test_qlora_gradients", "test_a_qlora_run", "test_ftlab_eval_of_a_qlora",
+                      "test_the_spectrum_of_a_qlora"],
+    "test_merge_check.py": ["test_merged_models_against_the_adapter"],
 }
 
 

@@ -70,10 +70,10 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engines():
+def engines(models):
     from ftlab.evaluate.vllm_engine import VLLMEngines
 
-    engines = VLLMEngines(torch.device("cpu"), lora_rank=4)
+    engines = VLLMEngines(torch.device("cpu"), base=models[0], lora_rank=4)
     yield engines
     engines.close()
 
@@ -193,7 +193,7 @@ def test_a_full_checkpoint_gets_its_own_engine(models, engines):
     model, tokenizer = load(full)
     expected = LM(model, tokenizer).generate(PROMPTS, 30)
     assert LM(model, tokenizer, sampler=engines.sampler(full)).generate(PROMPTS, 30) == expected
-    assert engines.engine.model == str(full)
+    assert (engines.engine.model, engines.engine.lora_rank) == (str(full), 0)  # LoRA off: no adapter will come
 
 
 @needs_vllm

@@ -5,6 +5,7 @@
     ftlab eval MODEL_OR_RUN --tasks ...            evaluate a model, an adapter, or every checkpoint of a run
     ftlab report STUDY [--out FILE] [--forgetting-budget X]   an HTML report on every run below STUDY, CSV/JSON
     ftlab spectrum [BASE] FINETUNED --out FILE     the spectrum of ΔW per layer and module (model, adapter or run)
+    ftlab merge-check RUN_OR_ADAPTER [--tasks ...] each LoRA checkpoint merged (fp32, bf16) against its adapter
     ftlab run EXP.yaml [key=value ...] --out DIR   a whole study: grid, train, evaluate, analyse, report
     ftlab status DIR                               what a study has done, is running, failed and has left
     ftlab demo [--full] [--out DIR]                the whole study on the embedded default, ending in the report
@@ -106,6 +107,16 @@ def _spectrum(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge_check(args: argparse.Namespace) -> int:
+    from ftlab.analysis.merge import Options, merge_check_target
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    written = merge_check_target(args.target, tasks, base=args.base, limit=args.limit,
+                                 options=Options(args.data_dir, args.device, args.batch_size))
+    print("ftlab merge-check: results in " + ", ".join(map(str, written)))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ftlab.demo import run_demo
 
@@ -200,6 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="auto", choices=["auto", "svd", "gram"], help="singular values of ΔW")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_spectrum)
+
+    p = sub.add_parser("merge-check", help="each LoRA checkpoint merged into its base (fp32, bf16) against the "
+                       "adapter: largest logit difference, each task's score change with its 95% interval")
+    p.add_argument("target", help="a run directory (its LoRA checkpoints) or an adapter directory")
+    p.add_argument("--tasks", help="comma-separated tasks or suites (default: those the checkpoint's eval.json holds)")
+    p.add_argument("--data-dir", help="folder holding the paper suite's original files (see README)")
+    p.add_argument("--base", help="base model for an adapter (default: the one it names)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, help="the first N documents of each task")
+    p.set_defaults(func=_merge_check)
 
     p = sub.add_parser("run", help="a whole study from an experiment file: train, evaluate, analyse, report")
     p.add_argument("experiment", help="experiment YAML (e.g. configs/demo.yaml, configs/paper/math-ift.yaml)")

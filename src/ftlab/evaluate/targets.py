@@ -128,7 +128,7 @@ class Evaluator:
         self.device = resolve_device(device)
         if engine == "vllm":
             require_vllm()  # before the model loads: a missing vLLM is said at once
-        self.engines = VLLMEngines(self.device, vllm_memory, lora_rank) if engine == "vllm" else None
+        self.engines = VLLMEngines(self.device, vllm_memory, base, lora_rank) if engine == "vllm" else None
         self.dtype = base_4bit or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.base_4bit = base_4bit
         self.batch_size = batch_size

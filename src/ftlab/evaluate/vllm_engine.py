@@ -69,11 +69,13 @@ class _Engine:
 class VLLMEngines:
     """The evaluator's vLLM engine, one at a time (see the module docstring)."""
 
-    def __init__(self, device: torch.device, memory: float = 0.5, lora_rank: int = 0):
+    def __init__(self, device: torch.device, memory: float = 0.5, base: str | Path | None = None, lora_rank: int = 0):
         if not 0 < memory <= 1:
             raise FtlabError(f"eval.vllm_memory: a share of the GPU's memory in (0, 1], got {memory}")
         self.device, self.memory = torch.device(device), memory
-        self.lora_rank = lora_rank  # the largest adapter rank expected (an engine for a base starts with LoRA on)
+        # the base whose adapters are to come, and their largest rank: its engine starts with LoRA on, so evaluating
+        # the base first does not cost a second engine start
+        self.base, self.lora_rank = (str(base) if base is not None else None), lora_rank
         self.engine: _Engine | None = None
         self._adapters: dict[str, int] = {}  # adapter directory -> its LoRA request id
 
@@ -84,7 +86,7 @@ class VLLMEngines:
     def engine_for(self, model: str, adapter_rank: int):
         """The vllm.LLM serving `model` with LoRA adapters up to adapter_rank; a new one (the current one shut down)
         when the current one serves another model or smaller adapters."""
-        rank = max(adapter_rank, self.lora_rank) if adapter_rank or self.lora_rank else 0
+        rank = max(adapter_rank, self.lora_rank if model == self.base else 0)
         current = self.engine
         if current is not None and current.model == model and (adapter_rank <= current.lora_rank):
             return current.llm
