@@ -159,19 +159,25 @@ def adapter_rank(adapter: Path) -> int:
     return max([int(config.get("r", 0))] + [int(r) for r in (config.get("rank_pattern") or {}).values()])
 
 
-def _start(model: str, device: torch.device, memory: float, lora_rank: int):
-    """A vllm.LLM serving `model` (a local directory), in the evaluator's dtype; LoRA on when lora_rank > 0."""
-    vllm = require_vllm()
-    _check_head_size(model, device)
+def engine_args(device: torch.device, memory: float = 0.5, lora_rank: int = 0) -> dict:
+    """vllm.LLM's keyword arguments besides the model, as ftlab starts an engine: the evaluator's dtype (bf16 on CUDA,
+    fp32 on the CPU), memory (module docstring), LoRA up to lora_rank when > 0."""
     cuda = device.type == "cuda"
     # CPU: a prompt prefilled in chunks makes vLLM rewind a seeded request's generator, which the CPU build cannot
     # ("CPU Generator does not use offset"); whole prefills avoid it
     memory_args = {"gpu_memory_utilization": memory} if cuda else {"kv_cache_memory_bytes": CPU_KV_CACHE_BYTES,
                                                                     "enable_chunked_prefill": False}
     lora_args = {"enable_lora": True, "max_lora_rank": lora_rank, "max_loras": 1} if lora_rank else {}
+    return {"dtype": "bfloat16" if cuda else "float32", "seed": 0, **memory_args, **lora_args}
+
+
+def _start(model: str, device: torch.device, memory: float, lora_rank: int):
+    """A vllm.LLM serving `model` (a local directory)."""
+    vllm = require_vllm()
+    _check_head_size(model, device)
     print(f"ftlab eval: starting a vLLM engine for {model}" + (f" (LoRA up to rank {lora_rank})" if lora_rank else ""),
           flush=True)
-    return vllm.LLM(model=model, dtype="bfloat16" if cuda else "float32", seed=0, **memory_args, **lora_args)
+    return vllm.LLM(model=model, **engine_args(device, memory, lora_rank))
 
 
 def _check_head_size(model: str, device: torch.device) -> None:
