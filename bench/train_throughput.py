@@ -13,7 +13,7 @@ an ftlab case with those settings on top, measured against the same reference, s
 its own in one run. With train.activation_checkpointing the reference loop checkpoints its blocks too (its memory
 regime: a 7B full finetuning fits one GPU only so).
 
-MFU: ftlab.flops.train_flops_per_token (6N + 12·L·h·s per token for full finetuning, 4N + 6·N_adapter + 12·L·h·s
+MFU: ftlab.plan.cost.train_flops_per_token (6N + 12·L·h·s per token for full finetuning, 4N + 6·N_adapter + 12·L·h·s
 for LoRA, N without the input embedding) against the device's dense bf16 peak (--peak-tflops, or known from the
 GPU's name); on a CPU it is not given.
 
@@ -49,7 +49,6 @@ SHAPES = {  # hidden, layers, heads, kv heads, intermediate, vocab
     "1.1b": (2048, 22, 32, 4, 5632, 32000),
     "7b": (4096, 32, 32, 32, 11008, 32000),
 }
-PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0}  # dense bf16, by device name
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -86,7 +85,7 @@ def ftlab_config(method: str, rank: int, args, extra: list[str] = ()):
 
 
 def flops_per_token(method: str, rank: int, args) -> float:
-    from ftlab.flops import train_flops_per_token
+    from ftlab.plan.cost import train_flops_per_token
 
     return train_flops_per_token(llama_config(args.shape), ftlab_config(method, rank, args).method, args.seq)
 
@@ -197,7 +196,9 @@ def main() -> None:
     variants = [(v.split(":", 1)[0], v.split(":", 1)[1].split(",")) for v in args.variant]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    from ftlab.plan.cost import GPUS  # dense bf16 peaks, by device name: the planner's table
+
+    peak = args.peak_tflops or next((g.peak_tflops for g in GPUS.values() if g.name in name), None)
     print(f"shape {args.shape}, batch {args.batch} x {args.seq}, {args.warmup} warm-up and {args.steps} timed steps, "
           f"device {name}, torch {torch.__version__}, ftlab settings {args.set or 'default'}"
           + (" (in one process" + (": the GiB columns are its peak so far)" if device.type == "cpu" else ")")

@@ -89,20 +89,22 @@ def test_each_gpu_check_dry_runs_within_one_device_call(tmp_path, script):
 
 
 def test_mfu_counts_the_standard_flops_with_attention():
-    """ftlab.flops: 6N + 12·L·h·s per token for full FT (N: the linear layers and the head, not the input embedding),
-    4N + 6·N_adapter + 12·L·h·s for LoRA, where N_adapter is exactly what LoRA trains on the model."""
+    """ftlab.plan.cost (the planner's device-hours and the benchmarks' MFU): 6N + 12·L·h·s per token for full FT (N:
+    every weight a token is multiplied by: the blocks and the head, not the input embedding), less the head's weight
+    gradients when it is frozen, 4N + 6·N_adapter + 12·L·h·s for LoRA, where N_adapter is exactly what LoRA trains."""
     from transformers import LlamaConfig
 
     from ftlab.config import MethodConfig, RunConfig
-    from ftlab.flops import train_flops_per_token
     from ftlab.methods import apply_method, count_params
     from ftlab.model import build_tiny
+    from ftlab.plan.cost import train_flops_per_token
 
     h, layers, heads, kv, inter, vocab, seq = 64, 3, 4, 2, 176, 259, 128
     config = LlamaConfig(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
                          intermediate_size=inter, vocab_size=vocab)
     kv_dim = h // heads * kv
-    n = layers * (2 * h * h + 2 * h * kv_dim + 3 * h * inter) + vocab * h
+    norms = layers * 2 * h + h
+    n = layers * (2 * h * h + 2 * h * kv_dim + 3 * h * inter) + norms + vocab * h
     attention = 12 * layers * h * seq
     assert train_flops_per_token(config, MethodConfig(name="full"), seq) == 6 * n + attention
     assert train_flops_per_token(config, MethodConfig(name="full", freeze_embeddings=True), seq) == \

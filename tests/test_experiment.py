@@ -509,7 +509,7 @@ defaults:
   data: {regime: ift, seq_len: 32}
 settings:
   - {name: short, data: {path: short.jsonl}, durations: [1]}
-  - {name: long, data: {path: long.jsonl}, durations: [1]}   # every prompt is longer than seq_len
+  - {name: long, data: {path: long.jsonl}, lr: {full: 1.0e+30}, durations: [1]}   # diverges: a non-finite loss
 methods: [{name: full}]
 forgetting: [source_cloze]
 eval: {limit: 2}
@@ -518,7 +518,7 @@ analyses: {spectrum: false, kl: false, diversity: []}
 
 
 def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, capsys):
-    for name, prompt in (("short", "Say hi: "), ("long", "Say hi after a very long preamble. " * 4)):
+    for name, prompt in (("short", "Say hi: "), ("long", "Say hey: ")):
         (tmp_path / f"{name}.jsonl").write_text(
             "".join(json.dumps({"prompt": f"{prompt}{i}\n", "completion": "hi"}) + "\n" for i in range(12)))
     exp, out = tmp_path / "failing.yaml", tmp_path / "study"
@@ -529,13 +529,13 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, capsys):
     assert status["short/full/epochs-1"] == ("done", None)
     assert status["long/full/epochs-1"][0] == "failed"
     reason = status["long/full/epochs-1"][1]
-    assert reason.startswith("DataError:") and "no training examples" in reason and "data.seq_len=32" in reason
-    assert "DataError" in (out / "runs" / "long/full/epochs-1" / "failure.txt").read_text()
+    assert reason.startswith("TrainingError:") and "non-finite loss" in reason
+    assert "TrainingError" in (out / "runs" / "long/full/epochs-1" / "failure.txt").read_text()
 
     capsys.readouterr()
     assert main(["status", str(out)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "long/full/epochs-1" in x)
-    assert "failed" in line and "no training examples" in line
+    assert "failed" in line and "non-finite loss" in line
 
     # without --retry-failed the failed run is left alone; with it, it is tried again (and fails again)
     run_experiment(exp, out, report=False)

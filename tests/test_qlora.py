@@ -248,3 +248,38 @@ def test_the_spectrum_of_a_qlora_adapter_is_against_the_dequantized_base(qlora_r
         w = weights.read(q["name"])
         assert q["base"]["fro"] == pytest.approx(frobenius(dequantized_nf4(w)), rel=1e-6)
         assert p["base"]["fro"] == pytest.approx(frobenius(w), rel=1e-6) != q["base"]["fro"]
+
+
+@needs_bnb
+def test_the_plan_predicts_a_qlora_runs_memory(base_dir):
+    """The plan's QLoRA weights are the bytes the 4-bit model holds (plus its adapters), and its training peak is
+    within 10% of a real step's on the CPU (bench/plan_vs_measured.py's LiveBytes: every storage alive)."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import plan_vs_measured as bench
+
+    from ftlab.architectures import structure
+    from ftlab.methods import apply_method
+    from ftlab.model import load_model
+    from ftlab.plan.fit import setup
+    from ftlab.plan.memory import architecture, predict
+    from ftlab.train import prepare, train_step
+
+    cfg = bench.run_config("qlora", False, 2, 64, CPU)
+    meta = structure(ModelConfig(name=str(base_dir)))
+    arch = architecture(meta)
+    plan = predict(arch, setup(cfg, meta, arch, "cpu"))
+    model, _ = load_model(ModelConfig(name=str(base_dir)), CPU, torch.float32, four_bit=True)
+    model, params, optimizer, autocast, chunked = prepare(apply_method(model, cfg), cfg, CPU)
+    held = {t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in model.state_dict().values()}
+    tables = 1536 * 14  # the quantization's per-layer constants (test_qlora_base_bytes_are_what_bitsandbytes_holds)
+    assert 0 <= sum(held.values()) - plan.weights <= tables
+    model.train()
+    micro = [bench.batch(arch.vocab, 2, 64, CPU, seed) for seed in (1, 2)]
+    train_step(model, micro, optimizer, params, 1.0, autocast, chunked)  # the optimizer's state exists from here
+    resident = bench.resident_bytes(model, optimizer)
+    with bench.LiveBytes() as live:
+        train_step(model, micro, optimizer, params, 1.0, autocast, chunked)
+    print(f"plan {plan.training / 2**20:.2f} MiB, measured {(resident + live.peak) / 2**20:.2f} MiB")
+    assert abs(plan.training / (resident + live.peak) - 1) < 0.10, (plan, resident, live.peak)

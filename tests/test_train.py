@@ -175,7 +175,7 @@ def test_malformed_data_line_exits_2_naming_file_and_line(tmp_path, capsys):
     data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b"}\n{"prompt": "a"\n')
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"data": {"path": str(data)}}))
-    assert main(["train", str(cfg), *TINY_MODEL, "--out", str(tmp_path / "run")]) == 2
+    assert main(["train", str(cfg), *TINY_MODEL, "data.seq_len=32", "--out", str(tmp_path / "run")]) == 2
     assert f"{data}:3" in capsys.readouterr().err
 
 

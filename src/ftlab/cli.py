@@ -7,6 +7,7 @@
     ftlab spectrum [BASE] FINETUNED --out FILE     the spectrum of ΔW per layer and module (model, adapter or run)
     ftlab merge-check RUN_OR_ADAPTER [--tasks ...] each LoRA checkpoint merged (fp32, bf16) against its adapter
     ftlab run EXP.yaml [key=value ...] --out DIR   a whole study: grid, train, evaluate, analyse, report
+    ftlab plan EXP_OR_CONFIG [key=value ...] [--gpu h100] [--nproc N]   inputs checked; memory, steps, GPU-hours
     ftlab status DIR                               what a study has done, is running, failed and has left
     ftlab demo [--full] [--out DIR]                the whole study on the embedded default, ending in the report
 
@@ -43,8 +44,10 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, out=args.out)  # a bad config stops here, before any launch
     if args.nproc > 1:
         from ftlab.distributed import check_supported
+        from ftlab.plan.fit import check_run
 
         check_supported(cfg)
+        check_run(cfg, args.nproc)  # inputs and memory, before torchrun starts the processes
         return _launch(args)
     run = train(cfg)
     print(f"ftlab: done; {closing_line(run)}; run directory {run}")
@@ -125,7 +128,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ftlab.experiment.study import run_experiment
+    from ftlab.experiment.study import failed_runs, run_experiment
 
     ray = None
     if args.backend == "ray":
@@ -134,9 +137,21 @@ def _run(args: argparse.Namespace) -> int:
         ray = RayOptions(address=args.ray_address, gpus_per_run=args.gpus_per_run)
     elif args.ray_address is not None or args.gpus_per_run is not None:
         raise FtlabError("--ray-address and --gpus-per-run go with --backend ray")
-    run_experiment(args.experiment, args.out, args.overrides, report=not args.no_report,
-                   retry_failed=args.retry_failed, ray=ray, nproc=args.nproc)
+    root = run_experiment(args.experiment, args.out, args.overrides, report=not args.no_report,
+                          retry_failed=args.retry_failed, ray=ray, nproc=args.nproc)
+    failed = failed_runs(root)
+    if failed:
+        print(f"ftlab run: {len(failed)} run(s) failed:", file=sys.stderr)
+        for name, reason in failed.items():
+            print(f"  {name}: {reason}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from ftlab.plan.study import plan_command
+
+    return plan_command(args.target, args.overrides, args.gpu, args.nproc)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -239,6 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-run", type=float, help="GPUs each run asks Ray for, 0 to 1 (default: 1 when the "
                    "cluster has a GPU, else 0)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("plan", help="check every input and predict each run's memory, steps, tokens and "
+                       "GPU-hours, before any training")
+    p.add_argument("target", metavar="EXPERIMENT_OR_CONFIG", help="an experiment file (ftlab run's) or a run "
+                   "config (ftlab train's)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, as ftlab run or ftlab train takes them")
+    p.add_argument("--gpu", help="the GPU each process has: h100, h200, a100, l40s or a memory size in GiB "
+                   "(default: the experiment's gpus, else this machine's)")
+    p.add_argument("--nproc", type=int, help="processes (GPUs) each run is sharded over with FSDP (default: the "
+                   "experiment's gpus.per_run, else 1)")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("status", help="what a study has done, is running, has failed and has left")
     p.add_argument("out", help="study directory")

@@ -121,7 +121,9 @@ class TrainConfig:
     eval_every: int = 0  # steps between held-out loss evaluations (0: at checkpoints and the end)
     keep_states: list[int] = field(default_factory=list)  # steps whose resumable state is kept in <run>/kept/
     loss: Literal["auto", "chunked", "full"] = "auto"  # chunked: no full-vocabulary logits (auto: on CUDA)
-    activation_checkpointing: bool = False  # recompute each block's activations in backward: less memory, ~1/3 more compute
+    # recompute each block's activations in backward: less memory, ~1/3 more compute; auto: on when the run's
+    # predicted peak memory would not fit its GPU otherwise, then micro_batch lowered until it fits (ftlab.plan.fit)
+    activation_checkpointing: Literal["auto"] | bool = "auto"
     compile: bool = False  # torch.compile the model (CUDA; the first steps are slower while it compiles)
     fused_lora: bool = True  # LoRA layers as one autograd function in the compute dtype (ftlab.lora_fused)
     liger: bool = False  # Liger's Triton RMSNorm, RoPE and SwiGLU kernels (CUDA; pip install liger-kernel)

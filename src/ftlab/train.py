@@ -37,6 +37,7 @@ from ftlab.methods import apply_method, count_params, describe, param_groups
 from ftlab.model import (BASE_4BIT, load_model, nf4_record, prepare_base, resolve_device, resolve_dtype,
                          resolve_precision)
 from ftlab.optim import lr_factor, make_optimizer, set_lr
+from ftlab.plan.fit import fit_run
 from ftlab.preflight import preflight_run
 from ftlab.progress import CostMeter, Progress
 from ftlab.rundir import INFO, RunDir
@@ -84,7 +85,7 @@ def speed_options(model, cfg: RunConfig) -> None:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if cfg.train.liger:
         _apply_liger(inner)
-    if cfg.train.activation_checkpointing:
+    if cfg.train.activation_checkpointing is True:  # auto is resolved by ftlab.plan.fit before a run trains
         if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.2x names it so
             inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
@@ -339,16 +340,18 @@ def train(cfg: RunConfig) -> Path:
     if not distributed.launched():
         device = resolve_device(cfg.train.device)
         check_liger(cfg, device)
-        with RunDir(cfg) as run:
-            _train(cfg, run, SINGLE, device)
+        fitted = fit_run(cfg, device)  # the plan's choices (activation checkpointing, micro-batch), or exit 3
+        with RunDir(cfg) as run:  # the config saved is the one given: `auto` is chosen again on a resume
+            _train(fitted, run, SINGLE, device)
         return run.path
     world, device = distributed.init(cfg.train.device, cfg.train.collective_timeout_min)
     try:
         distributed.check_supported(cfg)  # before the run directory is written
         check_liger(cfg, device)
+        fitted = fit_run(cfg, device, world.size, sharded=True)
         with RunDir(cfg, main=world.main) as run:
             distributed.barrier(world)  # rank 0 has checked and written the run directory
-            _train(cfg, run, world, device)
+            _train(fitted, run, world, device)
     finally:
         distributed.close()
     return run.path

@@ -104,6 +104,14 @@ class Tracking:
 
 
 @dataclass
+class GPUs:
+    """The GPUs a study assumes: what `ftlab plan` checks each run against unless --gpu and --nproc say otherwise."""
+
+    kind: str = "h100"  # h100, h200, a100, l40s, or a memory size in GiB
+    per_run: int = 1  # processes (GPUs) each run trains on: ftlab run --nproc
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "study"
     model: dict = field(default_factory=dict)  # model.* keys (name, dtype, ...)
@@ -116,6 +124,7 @@ class ExperimentConfig:
     lr_sweep: LRSweep | None = None
     analyses: Analyses = field(default_factory=Analyses)
     tracking: Tracking = field(default_factory=Tracking)
+    gpus: GPUs | None = None  # the GPUs the study assumes (ftlab plan's default --gpu and --nproc)
     seeds: list[int] = field(default_factory=list)  # train every run once per seed (intervals then include the
     # variation between training runs); empty: once, with defaults.train.seed
     # where relative paths in the file resolve (its folder): set by parse_experiment, never read from the YAML

@@ -40,6 +40,7 @@ from ftlab.experiment.tracking import Tracker
 from ftlab.experiment.tracking import require as require_tracking
 from ftlab.io import copy_dir, write_json, write_text
 from ftlab.model import prepare_base
+from ftlab.plan.study import check_study
 from ftlab.results.index import base_record, index_training, measure_base, measure_checkpoint, run_record
 from ftlab.results.schema import EXPERIMENT, STORE, base_run
 from ftlab.results.store import Store
@@ -106,6 +107,7 @@ def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] =
     require_tracking(exp.tracking)  # a missing backend fails before the study directory is made
     if ray is not None:
         require_ray()  # so does a missing Ray
+    check_study(exp, exp_path, out, nproc, ray is not None)  # every input, and each run's memory: printed, refused
     study = StudyDir(out, exp_path, list(overrides))
     store = Store(study.path / RESULTS)
     tracker = Tracker(exp.tracking, study.path)
@@ -137,6 +139,15 @@ def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] =
         store.close()
         study.close()
     return study.path
+
+
+def failed_runs(root: str | Path) -> dict[str, str]:
+    """The study's failed runs and why, from its store (ftlab run exits 1 when there is one)."""
+    store = Store(Path(root) / RESULTS)
+    try:
+        return {name: r["reason"] or "" for name, r in store.runs().items() if r["status"] == "failed"}
+    finally:
+        store.close()
 
 
 def sweep_picks(store: Store, plans: list[RunPlan]) -> dict[tuple[str, str], float]:
