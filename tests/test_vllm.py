@@ -267,3 +267,15 @@ def test_vllm_refuses_qlora_and_bad_memory_shares(monkeypatch):
         Evaluator("unused", "cpu", engine="vllm", base_4bit=torch.float32)
     with pytest.raises(FtlabError, match="eval.vllm_memory"):
         VLLMEngines(torch.device("cpu"), memory=1.5)
+
+
+@needs_vllm
+def test_the_vllm_benchmark_measures_both_sides():
+    """bench/vllm_throughput.py (gpu_eval.sh's vLLM row) on a tiny shape: both sides timed, greedy identical (fp32)."""
+    bench = Path(__file__).resolve().parents[1] / "bench" / "vllm_throughput.py"
+    proc = subprocess.run([sys.executable, str(bench), "--problems", "2", "--n", "2", "--new-tokens", "4",
+                           "--prompt-len", "16", "--batch", "4", "--check-problems", "1"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "vLLM engine start:" in proc.stdout and "speedup (ftlab time / vLLM time):" in proc.stdout, proc.stdout
+    assert "greedy identical to ftlab's sampler: yes (1/1 problems)" in proc.stdout, proc.stdout
