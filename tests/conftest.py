@@ -1,11 +1,16 @@
 """Shared fixtures: tiny data files and tiny run configs (a few seconds of CPU each)."""
 
 import json
+import os
 import random
 
 import pytest
 
 from ftlab.config import load_config
+
+# Tests never reach the Hugging Face hub, nor do the processes they start. Where bitsandbytes is installed, importing
+# PEFT imports it, and on a CPU with AVX512-BF16 its import asks the hub for an optional kernel.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "grass", "candle", "orbit"]
 

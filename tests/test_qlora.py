@@ -65,10 +65,10 @@ def base_dir(tmp_path_factory):
 
 @needs_bnb
 def test_the_4bit_base_computes_with_the_dequantized_weights(base_dir):
-    import bitsandbytes.functional as bnbf
-
     from ftlab.architectures import linear_layers
-    from ftlab.model import dequantized_nf4, load_model
+    from ftlab.model import dequantized_nf4, load_model, require_bitsandbytes
+
+    bnbf = require_bitsandbytes().functional  # imported as ftlab imports it: without reaching the hub
 
     four_bit, _ = load_model(ModelConfig(name=str(base_dir)), CPU, torch.float32, four_bit=True)
     full, _ = load_model(ModelConfig(name=str(base_dir)), CPU, torch.float32)

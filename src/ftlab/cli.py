@@ -18,6 +18,7 @@ it needs when it runs, so one command does not pay for another's dependencies.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -286,6 +287,11 @@ def process_settings() -> None:
     from ftlab.progress import quiet_libraries
 
     quiet_libraries()
+    # bitsandbytes (where installed, PEFT imports it) says on every import that its CPU backend found no hub kernel
+    # for AVX512-BF16 inference; ftlab's 4-bit layers do not use that path (ftlab.model). vLLM's INFO lines (engine
+    # configuration) are for its own server; its warnings stay.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if launched() and os.environ["RANK"] != "0":
         sys.stdout = open(os.devnull, "w")
     signal.signal(signal.SIGTERM, _terminated)  # `kill`, a scheduler's stop: as Ctrl-C, the run resumable

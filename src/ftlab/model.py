@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerFast
 from ftlab.builtin import BUILTIN_PREFIX, builtin_model_dir
 from ftlab.config import ModelConfig, TinyModelConfig
 from ftlab.errors import ConfigError, FtlabError
+from ftlab.hub import offline_mode
 from ftlab.io import fresh_dir, publish_dir, read_json, write_json
 from ftlab.rundir import ADAPTER_CONFIG, INFO, RunLayout, base_of, is_adapter, read_info
 from ftlab.weights import check_adapter, check_files, check_finite, check_headers, manifest
@@ -176,8 +177,6 @@ def require_bitsandbytes():
     import importlib
     import importlib.util
     import logging
-
-    from ftlab.hub import offline_mode
 
     if "bitsandbytes" in sys.modules:
         return sys.modules["bitsandbytes"]
