@@ -46,7 +46,7 @@ def test_round_trip(cfg_file):
     (["train.lr=0"], "train.lr: must be > 0"),
     (["train.lr=-1e-4"], "train.lr: must be > 0"),
     (["method.dora=yes please"], "method.dora: expected true or false"),
-    (["method.name=qlora"], "method.name: expected one of 'full', 'lora'"),
+    (["method.name=adalora"], "method.name: expected one of 'full', 'lora', 'qlora'"),
     (["data.path=nowhere.jsonl"], "data.path: nowhere.jsonl does not exist"),
     (["train.global_batch=10", "train.micro_batch=4"], "train.global_batch: must be a multiple of train.micro_batch"),
     (["train.tokens=100"], "set exactly one of train.epochs and train.tokens"),

@@ -1,5 +1,6 @@
 """The training loop end to end on a tiny model: loss falls, checkpoints load elsewhere, kill -9 resumes exactly."""
 
+import importlib.util
 import json
 import math
 import os
@@ -112,7 +113,11 @@ def cli_args(cfg_path, out):
     return [sys.executable, "-m", "ftlab", "train", str(cfg_path), "--out", str(out)]
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+QLORA = pytest.param("qlora", marks=pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed (pip install 'ftlab[qlora]')"))
+
+
+@pytest.mark.parametrize("method", ["full", "lora", QLORA])
 def test_sigkill_and_resume_gives_identical_final_weights(pairs, tmp_path, method):
     overrides = TINY_MODEL + [f"data.path={pairs}", "data.seq_len=32", "train.global_batch=8", "train.micro_batch=4",
                               "train.epochs=4", "train.lr=3e-3", "output.resume_every=4", "train.checkpoints=[2]",

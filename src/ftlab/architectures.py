@@ -69,9 +69,11 @@ def is_conv1d(module: nn.Module) -> bool:
 
 
 def in_out(module: nn.Module) -> tuple[int, int]:
-    """(in, out) features of an nn.Linear or a Conv1D."""
-    rows, cols = module.weight.shape
-    return (rows, cols) if is_conv1d(module) else (cols, rows)
+    """(in, out) features of an nn.Linear (bitsandbytes' 4-bit one included: its weight is stored packed) or a
+    Conv1D."""
+    if is_conv1d(module):
+        return tuple(module.weight.shape)
+    return module.in_features, module.out_features
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -158,7 +160,7 @@ def preflight(cfg: RunConfig, sharded: bool = False) -> None:
     if positions is not None and cfg.data.seq_len > positions:
         raise ConfigError(f"data.seq_len: {cfg.data.seq_len} tokens, but this model has {positions} positions "
                           f"({type(model.config).__name__}'s max_position_embeddings); set data.seq_len <= {positions}")
-    if cfg.method.name == "lora":
+    if cfg.method.adapter:
         check_rank(model, target_modules(model, cfg.method.targets), cfg.method.rank)
     if cfg.train.loss == "chunked":
         reason = loss.unsupported(model)

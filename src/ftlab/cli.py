@@ -5,6 +5,7 @@
     ftlab eval MODEL_OR_RUN --tasks ...            evaluate a model, an adapter, or every checkpoint of a run
     ftlab report STUDY [--out FILE] [--forgetting-budget X]   an HTML report on every run below STUDY, CSV/JSON
     ftlab spectrum [BASE] FINETUNED --out FILE     the spectrum of ΔW per layer and module (model, adapter or run)
+    ftlab merge-check RUN_OR_ADAPTER [--tasks ...] each LoRA checkpoint merged (fp32, bf16) against its adapter
     ftlab run EXP.yaml [key=value ...] --out DIR   a whole study: grid, train, evaluate, analyse, report
     ftlab plan EXP_OR_CONFIG [key=value ...] [--gpu h100] [--nproc N]   inputs checked; memory, steps, GPU-hours
     ftlab status DIR                               what a study has done, is running, failed and has left
@@ -17,6 +18,7 @@ it needs when it runs, so one command does not pay for another's dependencies.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -77,7 +79,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     written = evaluate_target(args.target, tasks, data_dir=args.data_dir, base=args.base, device=args.device,
-                              batch_size=args.batch_size, limit=args.limit, isolation=args.isolation)
+                              batch_size=args.batch_size, limit=args.limit, isolation=args.isolation,
+                              engine=args.engine, vllm_memory=args.vllm_memory)
     print("ftlab eval: results in " + ", ".join(str(CheckpointFiles(d).eval) for d in written))
     return 0
 
@@ -106,6 +109,16 @@ def _spectrum(args: argparse.Namespace) -> int:
     spectrum_target(finetuned, base, out=args.out, top_k=args.top_k, epsilon=args.epsilon, method=args.method,
                     singular_values=args.singular_values, device=args.device)
     print(f"ftlab spectrum: written {args.out}")
+    return 0
+
+
+def _merge_check(args: argparse.Namespace) -> int:
+    from ftlab.analysis.merge import Options, merge_check_target
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    written = merge_check_target(args.target, tasks, base=args.base, limit=args.limit,
+                                 options=Options(args.data_dir, args.device, args.batch_size))
+    print("ftlab merge-check: results in " + ", ".join(map(str, written)))
     return 0
 
 
@@ -184,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(humaneval) runs under: auto = the strongest that works here (bubblewrap, else unshare, else "
                    "the Python-level guard alone); os = refuse unless bubblewrap or unshare works; bwrap = refuse "
                    "unless bubblewrap works. Checked before any model is loaded")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="what the generation tasks (gsm8k, "
+                   "humaneval, sampled math) sample on: hf = ftlab's own sampler on the transformers model; vllm = a "
+                   "vLLM engine (pip install 'ftlab[vllm]'; LoRA checkpoints as LoRA requests on one engine per "
+                   "base). Log-likelihood tasks run on transformers either way")
+    p.add_argument("--vllm-memory", type=float, default=0.5, metavar="SHARE", help="with --engine vllm on a GPU: "
+                   "the share of its memory the vLLM engine takes (the transformers model holds part of the rest)")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("report", help="one self-contained HTML report on a study directory, with CSV/JSON")
@@ -209,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="auto", choices=["auto", "svd", "gram"], help="singular values of ΔW")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_spectrum)
+
+    p = sub.add_parser("merge-check", help="each LoRA checkpoint merged into its base (fp32, bf16) against the "
+                       "adapter: largest logit difference, each task's score change with its 95% interval")
+    p.add_argument("target", help="a run directory (its LoRA checkpoints) or an adapter directory")
+    p.add_argument("--tasks", help="comma-separated tasks or suites (default: those the checkpoint's eval.json holds)")
+    p.add_argument("--data-dir", help="folder holding the paper suite's original files (see README)")
+    p.add_argument("--base", help="base model for an adapter (default: the one it names)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=int, help="the first N documents of each task")
+    p.set_defaults(func=_merge_check)
 
     p = sub.add_parser("run", help="a whole study from an experiment file: train, evaluate, analyse, report")
     p.add_argument("experiment", help="experiment YAML (e.g. configs/demo.yaml, configs/paper/math-ift.yaml)")
@@ -259,6 +289,11 @@ def process_settings() -> None:
     from ftlab.progress import quiet_libraries
 
     quiet_libraries()
+    # bitsandbytes (where installed, PEFT imports it) says on every import that its CPU backend found no hub kernel
+    # for AVX512-BF16 inference; ftlab's 4-bit layers do not use that path (ftlab.model). vLLM's INFO lines (engine
+    # configuration) are for its own server; its warnings stay.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if launched() and os.environ["RANK"] != "0":
         sys.stdout = open(os.devnull, "w")
     signal.signal(signal.SIGTERM, _terminated)  # `kill`, a scheduler's stop: as Ctrl-C, the run resumable

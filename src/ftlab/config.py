@@ -77,9 +77,9 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    """Full finetuning or LoRA: which parameters train."""
+    """Full finetuning, LoRA, or QLoRA (LoRA on a 4-bit NF4 base): which parameters train."""
 
-    name: Literal["full", "lora"] = "lora"
+    name: Literal["full", "lora", "qlora"] = "lora"
     rank: int = 16  # LoRA rank r
     alpha: float | None = None  # LoRA alpha; None means 2 * rank (the paper's setting)
     dropout: float = 0.05  # LoRA dropout on the adapter input
@@ -89,6 +89,11 @@ class MethodConfig:
     init: Literal["default", "gaussian", "pissa"] = "default"  # LoRA initialisation of A (B starts at 0)
     loraplus_ratio: float | None = None  # LoRA+: lr of B = ratio * lr (e.g. 16)
     freeze_embeddings: bool = False  # full FT: keep input embeddings and lm_head frozen
+
+    @property
+    def adapter(self) -> bool:
+        """LoRA or QLoRA: a PEFT LoRA adapter trains (every LoRA key applies), the base stays frozen."""
+        return self.name in ("lora", "qlora")
 
 
 @dataclass
@@ -168,7 +173,7 @@ class RunConfig:
 def lora_variant(m: MethodConfig) -> list[str]:
     """The LoRA options besides rank, alpha and targets, one word each: rsLoRA, DoRA, init=pissa, LoRA+ x16 ([] for
     plain LoRA and for full FT). What describe prints, the report's rows show and a study's method labels carry."""
-    if m.name != "lora":
+    if not m.adapter:
         return []
     options = (("rsLoRA", m.rslora), ("DoRA", m.dora), (f"init={m.init}", m.init != "default"),
                (f"LoRA+ x{m.loraplus_ratio or 0:g}", m.loraplus_ratio is not None))
@@ -176,11 +181,11 @@ def lora_variant(m: MethodConfig) -> list[str]:
 
 
 def method_label(m: MethodConfig) -> str:
-    """A method's short name, as a study names its runs' folders: full; lora-r16, then -attn (targets), -a32 (an
+    """A method's short name, as a study names its runs' folders: full; lora-r16 (qlora-r16), then -attn (targets), -a32 (an
     alpha given), and each LoRA variant word in lower case without spaces or '=' (lora-r16-rslora-initpissa)."""
     if m.name == "full":
         return "full"
-    parts = [f"lora-r{m.rank}"]
+    parts = [f"{m.name}-r{m.rank}"]
     if m.targets != "all":
         parts.append(m.targets if isinstance(m.targets, str) else "+".join(m.targets))
     if m.alpha is not None:
@@ -456,7 +461,12 @@ def validate_method(cfg: RunConfig) -> None:
               f"expected all, attn, mlp or a list of module names, got {m.targets!r}")
     else:
         _need(len(m.targets) > 0, "method.targets", "the list of module names is empty")
-    if m.name == "lora" and cfg.model.name == "tiny":
+    if m.name == "qlora":
+        _need(m.init != "pissa", "method.init", "pissa rewrites the base weights, which QLoRA holds in 4 bits; use "
+              "default or gaussian")
+        _need(cfg.model.dtype == "auto", "model.dtype", "QLoRA computes in bf16 on GPUs and fp32 on the CPU; leave "
+              "model.dtype auto")
+    if m.adapter and cfg.model.name == "tiny":
         tiny = cfg.model.tiny
         smallest = min(tiny.hidden_size, tiny.hidden_size // tiny.heads * tiny.kv_heads, tiny.intermediate_size)
         _need(m.rank <= smallest, "method.rank",

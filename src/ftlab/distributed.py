@@ -71,7 +71,10 @@ def launch_command(nproc: int, config: str, overrides: list[str], out: str) -> l
 
 def check_supported(cfg) -> None:
     """What a sharded run cannot do, refused before anything is launched or written (cfg: a RunConfig)."""
-    if cfg.method.name == "lora" and cfg.method.init == "pissa":
+    if cfg.method.name == "qlora":
+        raise ConfigError("method.name: qlora trains on one process (FSDP does not shard bitsandbytes' 4-bit "
+                          "weights here); train it without --nproc")
+    if cfg.method.adapter and cfg.method.init == "pissa":
         raise ConfigError("method.init: pissa is not supported with several processes; train it on one")
     if not state_sharded.available():
         raise ConfigError("several processes save their resumable state with torch.distributed.checkpoint's "

@@ -1,5 +1,8 @@
 """Full finetuning versus LoRA: the only place the two methods differ is which parameters train.
 
+QLoRA is LoRA on a base whose block linear layers were loaded in 4-bit NF4 (ftlab.model.load_model four_bit): the
+same PEFT adapter, trained and saved the same way (a plain PEFT adapter); only the base's loading differs.
+
 LoRA comes from PEFT, so its adapters are the ecosystem's standard format; which layers it adapts
 (method.targets) is ftlab.architectures' table per architecture. LoRA+ is two optimizer groups (`param_groups`).
 A method's label and its LoRA variant words are pure functions of its config (ftlab.config: method_label,
@@ -14,10 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+import torch
 from torch import nn
 
-from ftlab.architectures import check_rank, is_conv1d, target_modules, targeted_layers  # per architecture
+from ftlab.architectures import check_rank, is_conv1d, linear_layers, target_modules, targeted_layers
 from ftlab.config import RunConfig, lora_variant
+from ftlab.model import NF4_BLOCK, NF4_STATS_BLOCK
 
 
 @dataclass
@@ -73,13 +78,31 @@ def count_params(model: nn.Module) -> ParamCounts:
     return ParamCounts(trainable, frozen)
 
 
+def qlora_base_bytes(model: nn.Module, compute_dtype: torch.dtype) -> int:
+    """Bytes of a QLoRA base's weights, from its structure (built on the meta device: architectures.structure): the
+    block linear layers in NF4 (half a byte per weight, one 8-bit absmax per NF4_BLOCK weights, one fp32 scale per
+    NF4_STATS_BLOCK absmax values, as bitsandbytes stores them), everything else (embeddings, norms, the head) in
+    compute_dtype. Full FT and LoRA hold every weight in their load dtype instead."""
+    quantized = {id(m.weight) for m in linear_layers(model).values()}
+    size = torch.empty((), dtype=compute_dtype, device="meta").element_size()
+    total = 0
+    for p in model.parameters():  # tied weights once
+        if id(p) in quantized:
+            blocks = -(-p.numel() // NF4_BLOCK)
+            total += -(-p.numel() // 2) + blocks + 4 * -(-blocks // NF4_STATS_BLOCK)
+        else:
+            total += p.numel() * size
+    return total
+
+
 def describe(cfg: RunConfig) -> str:
     """The method in one line, as a run prints it when it starts."""
     m = cfg.method
     if m.name == "full":
         return "full finetuning" + (" (embeddings frozen)" if m.freeze_embeddings else "")
-    variant = lora_variant(m)
-    return f"LoRA r={m.rank} alpha={cfg.lora_alpha():g} dropout={m.dropout:g} targets={m.targets}" + (
+    variant = (["4-bit NF4 base"] if m.name == "qlora" else []) + lora_variant(m)
+    name = "QLoRA" if m.name == "qlora" else "LoRA"
+    return f"{name} r={m.rank} alpha={cfg.lora_alpha():g} dropout={m.dropout:g} targets={m.targets}" + (
         f" ({', '.join(variant)})" if variant else "")
 
 
@@ -96,7 +119,7 @@ def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict]:
     """Optimizer groups: one for all trainable parameters, or LoRA+'s two (B at loraplus_ratio x the LR)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     ratio = cfg.method.loraplus_ratio
-    if cfg.method.name != "lora" or ratio is None:
+    if not cfg.method.adapter or ratio is None:
         return [{"params": trainable, "lr": cfg.train.lr}]
     b_ids = {id(p) for _, layer in lora_layers(model) for b in layer.lora_B.values() for p in b.parameters()}
     a_rest = [p for p in trainable if id(p) not in b_ids]

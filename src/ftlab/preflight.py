@@ -21,6 +21,7 @@ from ftlab.builtin import BUILTIN_PREFIX, builtin_model_dir
 from ftlab.config import HUB_PREFIX, DataConfig, ModelConfig, RunConfig
 from ftlab.data import detect_format, prompt_response, read_records
 from ftlab.errors import ConfigError, DataError
+from ftlab.model import require_bitsandbytes
 from ftlab.packing import document_text
 from ftlab.weights import check_headers
 
@@ -34,6 +35,8 @@ def preflight_run(cfg: RunConfig, sharded: bool = False, weights: bool = True) -
     data is ftlab's own; hub data is not read before training)."""
     check_offline(cfg.model, {"data.path": cfg.data.path, "data.eval_path": cfg.data.eval_path})
     preflight(cfg, sharded)
+    if cfg.method.name == "qlora":
+        require_bitsandbytes()
     name = cfg.model.name
     model_dir = builtin_model_dir(name) if name.startswith(BUILTIN_PREFIX) else Path(name)
     if weights and name != "tiny" and model_dir.is_dir():

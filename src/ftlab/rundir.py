@@ -49,6 +49,8 @@ SAMPLES = "eval_samples"  # a checkpoint's per-example records, <task>.jsonl
 SPECTRUM = "spectrum.json"  # ΔW's spectrum per matrix
 KL = "kl.json"  # KL(base || finetuned) on the setting's target prompts
 DIVERSITY = "diversity.json"  # unique outputs per problem of each sampled task: {task: report}
+MERGE_CHECK = "merge_check.json"  # ftlab merge-check: the merged models against the adapter
+MERGE_MODELS = "merge_check"  # each compared model's eval.json and eval_samples/, in merge_check/<model>/
 
 
 class CheckpointFiles:
@@ -62,6 +64,8 @@ class CheckpointFiles:
         self.spectrum = self.path / SPECTRUM
         self.kl = self.path / KL
         self.diversity = self.path / DIVERSITY
+        self.merge_check = self.path / MERGE_CHECK
+        self.merge_models = self.path / MERGE_MODELS
 
     def samples(self, task: str) -> Path:
         return self.samples_dir / f"{task}.jsonl"

@@ -34,7 +34,8 @@ from ftlab.io import fresh_dir, publish_dir
 from ftlab.loss import chunked_loss_sum, target_index, with_targets
 from ftlab.loss import supports as supports_chunked_loss
 from ftlab.methods import apply_method, count_params, describe, param_groups
-from ftlab.model import load_model, prepare_base, resolve_device, resolve_dtype, resolve_precision
+from ftlab.model import (BASE_4BIT, load_model, nf4_record, prepare_base, resolve_device, resolve_dtype,
+                         resolve_precision)
 from ftlab.optim import lr_factor, make_optimizer, set_lr
 from ftlab.plan.fit import fit_run
 from ftlab.preflight import preflight_run
@@ -79,7 +80,7 @@ def speed_options(model, cfg: RunConfig) -> None:
     three runs of a study filled, so later runs trained uncompiled. Under activation checkpointing, dynamo is set
     (process-wide) to trace a block's forward whose side effects are not replayed by the backward's recompute:
     transformers' output-capturing hooks set a context variable there, which otherwise broke every block's graph."""
-    if cfg.method.name == "lora" and cfg.train.fused_lora:
+    if cfg.method.adapter and cfg.train.fused_lora:  # a no-op on QLoRA's 4-bit layers (PEFT's own forward)
         lora_fused.enable(model)
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     if cfg.train.liger:
@@ -365,9 +366,9 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     # sharding then gives each device 1/N of rank 0's weights (distributed.shard)
     load_on = device if not world.distributed else torch.device("cpu" if world.main else "meta")
     dtype = resolve_dtype(cfg.model, device, cfg.method.name == "full", cfg.train.precision)
-    model, tokenizer = load_model(cfg.model, load_on, dtype, base_name)
+    model, tokenizer = load_model(cfg.model, load_on, dtype, base_name, four_bit=cfg.method.name == "qlora")
     model = apply_method(model, cfg)
-    pissa_init = _save_pissa_init(model, run) if cfg.method.name == "lora" and cfg.method.init == "pissa" else None
+    pissa_init = _save_pissa_init(model, run) if cfg.method.adapter and cfg.method.init == "pissa" else None
     params_count = count_params(model)
     print(f"ftlab: {describe(cfg)} | {params_count}" +
           (f" | FSDP over {world.size} processes" if world.distributed else ""), flush=True)
@@ -396,6 +397,8 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     def save(directory: Path, step: int) -> None:
         info = {"step": step, "tokens": tokens, "epoch": step / plan.steps_per_epoch if plan.steps_per_epoch else None,
                 "method": cfg.method.name, "base": base_name}
+        if cfg.method.name == "qlora":  # how the base was loaded: evaluation and the spectrum do the same
+            info[BASE_4BIT] = nf4_record(dtype)
         save_checkpoint(model, tokenizer, directory, info, pissa_init, world)
 
     run.write_plan(plan.total_steps, plan.tokens_per_step)

@@ -25,6 +25,8 @@ document of the same form with one checkpoint, and a checkpoint whose spectrum.j
 is not recomputed:
     {"version": 1, "base": str, "settings": {"top_k", "epsilon", "method": "svd"|"gram", "singular_values"},
      "checkpoints": [{"path", "name", "step", "tokens", "kind": "full"|"lora"|"dora",
+                      "base_weights": "fp" | "nf4-dequantized" (a QLoRA adapter: W_base is the NF4 rounding of the
+                      base it trained on, spectrum_sources.py),
                       "matrices": [{"name", "layer", "module", "shape", "delta", "base", "finetuned", "gaussian",
                                     "rel_change", "intruders", "lora_rank", ["singular_values"]}],
                       "summary": {"k90_mean", "k90_frac_mean", "rel_change_mean", "intruders_total"}}]}
@@ -72,16 +74,17 @@ class BaseFactors:
         self._svd: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (base, matrix) -> (U, σ)
         self.computed = 0  # base matrices factored so far
 
-    def sigma(self, base: Path, name: str, w_base: torch.Tensor, method: str) -> torch.Tensor:
-        """σ(W_base), float64 on the CPU."""
-        key = (str(Path(base).resolve()), name, method)
+    def sigma(self, base: str, name: str, w_base: torch.Tensor, method: str) -> torch.Tensor:
+        """σ(W_base), float64 on the CPU; base: the Checkpoint's base_key."""
+        key = (base, name, method)
         if key not in self._sigma:
             self._sigma[key], self.computed = singular_values(w_base, method).cpu(), self.computed + 1
         return self._sigma[key]
 
-    def svd(self, base: Path, name: str, w_base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(left singular vectors (m, s) on w_base's device, σ float64 on the CPU) of W_base by an fp32 SVD."""
-        key = (str(Path(base).resolve()), name)
+    def svd(self, base: str, name: str, w_base: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(left singular vectors (m, s) on w_base's device, σ float64 on the CPU) of W_base by an fp32 SVD; base:
+        the Checkpoint's base_key."""
+        key = (base, name)
         if key not in self._svd:
             u, s = left_factors(w_base)
             self._svd[key], self.computed = (u.cpu(), s.cpu()), self.computed + 1
@@ -194,7 +197,8 @@ def analyse(ckpt: Checkpoint, settings: dict, device: torch.device, units: Progr
                / len(matrices), "rel_change_mean": sum(rel) / len(rel) if rel else None,
                "intruders_total": None if settings["top_k"] == 0 else sum(intruders)}
     return {"path": str(ckpt.path), "name": ckpt.path.name, "step": ckpt.info.get("step"),
-            "tokens": ckpt.info.get("tokens"), "kind": ckpt.kind, "matrices": matrices, "summary": summary}
+            "tokens": ckpt.info.get("tokens"), "kind": ckpt.kind, "matrices": matrices, "summary": summary,
+            "base_weights": "fp" if ckpt.base_4bit is None else "nf4-dequantized"}
 
 
 def _matrix(ckpt: Checkpoint, name: str, settings: dict, device: torch.device, factors: BaseFactors) -> dict:
@@ -202,12 +206,12 @@ def _matrix(ckpt: Checkpoint, name: str, settings: dict, device: torch.device, f
     method, top_k = settings["method"], settings["top_k"]
     s_delta = singular_values(delta, method)
     if top_k > 0:  # the intruder SVDs give σ(W_base) and σ(W_ft) as well
-        u_base, s_base = factors.svd(ckpt.base, name, w_base)
+        u_base, s_base = factors.svd(ckpt.base_key, name, w_base)
         u_ft, s_ft = left_factors(w_ft)
         found = intruders(u_base, u_ft, top_k, settings["epsilon"])
     else:
         found = None
-        s_base, s_ft = factors.sigma(ckpt.base, name, w_base, method), singular_values(w_ft, method)
+        s_base, s_ft = factors.sigma(ckpt.base_key, name, w_base, method), singular_values(w_ft, method)
     fro_base, fro_delta = frobenius(w_base), frobenius(delta)
     layer = re.search(r"\.(\d+)\.", name)
     entry = {"name": name, "layer": int(layer.group(1)) if layer else None, "module": ckpt.layers[name].module,

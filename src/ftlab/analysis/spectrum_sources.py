@@ -10,6 +10,10 @@ Llama; nn.Linear and transformers' Conv1D, ftlab.architectures.linear_layers), f
 config.json on the meta device (no memory); for an adapter, those of them it adapts (the others have ΔW = 0). LoRA
 on embeddings is not analysed.
 
+A QLoRA adapter (its ftlab.json records a 4-bit base: ftlab.model.nf4_dtype) trained on the NF4 rounding of the
+base, not on the base itself: its W_base is the base weight quantized as the run loaded it and dequantized
+(ftlab.model.dequantized_nf4, in fp32), W_ft = that + ΔW. ΔW itself is the adapter's, as for LoRA.
+
 Every matrix is read as (out, in), nn.Linear's layout: a Conv1D (GPT-2) stores (in, out) and is transposed as it
 is read, so shapes, singular vectors and intruder dimensions (left singular vectors: the output space) mean the
 same on every architecture. PEFT adapts a Conv1D with fan_in_fan_out: its A is (r, in) and B (out, r) as on a
@@ -33,6 +37,7 @@ import torch
 from ftlab.architectures import is_conv1d, linear_layers, module_label
 from ftlab.errors import FtlabError
 from ftlab.io import read_json
+from ftlab.model import dequantized_nf4, nf4_dtype
 from ftlab.rundir import is_adapter, read_info, weights_remedy
 from ftlab.weights import check_files, check_tensor, safetensors_keys
 
@@ -137,10 +142,21 @@ class Checkpoint:
     base_files: TensorFiles
     ft_files: TensorFiles
     lora: dict[str, LoraModule] = field(default_factory=dict)  # by weight name; adapters only
+    base_4bit: torch.dtype | None = None  # QLoRA: W_base is the NF4 rounding of the base from this dtype
+
+    @property
+    def base_key(self) -> str:
+        """What names W_base for caching its factors (BaseFactors): the base directory, and the NF4 rounding of it
+        a QLoRA adapter trained on."""
+        key = str(Path(self.base).resolve())
+        return key if self.base_4bit is None else f"{key} (NF4 from {str(self.base_4bit).removeprefix('torch.')})"
 
     def read(self, files: TensorFiles, name: str, device: torch.device | str) -> torch.Tensor:
-        """One weight as (out, in), fp32 on `device` (a Conv1D's stored (in, out) transposed)."""
+        """One weight as (out, in), fp32 on `device` (a Conv1D's stored (in, out) transposed); the base's of a QLoRA
+        adapter NF4-quantized in its stored layout, as the run loaded it, and dequantized."""
         w = files.read(name, device)
+        if files is self.base_files and self.base_4bit is not None:
+            w = dequantized_nf4(w, self.base_4bit)
         return w.T.contiguous() if self.layers[name].transposed else w
 
     @torch.no_grad()
@@ -252,7 +268,7 @@ def _open_adapter(base: Path, path: Path, base_names: dict[str, Layer], base_fil
         raise FtlabError(f"{path}: the adapter adapts none of the base's linear layers ({base})")
     names = [n for n in base_names if n in lora]
     return Checkpoint(base, path, "dora" if dora else "lora", names, shapes, base_names, info, base_files, ft_files,
-                      lora)
+                      lora, nf4_dtype(path))
 
 
 def _scale(config: dict, module: str, rank: int, path: Path) -> float:

@@ -18,6 +18,7 @@ in the results store's reader (ftlab.results.study), which ftlab.results.index f
 from __future__ import annotations
 
 import contextlib
+import math
 import subprocess
 import time
 from dataclasses import asdict, replace
@@ -93,6 +94,26 @@ def _text_record(doc_id: str, nll_sum: float, tokens: int, correct: int) -> dict
     return {"id": doc_id, "tokens": tokens, "nll_sum": nll_sum, "correct": correct,
             "metrics": {"loss": loss, "perplexity": _exp(loss) if tokens else None,
                         "token_accuracy": correct / tokens if tokens else None}}
+
+
+TOKEN_WEIGHTED = ("loss", "token_accuracy")  # perplexity tasks: per-document means weighted by their tokens
+
+
+def example_values(records: list[dict], kind: str, metric: str) -> dict[str, tuple[float, float]]:
+    """A task's per-document (value, weight) of one metric, from its eval_samples records in order: what its score
+    is the (weighted) mean of. A sampled task's records are per sample and carry their problem's pass@k, so the
+    first record of a problem stands for it; weights are the tokens for a perplexity task's loss and token accuracy,
+    else 1; a document without a value (no token scored) is left out. Perplexity is exp(loss), not a mean of
+    per-document values: asked for, it is an FtlabError."""
+    if kind == "perplexity" and metric not in TOKEN_WEIGHTED:
+        raise FtlabError(f"metric {metric}: a perplexity task's per-document values are {', '.join(TOKEN_WEIGHTED)}")
+    out: dict[str, tuple[float, float]] = {}
+    for r in records:
+        doc, value = str(r["id"]), r["metrics"].get(metric)
+        if doc in out or value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        out[doc] = (float(value), float(r["tokens"]) if kind == "perplexity" else 1.0)
+    return out
 
 
 def _exp(x: float) -> float:

@@ -18,7 +18,8 @@ Semantics follow lm-evaluation-harness's HFLM (lm_eval/models/huggingface.py, v0
   (continuation.py), as the bigcode harness decodes; lm-eval decodes the new tokens alone, which on a
   SentencePiece tokenizer (Llama-2, Mistral) loses the first token's leading space. Stop strings are looked
   for in that same text. The default sampler (sampler.py) prefills each prompt once for its n samples;
-  sampler="hf" runs `model.generate` on the expanded rows instead, and gives the same greedy completions.
+  sampler="hf" runs `model.generate` on the expanded rows instead, and gives the same greedy completions; an
+  engine's sampler (vllm_engine.VLLMSampler) produces the token ids on vLLM, everything around them unchanged.
 
 Scoring makes logits only for the positions it scores, a chunk of positions at a time in fp32 (the model's forward
 runs its head on one position; ftlab.loss reads the last hidden state): the full (B, T, V) fp32 log-softmax took 12
@@ -50,17 +51,19 @@ DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when neither the model config no
 class LM:
     """A causal LM and its tokenizer, with batched scoring and generation. Puts the model in eval mode.
 
-    sampler: "ftlab" (sampler.py: one prefill per prompt, own decoding loop; cache and compile are its options)
-    or "hf" (`model.generate` on every row, the reference it is tested against).
+    sampler: "ftlab" (sampler.py: one prefill per prompt, own decoding loop; cache and compile are its options),
+    "hf" (`model.generate` on every row, the reference it is tested against), or an object whose
+    sample(rows, decoding, batch_size) returns the new token ids of each row as Sampler.sample does (an engine's:
+    vllm_engine.VLLMSampler).
     """
 
     def __init__(self, model, tokenizer, device: str | torch.device = "cpu", batch_size: int = 32,
-                 max_length: int | None = None, sampler: Literal["ftlab", "hf"] = "ftlab",
+                 max_length: int | None = None, sampler: Literal["ftlab", "hf"] | object = "ftlab",
                  cache: CacheKind = "auto", compile: bool | None = None):
         if batch_size < 1:
             raise FtlabError(f"LM: batch_size must be >= 1, got {batch_size}")
-        if sampler not in ("ftlab", "hf"):
-            raise FtlabError(f"LM: sampler must be 'ftlab' or 'hf', got {sampler!r}")
+        if isinstance(sampler, str) and sampler not in ("ftlab", "hf"):
+            raise FtlabError(f"LM: sampler must be 'ftlab', 'hf' or an engine's sampler, got {sampler!r}")
         self.model = model.eval()  # dropout off; the model must already be on `device`
         if next(model.parameters()).dtype != torch.float32:
             lora_fused.enable(model)  # its adapters in the base's dtype (a no-op without LoRA layers)
@@ -72,8 +75,8 @@ class LM:
         self.prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self._prefix_text = tokenizer.decode([self.prefix_token_id])
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.sampler = Sampler(model, tokenizer, self.device, self.pad_token_id, cache, compile) \
-            if sampler == "ftlab" else None
+        self.sampler = sampler if not isinstance(sampler, str) else \
+            Sampler(model, tokenizer, self.device, self.pad_token_id, cache, compile) if sampler == "ftlab" else None
 
     # ------------------------------------------------------------------------- encoding
 

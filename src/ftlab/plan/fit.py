@@ -20,6 +20,7 @@ from ftlab import loss
 from ftlab.architectures import decoder_blocks, structure, target_modules
 from ftlab.config import RunConfig
 from ftlab.errors import FtlabError
+from ftlab.methods import qlora_base_bytes
 from ftlab.model import resolve_dtype, resolve_precision
 from ftlab.plan.cost import local_gpu
 from ftlab.plan.memory import GIB, Architecture, Memory, Setup, architecture, predict
@@ -75,9 +76,11 @@ def setup(cfg: RunConfig, model: nn.Module, arch: Architecture, device: str, pro
         compute_bytes=compute, optimizer=cfg.train.optimizer, micro_batch=micro_batch or cfg.train.micro_batch,
         seq_len=cfg.data.seq_len, checkpointing=checkpointing, chunked=chunked, processes=processes,
         sharded=sharded, lora_targets=adapted, rank=m.rank if not full else 0, dropout=m.dropout if not full else 0.0,
-        fused_lora=cfg.train.fused_lora and not m.dora, embeddings_train=full and not m.freeze_embeddings,
+        fused_lora=cfg.train.fused_lora and not m.dora and m.name != "qlora",  # QLoRA: PEFT's own 4-bit forward
+        embeddings_train=full and not m.freeze_embeddings,
         head_trains=full and not m.freeze_embeddings, mask_bytes=1 if dev.type == "cuda" else compute,
-        attention_mask=cfg.data.regime == "ift")
+        attention_mask=cfg.data.regime == "ift", base_bytes=qlora_base_bytes(model, weights) if m.name == "qlora"
+        else None)
 
 
 def fit(cfg: RunConfig, model: nn.Module, arch: Architecture, device: str, memory: float | None,

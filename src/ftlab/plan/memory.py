@@ -6,7 +6,8 @@
 Weights, gradients and optimizer state follow from the parameter counts and dtypes: full finetuning keeps fp32
 weights (its master copy under bf16 autocast), fp32 gradients and one (LionW) or two (AdamW) fp32 states per weight;
 LoRA keeps its frozen base in the base's dtype (bf16 under bf16 precision) and gradients and states for the adapters
-only. Under FSDP (several processes) each process keeps 1/N of each, plus the blocks gathered while they compute.
+only; QLoRA's base holds its block linear layers in 4-bit NF4 (ftlab.methods.qlora_base_bytes) and the rest in the
+compute dtype, and its adapters compute in fp32 (PEFT's own forward). Under FSDP (several processes) each process keeps 1/N of each, plus the blocks gathered while they compute.
 
 Activations are what autograd keeps for the backward pass, counted tensor by tensor per token per decoder block
 from the block's shapes (hidden width d, q and k/v widths, MLP width, heads) and the dtypes of the run: the
@@ -162,7 +163,7 @@ def _groups(model_type: str, block: nn.Module) -> tuple[Group, ...]:
 class Setup:
     """How a run trains, as far as its memory goes (ftlab.plan.fit.setup reads it off a run config)."""
 
-    method: str  # full | lora
+    method: str  # full | lora | qlora
     trainable: int  # trainable parameters
     weight_bytes: int  # the weights' dtype (a LoRA's frozen base), and the residual stream's: 4 fp32, 2 bf16
     master_bytes: int  # the trainable weights' dtype, their gradients' and optimizer states' (LoRA: fp32 adapters)
@@ -182,6 +183,8 @@ class Setup:
     head_trains: bool = True
     mask_bytes: int = 1  # a dropout mask's element: 1 (bool) on CUDA, the compute dtype's size on the CPU
     attention_mask: bool = False  # a (B, 1, T, T) boolean mask per micro-batch (IFT: padding or packing)
+    base_bytes: int | None = None  # QLoRA: its 4-bit base's bytes (methods.qlora_base_bytes); else frozen weights
+    # take weight_bytes each
 
     @property
     def full(self) -> bool:
@@ -230,7 +233,8 @@ def predict(arch: Architecture, s: Setup) -> Memory:
     if s.sharded and compute < residual:  # FSDP's mixed precision: bf16 weights compute, so the stream is bf16
         residual = compute
     frozen = arch.params - (s.trainable if s.full else 0)  # a LoRA's adapters are parameters beyond the base's
-    weights = (s.trainable * s.master_bytes + frozen * s.weight_bytes) / n
+    base = frozen * s.weight_bytes if s.base_bytes is None else s.base_bytes
+    weights = (s.trainable * s.master_bytes + base) / n
     gradients = s.trainable * s.master_bytes / n
     optimizer = s.trainable * s.master_bytes * s.optimizer_states / n
     if s.sharded:  # gathered in the compute dtype: the root (embeddings, final norm, head), two blocks (the one

@@ -177,7 +177,7 @@ def plan_row(run: Run, model, size: DataSize, target: Target) -> Row:
     row = Row(run, result, schedule, None, None)
     if target.gpu is not None and row.trained_tokens is not None:
         method = run.cfg.method.name
-        per_token = flops_per_token(arch, run.cfg.data.seq_len, result.setup.trainable if method == "lora" else None)
+        per_token = flops_per_token(arch, run.cfg.data.seq_len, result.setup.trainable if method != "full" else None)
         work = per_token + (recompute_flops_per_token(arch, run.cfg.data.seq_len)
                             if result.cfg.train.activation_checkpointing else 0)
         row.mfu = mfu_for(target.gpu.name, method)
