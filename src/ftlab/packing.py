@@ -68,11 +68,20 @@ class PackedText:
 
     def _documents(self, start: Position) -> Iterator[tuple[list[int], Position]]:
         """(tokens of a document + [eos], position after it) for this split's documents from `start` on."""
+        for _, tokens, after in self._read(start):
+            yield tokens, after
+
+    def documents(self) -> Iterator[tuple[str, list[int]]]:
+        """(FILE:LINE, tokens + [eos]) of each document of this split, from the first; this reader's position stays."""
+        for where, tokens, _ in self._read(Position()):
+            yield where, tokens
+
+    def _read(self, start: Position) -> Iterator[tuple[str, list[int], Position]]:
         for source, line, record, after in records_from(self._sources, self.cfg, start):
             if not self._in_split(source, line):
                 continue
             text = document_text(record, self.cfg.text_field, f"{source}:{line}")
-            yield encode_document(self.tokenizer, text) + [self.tokenizer.eos_token_id], after
+            yield f"{source}:{line}", encode_document(self.tokenizer, text) + [self.tokenizer.eos_token_id], after
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         T = self.cfg.seq_len

@@ -32,6 +32,8 @@ from ftlab.errors import FtlabError
 from ftlab.evaluate.choice import score_choices
 from ftlab.evaluate.code import STOP, generation_prompt, score_completions, truncate_completion
 from ftlab.evaluate.gsm8k import score_gsm8k, score_gsm8k_sampled
+from ftlab.evaluate import heldout
+from ftlab.evaluate.heldout import HELDOUT
 from ftlab.evaluate.isolation import Isolation
 from ftlab.evaluate.tasks import LM_EVAL_PREFIX, TaskSpec, load_docs
 from ftlab.hub import hub_offline, offline_mode
@@ -43,6 +45,8 @@ def run_task(lm, spec: TaskSpec, data_dir: str | None, seed: int = 1234,
              isolation: Isolation | None = None) -> tuple[list[Score], list[dict]]:
     """Scores and per-example records of one task on one model. isolation: how a code task's programs run
     (None: the strongest that works here; see sandbox.choose_isolation)."""
+    if spec.source == HELDOUT:
+        return heldout.score(lm, spec)
     docs = load_docs(spec, data_dir)
     if spec.kind == "choice":
         # k-shot examples come from the train split when the task names one; otherwise, as lm-eval does for a

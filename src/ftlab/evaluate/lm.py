@@ -5,6 +5,7 @@
     lm.generate(["Question: 2+2?\nAnswer:"], max_new_tokens=32, stop=["Question:"])   # [[completion]]
     lm.token_loss(["some held-out text"])                   # (summed NLL in nats, tokens scored)
     lm.text_scores(["some held-out text"])                  # [(summed NLL, tokens scored, greedy hits)] per text
+    lm.sequence_scores([(ids, scored)])                     # the same over token ids, at the positions scored
 
 Semantics follow lm-evaluation-harness's HFLM (lm_eval/models/huggingface.py, v0.4.x) so scores match it:
 - Encoding: the tokenizer's own default for special tokens (a BOS for Llama-style tokenizers, nothing for the
@@ -155,27 +156,40 @@ class LM:
         context's tokens are inputs only). Sequences longer than max_length are cut into windows that overlap by
         one token, so each token is predicted exactly once (with at most max_length - 1 tokens of context).
         """
-        windows = []  # (text index, token ids, index in the window of the first position that is scored)
+        sequences = []
         for i, text in enumerate(texts):
             if contexts is not None and contexts[i]:
                 context_ids, cont_ids = self.encode_pair(contexts[i], text)
                 ids, first = context_ids + cont_ids, len(context_ids)
             else:
                 ids, first = self.encode(text), 1
-            step = self.max_length - 1
+            sequences.append((ids, [t >= first for t in range(len(ids))]))
+        return self.sequence_scores(sequences)
+
+    @torch.inference_mode()
+    def sequence_scores(self, sequences: list[tuple[list[int], list[bool]]]) -> list[tuple[float, int, int]]:
+        """For each (token ids, scored) pair, in order: (summed NLL in nats, tokens scored, tokens that are the greedy
+        argmax) over the tokens t >= 1 with scored[t], each predicted from the tokens before it (an instruction
+        example's response tokens: its labels). Sequences longer than max_length are cut into windows that overlap
+        by one token, so each token is predicted exactly once (with at most max_length - 1 tokens of context)."""
+        windows = []  # (sequence index, token ids, positions of the window that are scored)
+        step = self.max_length - 1
+        for i, (ids, scored) in enumerate(sequences):
             for s in range(0, max(len(ids) - 1, 0), step):
                 window = ids[s:s + self.max_length]
-                if s + len(window) > first:
-                    windows.append((i, window, max(first - s, 1)))
+                positions = [j for j in range(1, len(window)) if scored[s + j]]
+                if positions:
+                    windows.append((i, window, positions))
         windows.sort(key=lambda w: len(w[1]), reverse=True)
-        totals, counts, corrects = [0.0] * len(texts), [0] * len(texts), [0] * len(texts)
+        n = len(sequences)
+        totals, counts, corrects = [0.0] * n, [0] * n, [0] * n
         for start in range(0, len(windows), self.batch_size):
             chunk = windows[start:start + self.batch_size]
-            rows, cols, targets = [], [], []  # position t of a window (t >= first - 1) predicts its token t + 1
-            for row, (_, window, first) in enumerate(chunk):
-                rows += [row] * (len(window) - first)
-                cols += range(first - 1, len(window) - 1)
-                targets += window[first:]
+            rows, cols, targets = [], [], []  # position j - 1 of a window predicts its token j
+            for row, (_, window, positions) in enumerate(chunk):
+                rows += [row] * len(positions)
+                cols += [j - 1 for j in positions]
+                targets += [window[j] for j in positions]
             logp, hits, count = self._score(self._pad([w for _, w, _ in chunk], side="right"), rows, cols, targets)
             for row, (i, _, _) in enumerate(chunk):
                 totals[i] -= logp[row]

@@ -19,7 +19,8 @@ from typing import Literal
 import torch
 
 from ftlab.analysis.diversity import diversity_into
-from ftlab.config import ModelConfig
+from ftlab.config import ModelConfig, RunConfig, from_dict
+from ftlab.evaluate import heldout
 from ftlab.errors import FtlabError
 from ftlab.evaluate.harness import check_lm_eval_offline, evaluate_into
 from ftlab.evaluate.isolation import Isolation
@@ -29,7 +30,7 @@ from ftlab.evaluate.tasks import LM_EVAL_PREFIX, resolve_tasks
 from ftlab.evaluate.vllm_engine import VLLMEngines, adapter_rank, require_vllm
 from ftlab.model import load_model, nf4_dtype, resolve_device
 from ftlab.progress import Progress
-from ftlab.rundir import RunLayout, base_of, is_adapter, is_run, run_checkpoints
+from ftlab.rundir import RunLayout, base_of, is_adapter, is_run, run_checkpoints, saved_configs
 from ftlab.weights import check_adapter
 
 
@@ -81,6 +82,9 @@ def evaluate_target(path: str, tasks: list[str], data_dir: str | None = None, ba
         print(f"ftlab eval: generated code runs under {sandbox.describe()}", flush=True)
     check_lm_eval_offline([s.removeprefix(LM_EVAL_PREFIX) for s in specs if isinstance(s, str)])
     target = resolve(path, base)
+    if is_run(Path(path)):  # the held-out tasks read the held-out part of the run's own data
+        cfg = from_dict(RunConfig, next(iter(saved_configs(path).values())))
+        specs = [heldout.bind(spec, cfg.data, cfg.train.seed) for spec in specs]
     adapters = [c for c in target.checkpoints if is_adapter(c)]
     evaluator = Evaluator(target.base, device, batch_size, isolation=sandbox, engine=engine, vllm_memory=vllm_memory,
                           base_4bit=_base_4bit(adapters), lora_rank=max(map(adapter_rank, adapters), default=0))

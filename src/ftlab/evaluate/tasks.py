@@ -19,6 +19,7 @@ from ftlab.builtin import BUILTIN_PREFIX
 from ftlab.documents import TextDoc
 from ftlab.errors import DataError, FtlabError
 from ftlab.evaluate import choice, code, gsm8k
+from ftlab.evaluate.heldout import HELDOUT
 from ftlab.io import read_jsonl
 
 Kind = Literal["choice", "gsm8k", "code", "perplexity"]
@@ -31,7 +32,7 @@ class TaskSpec:
     name: str
     version: str  # bump when data, prompt or metric change; results record it
     kind: Kind  # choice: log-likelihood multiple choice; gsm8k: generation + extraction; code: execution
-    source: str  # "builtin:<name>", a path under --data-dir, or "hub:<owner/name>"
+    source: str  # "builtin:<name>", a path under --data-dir, "hub:<owner/name>", or the run's own held-out data
     format: str  # hellaswag | arc | winogrande | gsm8k | humaneval | builtin
     metric: str  # the headline metric (the one summaries, the source score and learning average)
     # learning: a target benchmark; forgetting: a source benchmark (the source score is their mean); source_loss:
@@ -73,6 +74,14 @@ PAPER_SUITE = {
     "source_heldout": TaskSpec("source_heldout", "1", "perplexity", "source/heldout.jsonl", "text", "loss",
                                "source_loss"),
 }
+# Learning on the user's own data: the held-out part of the data the run trains on (ftlab.evaluate.heldout), per
+# example; heldout_loss is reported (lower = learned more), the learning score averages the other two.
+HELDOUT_TASKS = {
+    "heldout_accuracy": TaskSpec("heldout_accuracy", "1", "perplexity", HELDOUT, "heldout", "token_accuracy",
+                                 "learning"),
+    "heldout_loss": TaskSpec("heldout_loss", "1", "perplexity", HELDOUT, "heldout", "loss", "other"),
+    "heldout_match": TaskSpec("heldout_match", "1", "gsm8k", HELDOUT, "heldout", "exact_match", "learning"),
+}
 HUB_IDS = {"gsm8k": "openai/gsm8k", "hellaswag": "Rowan/hellaswag", "arc_challenge": "allenai/ai2_arc",
            "winogrande": "allenai/winogrande"}
 
@@ -104,7 +113,7 @@ BUILTIN = {
                           "learning"),
 }
 
-REGISTRY: dict[str, TaskSpec] = {**PAPER_SUITE, **BUILTIN}
+REGISTRY: dict[str, TaskSpec] = {**PAPER_SUITE, **HELDOUT_TASKS, **BUILTIN}
 SUITES = {
     "paper": ["humaneval", "gsm8k", "hellaswag", "arc_challenge", "winogrande"],
     "paper-forgetting": ["hellaswag", "arc_challenge", "winogrande"],

@@ -24,6 +24,7 @@ from ftlab.builtin import PROMPT_DOMAINS, data_domain
 from ftlab.config import (MethodConfig, RunConfig, apply_overrides, budget_steps, cooldown_steps, from_dict,
                           method_label, read_mapping, resolve_paths, to_dict, validate, warmup_steps)
 from ftlab.errors import ConfigError
+from ftlab.evaluate.heldout import DEFAULT_LEARNING
 from ftlab.rundir import StudyLayout, duration_name
 
 
@@ -36,7 +37,9 @@ class Setting:
     train: dict = field(default_factory=dict)  # train.* keys for this setting (batch sizes, schedule, ...)
     durations: list[float] = field(default_factory=list)  # IFT: epochs; CPT: training tokens
     durations_as: Literal["runs", "checkpoints"] = "runs"  # IFT only: separate runs (paper) or checkpoints of one
-    learning: list[str] = field(default_factory=list)  # learning tasks (ftlab eval names)
+    # learning tasks (ftlab eval names); left out: the held-out part of the setting's own data (heldout_accuracy,
+    # heldout_loss), so every setting measures learning; an empty list is refused
+    learning: list[str] | None = None
     # method label, rank key or name -> LR for this setting (e.g. {lora-r256: 1e-4}); "sweep": the best of the
     # lr_sweep's LRs for that method in this setting (its runs train first; the grid then trains at the winner)
     lr: dict = field(default_factory=dict)
@@ -200,6 +203,11 @@ def _lists_back(node):
 # ----------------------------------------------------------------------------- the runs
 
 
+def learning_tasks(s: Setting) -> list[str]:
+    """The setting's learning tasks: as it names them, else the held-out part of its own data."""
+    return list(s.learning if s.learning is not None else DEFAULT_LEARNING)
+
+
 def run_path(out: str | Path, name: str) -> Path:
     """Where the study in `out` keeps the run called `name` (runs/<setting>/<method>/<duration>)."""
     return StudyLayout(out).run(name)
@@ -223,6 +231,11 @@ def plan_runs(exp: ExperimentConfig, out: str | Path, chosen: dict[tuple[str, st
             raise ConfigError(f"settings[{i}].durations: expected distinct positive values, got {s.durations}")
         if names.count(s.name) > 1:
             raise ConfigError(f"settings[{i}].name: duplicate setting name {s.name!r}")
+        if s.learning == []:
+            raise ConfigError(f"settings[{i}].learning: empty, so nothing would measure what the runs learn; leave it "
+                              f"out for the held-out part of the setting's own data ({', '.join(DEFAULT_LEARNING)}), "
+                              "or name tasks: heldout_match (short answers), built-in tasks (ftlab eval --help), "
+                              "gsm8k, humaneval or lm_eval:<task>")
         if s.kl_domain is not None and s.kl_domain not in PROMPT_DOMAINS:
             raise ConfigError(f"settings[{i}].kl_domain: expected one of {', '.join(PROMPT_DOMAINS)}, "
                               f"got {s.kl_domain!r}")
@@ -395,7 +408,7 @@ def _duration_runs(exp: ExperimentConfig, s: Setting, group: str, label: str, me
         cfg = _run_config(exp, s, method, {"train": {"lr": lr, **train}}, extra, str(run_path(out, name)),
                           where=f"run {name}")
         diversity = exp.analyses.diversity if s.diversity is None else s.diversity
-        return RunPlan(name, s.name, group, label, lr, cfg, covers, learning=list(s.learning),
+        return RunPlan(name, s.name, group, label, lr, cfg, covers, learning=learning_tasks(s),
                        diversity=list(diversity), kl_domain=_kl_domain(s, cfg), waits_for_sweep=waits, **kw)
 
     if regime == "ift":

@@ -34,12 +34,13 @@ from ftlab.analysis.spectrum import BaseFactors, spectrum_into
 from ftlab.builtin import PROMPT_DOMAINS
 from ftlab.config import read_mapping
 from ftlab.errors import ConfigError, FtlabError
+from ftlab.evaluate import heldout
 from ftlab.evaluate.harness import read_results
 from ftlab.evaluate.targets import Evaluator
 from ftlab.evaluate.tasks import get_task, resolve_tasks
 from ftlab.experiment.launch import RUN_ERRORS, failure_reason, train_plan
 from ftlab.experiment.ray_backend import RayOptions, require_ray, run_on_ray
-from ftlab.experiment.spec import ExperimentConfig, RunPlan, load_experiment, plan_runs, same_training
+from ftlab.experiment.spec import ExperimentConfig, RunPlan, learning_tasks, load_experiment, plan_runs, same_training
 from ftlab.experiment.tracking import Tracker
 from ftlab.experiment.tracking import require as require_tracking
 from ftlab.io import copy_dir, write_text
@@ -168,7 +169,7 @@ def sweep_picks(store: Store, plans: list[RunPlan]) -> dict[tuple[str, str], flo
 def check_tasks(exp: ExperimentConfig) -> None:
     for s in exp.settings:
         try:
-            resolve_tasks([*s.learning, *exp.forgetting, *exp.analyses.diversity])
+            resolve_tasks([*learning_tasks(s), *exp.forgetting, *exp.analyses.diversity])
         except FtlabError as e:
             raise ConfigError(f"settings[{s.name}]: {e}") from None
 
@@ -315,8 +316,10 @@ class Runner:
         return self._tasks(plan, forgetting=plan.group != "lr-sweep")
 
     def _tasks(self, plan: RunPlan, forgetting: bool = True) -> list:
-        """Its setting's learning tasks, and (forgetting) the study's forgetting tasks."""
-        return resolve_tasks([*plan.learning, *(self.exp.forgetting if forgetting else [])], self.exp.eval.limit)
+        """Its setting's learning tasks, and (forgetting) the study's forgetting tasks; the held-out tasks read its
+        own data's held-out part."""
+        specs = resolve_tasks([*plan.learning, *(self.exp.forgetting if forgetting else [])], self.exp.eval.limit)
+        return [heldout.bind(spec, plan.cfg.data, plan.cfg.train.seed) for spec in specs]
 
     def analyse(self, plan: RunPlan, ckpt: Path) -> None:
         """The analyse stage, beside the checkpoint's evaluation: its spectrum, its samples of the diversity tasks

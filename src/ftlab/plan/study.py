@@ -22,8 +22,9 @@ import torch
 from ftlab.architectures import decoder_blocks, structure
 from ftlab.config import RunConfig, load_config, read_mapping
 from ftlab.errors import ConfigError, DataError, FtlabError
+from ftlab.evaluate.heldout import HELDOUT
 from ftlab.evaluate.tasks import HUB_IDS, resolve_tasks
-from ftlab.experiment.spec import ExperimentConfig, load_experiment, plan_runs, same_training
+from ftlab.experiment.spec import ExperimentConfig, learning_tasks, load_experiment, plan_runs, same_training
 from ftlab.plan.cost import GPU, device_hours, flops_per_token, gpu, local_gpu, mfu_for, recompute_flops_per_token
 from ftlab.plan.fit import DoesNotFit, Fit, fit, refusal
 from ftlab.plan.inputs import DataSize, Schedule, data_size, schedule_of, tokenizer_for
@@ -190,7 +191,7 @@ def _check_tasks(exp: ExperimentConfig, plan: StudyPlan) -> None:
     and, for code tasks, the sandbox its programs run in."""
     names = [*exp.forgetting, *exp.analyses.diversity]
     for s in exp.settings:
-        names += [*s.learning, *(s.diversity or [])]
+        names += [*learning_tasks(s), *(s.diversity or [])]
     data_dir = exp.eval.data_dir
     code, from_hub = False, []
     for spec in resolve_tasks(names):
@@ -218,6 +219,8 @@ def _check_tasks(exp: ExperimentConfig, plan: StudyPlan) -> None:
 
 def _task_files(spec, data_dir: str | None) -> str:
     """Where a task's documents come from, or a DataError saying what is missing and how to provide it."""
+    if spec.source == HELDOUT:
+        return "the held-out part of the setting's data (data.eval_path, else data.eval_fraction of data.path)"
     if spec.source.startswith("builtin:"):
         if spec.source == "builtin:human-eval":
             from ftlab.evaluate.code import humaneval_path
