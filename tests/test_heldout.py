@@ -92,3 +92,85 @@ def test_learning_defaults_to_the_held_out_part_and_an_empty_list_is_refused(pai
     empty = parse_experiment(yaml.safe_load(yaml.safe_dump(STUDY)), ["settings.0.learning=[]"], pairs.parent, "x")
     with pytest.raises(ConfigError, match=r"settings\[0\].learning: empty.*heldout_accuracy, heldout_loss"):
         plan_runs(empty, tmp_path)
+
+
+def _qwen2_dir(directory):
+    """A tiny random Qwen2 with the tokenizer zoo's Qwen2 tokenizer (byte-level BPE, ChatML), saved as a model
+    directory: a model ftlab has nothing built in for."""
+    import torch
+    from tokenizer_zoo import build
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from ftlab.model import save_pretrained
+
+    tokenizer = build("qwen2")
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=160,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    save_pretrained(Qwen2ForCausalLM(config), tokenizer, directory / "random")
+    return directory / "random"
+
+
+def _pretrained(directory, source_text):
+    """The random Qwen2 pretrained a little on the source text (so finetuning elsewhere can make it forget)."""
+    cfg = load_config(None, [f"model.name={_qwen2_dir(directory)}", "data.regime=cpt", f"data.path={source_text}",
+                             "data.seq_len=64", "data.eval_fraction=0", "method.name=full", "train.epochs=null",
+                             "train.tokens=12000", "train.lr=1e-2", "train.global_batch=8", "train.micro_batch=8",
+                             "train.warmup=2"], out=str(directory / "pretrain"))
+    return train(cfg) / "final"
+
+
+def test_a_study_on_ones_own_model_and_data_gets_an_answer(tmp_path, capsys):
+    """Alpaca-style JSONL on a local Qwen2 with no built-in task named: learning on the held-out part of the data,
+    forgetting on the user's own source text (source_heldout), intervals, verdicts and a recommendation."""
+    import random
+
+    from conftest import WORDS
+
+    from ftlab.cli import main
+    from ftlab.report.advice import advise
+    from ftlab.report.claims import check_claims
+    from ftlab.report.measures import Measures
+    from ftlab.report.select import best_arms
+    from ftlab.results.index import study_of
+
+    rng = random.Random(0)
+    with open(tmp_path / "alpaca.jsonl", "w") as f:
+        for _ in range(64):
+            word = rng.choice(WORDS)
+            f.write(json.dumps({"instruction": f"Reverse {word}", "input": "", "output": word[::-1]}) + "\n")
+    (tmp_path / "benchmarks" / "source").mkdir(parents=True)
+    write_text(tmp_path / "benchmarks" / "source" / "heldout.jsonl", n_docs=24, seed=1)
+    base = _pretrained(tmp_path / "qwen2", write_text(tmp_path / "source.jsonl", n_docs=200, seed=2))
+    study = {
+        "model": {"name": str(base)},
+        "defaults": {"train": {"global_batch": 16, "micro_batch": 16, "warmup": 1, "seed": 0},
+                     "data": {"eval_fraction": 0.25}},
+        "settings": [{"name": "reverse", "data": {"path": "alpaca.jsonl", "seq_len": 128}, "durations": [1, 3],
+                      "durations_as": "checkpoints", "lr": {"full": 3e-3, "lora": 3e-2}}],
+        "methods": [{"name": "full"}, {"name": "lora", "ranks": [2]}],
+        "forgetting": ["source_heldout"],
+        "eval": {"data_dir": "benchmarks"},
+        "analyses": {"spectrum": False, "kl": False},
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    assert main(["run", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    s = study_of(tmp_path / "out")
+    assert set(s.tasks) == {"heldout_accuracy", "heldout_loss", "source_heldout"}
+    measures = Measures(s)
+    points = [measures.point(a) for a in best_arms(s)]
+    assert points and all(p.learning.low <= p.learning.estimate <= p.learning.high for p in points)
+    assert all(p.forgetting is not None and p.instrument == "source_loss" for p in points)
+    claims = check_claims(s)
+    assert any(c.comparisons for c in claims)  # verdicts with paired intervals
+    answers = advise(measures).answers
+    assert answers and any(a.best is not None for a in answers)
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.index('id="answer"') < html.index('id="claims"')  # the answer first, the claims after it
+    assert "learning: heldout_accuracy" in html
+    # the same answer printed at the end of `ftlab run`: budgets, LoRA against full FT with intervals, the cost
+    assert "What to train in reverse (learning: heldout_accuracy" in printed
+    assert "within 50% of full FT's forgetting" in printed
+    assert "LoRA r=2 against full FT at 3 epochs: learns" in printed and "cost of LoRA r=2:" in printed

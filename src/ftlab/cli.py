@@ -141,6 +141,10 @@ def _run(args: argparse.Namespace) -> int:
         raise FtlabError("--ray-address and --gpus-per-run go with --backend ray")
     root = run_experiment(args.experiment, args.out, args.overrides, report=not args.no_report,
                           retry_failed=args.retry_failed, ray=ray, nproc=args.nproc)
+    if not args.no_report:
+        from ftlab.report.page import print_answer
+
+        print_answer(root)
     failed = failed_runs(root)
     if failed:
         print(f"ftlab run: {len(failed)} run(s) failed:", file=sys.stderr)

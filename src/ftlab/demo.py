@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ftlab.experiment.study import run_experiment
 from ftlab.report.claims import check_claims
+from ftlab.report.page import print_answer
 from ftlab.report.select import lr_sweeps
 from ftlab.results.index import study_of
 from ftlab.results.study import Study
@@ -30,6 +31,7 @@ def run_demo(out: str, full: bool = False) -> Path:
     start = time.perf_counter()
     root = run_experiment(experiment_file(full), out)
     print_summary(root)
+    print_answer(root)
     print(f"\nftlab demo: finished in {time.perf_counter() - start:,.0f} s; report: {StudyLayout(root).report.resolve()}")
     return root
 

@@ -22,7 +22,7 @@ from typing import Literal
 
 from ftlab.builtin import PROMPT_DOMAINS, data_domain
 from ftlab.config import (MethodConfig, RunConfig, apply_overrides, budget_steps, cooldown_steps, from_dict,
-                          method_label, read_mapping, resolve_paths, to_dict, validate, warmup_steps)
+                          method_label, read_mapping, resolve_path, resolve_paths, to_dict, validate, warmup_steps)
 from ftlab.errors import ConfigError
 from ftlab.evaluate.heldout import DEFAULT_LEARNING
 from ftlab.rundir import StudyLayout, duration_name
@@ -82,7 +82,8 @@ class LRSweep:
 
 @dataclass
 class EvalOptions:
-    data_dir: str | None = None  # the paper suite's local files (see README)
+    data_dir: str | None = None  # the paper suite's local files and source/heldout.jsonl (see README); relative: from
+    # the working directory, else beside the experiment file
     limit: int | None = None  # first N documents of each task (a quick look)
     batch_size: int = 32
     device: str = "auto"
@@ -166,6 +167,8 @@ def parse_experiment(data: dict, overrides: list[str], base_dir: Path, where: st
         exp = from_dict(ExperimentConfig, data)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
+    if exp.eval.data_dir is not None:  # found from the working directory, else beside the file, as data paths
+        exp.eval.data_dir = resolve_path(exp.eval.data_dir, Path(base_dir))
     return replace(exp, base_dir=Path(base_dir))
 
 

@@ -16,17 +16,27 @@ estimate, when it has no interval); the answer is the one with the most learning
 learning is not distinguishable from it (the paired difference's 95% interval contains 0) are ties. Budgets: the
 user's (`ftlab report DIR --forgetting-budget X`) and, always, 25/50/75/100% of plain full FT's forgetting at its
 longest duration (best learning rate).
+An instrument with no spread in a setting (every example of the base and of every candidate scores the same, as exact
+match at 0 everywhere) cannot rank anything: the setting gets no front and no answer from it, only what it reads
+("not measurable with this instrument here") and which instrument would measure it (INSTEAD).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ftlab.report.measures import Measures, Point, Value
-from ftlab.report.select import best_arms, reference_arms
-from ftlab.report.verdicts import compare
+from ftlab.report.measures import FORGETTING_WORDS, Measures, Point, Value
+from ftlab.report.select import Arm, best_arms, reference_arms
+from ftlab.report.verdicts import compare, shared_values
 
 BUDGET_SHARES = (0.25, 0.5, 0.75, 1.0)  # of plain full FT's forgetting at its longest duration
+INSTEAD = {  # instrument -> what would measure it where it has no spread
+    "learning": "token-level learning on the setting's own held-out data: heldout_accuracy and heldout_loss (the "
+                "default when a setting names no learning tasks), or a task's teacher-forced token accuracy",
+    "source": "the held-out source loss per document: source_heldout (your own source text under eval.data_dir) or "
+              "the built-in source_loss",
+    "source_loss": "a larger or more varied held-out source text (source_heldout)",
+}
 
 
 @dataclass
@@ -60,6 +70,24 @@ class Advice:
     front: dict[str, list[Step]] = field(default_factory=dict)  # setting -> its front, least forgetting first
     reference: dict[str, Point] = field(default_factory=dict)  # setting -> plain full FT at its longest duration
     answers: list[Answer] = field(default_factory=list)
+    unmeasurable: dict[str, list[str]] = field(default_factory=dict)  # setting -> what could not be measured, why
+
+
+def no_spread(m: Measures, setting: str, instrument: str) -> bool:
+    """Whether every example of the setting's base and of every candidate scores the same on the instrument."""
+    base = m.study.base_of(setting)
+    arms = [a for a in best_arms(m.study) if a.setting == setting] + ([Arm.of([base])] if base is not None else [])
+    values = {float(v) for arm in arms for found, _ in shared_values(m.study, arm.rows, instrument)
+              for v in found.ravel()}
+    return len(values) == 1
+
+
+def unmeasurable(m: Measures, setting: str, instrument: str) -> str:
+    """What a setting's page and summary say of an instrument with no spread."""
+    words = "learning" if instrument == "learning" else f"forgetting ({FORGETTING_WORDS[instrument]})"
+    return (f"{words}: not measurable with this instrument here: every example of the base and of every "
+            f"configuration scores the same, so it ranks nothing and nothing is recommended from it; "
+            f"{INSTEAD[instrument]} would measure it")
 
 
 def advise(m: Measures, budget: float | None = None) -> Advice:
@@ -69,6 +97,10 @@ def advise(m: Measures, budget: float | None = None) -> Advice:
     references = reference_arms(m.study)
     for setting in sorted({p.arm.setting for p in points}):
         here = [p for p in points if p.arm.setting == setting]
+        dead = [i for i in ("learning", here[0].instrument) if no_spread(m, setting, i)]
+        if dead:
+            advice.unmeasurable[setting] = [unmeasurable(m, setting, i) for i in dead]
+            continue
         advice.front[setting] = _front(m, here)
         budgets = [] if budget is None else [(budget, "--forgetting-budget")]
         ref = next((p for p in map(m.point, references.get(setting, [])) if p.forgetting is not None), None)

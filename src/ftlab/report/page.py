@@ -48,8 +48,10 @@ from ftlab.report.claims import check_claims
 from ftlab.report.figures import Plot, cost, cost_points, draw_all
 from ftlab.report.instruments import Power
 from ftlab.report.measures import FORGETTING_WORDS, Measures
+from ftlab.report.summary import Summary, budget_words, forgetting_words, learning_words, summarize
 from ftlab.report.verdicts import INSTRUMENTS, Claim
 from ftlab.results.index import study_of
+from ftlab.results.store import Store
 from ftlab.results.study import Row, Study
 from ftlab.rundir import StudyLayout
 
@@ -77,6 +79,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
     cost_plot = cost(m)
     powers = instruments.powers(m, claims)
     advised = advice.advise(m, forgetting_budget)
+    answer = summarize(m, claims, advised, powers, _failed(study_dir))
     page = Path(out) if out is not None else StudyLayout(study_dir).report
     data_dir = page.with_suffix("")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +91,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
          "figures": [{"id": p.id, "title": p.title, "skipped": p.skipped, "table": p.table}
                      for p in [*plots, cost_plot]]},
         indent=1, default=str) + "\n")
+    write_text(summary_file(page), answer.text() + "\n")
     write_text(data_dir / "rows.csv", csv_text([row_record(r) for r in study.rows], ROW_COLUMNS))
     write_text(data_dir / "claims.csv", csv_text([claim_record(c) for c in claims]))
     write_text(data_dir / "comparisons.csv", csv_text([{"claim": c.id, **x.as_dict()} for c in claims
@@ -104,8 +108,30 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
     body = [claims_html(claims), _instruments_html(powers), _recommendation_html(advised, forgetting_budget),
             _cost_html(m, cost_plot, data_dir.name), _figures_html(plots, data_dir.name), _rows_html(study),
             _missing_html(study)]
-    write_text(page, render(study, body, data_dir.name))
+    write_text(page, render(study, body, data_dir.name, answer))
     return page
+
+
+def summary_file(page: str | Path) -> Path:
+    """Where the report writes its summary as text (what `ftlab run` and `ftlab demo` print): beside its data."""
+    return Path(page).with_suffix("") / "summary.txt"
+
+
+def print_answer(study_dir: str | Path) -> None:
+    """Print the summary the study's report wrote (the end of `ftlab run` and `ftlab demo`)."""
+    path = summary_file(StudyLayout(study_dir).report)
+    if path.exists():
+        print("\n" + path.read_text(encoding="utf-8"), end="", flush=True)
+
+
+def _failed(study_dir: str | Path) -> dict[str, str]:
+    """The study's failed runs and why, from its store (a folder of plain runs has none)."""
+    layout = StudyLayout(study_dir)
+    if not layout.store.exists():
+        return {}
+    with Store(layout.store) as store:
+        return {name: r.reason or "no reason recorded" for name, r in sorted(store.runs().items())
+                if r.status == "failed"}
 
 
 def claim_record(c: Claim) -> dict:
@@ -202,6 +228,9 @@ table.claims td{max-width:360px}table.claims ul{margin:.3em 0 0;padding-left:1.1
 .supported{background:#d4f4dd;color:#11622a}.contradicted{background:#fbd9d6;color:#8d1c12}
 .mixed{background:#fdf0c8;color:#7a5600}.inconclusive{background:#dde8f6;color:#1f4e79}
 .not-enough-data{background:#e6e9ed;color:#4a545e}
+.answer{background:#fff;border:1px solid #c9d6e3;border-radius:6px;padding:4px 16px 8px;margin:.6em 0}
+.answer h2{margin-top:.4em}.answer ul{margin:.2em 0;padding-left:1.2em}.dead{color:#8d1c12}
+.failed{background:#fbd9d6;color:#8d1c12;border:1px solid #e8a49c;border-radius:6px;padding:6px 14px;margin-top:8px}
 .rule,.source{color:#5a6570;font-size:.92em}summary{cursor:pointer;color:#3a5a80}.tie{color:#7a5600;font-weight:600}
 """
 
@@ -211,19 +240,56 @@ def _png_size(png: bytes) -> tuple[int, int]:
     return struct.unpack(">II", png[16:24])
 
 
-def render(study: Study, sections: list[str], data_dir: str) -> str:
-    """The whole page as one string (deterministic: no timestamps): the header, then the sections' HTML."""
+def render(study: Study, sections: list[str], data_dir: str, answer: Summary | None = None) -> str:
+    """The whole page as one string (deterministic: no timestamps): the header with the answer, then the sections'
+    HTML."""
     runs = len({r.run for r in study.rows})
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>ftlab report: {esc(study.root)}</title><style>{CSS}</style></head>
 <body><main>
-<header id="summary"><h1>ftlab report</h1>
+<header id="summary">{_failed_html(answer.failed) if answer is not None else ""}<h1>ftlab report</h1>
 <p class="meta">study <code>{esc(study.root)}</code> · {runs} runs · {len(study.rows)} checkpoints
 · ftlab {esc(__version__)} · the numbers behind every figure and table: <code>{esc(data_dir)}/</code> (JSON, CSV)</p>
-<nav>{"".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS[1:])}</nav></header>
+<nav>{"".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS[1:])} <a href="#glossary">glossary</a></nav>
+{_answer_html(answer) if answer is not None else ""}</header>
 {"".join(sections)}</main></body></html>
 """
+
+
+def _failed_html(failed: dict[str, str]) -> str:
+    """The banner over everything when a run failed: which, and why."""
+    if not failed:
+        return ""
+    items = "".join(f"<li><code>{esc(run)}</code>: {esc(why)}</li>" for run, why in failed.items())
+    return (f'<div class="failed" id="failed"><b>{len(failed)} run{"s" if len(failed) > 1 else ""} failed</b>; '
+            f'the report shows what the others measured.<ul>{items}</ul></div>')
+
+
+def _answer_html(answer: Summary) -> str:
+    """The answer first: per setting what to train within each budget, LoRA against full FT, cost, caveats."""
+    out = ['<div class="answer" id="answer"><h2>The answer</h2>']
+    if not answer.settings:
+        out.append("<p>No setting has a checkpoint measured yet.</p>")
+    for s in answer.settings:
+        out.append(f"<h3>{esc(s.setting)}</h3><p class=\"meta\">learning: {esc(', '.join(s.learning_tasks) or 'none')}"
+                   f"; forgetting: {esc(FORGETTING_WORDS[s.forgetting])}</p><ul>")
+        out += [f'<li class="dead">{esc(u)}</li>' for u in s.unmeasurable]
+        for a in s.answers:
+            pick = (f"<b>{esc(a.best.name)}</b>: learning {esc(a.best.learning.text())}, forgetting "
+                    f"{esc(a.best.forgetting.text())}" + (f' <span class="tie">tied: {esc("; ".join(p.name for p in a.ties))}'
+                                                          f'</span>' if a.ties else "")) if a.best else \
+                "nothing certainly within it"
+            out.append(f"<li>Within {esc(budget_words(a))}: {pick}</li>")
+        out += [f"<li>{esc(learning_words(c))}</li>" for c in s.learns]
+        out += [f"<li>{esc(forgetting_words(c, s.forgetting))}</li>" for c in s.forgets]
+        out += [f"<li>{esc(c)}</li>" for c in s.cost]
+        out.append("</ul>")
+    if answer.caveats:
+        out.append('<p class="meta"><b>Caveats:</b> ' + "; ".join(esc(c) for c in answer.caveats) + ".</p>")
+    out.append('<p class="meta">Details: the recommendation (the front and every budget), the claims and the '
+               'instruments below; 95% paired intervals throughout.</p></div>')
+    return "".join(out)
 
 
 def claims_html(claims: list[Claim]) -> str:
@@ -287,9 +353,12 @@ def _recommendation_html(advice: Advice, budget: float | None) -> str:
            'over the same documents (95%). A configuration is within a forgetting budget when its forgetting\'s 95% '
            'interval lies at or below the budget; ties: learning not distinguishable from the best\'s (paired, 95%).'
            '</p>']
+    for setting, why in advice.unmeasurable.items():
+        out.append(f"<h3>{esc(setting)}</h3>" + "".join(f'<p class="dead">{esc(w)}.</p>' for w in why))
+    if not advice.front and not advice.unmeasurable:
+        out.append("<p>Not enough data: no configuration has both learning and forgetting measured.</p>")
     if not advice.front:
-        out.append("<p>Not enough data: no configuration has both learning and forgetting measured (forgetting "
-                   "needs the base model evaluated).</p></section>\n")
+        out.append("</section>\n")
         return "".join(out)
     for setting, steps in advice.front.items():
         measure = FORGETTING_WORDS[steps[0].point.instrument]

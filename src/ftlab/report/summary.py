@@ -1,0 +1,178 @@
+"""The answer first: per setting, what to train within each forgetting budget; how much LoRA learns less and forgets
+less than plain full FT at matched duration, with 95% intervals; what it costs beside full FT; and the caveats that
+touch the answer. The top of report.html shows it, and `ftlab run` and `ftlab demo` print it when they end (the
+report writes it as text beside its data: summary.txt).
+
+    s = summarize(m, claims, advised, powers, failed)
+    print(s.text())
+
+LoRA against full FT is read from the findings' own comparisons (learns_less; forgets_less_loss where forgetting is
+read on the held-out source loss, else forgets_less) at the longest duration both reached; the cost from the cost view
+(figures.cost_points: best learning rate, longest duration).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftlab.report.advice import Advice, Answer
+from ftlab.report.figures import cost_points
+from ftlab.report.instruments import Power
+from ftlab.report.measures import FORGETTING_WORDS, Measures
+from ftlab.report.select import reference_arms
+from ftlab.report.verdicts import INSTRUMENTS, Claim, Comparison
+
+FORGETS_CLAIM = {"source_loss": "forgets_less_loss", "source": "forgets_less"}
+
+
+@dataclass
+class SettingAnswer:
+    """One setting's answer."""
+
+    setting: str
+    learning_tasks: list[str]
+    forgetting: str  # the forgetting instrument: source_loss or source
+    answers: list[Answer] = field(default_factory=list)
+    learns: list[Comparison] = field(default_factory=list)  # LoRA - full FT on learning, at the longest matched duration
+    forgets: list[Comparison] = field(default_factory=list)  # ... on the forgetting instrument
+    cost: list[str] = field(default_factory=list)  # "LoRA r=16: 0.62x full FT's device-hours, 0.4x its peak memory"
+    unmeasurable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    settings: list[SettingAnswer] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # run -> why it failed
+
+    def text(self) -> str:
+        """The summary as plain text (what `ftlab run` and `ftlab demo` print)."""
+        lines = [f"FAILED: {run}: {why}" for run, why in self.failed.items()]
+        for s in self.settings:
+            lines.append(f"What to train in {s.setting} (learning: {', '.join(s.learning_tasks) or 'none'}; "
+                         f"forgetting: {FORGETTING_WORDS[s.forgetting]}):")
+            lines += [f"  {line}" for line in _lines(s)]
+        lines += [f"Caveat: {c}" for c in self.caveats]
+        return "\n".join(lines)
+
+
+def _lines(s: SettingAnswer) -> list[str]:
+    out = list(s.unmeasurable)
+    for a in s.answers:
+        pick = (f"{a.best.name}: learning {a.best.learning.text()}, forgetting {a.best.forgetting.text()}"
+                + (f" (tied: {'; '.join(p.name for p in a.ties)})" if a.ties else "")) if a.best else \
+            "nothing certainly within it"
+        out.append(f"within {budget_words(a)}: {pick}")
+    out += [learning_words(c) for c in s.learns] + [forgetting_words(c, s.forgetting) for c in s.forgets]
+    out += s.cost
+    return out
+
+
+def budget_words(a: Answer) -> str:
+    """"25% of full FT's forgetting (0.026)", "your --forgetting-budget (0.05)"."""
+    what = "your --forgetting-budget" if a.what.startswith("--") else f"{a.what} forgetting"
+    return f"{what} ({a.budget:.3g})"
+
+
+def _versus(c: Comparison) -> str:
+    return c.what.replace(" vs ", " against ", 1)
+
+
+def learning_words(c: Comparison) -> str:
+    """"LoRA r=16 against full FT at 2 epochs: learns 0.05 [0.02, 0.08] less (learning, LoRA - full FT -0.05 ...)"."""
+    i = c.interval
+    if i.low <= 0 <= i.high:
+        return f"{_versus(c)}: learning not distinguishable (LoRA - full FT {i.estimate:+.3g} [{i.low:+.3g}, " \
+               f"{i.high:+.3g}])"
+    side = "less" if i.estimate < 0 else "more"
+    return f"{_versus(c)}: learns {abs(i.estimate):.3g} [{min(abs(i.low), abs(i.high)):.3g}, " \
+           f"{max(abs(i.low), abs(i.high)):.3g}] {side}"
+
+
+def forgetting_words(c: Comparison, instrument: str) -> str:
+    """The same for forgetting: LoRA - full FT on the source loss (lower = forgot less) or score (higher = less)."""
+    i = c.interval
+    sign = -1 if instrument == "source_loss" else +1  # LoRA forgot less: its loss lower, its score higher
+    less, low, high = sign * i.estimate, min(sign * i.low, sign * i.high), max(sign * i.low, sign * i.high)
+    if low <= 0 <= high:
+        return f"{_versus(c)}: forgetting not distinguishable ({FORGETTING_WORDS[instrument]}: LoRA - full FT " \
+               f"{i.estimate:+.3g} [{i.low:+.3g}, {i.high:+.3g}])"
+    side = "less" if less > 0 else "more"
+    return f"{_versus(c)}: forgets {abs(less):.3g} [{min(abs(low), abs(high)):.3g}, {max(abs(low), abs(high)):.3g}] " \
+           f"{side} ({FORGETTING_WORDS[instrument]})"
+
+
+def summarize(m: Measures, claims: list[Claim], advised: Advice, powers: list[Power],
+              failed: dict[str, str] | None = None) -> Summary:
+    """The summary of a study from what the report computed: its claims, advice and instruments."""
+    by_id = {c.id: c for c in claims}
+    summary = Summary(failed=dict(failed or {}))
+    settings = sorted({r.setting for r in m.study.points()})
+    costs = cost_points(m)
+    references = reference_arms(m.study)
+    for setting in settings:
+        rows = [r for r in m.study.points() if r.setting == setting]
+        tasks = sorted({t for r in rows for t in r.learning_tasks})
+        s = SettingAnswer(setting, tasks, m.instrument(setting),
+                          [a for a in advised.answers if a.setting == setting],
+                          unmeasurable=list(advised.unmeasurable.get(setting, [])))
+        dead = {"learning" if u.startswith("learning") else s.forgetting for u in s.unmeasurable}
+        if "learning" not in dead:
+            s.learns = _longest(by_id.get("learns_less"), setting)
+        if s.forgetting not in dead:
+            s.forgets = _longest(by_id.get(FORGETS_CLAIM[s.forgetting]), setting)
+        s.cost = _cost(costs, references.get(setting, []), setting)
+        summary.settings.append(s)
+    summary.caveats = _caveats(m, powers)
+    return summary
+
+
+def _longest(claim: Claim | None, setting: str) -> list[Comparison]:
+    """The claim's comparisons in the setting at the longest duration it compared."""
+    found = [c for c in (claim.comparisons if claim else []) if c.detail.get("setting") == setting
+             and c.detail.get("duration") is not None]
+    if not found:
+        return []
+    longest = max(c.detail["duration"] for c in found)
+    return [c for c in found if c.detail["duration"] == longest]
+
+
+def _cost(costs: list, references: list, setting: str) -> list[str]:
+    """Each LoRA configuration's device-hours and peak memory as a multiple of plain full FT's (best LR, longest)."""
+    if not references:
+        return []
+    full = next((c for p, c in costs if p.arm.setting == setting and p.arm.label == references[0].label), None)
+    if full is None:
+        return []
+    out = []
+    for p, c in costs:
+        if p.arm.setting != setting or p.arm.rows[0].method == "full":
+            continue
+        parts = [f"{c[k] / full[k]:.2g}x full FT's {words}" for k, words in
+                 (("device_hours", "device-hours"), ("peak_memory_gb", "peak memory"))
+                 if c[k] is not None and full[k]]
+        if parts:
+            out.append(f"cost of {p.arm.label}: {', '.join(parts)}")
+    return out
+
+
+def _caveats(m: Measures, powers: list[Power]) -> list[str]:
+    out = []
+    rows = m.study.points()
+    seeds = {(r.setting, r.group, r.lr, r.duration): set() for r in rows}
+    for r in rows:
+        seeds[r.setting, r.group, r.lr, r.duration].add(r.seed)
+    if rows and max(len(v) for v in seeds.values()) == 1:
+        out.append("one training seed: the intervals hold the evaluation's noise, not the variation between "
+                   "training runs (list seeds: in the experiment for that)")
+    if any(r.cost.device == "cpu" for r in rows):
+        out.append("cost measured on a CPU: device-hours and memory do not carry over to a GPU (`ftlab plan` "
+                   "predicts a GPU's)")
+    for p in powers:
+        if p.resolved is False:
+            mde = p.mde if p.mde is not None else p.full.interval.mde
+            where = f" in {p.setting}" if p.setting else ""
+            out.append(f"{INSTRUMENTS[p.instrument].split(':')[0]}{where} cannot resolve full FT's effect here "
+                       f"(detectable {mde:.2g}, full FT - base {p.full.interval.estimate:+.2g}): read its verdicts "
+                       "with care")
+    return out
