@@ -23,6 +23,7 @@ from ftlab.report.select import reference_arms
 from ftlab.report.verdicts import INSTRUMENTS, Claim, Comparison
 
 FORGETS_CLAIM = {"source_loss": "forgets_less_loss", "source": "forgets_less"}
+ON = {"source_loss": "held-out source loss, nats/token", "source": "source score"}  # what a difference is read on
 
 
 @dataclass
@@ -95,11 +96,11 @@ def forgetting_words(c: Comparison, instrument: str) -> str:
     sign = -1 if instrument == "source_loss" else +1  # LoRA forgot less: its loss lower, its score higher
     less, low, high = sign * i.estimate, min(sign * i.low, sign * i.high), max(sign * i.low, sign * i.high)
     if low <= 0 <= high:
-        return f"{_versus(c)}: forgetting not distinguishable ({FORGETTING_WORDS[instrument]}: LoRA - full FT " \
+        return f"{_versus(c)}: forgetting not distinguishable ({ON[instrument]}: LoRA - full FT " \
                f"{i.estimate:+.3g} [{i.low:+.3g}, {i.high:+.3g}])"
     side = "less" if less > 0 else "more"
     return f"{_versus(c)}: forgets {abs(less):.3g} [{min(abs(low), abs(high)):.3g}, {max(abs(low), abs(high)):.3g}] " \
-           f"{side} ({FORGETTING_WORDS[instrument]})"
+           f"{side} ({ON[instrument]})"
 
 
 def summarize(m: Measures, claims: list[Claim], advised: Advice, powers: list[Power],
