@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Open an ftlab report in headless Chromium and check that it reads: every image decodes, every section is
-there, and the page is no wider than a laptop screen (1366 px).
+there, the first screen (900 px of a 1,400-px window) holds the answer, nothing scrolls sideways (the page or a
+table), and a figure's small text (legends) shows at least 10 px tall.
 
     python scripts/check_report.py studies/x/report.html
     python scripts/check_report.py studies/x/report.html --screenshot /tmp/report.png
@@ -42,8 +43,18 @@ window.addEventListener("load", function () {
     images: imgs.map(function (img) {
       var fig = img.closest("figure");
       return {figure: fig ? fig.id : "", decoded: img.complete && img.naturalWidth > 0, width: img.naturalWidth,
-              height: img.naturalHeight, shown_width: img.getBoundingClientRect().width};
+              height: img.naturalHeight, shown_width: img.getBoundingClientRect().width,
+              small_px: parseFloat(img.getAttribute("data-small-px") || "0")};
     }),
+    wide_tables: Array.prototype.filter.call(document.querySelectorAll(".scroll"), function (box) {
+      return box.scrollWidth > box.clientWidth + 1;
+    }).map(function (box) { var t = box.querySelector("table"); return t && t.className ? t.className : "table"; }),
+    answer: (function () {
+      var a = document.getElementById("answer");
+      var first = a && a.querySelector("li");
+      return a ? {top: a.getBoundingClientRect().top + window.scrollY,
+                  first_bottom: first ? first.getBoundingClientRect().bottom + window.scrollY : null} : null;
+    })(),
     sections: %s.filter(function (id) { return document.getElementById(id) !== null; }),
     figures: Array.prototype.map.call(document.querySelectorAll("figure[id]"), function (f) { return f.id; }),
     scroll_width: document.documentElement.scrollWidth,
@@ -71,7 +82,10 @@ def _chromium(binary: str, profile: str, width: int, height: int, *args: str) ->
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
-def probe(report: Path, binary: str, width: int = 1366) -> dict:
+WIDTH, FIRST_SCREEN, SMALL_PX = 1400, 900, 10  # the window (px), the first screen's height, small text's least px
+
+
+def probe(report: Path, binary: str, width: int = WIDTH) -> dict:
     """Load the report (plus the probe script) in headless Chromium; returns the probe's JSON."""
     page = report.read_text(encoding="utf-8")
     script = PROBE % json.dumps(list(SECTIONS))
@@ -93,7 +107,7 @@ def probe(report: Path, binary: str, width: int = 1366) -> dict:
     return json.loads(html.unescape(found.group(1)))
 
 
-def failures(result: dict, width: int = 1366) -> list[str]:
+def failures(result: dict, width: int = WIDTH) -> list[str]:
     """What is wrong with a probed page; empty when every check passes."""
     bad = [f"section #{s} is missing" for s in SECTIONS if s not in result["sections"]]
     if not result["images"]:
@@ -104,6 +118,16 @@ def failures(result: dict, width: int = 1366) -> list[str]:
             bad.append(f"{where}: the image did not decode")
         elif img["shown_width"] > width:
             bad.append(f"{where}: shown {img['shown_width']:.0f} px wide, wider than the {width}-px window")
+        elif img["small_px"] and img["small_px"] * img["shown_width"] / img["width"] < SMALL_PX:
+            bad.append(f"{where}: its legends show {img['small_px'] * img['shown_width'] / img['width']:.1f} px "
+                       f"tall, under {SMALL_PX} px")
+    bad += [f"a table ({cls}) scrolls sideways" for cls in result.get("wide_tables", [])]
+    answer = result.get("answer")
+    if answer is None:
+        bad.append("the answer (#answer) is missing")
+    elif answer["first_bottom"] is None or answer["first_bottom"] > FIRST_SCREEN:
+        bad.append(f"the first {FIRST_SCREEN} px do not hold the answer (its first line ends at "
+                   f"{answer['first_bottom']} px)")
     figures_with_images = {img["figure"] for img in result["images"]}
     bad += [f"{f}: a figure without an image" for f in result["figures"] if f not in figures_with_images]
     if result["scroll_width"] > result["window_width"] + 1:
@@ -116,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("report", type=Path, help="report.html written by `ftlab report`")
     parser.add_argument("--chromium", help="Chromium binary (default: $CHROMIUM, then chromium on PATH)")
-    parser.add_argument("--width", type=int, default=1366, help="window width in px (default 1366)")
+    parser.add_argument("--width", type=int, default=WIDTH, help=f"window width in px (default {WIDTH})")
     parser.add_argument("--screenshot", type=Path, help="also save a full-width screenshot here (PNG)")
+    parser.add_argument("--first-screen", type=Path, help=f"also save the first {FIRST_SCREEN} px here (PNG)")
     args = parser.parse_args(argv)
     if not args.report.is_file():
         print(f"check_report: {args.report}: no such file", file=sys.stderr)
@@ -134,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         with tempfile.TemporaryDirectory(prefix="ftlab-shot-") as tmp:
             _chromium(binary, tmp, args.width, 2400, f"--screenshot={args.screenshot.resolve()}",
+                      args.report.resolve().as_uri())
+    if args.first_screen:
+        with tempfile.TemporaryDirectory(prefix="ftlab-shot-") as tmp:
+            _chromium(binary, tmp, args.width, FIRST_SCREEN, f"--screenshot={args.first_screen.resolve()}",
                       args.report.resolve().as_uri())
     bad = failures(result, args.width)
     for line in bad:

@@ -112,7 +112,7 @@ def test_lora_against_full_ft(lora, status):
         assert c.status == status, (check.__name__, c.sentence)
         assert c.instrument == c.headline.instrument == instrument and c.mde > 0
         h = c.headline
-        assert h.what == "LoRA r=4 vs full FT at 1 epochs" and h.interval.low <= h.interval.estimate <= h.interval.high
+        assert h.what == "LoRA r=4 vs full FT at 1 epoch" and h.interval.low <= h.interval.estimate <= h.interval.high
         assert c.sentence.startswith(f"{h.text()}; {c.counts['agree']} agree, {c.counts['disagree']} disagree")
         assert f"detectable {c.mde:.2g}" in c.sentence and "one training seed" in " ".join(c.notes)
         assert (status == "contradicted") == any(n.startswith("this study contradicts the paper here: LoRA r=4")
@@ -196,8 +196,8 @@ def test_forgetting_ordered_by_rank():
     rows.append(ckpt("lora", rank=4, alpha=4.0, rise=0.9))  # not the paper's alpha: the plain r=4 stands for rank 4
     c = claim(study(*rows), findings_paper.forgetting_ordered_by_rank)
     assert c.status == "supported" and c.counts["agree"] == 3
-    assert [x.what for x in c.comparisons] == ["LoRA r=4 vs LoRA r=1 at 1 epochs", "LoRA r=16 vs LoRA r=4 at 1 epochs",
-                                               "full FT vs LoRA r=16 at 1 epochs"]
+    assert [x.what for x in c.comparisons] == ["LoRA r=4 vs LoRA r=1 at 1 epoch", "LoRA r=16 vs LoRA r=4 at 1 epoch",
+                                               "full FT vs LoRA r=16 at 1 epoch"]
     reversed_ = [ckpt("lora", rank=k, rise=x) for k, x in ((1, 0.35), (4, 0.25))]
     assert claim(study(*reversed_), findings_paper.forgetting_ordered_by_rank).status == "contradicted"
     assert claim(study(ckpt("lora")), findings_paper.forgetting_ordered_by_rank).status == "not enough data"
@@ -215,7 +215,7 @@ def test_regularization_both_halves():
     assert (learning.instrument, forgetting.instrument, lora_less.instrument) == ("learning", "source_loss",
                                                                                     "source_loss")
     assert learning.detail["margin"] == pytest.approx(0.5 * (plain.learning - BASE.learning), abs=0.02)
-    assert c.headline is lora_less and lora_less.what == "LoRA r=16 vs full FT wd=0.0001 at 1 epochs"
+    assert c.headline is lora_less and lora_less.what == "LoRA r=16 vs full FT wd=0.0001 at 1 epoch"
     # weight decay that changes what full FT learns (beyond half its effect): the first half disagrees
     wd_far = ckpt(weight_decay=1e-4, learn=0.15, keep=0.45, rise=0.3)
     c = claim(study(plain, wd_far, lora), findings_paper.regularization)
@@ -265,7 +265,7 @@ def test_delta_rank_counts_ranks_up_to_a_fiftieth_of_the_width():
     # width 400: r <= 8 counted (thresholds 10, 40, 80), r=16 reported only
     assert c.status == "mixed" and c.counts == {"agree": 2, "disagree": 1, "inconclusive": 0}
     assert [x.detail["threshold"] for x in c.comparisons] == [10, 40, 80]
-    assert c.headline.what == "full FT at 1 epochs vs r=8" and c.headline.interval.estimate == -20
+    assert c.headline.what == "full FT at 1 epoch vs r=8" and c.headline.interval.estimate == -20
     assert c.headline.interval.low == c.headline.interval.high == -20  # one seed: no sampling noise
     assert "r=16 met k90 >= 160 in 0 of 1" in c.sentence and "mean k90 60-60" in c.sentence
     assert claim(study(ckpt(spectrum=spectrum(90.0)), *loras), findings_paper.delta_rank).status == "supported"

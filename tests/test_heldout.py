@@ -173,4 +173,4 @@ def test_a_study_on_ones_own_model_and_data_gets_an_answer(tmp_path, capsys):
     # the same answer printed at the end of `ftlab run`: budgets, LoRA against full FT with intervals, the cost
     assert "What to train in reverse (learning: heldout_accuracy" in printed
     assert "within 50% of full FT's forgetting" in printed
-    assert "LoRA r=2 against full FT at 3 epochs: learns" in printed and "cost of LoRA r=2:" in printed
+    assert "LoRA r=2 against full FT at 3 epochs: learns" in printed and "x the device-hours" in printed

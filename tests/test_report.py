@@ -368,7 +368,7 @@ def test_cost_view_puts_each_configuration_beside_its_cost(report, study_dir):
     assert 'id="fig-cost"' in cost and "LoRA r=16, lr 0.01, 4 epochs" in cost and "65,536" in cost
 
 
-FRONT = ["LoRA r=1, lr 0.01, 1 epochs", "LoRA r=1, lr 0.01, 2 epochs", "LoRA r=1, lr 0.01, 4 epochs",
+FRONT = ["LoRA r=1, lr 0.01, 1 epoch", "LoRA r=1, lr 0.01, 2 epochs", "LoRA r=1, lr 0.01, 4 epochs",
          "LoRA r=4, lr 0.01, 4 epochs", "LoRA r=16, lr 0.01, 4 epochs", "full FT attn-drop=0.1, lr 0.001, 4 epochs",
          "full FT wd=0.0001, lr 0.001, 4 epochs", "full FT, lr 0.001, 4 epochs"]
 
@@ -427,9 +427,9 @@ def test_without_source_loss_the_budget_is_on_the_source_score(tmp_path):
     # full FT's source score falls 0.04 (1 + log2 d): 0.12 at 4 epochs; LoRA r=4's 0.4 of that: 0.016 (1 + log2 d)
     assert answers["100% of full FT's"].budget == pytest.approx(0.12)
     assert answers["--forgetting-budget"].best.name == "LoRA r=4, lr 0.01, 4 epochs"  # drop 0.048, within 0.07
-    assert answers["25% of full FT's"].best.name == "LoRA r=4, lr 0.01, 1 epochs"  # 0.015 [0.007, 0.025] <= 0.03
+    assert answers["25% of full FT's"].best.name == "LoRA r=4, lr 0.01, 1 epoch"  # 0.015 [0.007, 0.025] <= 0.03
     assert [s.point.name for s in advice.front["ift: math-ift @ tiny"]] == [
-        "LoRA r=4, lr 0.01, 1 epochs", "LoRA r=4, lr 0.01, 2 epochs", "LoRA r=4, lr 0.01, 4 epochs",
+        "LoRA r=4, lr 0.01, 1 epoch", "LoRA r=4, lr 0.01, 2 epochs", "LoRA r=4, lr 0.01, 4 epochs",
         "full FT, lr 0.001, 4 epochs"]  # full FT at 1 and 2 epochs learn less than LoRA forgetting less
     tight = advise(measures, budget=0.01).answers[0]
     assert tight.best is None and tight.below == 0  # nothing forgot as little as 0.01

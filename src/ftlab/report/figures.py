@@ -63,7 +63,7 @@ def figure(width: float, height: float):
         from matplotlib.figure import Figure
     except ImportError:
         raise FtlabError("the report's figures need matplotlib (an ftlab dependency): pip install matplotlib") from None
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     return fig
 
 
@@ -78,6 +78,18 @@ def grid(n: int, width: float, height: float) -> tuple[Any, list]:
     return fig, axes[:n]
 
 
+CONTENT_PX = 1118  # the widest a figure is shown on the page (its <main> at 1,180 px less padding and border)
+SMALL_PX = 11  # legends and small labels as shown on the page, in CSS px (readable: 10 or more)
+DPI = 100
+
+
+def small(fig) -> float:
+    """The font size (points) that shows SMALL_PX tall on the page: a figure wider than the page's content is shown
+    scaled down, so its small text is drawn larger in proportion."""
+    shown = min(1.0, CONTENT_PX / (fig.get_figwidth() * DPI))
+    return SMALL_PX / shown * 72 / DPI
+
+
 def legend(axes: list, **kw) -> None:
     """A legend on the first of `axes` that has labelled artists (none when none has: a panel left empty)."""
     for ax in axes:
@@ -88,7 +100,7 @@ def legend(axes: list, **kw) -> None:
 
 def png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})  # no version string: same bytes each run
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})  # no version string: same bytes each run
     return buf.getvalue()
 
 
@@ -175,7 +187,7 @@ def cost(m: Measures) -> Plot:
                                 label=p.arm.label)
                 ax.set(title=f"{setting}: {what} vs {short}", xlabel=xlabel, ylabel=label)
                 ax.grid(alpha=0.3)
-        legend([*axes[2 * i], *axes[2 * i + 1]], fontsize=7, loc="best")
+        legend([*axes[2 * i], *axes[2 * i + 1]], fontsize=small(fig), loc="best")
     for p, c in found:
         plot.table.append({**p.record(), **c})
     plot.png = png(fig)
@@ -288,7 +300,7 @@ def _draw_tradeoff(plot: Plot, study: Study, dots: list[_Dot], best: set[tuple],
         if better < 0:
             ax.invert_xaxis()
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=small(fig), loc="best")
     plot.png = png(fig)
 
 
@@ -374,7 +386,7 @@ def _draw_durations(plot: Plot, m: Measures, found: list[Arm], dashed: set[tuple
             ax.set_xticks(durations, [f"{d:g}" for d in durations])
             ax.minorticks_off()
             ax.grid(alpha=0.3)
-        legend(list(row_axes), fontsize=7, loc="best")
+        legend(list(row_axes), fontsize=small(fig), loc="best")
         for ax in row_axes[len(panels[setting]):]:
             ax.set_visible(False)
     plot.png = png(fig)
@@ -415,7 +427,7 @@ def lr_sweep(m: Measures) -> Plot:
                             "best": x == sweep.best} for x, y in xy]
         ax.set(title=setting, xlabel="learning rate", ylabel="learning", xscale="log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=small(fig), loc="best")
     plot.png = png(fig)
     return plot
 
@@ -476,7 +488,7 @@ def k90_layers(m: Measures) -> Plot:
         ax.set(title=module, xlabel="layer", ylabel="k90")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="best")
+    axes[0].legend(fontsize=small(fig), loc="best")
     for ax in axes[len(modules):]:
         ax.set_visible(False)
     plot.png = png(fig)
@@ -519,7 +531,7 @@ def singular_values(m: Measures) -> Plot:
     ax_c.set(title="cumulative explained variance", xlabel="index k", ylabel="share of Σσ²", ylim=(0, 1.02))
     for ax in (ax_s, ax_c):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=small(fig))
     fig.suptitle(f"{r.run} ({r.group})")
     plot.png = png(fig)
     return plot
@@ -546,7 +558,7 @@ def kl_forgetting(m: Measures) -> Plot:
     ax.set(title="KL vs forgetting" + (f" (ρ = {rho:.2f}, n = {len(rows)})" if rho is not None else ""),
            xlabel="KL(base || finetuned), nats/token", ylabel="forgetting")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=small(fig))
     plot.table = [{"setting": r.setting, "group": r.group, "run": r.run, "checkpoint": r.checkpoint,
                    "duration": r.duration, "kl": r.kl, "forgetting": r.forgetting} for r in rows]
     plot.png = png(fig)
@@ -590,11 +602,11 @@ def diversity(m: Measures) -> Plot:
                  alpha=0.6)
         ax_u.legend(handles=[Patch(facecolor="white", edgecolor="black", label="among passing samples"),
                              Patch(facecolor="white", edgecolor="black", hatch="//", label="among failing samples")],
-                    fontsize=7)
-        ax_u.set_xticks(x, [e[0] for e in entries], rotation=30, ha="right", fontsize=7)
+                    fontsize=small(fig))
+        ax_u.set_xticks(x, [e[0] for e in entries], rotation=30, ha="right", fontsize=small(fig))
         ax_k.set(title=f"{setting}: pass@k", xlabel="k", ylabel="pass@k", xscale="log")
         ax_u.set(title=f"{setting}: unique outputs per problem", ylabel="unique outputs (mean)")
-        ax_k.legend(fontsize=7)
+        ax_k.legend(fontsize=small(fig))
         for ax in (ax_k, ax_u):
             ax.grid(alpha=0.3)
     plot.png = png(fig)

@@ -45,10 +45,11 @@ from ftlab.io import write_text
 from ftlab.report import advice, instruments
 from ftlab.report.advice import Advice, Answer
 from ftlab.report.claims import check_claims
-from ftlab.report.figures import Plot, cost, cost_points, draw_all
+from ftlab.report.figures import CONTENT_PX, SMALL_PX, Plot, cost, cost_points, draw_all
 from ftlab.report.instruments import Power
 from ftlab.report.measures import FORGETTING_WORDS, Measures
-from ftlab.report.summary import Summary, budget_words, forgetting_words, learning_words, summarize
+from ftlab.report.select import duration_text
+from ftlab.report.summary import Summary, budget_words, summarize
 from ftlab.report.verdicts import INSTRUMENTS, Claim
 from ftlab.results.index import study_of
 from ftlab.results.store import Store
@@ -222,7 +223,7 @@ table{border-collapse:collapse;font-size:.86em;background:#fff}
 th,td{border:1px solid #e1e5ea;padding:4px 7px;text-align:left;vertical-align:top}
 th{background:#f0f2f5;position:sticky;top:0}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-table.rows td:nth-child(-n+2){white-space:nowrap}
+table.rows{font-size:.78em}table.rows td,table.rows th{padding:3px 4px}table.rows td:first-child{overflow-wrap:anywhere;min-width:7em}
 table.claims td{max-width:360px}table.claims ul{margin:.3em 0 0;padding-left:1.1em}
 .status{font-weight:600;white-space:nowrap;border-radius:4px;padding:2px 6px}
 .supported{background:#d4f4dd;color:#11622a}.contradicted{background:#fbd9d6;color:#8d1c12}
@@ -281,9 +282,7 @@ def _answer_html(answer: Summary) -> str:
                                                           f'</span>' if a.ties else "")) if a.best else \
                 "nothing certainly within it"
             out.append(f"<li>Within {esc(budget_words(a))}: {pick}</li>")
-        out += [f"<li>{esc(learning_words(c))}</li>" for c in s.learns]
-        out += [f"<li>{esc(forgetting_words(c, s.forgetting))}</li>" for c in s.forgets]
-        out += [f"<li>{esc(c)}</li>" for c in s.cost]
+        out += [f"<li>{esc(v.words(s.forgetting))}</li>" for v in s.versus]
         out.append("</ul>")
     if answer.caveats:
         out.append('<p class="meta"><b>Caveats:</b> ' + "; ".join(esc(c) for c in answer.caveats) + ".</p>")
@@ -408,8 +407,9 @@ def _no_answer(a: Answer) -> str:
 def _figure_html(p: Plot, data_dir: str) -> str:
     width, height = _png_size(p.png)
     src = "data:image/png;base64," + base64.b64encode(p.png).decode("ascii")
+    small = SMALL_PX * max(1.0, width / CONTENT_PX)  # its legends' height in the PNG's pixels (figures.small)
     return (f'<figure id="fig-{esc(p.id)}"><h3>{esc(p.title)}</h3>'
-            f'<img src="{src}" alt="{esc(p.title)}" width="{width}" height="{height}">'
+            f'<img src="{src}" alt="{esc(p.title)}" width="{width}" height="{height}" data-small-px="{small:.1f}">'
             f'<figcaption>{esc(p.caption)} Data: <code>{esc(data_dir)}/{esc(p.id)}.csv</code>.</figcaption>'
             f'</figure>')
 
@@ -449,13 +449,11 @@ def _count(x: float | None) -> str:
     return "–" if x is None else f"{x:,.0f}"
 
 
-ROW_TABLE = (("lr", "lr"), ("duration", "duration"), ("learning", "learning"), ("base_learning", "base L"),
-             ("source", "source"), ("base_source", "base S"), ("forgetting", "forgetting"),
-             ("source_loss", "source loss"), ("base_source_loss", "base loss"),
-             ("k90_mean", "k90 mean"), ("k90_frac_mean", "k90/min(m,n)"), ("rel_change_mean", "‖ΔW‖/‖W‖"),
-             ("intruders_total", "intruders"), ("unique_mean", "unique"), ("kl", "KL"),
-             ("device_hours", "device-h"), ("tokens_per_s", "tok/s"), ("peak_memory_gb", "peak GB"),
-             ("trainable_params", "trainable"))  # (record key, header)
+ROW_TABLE = (("lr", "lr"), ("learning", "learning"), ("source", "source"), ("forgetting", "forgetting"),
+             ("source_loss", "source loss"), ("k90_mean", "k90 mean"), ("k90_frac_mean", "k90 frac"),
+             ("rel_change_mean", "‖ΔW‖/ ‖W‖"), ("intruders_total", "intru- ders"), ("unique_mean", "unique"),
+             ("kl", "KL"), ("device_hours", "device-h"), ("tokens_per_s", "tok/s"), ("peak_memory_gb", "peak GB"),
+             ("trainable_params", "trainable"))  # (record key, header); the base's numbers: a line per setting
 
 
 def _rows_html(study: Study) -> str:
@@ -463,17 +461,19 @@ def _rows_html(study: Study) -> str:
     for r in study.rows:
         rec = row_record(r)
         ckpt = r.checkpoint + (f" (= {r.duplicate_of})" if r.duplicate_of else "")
-        body.append([esc(r.run), esc(ckpt), esc(r.group), *(esc(num(rec[key])) for key, _ in ROW_TABLE)])
-    units = ", ".join(sorted({r.duration_unit for r in study.rows}))
-    note = (f"duration in {units}; learning = mean headline metric of the learning tasks; source = the source score, "
-            "the mean headline metric of the source benchmarks; base L / base S: the base model's on the same tasks; "
-            "forgetting = base S − source (higher = more forgotten); source loss: held-out source-domain loss, "
-            "nats/token; device-h: the run's training wall time in hours, tok/s its mean throughput, peak GB its "
-            "device's peak memory, trainable its trainable parameters (the run's, at every checkpoint). A checkpoint "
-            "marked (= x) is the same model as x and is left out of figures and claims.")
+        body.append([esc(r.run), esc(ckpt), esc(r.group), esc(duration_text(r.duration, r.duration_unit)),
+                     *(esc(num(rec[key])) for key, _ in ROW_TABLE)])
+    bases = "; ".join(f"{b.setting}: learning {num(b.learning)}, source {num(b.source)}, source loss "
+                      f"{num(b.source_loss)}" for b in study.bases if b.scores)
+    note = ("learning = mean headline metric of the learning tasks; source = the source score, the mean headline "
+            "metric of the source benchmarks; forgetting = the base's source score − source (higher = more "
+            "forgotten); source loss: held-out source-domain loss, nats/token; device-h: the run's training wall time "
+            "in hours, tok/s its mean throughput, peak GB its device's peak memory, trainable its trainable parameters "
+            "(the run's, at every checkpoint). A checkpoint marked (= x) is the same model as x and is left out of "
+            "figures and claims." + (f" The base model: {bases}." if bases else ""))
     return (f'<section id="runs"><h2>Runs and checkpoints</h2><p class="meta">{esc(note)}</p>'
-            + table(["run", "checkpoint", "method", *(h for _, h in ROW_TABLE)], body, "rows",
-                    frozenset(range(3, 3 + len(ROW_TABLE)))) + "</section>\n")
+            + table(["run", "checkpoint", "method", "duration", *(h for _, h in ROW_TABLE)], body, "rows",
+                    frozenset(range(3, 4 + len(ROW_TABLE)))) + "</section>\n")
 
 
 def _missing_html(study: Study) -> str:

@@ -255,7 +255,8 @@ def reference_arms(study: Study) -> dict[str, list[Arm]]:
 
 
 def duration_text(duration: float | None, unit: str) -> str:
-    """How a duration is written everywhere: "2 epochs", "0.125 epochs", "262,144 tokens"."""
+    """How a duration is written everywhere: "1 epoch", "0.125 epochs", "262,144 tokens"."""
     if duration is None:
         return "duration unknown"
-    return f"{duration:,.0f} {unit}" if unit == "tokens" else f"{duration:g} {unit}"
+    unit = unit[:-1] if duration == 1 and unit.endswith("s") else unit
+    return f"{duration:,.0f} {unit}" if unit.startswith("token") else f"{duration:g} {unit}"

@@ -19,7 +19,7 @@ from ftlab.report.advice import Advice, Answer
 from ftlab.report.figures import cost_points
 from ftlab.report.instruments import Power
 from ftlab.report.measures import FORGETTING_WORDS, Measures
-from ftlab.report.select import reference_arms
+from ftlab.report.select import duration_text, reference_arms
 from ftlab.report.verdicts import INSTRUMENTS, Claim, Comparison
 
 FORGETS_CLAIM = {"source_loss": "forgets_less_loss", "source": "forgets_less"}
@@ -34,10 +34,26 @@ class SettingAnswer:
     learning_tasks: list[str]
     forgetting: str  # the forgetting instrument: source_loss or source
     answers: list[Answer] = field(default_factory=list)
-    learns: list[Comparison] = field(default_factory=list)  # LoRA - full FT on learning, at the longest matched duration
-    forgets: list[Comparison] = field(default_factory=list)  # ... on the forgetting instrument
-    cost: list[str] = field(default_factory=list)  # "LoRA r=16: 0.62x full FT's device-hours, 0.4x its peak memory"
+    versus: list[Versus] = field(default_factory=list)  # each LoRA group against plain full FT
     unmeasurable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Versus:
+    """A LoRA group against plain full FT: learning and forgetting at the longest duration both reached (LoRA - full
+    FT, paired, 95%), and its cost as a multiple of full FT's (best LR, longest duration)."""
+
+    label: str  # "LoRA r=16"
+    when: str | None = None  # the duration both reached: "4 epochs"
+    learns: Comparison | None = None
+    forgets: Comparison | None = None
+    cost: str | None = None  # "0.62x the device-hours, 0.4x the peak memory"
+
+    def words(self, forgetting: str) -> str:
+        parts = [learning_words(self.learns)] if self.learns else []
+        parts += [forgetting_words(self.forgets, forgetting)] if self.forgets else []
+        parts += [self.cost] if self.cost else []
+        return f"{self.label} against full FT" + (f" at {self.when}" if self.when else "") + ": " + "; ".join(parts)
 
 
 @dataclass
@@ -64,8 +80,7 @@ def _lines(s: SettingAnswer) -> list[str]:
                 + (f" (tied: {'; '.join(p.name for p in a.ties)})" if a.ties else "")) if a.best else \
             "nothing certainly within it"
         out.append(f"within {budget_words(a)}: {pick}")
-    out += [learning_words(c) for c in s.learns] + [forgetting_words(c, s.forgetting) for c in s.forgets]
-    out += s.cost
+    out += [v.words(s.forgetting) for v in s.versus]
     return out
 
 
@@ -75,19 +90,14 @@ def budget_words(a: Answer) -> str:
     return f"{what} ({a.budget:.3g})"
 
 
-def _versus(c: Comparison) -> str:
-    return c.what.replace(" vs ", " against ", 1)
-
-
 def learning_words(c: Comparison) -> str:
-    """"LoRA r=16 against full FT at 2 epochs: learns 0.05 [0.02, 0.08] less (learning, LoRA - full FT -0.05 ...)"."""
+    """"learns 0.05 [0.02, 0.08] less" (LoRA - full FT, paired), or "learning not distinguishable (...)"."""
     i = c.interval
     if i.low <= 0 <= i.high:
-        return f"{_versus(c)}: learning not distinguishable (LoRA - full FT {i.estimate:+.3g} [{i.low:+.3g}, " \
-               f"{i.high:+.3g}])"
+        return f"learning not distinguishable ({i.estimate:+.3g} [{i.low:+.3g}, {i.high:+.3g}])"
     side = "less" if i.estimate < 0 else "more"
-    return f"{_versus(c)}: learns {abs(i.estimate):.3g} [{min(abs(i.low), abs(i.high)):.3g}, " \
-           f"{max(abs(i.low), abs(i.high)):.3g}] {side}"
+    return f"learns {abs(i.estimate):.3g} [{min(abs(i.low), abs(i.high)):.3g}, {max(abs(i.low), abs(i.high)):.3g}] " \
+           f"{side}"
 
 
 def forgetting_words(c: Comparison, instrument: str) -> str:
@@ -96,11 +106,10 @@ def forgetting_words(c: Comparison, instrument: str) -> str:
     sign = -1 if instrument == "source_loss" else +1  # LoRA forgot less: its loss lower, its score higher
     less, low, high = sign * i.estimate, min(sign * i.low, sign * i.high), max(sign * i.low, sign * i.high)
     if low <= 0 <= high:
-        return f"{_versus(c)}: forgetting not distinguishable ({ON[instrument]}: LoRA - full FT " \
-               f"{i.estimate:+.3g} [{i.low:+.3g}, {i.high:+.3g}])"
+        return f"forgetting not distinguishable ({ON[instrument]}: {i.estimate:+.3g} [{i.low:+.3g}, {i.high:+.3g}])"
     side = "less" if less > 0 else "more"
-    return f"{_versus(c)}: forgets {abs(less):.3g} [{min(abs(low), abs(high)):.3g}, {max(abs(low), abs(high)):.3g}] " \
-           f"{side} ({ON[instrument]})"
+    return f"forgets {abs(less):.3g} [{min(abs(low), abs(high)):.3g}, {max(abs(low), abs(high)):.3g}] {side} " \
+           f"({ON[instrument]})"
 
 
 def summarize(m: Measures, claims: list[Claim], advised: Advice, powers: list[Power],
@@ -118,11 +127,15 @@ def summarize(m: Measures, claims: list[Claim], advised: Advice, powers: list[Po
                           [a for a in advised.answers if a.setting == setting],
                           unmeasurable=list(advised.unmeasurable.get(setting, [])))
         dead = {"learning" if u.startswith("learning") else s.forgetting for u in s.unmeasurable}
-        if "learning" not in dead:
-            s.learns = _longest(by_id.get("learns_less"), setting)
-        if s.forgetting not in dead:
-            s.forgets = _longest(by_id.get(FORGETS_CLAIM[s.forgetting]), setting)
-        s.cost = _cost(costs, references.get(setting, []), setting)
+        learns = [] if "learning" in dead else _longest(by_id.get("learns_less"), setting)
+        forgets = [] if s.forgetting in dead else _longest(by_id.get(FORGETS_CLAIM[s.forgetting]), setting)
+        ratios = _cost(costs, references.get(setting, []), setting)
+        labels = list(dict.fromkeys([*ratios, *(c.detail.get("arm_b") for c in learns + forgets)]))
+        durations = [c.detail["duration"] for c in learns + forgets]
+        when = duration_text(max(durations), rows[0].duration_unit) if durations else None
+        s.versus = [Versus(label, when, next((c for c in learns if c.detail.get("arm_b") == label), None),
+                           next((c for c in forgets if c.detail.get("arm_b") == label), None), ratios.get(label))
+                    for label in labels if label]
         summary.settings.append(s)
     summary.caveats = _caveats(m, powers)
     return summary
@@ -138,22 +151,22 @@ def _longest(claim: Claim | None, setting: str) -> list[Comparison]:
     return [c for c in found if c.detail["duration"] == longest]
 
 
-def _cost(costs: list, references: list, setting: str) -> list[str]:
-    """Each LoRA configuration's device-hours and peak memory as a multiple of plain full FT's (best LR, longest)."""
+def _cost(costs: list, references: list, setting: str) -> dict[str, str]:
+    """LoRA group -> its device-hours and peak memory as multiples of plain full FT's (best LR, longest duration), in
+    the cost view's order (by rank)."""
     if not references:
-        return []
+        return {}
     full = next((c for p, c in costs if p.arm.setting == setting and p.arm.label == references[0].label), None)
     if full is None:
-        return []
-    out = []
+        return {}
+    out = {}
     for p, c in costs:
         if p.arm.setting != setting or p.arm.rows[0].method == "full":
             continue
-        parts = [f"{c[k] / full[k]:.2g}x full FT's {words}" for k, words in
+        parts = [f"{c[k] / full[k]:.2g}x the {words}" for k, words in
                  (("device_hours", "device-hours"), ("peak_memory_gb", "peak memory"))
                  if c[k] is not None and full[k]]
-        if parts:
-            out.append(f"cost of {p.arm.label}: {', '.join(parts)}")
+        out[p.arm.label] = ", ".join(parts) or None
     return out
 
 

@@ -398,6 +398,6 @@ def _missing(notes: list[Note], study: Study, runs: dict[str, RunRecord]) -> lis
         if points and len(lacking) == len(points):
             out.append(f"no checkpoint has {what}")
         elif lacking:
-            out.append(f"{len(lacking)} of {len(points)} checkpoints have no {what}: "
+            out.append(f"{len(lacking)} of {len(points)} checkpoints lack {what}: "
                        + ", ".join(f"{r.run}/{r.checkpoint}" for r in lacking[:5]) + (" ..." if len(lacking) > 5 else ""))
     return out
