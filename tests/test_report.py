@@ -28,6 +28,7 @@ from ftlab.analysis.diversity import diversity_into  # noqa: E402
 from ftlab.io import file_digest  # noqa: E402
 from ftlab.report.claims import CHECKS  # noqa: E402
 from ftlab.report.page import SECTIONS  # noqa: E402
+from ftlab.report.select import duration_text  # noqa: E402
 from ftlab.report.figures import FIGURES  # noqa: E402
 from ftlab.results.index import index_folder, study_of  # noqa: E402
 from ftlab.cli import main  # noqa: E402
@@ -378,7 +379,7 @@ def test_the_recommendation_lists_the_front_and_answers_each_budget(report, stud
     the budgets' answers known; weight decay's and full FT's 4-epoch points differ by one problem and 0.006 nats,
     within the noise: not distinguishable."""
     front = _csv_rows(study_dir / "report" / "pareto_front.csv")
-    names = [f"{r['group']}, lr {float(r['lr']):g}, {float(r['duration']):g} epochs" for r in front]
+    names = [f"{r['group']}, lr {float(r['lr']):g}, {duration_text(float(r['duration']), 'epochs')}" for r in front]
     assert names == FRONT
     assert [r["distinct_from_previous"] for r in front] == ["", *["True"] * 6, "False"]
     assert all(r["forgetting_measure"] == "source_loss" for r in front)
