@@ -130,3 +130,19 @@ def test_the_first_screen_holds_the_answer_and_nothing_scrolls_sideways(study_di
     assert any("do not hold the answer" in f for f in found)
     assert "a table (rows) scrolls sideways" in found
     assert any("legends show 7.0 px" in f for f in found)
+
+
+def test_the_kl_figure_reads_forgetting_as_the_kl_finding_does(study_dir):
+    import csv
+
+    from ftlab.report.claims import check_claims
+
+    write_report(study_dir)
+    [claim] = [c for c in check_claims(study_of(study_dir)) if c.id == "kl_predicts_forgetting"]
+    table = list(csv.DictReader(open(study_dir / "report" / "kl_forgetting.csv")))
+    assert {r["forgetting_measure"] for r in table} == {claim.headline.detail["forgetting"]} == {"source-loss rise"}
+    assert len(table) == claim.headline.detail["checkpoints"]
+    rows = {(r.run, r.checkpoint): r for r in study_of(study_dir).points()}
+    for t in table:  # the held-out source loss's rise over the base, not the source score's drop
+        r = rows[t["run"], t["checkpoint"]]
+        assert float(t["forgetting"]) == pytest.approx(r.source_loss - r.base_source_loss)

@@ -32,6 +32,7 @@ import numpy as np
 from ftlab.analysis.statistics import spearman
 from ftlab.errors import FtlabError
 from ftlab.report.advice import pareto
+from ftlab.report.claims.paper import kl_points
 from ftlab.report.measures import Measures, Point, Value, empty_record
 from ftlab.report.select import (Arm, arms, best_arms, best_lr_rows, best_lrs, group_order, longest, lr_sweeps,
                                  plain_full)
@@ -542,25 +543,32 @@ def singular_values(m: Measures) -> Plot:
 def kl_forgetting(m: Measures) -> Plot:
     plot = Plot("kl_forgetting", "KL(base || finetuned) vs forgetting",
                 "Each dot a checkpoint: x = KL divergence of the finetuned model from the base on target prompts "
-                "(nats/token), y = forgetting (base source score - checkpoint's). ρ: Spearman rank correlation.")
-    rows = [r for r in m.study.points() if r.kl is not None and r.forgetting is not None]
-    if not rows:
+                "(nats/token), y = forgetting as the KL finding reads it (claims.paper.kl_points): the held-out "
+                "source-loss rise over the base where enough checkpoints have it, else the source-score drop. "
+                "ρ: Spearman rank correlation.")
+    settings = sorted({r.setting for r in m.study.points() if r.kl is not None})
+    found = [(s, *kl_points(m.study, s)) for s in settings]
+    found = [(s, measure, points) for s, measure, points in found if points]
+    if not found:
         plot.skipped = "not enough data: no checkpoint has both KL and forgetting (the base must be evaluated)"
         return plot
-    palette = colours(rows)
-    fig = figure(6.5, 4.4)
-    ax = fig.subplots()
-    for group, grows in by_group(rows).items():
-        ax.scatter([r.kl for r in grows], [r.forgetting for r in grows], color=palette[group], label=group,
-                   edgecolor="black", linewidth=0.5)
-    rho = spearman([r.kl for r in rows], [r.forgetting for r in rows]) if len(rows) >= 3 else float("nan")
-    rho = None if math.isnan(rho) else rho  # fewer than 3 points, or a constant side
-    ax.set(title="KL vs forgetting" + (f" (ρ = {rho:.2f}, n = {len(rows)})" if rho is not None else ""),
-           xlabel="KL(base || finetuned), nats/token", ylabel="forgetting")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=small(fig))
-    plot.table = [{"setting": r.setting, "group": r.group, "run": r.run, "checkpoint": r.checkpoint,
-                   "duration": r.duration, "kl": r.kl, "forgetting": r.forgetting} for r in rows]
+    palette = colours([r for _, _, points in found for r, _ in points])
+    fig, axes = grid(len(found), 6.5, 4.4)
+    for ax, (setting, measure, points) in zip(axes, found):
+        forgetting = {id(r): f for r, f in points}
+        for group, grows in by_group([r for r, _ in points]).items():
+            ax.scatter([r.kl for r in grows], [forgetting[id(r)] for r in grows], color=palette[group], label=group,
+                       edgecolor="black", linewidth=0.5)
+        kl, forgot = [r.kl for r, _ in points], [f for _, f in points]
+        rho = spearman(kl, forgot) if len(points) >= 3 else float("nan")
+        rho = None if math.isnan(rho) else rho  # fewer than 3 points, or a constant side
+        ax.set(title=f"{setting}" + (f" (ρ = {rho:.2f}, n = {len(points)})" if rho is not None else ""),
+               xlabel="KL(base || finetuned), nats/token", ylabel=measure)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=small(fig))
+        plot.table += [{"setting": setting, "group": r.group, "run": r.run, "checkpoint": r.checkpoint,
+                        "duration": r.duration, "kl": r.kl, "forgetting": f, "forgetting_measure": measure}
+                       for r, f in points]
     plot.png = png(fig)
     return plot
 

@@ -23,7 +23,7 @@ import numpy as np
 from ftlab.analysis.statistics import Interval, spearman_interval, t975
 from ftlab.report.select import Arm, arms_by_kind, rank_ladder, sorted_arms
 from ftlab.report.verdicts import FORGETTING, Claim, Comparison, compare, decided
-from ftlab.results.study import Study
+from ftlab.results.study import Row, Study
 
 PAPER = "Biderman et al. 2024"
 RANK_SHARE = 50  # delta_rank counts LoRA ranks r <= width / 50 (the paper's 16 and 64 of 4096: 0.4% and 1.6%)
@@ -305,16 +305,16 @@ def delta_rank(study: Study) -> Claim:
 MIN_CHECKPOINTS = 4
 
 
-def _kl_pairs(study: Study, setting: str) -> tuple[str, list[float], list[float]]:
-    """(forgetting measure, KL, forgetting) over a setting's checkpoints: the source-loss rise over the base where
-    MIN_CHECKPOINTS or more have it, else forgetting (base source score - source score)."""
+def kl_points(study: Study, setting: str) -> tuple[str, list[tuple[Row, float]]]:
+    """(forgetting measure, [(checkpoint, its forgetting)]) over a setting's checkpoints with KL: the source-loss rise
+    over the base where MIN_CHECKPOINTS or more have it, else forgetting (base source score - source score). The KL
+    claim and the KL figure both read this."""
     rows = [r for r in study.points() if r.setting == setting and r.kl is not None]
-    rise = [(r.kl, r.source_loss - r.base_source_loss) for r in rows
+    rise = [(r, r.source_loss - r.base_source_loss) for r in rows
             if r.source_loss is not None and r.base_source_loss is not None]
     if len(rise) >= MIN_CHECKPOINTS:
-        return "source-loss rise", [k for k, _ in rise], [f for _, f in rise]
-    forgot = [(r.kl, r.forgetting) for r in rows if r.forgetting is not None]
-    return "forgetting", [k for k, _ in forgot], [f for _, f in forgot]
+        return "source-loss rise", rise
+    return "forgetting", [(r, r.forgetting) for r in rows if r.forgetting is not None]
 
 
 def kl_predicts_forgetting(study: Study) -> Claim:
@@ -327,7 +327,8 @@ def kl_predicts_forgetting(study: Study) -> Claim:
                   "interval lies above 0, disagree if below.", "rho")
     comparisons, short = [], []
     for setting in sorted({r.setting for r in study.points()}):
-        measure, kl, forgot = _kl_pairs(study, setting)
+        measure, points = kl_points(study, setting)
+        kl, forgot = [r.kl for r, _ in points], [f for _, f in points]
         if len(kl) < MIN_CHECKPOINTS:
             short.append(f"{setting}: {len(kl)}")
             continue
