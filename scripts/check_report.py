@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 SECTIONS = ("summary", "claims", "instruments", "recommendation", "cost", "figures", "runs",
-            "missing")  # ids ftlab.report writes (ftlab.report.page.SECTIONS; a test keeps the two equal)
+            "missing", "glossary")  # ids ftlab.report writes (ftlab.report.page.SECTIONS; a test keeps the two equal)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
 PROBE = """<script>

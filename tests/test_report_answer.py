@@ -36,6 +36,10 @@ def test_the_answer_comes_first_and_is_written_as_text(study_dir):
     assert "] less; forgets " in line and "less (held-out source loss, nats/token)" in line
     assert line.endswith("0.77x the device-hours, 0.57x the peak memory")
     assert "Caveat: one training seed" in text
+    for term in ("MDE", "k90", "Holm", "parting step", "intruders"):  # the page explains the terms it uses
+        assert f"<dt>{term}</dt>" in page
+    runs = page[page.index('<section id="runs"'):page.index('<section id="missing"')]
+    assert ">1 epoch</td>" in runs and "1 epochs" not in page  # durations as people write them
 
 
 def _no_spread(root: Path, task: str = "math", metric: str = "exact_match_strict") -> None:

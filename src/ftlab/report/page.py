@@ -57,7 +57,32 @@ from ftlab.results.study import Row, Study
 from ftlab.rundir import StudyLayout
 
 SECTIONS = ("summary", "claims", "instruments", "recommendation", "cost", "figures", "runs",
-            "missing")  # the page's section ids (scripts/check_report.py checks them)
+            "missing", "glossary")  # the page's section ids (scripts/check_report.py checks them)
+GLOSSARY = (  # the terms the page uses, in a sentence each
+    ("learning", "the mean headline metric of a setting's learning tasks on its held-out examples (higher = learned "
+                 "more); by default the token accuracy of the responses held out of the setting's own data "
+                 "(heldout_accuracy)"),
+    ("forgetting", "how much worse the finetuned model does than the base on the source domain: the rise of its "
+                   "held-out source loss (nats/token) where measured per document, else the drop of the source score "
+                   "(the mean accuracy of the source benchmarks)"),
+    ("95% interval, paired", "a bootstrap over the examples both models were evaluated on (and over training seeds "
+                             "where there are several): the range the difference lies in, 95 times in 100"),
+    ("MDE", "minimal detectable effect: the true difference a paired comparison detects with 80% power at 5%, 2.8 x "
+            "its standard error; a smaller effect may be there and not be seen"),
+    ("Holm", "Holm's correction: a finding's many comparisons are tested as one family, so that the 5% of them a "
+             "null effect makes look significant by chance do not decide it"),
+    ("forgetting budget", "the forgetting you accept; what learns most within it is the configuration whose "
+                          "forgetting's interval lies at or below it with the most learning"),
+    ("Pareto front", "the configurations no other beats on both learning (higher) and forgetting (lower)"),
+    ("k90", "the number of singular directions holding 90% of the weight change ΔW's energy (squared Frobenius "
+            "norm): its effective rank; k90/min(m,n) as a share of the matrix's smaller side"),
+    ("intruders", "intruder dimensions: top singular vectors of the finetuned weight that are nearly orthogonal (|cos| "
+                  "below a threshold) to every singular vector of the base weight: new directions, not tuned ones"),
+    ("parting step", "the training step from which LoRA's training loss stays above full FT's by more than its noise "
+                     "(LoRA Without Regret's capacity limit); \"never\" if the curves do not part"),
+    ("no spread", "an instrument on which every example of the base and every configuration scores the same (exact "
+                  "match at 0 everywhere): it ranks nothing, and nothing is recommended from it"),
+)
 ROW_COLUMNS = ("run", "checkpoint", "group", "lr", "seed", "duration", "duration_unit", "step", "tokens", "learning",
                "base_learning", "source", "base_source", "forgetting", "source_loss", "base_source_loss", "k90_mean",
                "k90_frac_mean", "rel_change_mean", "intruders_total", "unique_mean", "kl", "wall_s", "device_hours",
@@ -108,7 +133,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
             target.unlink()
     body = [claims_html(claims), _instruments_html(powers), _recommendation_html(advised, forgetting_budget),
             _cost_html(m, cost_plot, data_dir.name), _figures_html(plots, data_dir.name), _rows_html(study),
-            _missing_html(study)]
+            _missing_html(study), _glossary_html()]
     write_text(page, render(study, body, data_dir.name, answer))
     return page
 
@@ -232,6 +257,7 @@ table.claims td{max-width:360px}table.claims ul{margin:.3em 0 0;padding-left:1.1
 .answer{background:#fff;border:1px solid #c9d6e3;border-radius:6px;padding:4px 16px 8px;margin:.6em 0}
 .answer h2{margin-top:.4em}.answer ul{margin:.2em 0;padding-left:1.2em}.dead{color:#8d1c12}
 .failed{background:#fbd9d6;color:#8d1c12;border:1px solid #e8a49c;border-radius:6px;padding:6px 14px;margin-top:8px}
+.glossary dt{font-weight:600;margin-top:.4em}.glossary dd{margin-left:1.2em}
 .rule,.source{color:#5a6570;font-size:.92em}summary{cursor:pointer;color:#3a5a80}.tie{color:#7a5600;font-weight:600}
 """
 
@@ -252,7 +278,7 @@ def render(study: Study, sections: list[str], data_dir: str, answer: Summary | N
 <header id="summary">{_failed_html(answer.failed) if answer is not None else ""}<h1>ftlab report</h1>
 <p class="meta">study <code>{esc(study.root)}</code> · {runs} runs · {len(study.rows)} checkpoints
 · ftlab {esc(__version__)} · the numbers behind every figure and table: <code>{esc(data_dir)}/</code> (JSON, CSV)</p>
-<nav>{"".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS[1:])} <a href="#glossary">glossary</a></nav>
+<nav>{"".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS[1:])}</nav>
 {_answer_html(answer) if answer is not None else ""}</header>
 {"".join(sections)}</main></body></html>
 """
@@ -474,6 +500,11 @@ def _rows_html(study: Study) -> str:
     return (f'<section id="runs"><h2>Runs and checkpoints</h2><p class="meta">{esc(note)}</p>'
             + table(["run", "checkpoint", "method", "duration", *(h for _, h in ROW_TABLE)], body, "rows",
                     frozenset(range(3, 4 + len(ROW_TABLE)))) + "</section>\n")
+
+
+def _glossary_html() -> str:
+    items = "".join(f"<dt>{esc(term)}</dt><dd>{esc(words)}</dd>" for term, words in GLOSSARY)
+    return f'<section id="glossary"><h2>Glossary</h2><dl class="glossary">{items}</dl></section>\n'
 
 
 def _missing_html(study: Study) -> str:
