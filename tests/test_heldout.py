@@ -85,13 +85,19 @@ STUDY = {
 }
 
 
-def test_learning_defaults_to_the_held_out_part_and_an_empty_list_is_refused(pairs, tmp_path):
+def test_learning_defaults_to_the_held_out_part_and_an_empty_list_is_refused(pairs, tmp_path, capsys):
     exp = parse_experiment(STUDY, [], pairs.parent, "study.yaml")
     assert learning_tasks(exp.settings[0]) == ["heldout_accuracy", "heldout_loss"]
     assert plan_runs(exp, tmp_path)[0].learning == ["heldout_accuracy", "heldout_loss"]
     empty = parse_experiment(yaml.safe_load(yaml.safe_dump(STUDY)), ["settings.0.learning=[]"], pairs.parent, "x")
     with pytest.raises(ConfigError, match=r"settings\[0\].learning: empty.*heldout_accuracy, heldout_loss"):
         plan_runs(empty, tmp_path)
+    from ftlab.cli import main
+
+    exp = pairs.parent / "empty.yaml"
+    exp.write_text(yaml.safe_dump({**STUDY, "settings": [{**STUDY["settings"][0], "learning": []}]}))
+    assert main(["run", str(exp), "--out", str(tmp_path / "out")]) == 2  # refused before anything runs
+    assert "settings[0].learning: empty" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def _qwen2_dir(directory):
