@@ -10,6 +10,7 @@
     instruments.py  what each instrument can detect
     advice.py       the learning-forgetting Pareto front and forgetting budgets
     figures.py      the figures, in page order
+    summary.py      the answer first: per setting the budgets' picks, LoRA against full FT, cost, caveats
     page.py         the HTML page and every export (CSV, JSON)
 """
 
