@@ -180,3 +180,26 @@ def test_a_study_on_ones_own_model_and_data_gets_an_answer(tmp_path, capsys):
     assert "What to train in reverse (learning: heldout_accuracy" in printed
     assert "within 50% of full FT's forgetting" in printed
     assert "LoRA r=2 against full FT at 3 epochs: learns" in printed and "x the device-hours" in printed
+
+
+def test_the_plan_warns_of_an_empty_held_out_part_and_says_how_long_prompts_are(tmp_path):
+    from ftlab.errors import DataError
+    from ftlab.model import byte_tokenizer
+    from ftlab.plan.inputs import data_size
+
+    (tmp_path / "notes.txt").write_text("one long text file is one document\n" * 50)
+    cfg = load_config(None, [f"data.path={tmp_path / 'notes.txt'}", "data.regime=cpt", "data.eval_fraction=0.05"],
+                      out=str(tmp_path / "run"))
+    size = data_size(cfg, byte_tokenizer())
+    assert size.held_out == 0 and "WARNING: the held-out part is empty" in size.describe()
+    jsonl = write_text(tmp_path / "notes.jsonl", n_docs=100)
+    cfg = load_config(None, [f"data.path={jsonl}", "data.regime=cpt", "data.eval_fraction=0.05"],
+                      out=str(tmp_path / "run"))
+    size = data_size(cfg, byte_tokenizer())
+    assert size.held_out > 0 and "WARNING" not in size.describe()
+    with open(tmp_path / "alpaca.jsonl", "w") as f:  # 140 bytes of template + "Reverse apple": 153 byte tokens
+        for word in ("apple", "river"):
+            f.write(json.dumps({"instruction": f"Reverse {word}", "output": word[::-1]}) + "\n")
+    cfg = load_config(None, [f"data.path={tmp_path / 'alpaca.jsonl'}", "data.seq_len=64"], out=str(tmp_path / "r"))
+    with pytest.raises(DataError, match=r"their prompts, template included, are 153-153 tokens"):
+        data_size(cfg, byte_tokenizer())

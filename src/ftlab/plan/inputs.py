@@ -19,9 +19,9 @@ from ftlab import domains
 from ftlab.batches import budget_steps
 from ftlab.builtin import BUILTIN_PREFIX, builtin_model_dir
 from ftlab.config import HUB_PREFIX, ModelConfig, RunConfig
-from ftlab.data import detect_format, pack_examples, tokenize_example
+from ftlab.data import detect_format, pack_examples, prompt_response, tokenize_example
 from ftlab.errors import ConfigError, DataError
-from ftlab.packing import document_text
+from ftlab.packing import PackedText, document_text
 from ftlab.records import Position, list_sources, records_from
 
 SAMPLE_RECORDS = 1000  # records read of a data set to count it; a bigger set is estimated from them
@@ -37,13 +37,18 @@ class DataSize:
     per_sequence: float = 1.0  # IFT with packing: examples per packed sequence
     known: bool = True  # False: a hub dataset, not read before training
     how: str = "counted"  # or how it was estimated
+    held_out: float | None = None  # held-out examples (IFT) or documents (CPT) of data.path; None: not counted
 
     def describe(self) -> str:
         if not self.known:
             return "a hub dataset: streamed when the run trains, not counted here"
         about = "" if self.exact else "~"
         packed = f", {self.per_sequence:.1f} examples per packed sequence" if self.per_sequence > 1 else ""
-        return f"{about}{self.records:,.0f} records, {about}{_short(self.tokens)} tokens{packed} ({self.how})"
+        held = "" if self.held_out is None else f"; {self.held_out:,.0f} held out" + (
+            " - WARNING: the held-out part is empty, so there is no held-out loss and the held-out learning tasks "
+            "cannot run; set data.eval_path, or raise data.eval_fraction (a .txt or .md file is one document: write "
+            "the text as JSONL, one {\"text\": ...} per document)" if self.held_out == 0 else "")
+        return f"{about}{self.records:,.0f} records, {about}{_short(self.tokens)} tokens{packed} ({self.how}){held}"
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,11 @@ def _count(cfg: RunConfig, tokenizer, items: list[tuple[str, dict]], scale: floa
                   for where, r in items]
         share = 1 - d.eval_fraction if held_out else 1.0  # documents are held out by a hash of where they are
         how = _how(scale) + (f"; {d.eval_fraction:g} of the documents held out, by a hash" if share < 1 else "")
+        held = None
+        if held_out and scale == 1.0:  # the whole set was read: count the documents the hash holds out
+            held = sum(1 for _ in PackedText(d, tokenizer, "eval", cfg.train.seed).documents())
         return DataSize(len(items) * scale * share, sum(tokens) * scale * share, scale == 1.0 and share == 1.0,
-                        how=how)
+                        how=how, held_out=held)
     fmt = d.format
     examples = []
     for where, record in items:
@@ -118,13 +126,23 @@ def _count(cfg: RunConfig, tokenizer, items: list[tuple[str, dict]], scale: floa
     if not examples:
         which = f"its {len(items)} records" if scale == 1.0 else f"its first {len(items)} records"
         raise DataError(f"{d.path}: no training examples (none of {which} has a response token within "
-                        f"data.seq_len={d.seq_len})")
+                        f"data.seq_len={d.seq_len}{_prompt_lengths(items, fmt, tokenizer)}); raise data.seq_len or "
+                        "shorten the prompts (the README's Quickstart 4 gives each template's length)")
     n = len(examples) * scale
     held = min(max(round(d.eval_fraction * n), 1), d.eval_max_examples) if held_out and d.eval_fraction > 0 else 0
     share = (n - held) / n
     per_sequence = len(examples) / len(pack_examples(examples, d.seq_len, cfg.train.seed)) if d.packing else 1.0
     tokens = sum(len(e.input_ids) for e in examples) * scale * share
-    return DataSize(n - held, tokens, scale == 1.0, per_sequence, how=_how(scale))
+    return DataSize(n - held, tokens, scale == 1.0, per_sequence, how=_how(scale),
+                    held_out=None if not held_out else held)
+
+
+def _prompt_lengths(items: list[tuple[str, dict]], fmt: str, tokenizer) -> str:
+    """"; their prompts are 158-171 tokens" (template included) for plain records; "" for chat records."""
+    if fmt == "messages":
+        return ""
+    lengths = [len(tokenizer(prompt_response(r, fmt, where)[0])["input_ids"]) for where, r in items]
+    return f"; their prompts, template included, are {min(lengths)}-{max(lengths)} tokens"
 
 
 def _how(scale: float) -> str:
