@@ -34,8 +34,8 @@ from ftlab.errors import FtlabError
 from ftlab.report.advice import pareto
 from ftlab.report.claims.paper import kl_points
 from ftlab.report.measures import Measures, Point, Value, empty_record
-from ftlab.report.select import (Arm, arms, best_arms, best_lr_rows, best_lrs, group_order, longest, lr_sweeps,
-                                 plain_full)
+from ftlab.report.select import (Arm, arms, best_arms, best_lr_rows, best_lrs, duration_text, group_order, longest,
+                                 lr_sweeps, plain_full)
 from ftlab.results.study import Row, Study
 from ftlab.rundir import SPECTRUM, RunLayout
 
@@ -296,7 +296,7 @@ def _draw_tradeoff(plot: Plot, study: Study, dots: list[_Dot], best: set[tuple],
                                "checkpoint": first.checkpoint, **d.y.record("learning"), **d.x.record(x_name),
                                "best_lr": chosen, "pareto": chosen and (better * d.x.estimate, d.y.estimate) in front})
         unit = here[0].arm.rows[0].duration_unit
-        ax.set(title=f"{setting} (size: {unit} {', '.join(f'{dur:g}' for dur in durations)})", xlabel=xlabel,
+        ax.set(title=f"{setting} (size: {', '.join(duration_text(dur, unit) for dur in durations)})", xlabel=xlabel,
                ylabel=f"learning ({', '.join(here[0].arm.rows[0].learning_tasks)})")
         if better < 0:
             ax.invert_xaxis()
@@ -384,7 +384,8 @@ def _draw_durations(plot: Plot, m: Measures, found: list[Arm], dashed: set[tuple
             title, ylabel = PANELS[panel]
             ax.set(title=f"{setting}: {title}", xlabel=here[0].rows[0].duration_unit, ylabel=ylabel)
             ax.set_xscale("log", base=2)
-            ax.set_xticks(durations, [f"{d:g}" for d in durations])
+            unit = here[0].rows[0].duration_unit
+            ax.set_xticks(durations, [duration_text(d, unit).split(" ")[0] for d in durations])  # the number alone
             ax.minorticks_off()
             ax.grid(alpha=0.3)
         legend(list(row_axes), fontsize=small(fig), loc="best")
@@ -422,7 +423,8 @@ def lr_sweep(m: Measures) -> Plot:
                 continue
             at = sweep.duration
             xy = [(lr, sum(r.learning for r in rows) / len(rows)) for lr, rows in zip(sweep.lrs, sweep.rows)]
-            ax.plot([x for x, _ in xy], [y for _, y in xy], "o-", color=palette[group], label=f"{group} (at {at:g})")
+            when = duration_text(at, sweep.first.duration_unit)
+            ax.plot([x for x, _ in xy], [y for _, y in xy], "o-", color=palette[group], label=f"{group} (at {when})")
             ax.scatter([sweep.best], [dict(xy)[sweep.best]], s=180, facecolor="none", edgecolor="black", zorder=3)
             plot.table += [{"setting": s, "group": group, "lr": x, "duration": at, "learning": y,
                             "best": x == sweep.best} for x, y in xy]

@@ -43,13 +43,13 @@ from ftlab import __version__
 from ftlab.errors import FtlabError
 from ftlab.io import write_text
 from ftlab.report import advice, instruments
-from ftlab.report.advice import Advice, Answer
+from ftlab.report.advice import Advice
 from ftlab.report.claims import check_claims
 from ftlab.report.figures import CONTENT_PX, SMALL_PX, Plot, cost, cost_points, draw_all
 from ftlab.report.instruments import Power
 from ftlab.report.measures import FORGETTING_WORDS, Measures
 from ftlab.report.select import duration_text
-from ftlab.report.summary import Summary, budget_words, summarize
+from ftlab.report.summary import Summary, budget_words, no_answer, summarize
 from ftlab.report.verdicts import INSTRUMENTS, Claim
 from ftlab.results.index import study_of
 from ftlab.results.store import Store
@@ -248,7 +248,8 @@ table{border-collapse:collapse;font-size:.86em;background:#fff}
 th,td{border:1px solid #e1e5ea;padding:4px 7px;text-align:left;vertical-align:top}
 th{background:#f0f2f5;position:sticky;top:0}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-table.rows{font-size:.78em}table.rows td,table.rows th{padding:3px 4px}table.rows td:first-child{overflow-wrap:anywhere;min-width:7em}
+table.rows{font-size:.78em}table.rows td,table.rows th{padding:3px 4px}
+table.rows td:first-child{overflow-wrap:anywhere;min-width:7em}
 table.claims td{max-width:360px}table.claims ul{margin:.3em 0 0;padding-left:1.1em}
 .status{font-weight:600;white-space:nowrap;border-radius:4px;padding:2px 6px}
 .supported{background:#d4f4dd;color:#11622a}.contradicted{background:#fbd9d6;color:#8d1c12}
@@ -303,10 +304,12 @@ def _answer_html(answer: Summary) -> str:
                    f"; forgetting: {esc(FORGETTING_WORDS[s.forgetting])}</p><ul>")
         out += [f'<li class="dead">{esc(u)}</li>' for u in s.unmeasurable]
         for a in s.answers:
-            pick = (f"<b>{esc(a.best.name)}</b>: learning {esc(a.best.learning.text())}, forgetting "
-                    f"{esc(a.best.forgetting.text())}" + (f' <span class="tie">tied: {esc("; ".join(p.name for p in a.ties))}'
-                                                          f'</span>' if a.ties else "")) if a.best else \
-                "nothing certainly within it"
+            pick = esc(no_answer(a))
+            if a.best:
+                ties = "; ".join(p.name for p in a.ties)
+                pick = (f"<b>{esc(a.best.name)}</b>: learning {esc(a.best.learning.text())}, forgetting "
+                        f"{esc(a.best.forgetting.text())}" + (f' <span class="tie">tied: {esc(ties)}</span>' if ties
+                                                              else ""))
             out.append(f"<li>Within {esc(budget_words(a))}: {pick}</li>")
         out += [f"<li>{esc(v.words(s.forgetting))}</li>" for v in s.versus]
         out.append("</ul>")
@@ -410,7 +413,7 @@ def _recommendation_html(advice: Advice, budget: float | None) -> str:
         if budget is not None:
             note += f" --forgetting-budget {budget:g} is read on the {measure}."
         out.append(f'<p class="meta">{esc(note)}</p>')
-        rows = [[esc(a.what), esc(f"{a.budget:.3g}"), esc(a.best.name) if a.best else esc(_no_answer(a)),
+        rows = [[esc(a.what), esc(f"{a.budget:.3g}"), esc(a.best.name) if a.best else esc(no_answer(a)),
                  esc(a.best.learning.text()) if a.best else "–", esc(a.best.forgetting.text()) if a.best else "–",
                  esc("; ".join(p.name for p in a.ties)) or "–", f"{len(a.within)} of {a.candidates}"]
                 for a in answers]
@@ -420,14 +423,6 @@ def _recommendation_html(advice: Advice, budget: float | None) -> str:
                              rows, "budgets", frozenset({1, 6})))
     out.append("</section>\n")
     return "".join(out)
-
-
-def _no_answer(a: Answer) -> str:
-    """Why no configuration is within a budget."""
-    if a.below:
-        return (f"none within it at 95%: {a.below} of {a.candidates} have estimates below it, but their intervals "
-                "reach above (the instrument cannot certify this little forgetting)")
-    return "none within it: every configuration forgot more"
 
 
 def _figure_html(p: Plot, data_dir: str) -> str:

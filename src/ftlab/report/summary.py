@@ -77,11 +77,18 @@ def _lines(s: SettingAnswer) -> list[str]:
     out = list(s.unmeasurable)
     for a in s.answers:
         pick = (f"{a.best.name}: learning {a.best.learning.text()}, forgetting {a.best.forgetting.text()}"
-                + (f" (tied: {'; '.join(p.name for p in a.ties)})" if a.ties else "")) if a.best else \
-            "nothing certainly within it"
+                + (f" (tied: {'; '.join(p.name for p in a.ties)})" if a.ties else "")) if a.best else no_answer(a)
         out.append(f"within {budget_words(a)}: {pick}")
     out += [v.words(s.forgetting) for v in s.versus]
     return out
+
+
+def no_answer(a: Answer) -> str:
+    """Why no configuration is within a budget."""
+    if a.below:
+        return (f"none within it at 95%: {a.below} of {a.candidates} have estimates below it, but their intervals "
+                "reach above (the instrument cannot certify this little forgetting)")
+    return "none within it: every configuration forgot more"
 
 
 def budget_words(a: Answer) -> str:
