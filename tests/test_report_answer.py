@@ -23,8 +23,13 @@ def study_dir(tmp_path_factory) -> Path:
     return make_study(tmp_path_factory.mktemp("study"))
 
 
-def test_the_answer_comes_first_and_is_written_as_text(study_dir):
-    page = write_report(study_dir).read_text()
+@pytest.fixture(scope="module")
+def report(study_dir) -> Path:
+    return write_report(study_dir)
+
+
+def test_the_answer_comes_first_and_is_written_as_text(study_dir, report):
+    page = report.read_text()
     text = summary_file(study_dir / "report.html").read_text()
     assert page.index('id="answer"') < page.index('id="claims"') < page.index('id="recommendation"')
     assert text.startswith("What to train in ")
@@ -116,10 +121,9 @@ def _check_report():
     return check_report
 
 
-def test_the_first_screen_holds_the_answer_and_nothing_scrolls_sideways(study_dir, tmp_path):
+def test_the_first_screen_holds_the_answer_and_nothing_scrolls_sideways(report, tmp_path):
     check = _check_report()
-    page = write_report(study_dir)
-    result = check.probe(page, check.find_chromium(None))
+    result = check.probe(report, check.find_chromium(None))
     assert check.failures(result) == []
     assert result["answer"]["first_bottom"] <= 900
     assert all(img["small_px"] * img["shown_width"] / img["width"] >= 10 for img in result["images"])
@@ -136,12 +140,11 @@ def test_the_first_screen_holds_the_answer_and_nothing_scrolls_sideways(study_di
     assert any("legends show 7.0 px" in f for f in found)
 
 
-def test_the_kl_figure_reads_forgetting_as_the_kl_finding_does(study_dir):
+def test_the_kl_figure_reads_forgetting_as_the_kl_finding_does(study_dir, report):
     import csv
 
     from ftlab.report.claims import check_claims
 
-    write_report(study_dir)
     [claim] = [c for c in check_claims(study_of(study_dir)) if c.id == "kl_predicts_forgetting"]
     table = list(csv.DictReader(open(study_dir / "report" / "kl_forgetting.csv")))
     assert {r["forgetting_measure"] for r in table} == {claim.headline.detail["forgetting"]} == {"source-loss rise"}
