@@ -249,7 +249,7 @@ th,td{border:1px solid #e1e5ea;padding:4px 7px;text-align:left;vertical-align:to
 th{background:#f0f2f5;position:sticky;top:0}
 td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 table.rows{font-size:.78em}table.rows td,table.rows th{padding:3px 4px}
-table.rows td:first-child{overflow-wrap:anywhere;min-width:7em}
+table.rows td:nth-child(-n+2){overflow-wrap:anywhere}table.rows td:first-child{min-width:7em}
 table.claims td{max-width:360px}table.claims ul{margin:.3em 0 0;padding-left:1.1em}
 .status{font-weight:600;white-space:nowrap;border-radius:4px;padding:2px 6px}
 .supported{background:#d4f4dd;color:#11622a}.contradicted{background:#fbd9d6;color:#8d1c12}
@@ -494,7 +494,7 @@ def _rows_html(study: Study) -> str:
             "figures and claims." + (f" The base model: {bases}." if bases else ""))
     return (f'<section id="runs"><h2>Runs and checkpoints</h2><p class="meta">{esc(note)}</p>'
             + table(["run", "checkpoint", "method", "duration", *(h for _, h in ROW_TABLE)], body, "rows",
-                    frozenset(range(3, 4 + len(ROW_TABLE)))) + "</section>\n")
+                    frozenset(range(4, 4 + len(ROW_TABLE)))) + "</section>\n")  # durations may wrap
 
 
 def _glossary_html() -> str:

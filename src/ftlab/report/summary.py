@@ -20,9 +20,11 @@ from ftlab.report.figures import cost_points
 from ftlab.report.instruments import Power
 from ftlab.report.measures import FORGETTING_WORDS, Measures
 from ftlab.report.select import duration_text, reference_arms
-from ftlab.report.verdicts import INSTRUMENTS, Claim, Comparison
+from ftlab.report.verdicts import Claim, Comparison
 
 FORGETS_CLAIM = {"source_loss": "forgets_less_loss", "source": "forgets_less"}
+NAMES = {"learning": "learning", "source": "the source score", "source_loss": "the source loss",
+         "unique": "diversity (unique outputs per problem)"}  # an instrument in a caveat
 ON = {"source_loss": "held-out source loss, nats/token", "source": "source score"}  # what a difference is read on
 
 
@@ -113,10 +115,9 @@ def forgetting_words(c: Comparison, instrument: str) -> str:
     sign = -1 if instrument == "source_loss" else +1  # LoRA forgot less: its loss lower, its score higher
     less, low, high = sign * i.estimate, min(sign * i.low, sign * i.high), max(sign * i.low, sign * i.high)
     if low <= 0 <= high:
-        return f"forgetting not distinguishable ({ON[instrument]}: {i.estimate:+.3g} [{i.low:+.3g}, {i.high:+.3g}])"
+        return f"forgetting not distinguishable ({i.estimate:+.3g} [{i.low:+.3g}, {i.high:+.3g}] {ON[instrument]})"
     side = "less" if less > 0 else "more"
-    return f"forgets {abs(less):.3g} [{min(abs(low), abs(high)):.3g}, {max(abs(low), abs(high)):.3g}] {side} " \
-           f"({ON[instrument]})"
+    return f"forgets {abs(less):.3g} [{min(abs(low), abs(high)):.3g}, {max(abs(low), abs(high)):.3g}] {side}"
 
 
 def summarize(m: Measures, claims: list[Claim], advised: Advice, powers: list[Power],
@@ -193,7 +194,10 @@ def _caveats(m: Measures, powers: list[Power]) -> list[str]:
         if p.resolved is False:
             mde = p.mde if p.mde is not None else p.full.interval.mde
             where = f" in {p.setting}" if p.setting else ""
-            out.append(f"{INSTRUMENTS[p.instrument].split(':')[0]}{where} cannot resolve full FT's effect here "
-                       f"(detectable {mde:.2g}, full FT - base {p.full.interval.estimate:+.2g}): read its verdicts "
-                       "with care")
+            if mde == 0 and p.full.interval.estimate == 0:
+                out.append(f"{NAMES[p.instrument]}{where} has no spread (every example of the base and of full FT "
+                           "scores the same): not measurable with this instrument here")
+            else:
+                out.append(f"{NAMES[p.instrument]}{where} cannot resolve full FT's effect (detectable {mde:.2g}, "
+                           f"full FT - base {p.full.interval.estimate:+.2g}): read its verdicts with care")
     return out
