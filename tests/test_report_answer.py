@@ -153,3 +153,17 @@ def test_the_kl_figure_reads_forgetting_as_the_kl_finding_does(study_dir, report
     for t in table:  # the held-out source loss's rise over the base, not the source score's drop
         r = rows[t["run"], t["checkpoint"]]
         assert float(t["forgetting"]) == pytest.approx(r.source_loss - r.base_source_loss)
+
+
+def test_without_forgetting_measured_the_answer_says_so(tmp_path):
+    """A study whose checkpoints lack the forgetting tasks: no recommendation, and the reason is that one."""
+    root = make_study(tmp_path / "study")
+    for evaluation in root.rglob("eval.json"):
+        doc = json.loads(evaluation.read_text())
+        doc["scores"] = [s for s in doc["scores"] if s["task"] == "math"]
+        doc["samples"] = {k: v for k, v in doc["samples"].items() if k == "math"}
+        evaluation.write_text(json.dumps(doc))
+    page = write_report(root).read_text()
+    text = summary_file(root / "report.html").read_text()
+    assert "no recommendation: no configuration has forgetting measured" in text
+    assert "Not enough data: no configuration has forgetting measured" in page

@@ -71,6 +71,7 @@ class Advice:
     reference: dict[str, Point] = field(default_factory=dict)  # setting -> plain full FT at its longest duration
     answers: list[Answer] = field(default_factory=list)
     unmeasurable: dict[str, list[str]] = field(default_factory=dict)  # setting -> what could not be measured, why
+    missing: str | None = None  # why no configuration is a candidate at all
 
 
 def no_spread(m: Measures, setting: str, instrument: str) -> bool:
@@ -93,7 +94,14 @@ def unmeasurable(m: Measures, setting: str, instrument: str) -> str:
 def advise(m: Measures, budget: float | None = None) -> Advice:
     """The front of every setting and the answers for the default budgets (and `budget`, when given)."""
     advice = Advice()
-    points = [p for p in map(m.point, best_arms(m.study)) if p.learning is not None and p.forgetting is not None]
+    every = list(map(m.point, best_arms(m.study)))
+    points = [p for p in every if p.learning is not None and p.forgetting is not None]
+    if not points:
+        advice.missing = ("no configuration is evaluated yet" if not every else
+                          "no configuration has learning measured (its setting's learning tasks)"
+                          if all(p.learning is None for p in every) else
+                          "no configuration has forgetting measured (the forgetting tasks, on the base model and on "
+                          "the checkpoints)")
     references = reference_arms(m.study)
     for setting in sorted({p.arm.setting for p in points}):
         here = [p for p in points if p.arm.setting == setting]

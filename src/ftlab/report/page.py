@@ -303,6 +303,7 @@ def _answer_html(answer: Summary) -> str:
         out.append(f"<h3>{esc(s.setting)}</h3><p class=\"meta\">learning: {esc(', '.join(s.learning_tasks) or 'none')}"
                    f"; forgetting: {esc(FORGETTING_WORDS[s.forgetting])}</p><ul>")
         out += [f'<li class="dead">{esc(u)}</li>' for u in s.unmeasurable]
+        out += [f"<li>No recommendation: {esc(s.no_answer)}</li>"] if s.no_answer else []
         for a in s.answers:
             pick = esc(no_answer(a))
             if a.best:
@@ -384,7 +385,8 @@ def _recommendation_html(advice: Advice, budget: float | None) -> str:
     for setting, why in advice.unmeasurable.items():
         out.append(f"<h3>{esc(setting)}</h3>" + "".join(f'<p class="dead">{esc(w)}.</p>' for w in why))
     if not advice.front and not advice.unmeasurable:
-        out.append("<p>Not enough data: no configuration has both learning and forgetting measured.</p>")
+        out.append(f"<p>Not enough data: {esc(advice.missing or 'no configuration has learning and forgetting')}."
+                   "</p>")
     if not advice.front:
         out.append("</section>\n")
         return "".join(out)

@@ -38,6 +38,7 @@ class SettingAnswer:
     answers: list[Answer] = field(default_factory=list)
     versus: list[Versus] = field(default_factory=list)  # each LoRA group against plain full FT
     unmeasurable: list[str] = field(default_factory=list)
+    no_answer: str | None = None  # why no budget is answered (when none is and no instrument is dead)
 
 
 @dataclass
@@ -76,7 +77,7 @@ class Summary:
 
 
 def _lines(s: SettingAnswer) -> list[str]:
-    out = list(s.unmeasurable)
+    out = list(s.unmeasurable) + ([f"no recommendation: {s.no_answer}"] if s.no_answer else [])
     for a in s.answers:
         pick = (f"{a.best.name}: learning {a.best.learning.text()}, forgetting {a.best.forgetting.text()}"
                 + (f" (tied: {'; '.join(p.name for p in a.ties)})" if a.ties else "")) if a.best else no_answer(a)
@@ -134,6 +135,11 @@ def summarize(m: Measures, claims: list[Claim], advised: Advice, powers: list[Po
         s = SettingAnswer(setting, tasks, m.instrument(setting),
                           [a for a in advised.answers if a.setting == setting],
                           unmeasurable=list(advised.unmeasurable.get(setting, [])))
+        if not s.answers and not s.unmeasurable:
+            ref = advised.reference.get(setting)
+            why = ("no plain full FT to scale the default budgets by" if ref is None else
+                   "plain full FT forgot nothing here, so there are no default budgets")
+            s.no_answer = advised.missing or f"{why}; give ftlab report --forgetting-budget X"
         dead = {"learning" if u.startswith("learning") else s.forgetting for u in s.unmeasurable}
         learns = [] if "learning" in dead else _longest(by_id.get("learns_less"), setting)
         forgets = [] if s.forgetting in dead else _longest(by_id.get(FORGETS_CLAIM[s.forgetting]), setting)
