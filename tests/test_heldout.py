@@ -175,7 +175,7 @@ def test_a_study_on_ones_own_model_and_data_gets_an_answer(tmp_path, capsys):
     assert answers and any(a.best is not None for a in answers)
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.index('id="answer"') < html.index('id="claims"')  # the answer first, the claims after it
-    assert "learning: heldout_accuracy" in html
+    assert "learning: heldout_accuracy" in html and "<th>held-out loss</th>" in html  # the loss training logs
     # the same answer printed at the end of `ftlab run`: budgets, LoRA against full FT with intervals, the cost
     assert "What to train in reverse (learning: heldout_accuracy" in printed
     assert "within 50% of full FT's forgetting" in printed

@@ -84,9 +84,9 @@ GLOSSARY = (  # the terms the page uses, in a sentence each
                   "match at 0 everywhere): it ranks nothing, and nothing is recommended from it"),
 )
 ROW_COLUMNS = ("run", "checkpoint", "group", "lr", "seed", "duration", "duration_unit", "step", "tokens", "learning",
-               "base_learning", "source", "base_source", "forgetting", "source_loss", "base_source_loss", "k90_mean",
-               "k90_frac_mean", "rel_change_mean", "intruders_total", "unique_mean", "kl", "wall_s", "device_hours",
-               "tokens_per_s", "peak_memory_gb", "device", "trainable_params", "total_params", "setting",
+               "heldout_loss", "base_learning", "source", "base_source", "forgetting", "source_loss", "base_source_loss",
+               "k90_mean", "k90_frac_mean", "rel_change_mean", "intruders_total", "unique_mean", "kl", "wall_s",
+               "device_hours", "tokens_per_s", "peak_memory_gb", "device", "trainable_params", "total_params", "setting",
                "duplicate_of")
 
 
@@ -185,6 +185,7 @@ def row_record(r: Row) -> dict:
     """One table row: the row's own fields plus its cost, spectrum and diversity summaries."""
     record = {k: getattr(r, k) for k in ROW_COLUMNS if hasattr(r, k)}
     record["group"] = r.group
+    record["heldout_loss"] = r.scores.get("heldout_loss/loss")  # the held-out loss on the setting's own data
     c = r.cost
     record.update(wall_s=c.wall_s, device_hours=c.device_hours, tokens_per_s=c.tokens_per_s,
                   peak_memory_gb=c.peak_memory_gb, device=c.device, trainable_params=c.trainable_params,
@@ -481,22 +482,25 @@ ROW_TABLE = (("lr", "lr"), ("learning", "learning"), ("source", "source"), ("for
 
 def _rows_html(study: Study) -> str:
     body = []
+    columns = ROW_TABLE[:2] + ((("heldout_loss", "held-out loss"),) if any(
+        "heldout_loss/loss" in r.scores for r in study.rows) else ()) + ROW_TABLE[2:]
     for r in study.rows:
         rec = row_record(r)
         ckpt = r.checkpoint + (f" (= {r.duplicate_of})" if r.duplicate_of else "")
         body.append([esc(r.run), esc(ckpt), esc(r.group), esc(duration_text(r.duration, r.duration_unit)),
-                     *(esc(num(rec[key])) for key, _ in ROW_TABLE)])
+                     *(esc(num(rec[key])) for key, _ in columns)])
     bases = "; ".join(f"{b.setting}: learning {num(b.learning)}, source {num(b.source)}, source loss "
                       f"{num(b.source_loss)}" for b in study.bases if b.scores)
-    note = ("learning = mean headline metric of the learning tasks; source = the source score, the mean headline "
-            "metric of the source benchmarks; forgetting = the base's source score − source (higher = more "
-            "forgotten); source loss: held-out source-domain loss, nats/token; device-h: the run's training wall time "
-            "in hours, tok/s its mean throughput, peak GB its device's peak memory, trainable its trainable parameters "
+    note = ("learning = mean headline metric of the learning tasks; held-out loss: the loss on the responses (CPT: "
+            "the documents) held out of the setting's own data, nats/token (heldout_loss); source = the source score, "
+            "the mean headline metric of the source benchmarks; forgetting = the base's source score − source "
+            "(higher = more forgotten); source loss: held-out source-domain loss, nats/token; device-h: the run's "
+            "training wall time in hours, tok/s its mean throughput, peak GB its device's peak memory, trainable its trainable parameters "
             "(the run's, at every checkpoint). A checkpoint marked (= x) is the same model as x and is left out of "
             "figures and claims." + (f" The base model: {bases}." if bases else ""))
     return (f'<section id="runs"><h2>Runs and checkpoints</h2><p class="meta">{esc(note)}</p>'
-            + table(["run", "checkpoint", "method", "duration", *(h for _, h in ROW_TABLE)], body, "rows",
-                    frozenset(range(4, 4 + len(ROW_TABLE)))) + "</section>\n")  # durations may wrap
+            + table(["run", "checkpoint", "method", "duration", *(h for _, h in columns)], body, "rows",
+                    frozenset(range(4, 4 + len(columns)))) + "</section>\n")  # durations may wrap
 
 
 def _glossary_html() -> str:
