@@ -4,8 +4,10 @@ The shipped 2.2M-parameter base (builtin:base-tiny) is finetuned by full FT and 
 code CPT (`--full` adds code IFT and math CPT), at three durations each, plus full FT with weight decay and
 with attention dropout; every checkpoint is evaluated on the learning and forgetting tasks, its ΔW spectrum and
 KL(base || finetuned) measured, the math runs' sampled answers counted for diversity; the paper's claims are
-checked and everything lands in <out>/report.html. The experiment files are src/ftlab/assets/demo.yaml and
-demo-full.yaml (also at configs/demo.yaml); `ftlab run` runs them the same way, and both resume after a kill.
+checked and everything lands in <out>/report.html; it ends by printing the report's answer (report/summary.txt: what
+to train within each forgetting budget, LoRA against full FT, cost, caveats). The experiment files are
+src/ftlab/assets/demo.yaml and demo-full.yaml (also at configs/demo.yaml); `ftlab run` runs them the same way, and
+both resume after a kill.
 """
 
 from __future__ import annotations
