@@ -203,3 +203,12 @@ def test_the_plan_warns_of_an_empty_held_out_part_and_says_how_long_prompts_are(
     cfg = load_config(None, [f"data.path={tmp_path / 'alpaca.jsonl'}", "data.seq_len=64"], out=str(tmp_path / "r"))
     with pytest.raises(DataError, match=r"their prompts, template included, are 153-153 tokens"):
         data_size(cfg, byte_tokenizer())
+
+
+def test_the_held_out_part_is_found_once_per_data_seed_and_tokenizer(pairs, tmp_path, capsys):
+    cfg = tiny_config(pairs, tmp_path / "run")
+    _, tokenizer = build_tiny(cfg.model.tiny)
+    first = heldout._examples(cfg.data, tokenizer, 0)
+    assert "10 held out" in capsys.readouterr().out  # the data read and split, as training does
+    assert heldout._examples(cfg.data, tokenizer, 0) is first and capsys.readouterr().out == ""
+    assert [i for i, _, _ in heldout._examples(cfg.data, tokenizer, 1)] != [i for i, _, _ in first]  # another split

@@ -11,8 +11,12 @@ them (ftlab.data.load_ift: the prompt template or the chat template, truncated t
 - heldout_loss, heldout_accuracy: IFT: the next-token loss and greedy token accuracy on each example's response
   tokens (its labels); CPT: each document's, from its second token on. Records are per example with their token
   counts, so the task's value is the token-weighted mean, as the loss training logs, and comparisons pair examples.
-- heldout_match: IFT only: the greedy completion of the prompt (everything before the last response), as many new
-  tokens as that response has, equals the response (whitespace at the ends aside). For short-answer data.
+- heldout_match: IFT only: the greedy completion of the prompt (everything before the last response), at most as many
+  new tokens as the longest response has, equals the response (whitespace at the ends aside; a completion that goes
+  on past its response does not match). For short-answer data.
+
+Finding the held-out part tokenizes the whole data set, as training does; it is done once per data set, seed and
+tokenizer in a process (the examples are kept: at most data.eval_max_examples), not once per checkpoint.
 
 An example's id is a hash of its tokens: the same example has the same id in every run that holds it out.
 With several training seeds, data.path's held-out share differs between seeds; comparisons pair the examples both
@@ -22,6 +26,7 @@ sides hold (give data.eval_path for one held-out set across seeds).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 
 from ftlab.config import DataConfig, from_dict, to_dict
@@ -29,7 +34,6 @@ from ftlab.documents import Score
 from ftlab.errors import FtlabError
 
 HELDOUT = "setting:heldout"  # a TaskSpec source: the held-out part of the data of the run (or setting) evaluated
-TASKS = ("heldout_loss", "heldout_accuracy", "heldout_match")
 DEFAULT_LEARNING = ["heldout_accuracy", "heldout_loss"]  # a setting's learning tasks when it names none
 
 
@@ -65,8 +69,24 @@ def score(lm, spec) -> tuple[list[Score], list[dict]]:
             Score(spec.name, spec.version, "token_accuracy", accuracy, count)], records
 
 
+_FOUND: dict[tuple, list] = {}  # (data, seed, tokenizer) -> its held-out examples: once per process
+
+
 def _examples(data: DataConfig, tokenizer, seed: int) -> list[tuple[str, list[int], list[int]]]:
     """(id, token ids, labels) of each held-out example, in the split's order; labels are IGNORE where not scored."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # no whole description of the tokenizer to know it again by: found afresh
+        return _find(data, tokenizer, seed)
+    what = backend.to_str() + str(getattr(tokenizer, "chat_template", None))
+    key = (json.dumps(to_dict(data), sort_keys=True), seed, hashlib.sha256(what.encode()).hexdigest())
+    if key not in _FOUND:
+        if len(_FOUND) >= 4:
+            _FOUND.pop(next(iter(_FOUND)))
+        _FOUND[key] = _find(data, tokenizer, seed)
+    return _FOUND[key]
+
+
+def _find(data: DataConfig, tokenizer, seed: int) -> list[tuple[str, list[int], list[int]]]:
     from ftlab.packing import IGNORE, PackedText
 
     if data.regime == "ift":
