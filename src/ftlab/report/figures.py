@@ -94,7 +94,7 @@ def png(fig) -> bytes:
 
 def colours(rows: list[Row]) -> dict[str, Any]:
     """group -> colour: plain full FT red, regularized full FT oranges (weight decay) and greens (dropout),
-    LoRA groups blues from light (smallest rank) to dark."""
+    LoRA groups blues from light (smallest rank) to dark, QLoRA groups purples."""
     from matplotlib import colormaps
 
     plain = {r.group for r in plain_full(rows)}
@@ -104,8 +104,9 @@ def colours(rows: list[Row]) -> dict[str, Any]:
     drop = [g for g in full_other if "attn-drop" in g]
     for names, cmap in ((wd, "Oranges"), (drop, "Greens")):
         out.update({g: colormaps[cmap](0.45 + 0.45 * i / max(len(names) - 1, 1)) for i, g in enumerate(names)})
-    lora = sorted({(r.rank or 0, r.group) for r in rows if r.method == "lora"})
-    out.update({g: colormaps["Blues"](0.35 + 0.6 * i / max(len(lora) - 1, 1)) for i, (_, g) in enumerate(lora)})
+    for method, cmap in (("lora", "Blues"), ("qlora", "Purples")):
+        groups = sorted({(r.rank or 0, r.group) for r in rows if r.method == method})
+        out.update({g: colormaps[cmap](0.35 + 0.6 * i / max(len(groups) - 1, 1)) for i, (_, g) in enumerate(groups)})
     return out
 
 

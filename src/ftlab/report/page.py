@@ -45,10 +45,11 @@ from ftlab.io import write_text
 from ftlab.report import advice, instruments
 from ftlab.report.advice import Advice, Answer
 from ftlab.report.claims import check_claims
-from ftlab.report.figures import Plot, cost, cost_points, draw_all
+from ftlab.report.figures import Plot, cost, cost_of, cost_points, draw_all
 from ftlab.report.instruments import Power
 from ftlab.report.measures import FORGETTING_WORDS, Measures
-from ftlab.report.verdicts import INSTRUMENTS, Claim
+from ftlab.report.select import analysed, sorted_arms
+from ftlab.report.verdicts import INSTRUMENTS, Claim, Comparison, compare
 from ftlab.results.index import study_of
 from ftlab.results.study import Row, Study
 from ftlab.rundir import StudyLayout
@@ -95,6 +96,9 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
     write_text(data_dir / "instruments.csv", csv_text([p.record() for p in powers]))
     write_text(data_dir / "pareto_front.csv", csv_text(recommendation["front"]))
     write_text(data_dir / "budgets.csv", csv_text(recommendation["budgets"]))
+    qlora = qlora_records(study)
+    if qlora:
+        write_text(data_dir / "qlora_vs_lora.csv", csv_text(qlora))
     for p in [*plots, cost_plot]:
         target = data_dir / f"{p.id}.csv"
         if p.skipped is None:
@@ -102,7 +106,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
         elif target.exists():
             target.unlink()
     body = [claims_html(claims), _instruments_html(powers), _recommendation_html(advised, forgetting_budget),
-            _cost_html(m, cost_plot, data_dir.name), _figures_html(plots, data_dir.name), _rows_html(study),
+            _cost_html(m, cost_plot, data_dir.name, _qlora_html(qlora)), _figures_html(plots, data_dir.name), _rows_html(study),
             _missing_html(study)]
     write_text(page, render(study, body, data_dir.name))
     return page
@@ -356,10 +360,10 @@ def _figures_html(plots: list[Plot], data_dir: str) -> str:
     return "".join(out)
 
 
-def _cost_html(m: Measures, plot: Plot, data_dir: str) -> str:
+def _cost_html(m: Measures, plot: Plot, data_dir: str, qlora: str = "") -> str:
     head = '<section id="cost"><h2>Cost beside quality</h2>'
     if plot.png is None:
-        return f'{head}<p id="skipped-cost">{esc(plot.skipped)}</p></section>\n'
+        return f'{head}<p id="skipped-cost">{esc(plot.skipped)}</p>{qlora}</section>\n'
     rows = []
     for p, c in cost_points(m):
         rows.append([esc(p.name), esc(p.learning.text() if p.learning else "–"),
@@ -373,7 +377,63 @@ def _cost_html(m: Measures, plot: Plot, data_dir: str) -> str:
             'it).</p>' + _figure_html(plot, data_dir)
             + table(["configuration", "learning [95%]", "forgetting [95%]", "forgetting measure", "device-hours",
                      "tokens/s", "peak memory, GB", "trainable params", "total params", "device"], rows, "cost",
-                    frozenset({4, 5, 6, 7, 8})) + "</section>\n")
+                    frozenset({4, 5, 6, 7, 8})) + qlora + "</section>\n")
+
+
+# ----------------------------------------------------------------------------- QLoRA against LoRA
+
+
+def qlora_records(study: Study) -> list[dict]:
+    """Each QLoRA arm against the LoRA arm that differs from it only by the 4-bit base (same setting, rank, options,
+    optimizer, LR and duration), where the study trained both: learning and forgetting as QLoRA - LoRA with their
+    paired 95% intervals over the documents both measured, and the training cost of each (means over seeds)."""
+    found = dict(sorted_arms([r for r in analysed(study) if r.method in ("lora", "qlora")]))
+    out = []
+    for (setting, group, optimizer, lr, duration), qlora in found.items():
+        twin = found.get((setting, group.replace("QLoRA", "LoRA", 1), optimizer, lr, duration))
+        if qlora.rows[0].method != "qlora" or twin is None:
+            continue
+        forgetting = "source_loss" if all(r.source_loss is not None for r in qlora.rows + twin.rows) else "source"
+        record = {"setting": setting, "qlora": qlora.label, "lora": twin.label, "duration": qlora.when}
+        for name, instrument in (("learning", "learning"), ("forgetting", forgetting)):
+            c: Comparison | None = compare(study, twin, qlora, instrument, expected=-1)
+            record[f"{name}_instrument"] = instrument
+            for key in ("estimate", "low", "high"):
+                record[f"{name}_{key}"] = getattr(c.interval, key) if c is not None else None
+        for arm, side in ((qlora, "qlora"), (twin, "lora")):
+            spent = cost_of(arm)
+            record.update({f"{side}_{key}": spent[key] for key in ("wall_s", "peak_memory_gb")})
+        out.append(record)
+    return out
+
+
+def _qlora_html(records: list[dict]) -> str:
+    """The QLoRA-against-LoRA table of the cost section ("" when the study trained no QLoRA beside its LoRA)."""
+    if not records:
+        return ""
+
+    def diff(r: dict, name: str) -> str:
+        if r[f"{name}_estimate"] is None:
+            return "–"
+        low, high = r[f"{name}_low"], r[f"{name}_high"]
+        verdict = "differs" if low > 0 or high < 0 else "no difference resolved"
+        return f"{r[f'{name}_estimate']:+.3g} [{low:+.3g}, {high:+.3g}] ({verdict})"
+
+    def ratio(r: dict, key: str) -> str:
+        q, lo = r[f"qlora_{key}"], r[f"lora_{key}"]
+        return "–" if q is None or not lo else f"{q / lo:.2f}x"
+
+    rows = [[esc(r["setting"]), esc(f"{r['qlora']} vs {r['lora']}"), esc(r["duration"]), esc(diff(r, "learning")),
+             esc(diff(r, "forgetting") + f" ({INSTRUMENTS[r['forgetting_instrument']].split(':')[0]})"),
+             esc(ratio(r, "wall_s")), esc(ratio(r, "peak_memory_gb"))] for r in records]
+    return ('<h3 id="qlora">QLoRA against LoRA</h3><p class="meta">QLoRA trains the same adapter on a base held in '
+            '4-bit NF4. Each difference is QLoRA - LoRA with its paired 95% interval over the documents both '
+            'measured (forgetting: a source-loss rise is positive, a source-score drop negative); time and peak '
+            'memory are QLoRA / LoRA (on the CPU the 4-bit layers dequantize in every pass: slower, and the memory '
+            'saving shows only where weights dominate). Both are evaluated on their own base: QLoRA on the 4-bit '
+            'one it trained on.</p>'
+            + table(["setting", "arms", "duration", "learning, QLoRA - LoRA", "forgetting, QLoRA - LoRA",
+                     "time", "peak memory"], rows, "qlora", frozenset({3, 4, 5, 6})))
 
 
 def _count(x: float | None) -> str:
