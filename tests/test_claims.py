@@ -158,6 +158,31 @@ def test_seeds_widen_the_interval():
     assert not any("one training seed" in n for n in seeded.notes)
 
 
+
+def test_lr_sweep_runs_are_never_seeds_of_a_grid_arm():
+    """An LR sweep's run at the picked LR and the sweep's duration shares the grid arm's group, LR and duration;
+    pooled, it would be a second seed (and, with no source loss, hide the arm's forgetting). One selection
+    (select.analysed) keeps it out of every comparison, figure and the advice."""
+    from ftlab.report.measures import Measures
+    from ftlab.report.select import arms_by_kind, best_arms, reference_arms
+    sweep = [ckpt("lora", lr=lr, d=1.0, learn=x, keep=None, rise=None, grp="lr-sweep", run=f"sweep-lora-{lr:g}")
+             for lr, x in ((1e-4, 0.45), (1e-3, 0.2))]
+    sweep += [ckpt(lr=1e-4, d=1.0, learn=0.6, keep=None, rise=None, grp="lr-sweep", run="sweep-full")]
+    grid = [ckpt(d=d, grp="grid") for d in (1.0, 2.0)] + [ckpt("lora", d=d, grp="grid", **PAPERS_WAY)
+                                                          for d in (1.0, 2.0)]
+    s = study(*sweep, *grid)
+    assert all(len(a.rows) == 1 and a.rows[0].grp == "grid" for a in best_arms(s))
+    assert all(a.rows[0].grp == "grid" for arms in reference_arms(s).values() for a in arms)
+    assert all(a.rows[0].grp == "grid" for kinds in arms_by_kind(s).values() for k in kinds.values() for a in k)
+    for check in (findings_paper.learns_less, findings_paper.forgets_less_loss):
+        c = claim(s, check)
+        assert len(c.comparisons) == 2 and {x.interval.seeds for x in c.comparisons} == {1}, c.sentence
+    growth = claim(s, findings_paper.forgetting_grows_with_duration)
+    assert len(growth.comparisons) == 2  # full FT and LoRA, 1 -> 2 epochs: none lost to a sweep run's missing loss
+    m = Measures(s)
+    assert all(m.point(a).record()["seeds"] == 1 for a in best_arms(s))
+
+
 # ----------------------------------------------------------------------------- forgetting with duration and rank
 
 

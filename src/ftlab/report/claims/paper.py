@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 
 from ftlab.analysis.statistics import Interval, spearman_interval, t975
-from ftlab.report.select import Arm, arms_by_kind, rank_ladder, sorted_arms
+from ftlab.report.select import Arm, analysed, arms_by_kind, rank_ladder, sorted_arms
 from ftlab.report.verdicts import FORGETTING, Claim, Comparison, compare, decided
 from ftlab.results.study import Study
 
@@ -133,7 +133,7 @@ def forgetting_grows_with_duration(study: Study) -> Claim:
                   "own branch): longer - shorter on the source loss where both measured it (agree if the interval "
                   "lies above 0), else on the source score (agree if below 0); disagree if the other way.")
     ladders: dict[tuple, list[Arm]] = {}
-    for key, arm in sorted_arms(study.points()):
+    for key, arm in sorted_arms(analysed(study)):
         if key[4] is not None:
             ladders.setdefault(key[:4], []).append(arm)
     pairs = [(a, b) for ladder in ladders.values() for a, b in zip(ladder, ladder[1:])]
@@ -270,10 +270,10 @@ def delta_rank(study: Study) -> Claim:
                   "its width), disagree if below. With one seed k90 has no sampling noise: the interval has zero "
                   "width; with seeds it is a t interval over them. Larger ranks are reported, not counted.",
                   "k90")
-    full = [arm for _, arm in sorted_arms([r for r in study.points() if r.method == "full" and r.spectrum
+    full = [arm for _, arm in sorted_arms([r for r in analysed(study) if r.method == "full" and r.spectrum
                                             and r.spectrum.k90_mean is not None and r.spectrum.width])]
     ranks: dict[str, set[int]] = {}
-    for r in study.points():
+    for r in analysed(study):
         if r.method == "lora" and r.rank is not None:
             ranks.setdefault(r.setting, set()).add(r.rank)
     comparisons, reported = [], []
@@ -308,7 +308,7 @@ MIN_CHECKPOINTS = 4
 def _kl_pairs(study: Study, setting: str) -> tuple[str, list[float], list[float]]:
     """(forgetting measure, KL, forgetting) over a setting's checkpoints: the source-loss rise over the base where
     MIN_CHECKPOINTS or more have it, else forgetting (base source score - source score)."""
-    rows = [r for r in study.points() if r.setting == setting and r.kl is not None]
+    rows = [r for r in analysed(study) if r.setting == setting and r.kl is not None]
     rise = [(r.kl, r.source_loss - r.base_source_loss) for r in rows
             if r.source_loss is not None and r.base_source_loss is not None]
     if len(rise) >= MIN_CHECKPOINTS:
@@ -326,7 +326,7 @@ def kl_predicts_forgetting(study: Study) -> Claim:
                   "base source score - source score), with a bootstrap interval over checkpoints; agree if the 95% "
                   "interval lies above 0, disagree if below.", "rho")
     comparisons, short = [], []
-    for setting in sorted({r.setting for r in study.points()}):
+    for setting in sorted({r.setting for r in analysed(study)}):
         measure, kl, forgot = _kl_pairs(study, setting)
         if len(kl) < MIN_CHECKPOINTS:
             short.append(f"{setting}: {len(kl)}")
