@@ -24,7 +24,7 @@ import numpy as np
 
 from ftlab.analysis.statistics import BLOCK, LEVEL, N_BOOT, SEED, Interval
 from ftlab.report.select import LrSweep, analysed, arms, best_lr_rows, lr_sweeps, plain_full, plain_lora
-from ftlab.report.verdicts import Claim, Comparison, compare, decided, shared_values
+from ftlab.report.verdicts import Claim, Comparison, compare, contrast_arms, decided, shared_values
 from ftlab.results.study import Row, Study
 
 PAPER = "Biderman et al. 2024"
@@ -89,15 +89,27 @@ def grid_note(sweeps: list[LrSweep]) -> list[str]:
 
 
 def bootstrap_comparison(what: str, instrument: str, estimate: float, draws: np.ndarray, inside: np.ndarray,
-                         n: int, seeds: int, **detail) -> Comparison:
-    """A comparison decided by the share of bootstrap replicates inside the paper's range (`inside`, boolean per
-    replicate): agree with >= 95% inside, disagree with >= 95% outside, else inconclusive. The interval is the
+                         n: int, seeds: int, outside: np.ndarray | None = None, **detail) -> Comparison:
+    """A comparison decided by the share of bootstrap replicates surely inside the paper's range (`inside`, boolean
+    per replicate) or surely outside it (`outside`; default: not inside): agree with >= 95% inside, disagree with
+    >= 95% outside, else inconclusive; its p (1 - the larger share) enters the claim's Holm family. A replicate whose
+    best LR lies at the edge of its sweep is a bound, in neither unless the bound alone decides. The interval is the
     replicates' 95% percentile interval; no standard error (hence no detectable effect) for an argmax's ratio."""
     share = float(np.mean(inside))
-    verdict = "agree" if share >= SHARE else "disagree" if 1 - share >= SHARE else "inconclusive"
-    low, high = np.quantile(draws, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
-    return Comparison(what, instrument, +1, Interval(float(estimate), float(low), float(high), float("nan"), n, seeds),
-                      verdict, {"share_inside": share, **detail})
+    out = float(np.mean(~inside if outside is None else outside))
+    verdict = "agree" if share >= SHARE else "disagree" if out >= SHARE else "inconclusive"
+    finite = draws[np.isfinite(draws)]
+    low, high = np.quantile(finite, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2]) if len(finite) else (np.nan, np.nan)
+    interval = Interval(float(estimate), float(low), float(high), float("nan"), n, seeds, 1 - max(share, out))
+    return Comparison(what, instrument, +1, interval, verdict, {"share_inside": share, "share_outside": out,
+                                                                **detail}, test="share")
+
+
+def bounds(best: np.ndarray, lrs: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Each replicate's best LR as an interval: (lowest possible, highest possible), 0 below the sweep's lowest LR
+    and inf above its highest (the true best may lie beyond an edge)."""
+    low = np.where(best == lrs[0], 0.0, best)
+    return low, np.where(best == lrs[-1], np.inf, best)
 
 
 # ----------------------------------------------------------------------------- best LR: about 10x full FT's
@@ -111,7 +123,9 @@ def best_lr(study: Study) -> Claim:
         "Bootstrap (2000 replicates): resample the learning tasks' documents (one draw for every LR of the setting) "
         "and each LR's seeds, recompute each LR's learning, take each group's argmax and the ratio. Agree if the "
         f"ratio lies in [{BAND[0]:g}, {BAND[1]:g}] in >= 95% of replicates, disagree if outside in >= 95%, else "
-        "inconclusive; a best LR at the edge of its sweep is flagged.", "best-LR ratio (LoRA / full FT)")
+        "inconclusive (Holm-corrected). A best LR at the edge of its sweep is only a bound (the true best may lie "
+        "beyond it): such a replicate counts as inside or outside only if the bound alone decides.",
+        "best-LR ratio (LoRA / full FT)")
     points = study.points()
     sweeps = lr_sweeps(points)
     full_groups = {(r.setting, r.group) for r in plain_full(points)}
@@ -125,12 +139,17 @@ def best_lr(study: Study) -> Claim:
         if draws is None:
             continue
         used += [full, *loras]
+        full_low, full_high = bounds(draws.best[0], full.lrs)
         for lora, best in zip(loras, draws.best[1:]):
             ratio = best / draws.best[0]  # (B,)
-            inside = (ratio >= BAND[0] * (1 - TOL)) & (ratio <= BAND[1] * (1 + TOL))
+            lora_low, lora_high = bounds(best, lora.lrs)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                low, high = lora_low / full_high, lora_high / full_low  # (B,): the ratio's bounds
+            inside = (low >= BAND[0] * (1 - TOL)) & (high <= BAND[1] * (1 + TOL))
+            outside = (high < BAND[0] * (1 - TOL)) | (low > BAND[1] * (1 + TOL))
             comparisons.append(bootstrap_comparison(
                 f"{lora.group} / {full.group} best LR ({full.setting})", "best-LR ratio", lora.best / full.best,
-                ratio, inside, draws.n, draws.seeds, setting=full.setting, optimizer=full.optimizer,
+                ratio, inside, draws.n, draws.seeds, outside, setting=full.setting, optimizer=full.optimizer,
                 lora_best_lr=lora.best, full_best_lr=full.best, lora_lrs=lora.lrs, full_lrs=full.lrs,
                 lora_duration=lora.duration, full_duration=full.duration,
                 at_sweep_edge=[s.group for s in (lora, full) if s.at_edge]))
@@ -304,9 +323,10 @@ def high_rank_long_cpt(study: Study) -> Claim:
         "budget).", PAPER,
         "Per CPT setting and optimizer (best LR of each group): the highest plain LoRA rank at its longest budget T "
         "vs plain full FT at its largest budget T' <= T/4, on learning (LoRA - full FT, paired 95% interval). "
-        "Non-inferiority with margin m = half of full FT's learning gain from T' to its largest budget <= T (0 if "
-        "it did not gain): agree if the interval's lower bound > -m, disagree if its upper bound < -m, else "
-        "inconclusive.", "learning")
+        "Non-inferiority with the margin fixed in advance as half of full FT's learning gain g from T' to its "
+        "largest budget <= T, its uncertainty carried: the contrast LoRA - full FT(T') + g / 2 of the three arms on "
+        "the same documents, 95% interval; agree if it lies above 0, disagree if below, else inconclusive (a margin "
+        "test, outside Holm's family).", "learning")
     rows = [r for r in best_lr_rows(analysed(study)) if r.regime == "cpt"]
     comparisons, missing = [], []
     for setting, optimizer in sorted({(r.setting, r.optimizer) for r in rows}):
@@ -314,9 +334,9 @@ def high_rank_long_cpt(study: Study) -> Claim:
         found = _long_budget(study, here, missing)
         if found is not None:
             comparisons.append(found)
-            if found.detail["margin"] == 0:
+            if found.detail["margin"] <= 0:
                 claim.notes.append(f"{setting}: full FT learned no more at its longer budget than at the shorter, so "
-                                   "the margin is 0: agreeing needs LoRA to learn at least as much")
+                                   "the margin is not positive: agreeing needs LoRA to learn more")
     return decided(claim, comparisons, "not enough data: needs a CPT setting with plain LoRA and plain full FT, the "
                    "full FT at a budget <= a quarter of LoRA's longest and at a longer one" +
                    "".join(f"; {m}" for m in missing))
@@ -350,11 +370,15 @@ def _long_budget(study: Study, rows: list[Row], missing: list[str]) -> Compariso
     if c is None or gain is None:
         missing.append(f"{long.setting}: no per-example learning values shared by the arms")
         return None
-    margin = max(gain.interval.estimate / 2, 0.0)
-    i = c.interval
-    c.verdict = "agree" if i.low > -margin else "disagree" if i.high < -margin else "inconclusive"
-    c.detail.update(margin=margin, budget_ratio=long.duration / t_short, lora_budget=long.duration,
-                    full_budget=t_short, full_gain=gain.interval.as_dict(), full_gain_to=max(upper), rank=top)
+    short_arm, upper_arm = budgets[t_short], budgets[max(upper)]
+    test = contrast_arms(study, [short_arm, upper_arm, long], (-1.5, 0.5, 1.0), "learning")  # L - F' + (F - F') / 2
+    if test is None:
+        missing.append(f"{long.setting}: no per-example learning values shared by the three arms")
+        return None
+    c.verdict = "agree" if test.low > 0 else "disagree" if test.high < 0 else "inconclusive"
+    c.test = "margin"
+    c.detail.update(margin=gain.interval.estimate / 2, noninferiority=test.as_dict(),
+                    budget_ratio=long.duration / t_short, lora_budget=long.duration, full_budget=t_short, full_gain=gain.interval.as_dict(), full_gain_to=max(upper), rank=top)
     return c
 
 
