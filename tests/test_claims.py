@@ -157,7 +157,7 @@ def test_seeds_widen_the_interval():
     width = [c.headline.interval.high - c.headline.interval.low for c in (one, seeded)]
     assert width[1] > 1.5 * width[0]
     assert not any("fewer than 3 training seeds" in n for n in seeded.notes)
-    assert seeded.headline.interval.runs and "run-to-run variance of 3+ seeds" in seeded.sentence
+    assert seeded.headline.interval.runs and "variation between training runs included" in seeded.sentence
 
 
 

@@ -221,8 +221,7 @@ class Claim:
                               f"training runs of these configurations would (list {MIN_SEEDS} or more seeds: in the "
                               "experiment for that)")
         elif sampled:
-            self.sentence += (f"; with the run-to-run variance of {min(c.interval.seeds for c in sampled)}+ seeds "
-                              "(t intervals)")
+            self.sentence += "; the variation between training runs included"
         return self
 
     def note_contradictions(self, shown: int = 3) -> Claim:
