@@ -189,6 +189,10 @@ def calibration_table(count: int = REPLICATES) -> list[dict]:
     table.append({"claim": "learns_less (3 seeds, 2 comparisons, Holm)", "replicates": count,
                   "false_positives": sum(map(called, null)), "power": sum(c.status == "supported" for c in powered),
                   "coverage": sum(covered), "mde": mde})
+    pure = replicates("learns_less/no-run-noise", lora_vs_full(0.0, seeds=1, run_noise=0.0),
+                      lambda s: paper.learns_less(s), count)
+    table.append({"claim": "learns_less (1 seed, no run noise: evaluation noise alone)", "replicates": count,
+                  "false_positives": sum(map(called, pure)), "power": None, "coverage": None, "mde": None})
     one = replicates("learns_less/one-seed", lora_vs_full(0.0, seeds=1), lambda s: paper.learns_less(s), count)
     table.append({"claim": "learns_less (1 seed: evaluation noise only, not controlled)", "replicates": count,
                   "false_positives": sum(map(called, one)), "power": None, "coverage": None, "mde": None,

@@ -121,6 +121,19 @@ def test_best_lr_at_the_edge_of_its_sweep_is_only_a_bound():
     assert c.status == "contradicted"  # at least 1000x: outside [3, 30] whatever lies beyond the edge
 
 
+def test_a_best_lr_is_fitted_between_the_grid_points_and_bounded_at_an_edge():
+    from ftlab.report.claims.sweeps import fit_best
+    lrs = [1e-4, 1e-3, 1e-2, 1e-1]
+    peak = 3e-3  # a parabola in log LR peaking between two grid points
+    learning = np.array([0.5 - (np.log(lr) - np.log(peak)) ** 2 for lr in lrs])
+    fitted, low, high = fit_best(lrs, learning)
+    assert fitted == pytest.approx(peak) and low == high == fitted
+    fitted, low, high = fit_best(lrs, np.array([0.1, 0.2, 0.3, 0.4]))  # still rising at the highest LR tried
+    assert (fitted, low, high) == (1e-1, 1e-1, np.inf)
+    fitted, low, high = fit_best(lrs, np.array([[0.4, 0.3, 0.2, 0.1]]))  # falling from the lowest
+    assert (fitted[0], low[0], high[0]) == (1e-4, 0.0, 1e-4)
+
+
 def test_best_lr_needs_two_lrs_each():
     c = best_lr(study([row(lr=1e-3, learn=0.5)] + sweep("lora", {1e-3: 0.3, 1e-2: 0.5})))
     assert c.status == "not enough data" and "swept: LoRA r=4 (s)" in c.sentence

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ftlab.analysis.statistics import BLOCK, LEVEL, N_BOOT, SEED, Interval
-from ftlab.report.claims.sweeps import (SHARE, TOL, best_lr_draws, bootstrap_comparison, bounds, edge_note,
-                                        grid_note, target_comparisons)
+from ftlab.report.claims.sweeps import (SHARE, TOL, best_lr_draws, bootstrap_comparison, edge_note, grid_note,
+                                        target_comparisons)
 from ftlab.report.select import LrSweep, analysed, best_lr_rows, lr_sweeps, plain_full, plain_lora
 from ftlab.report.verdicts import Claim, Comparison, decided
 from ftlab.results.study import Row, Study
@@ -50,10 +50,10 @@ def regret_best_lr_rank_independent(study: Study) -> Claim:
     claim = Claim(
         "regret_best_lr_rank_independent", "LoRA's best learning rate is nearly independent of its rank.", REGRET,
         "Per setting and optimizer, the plain LoRA ranks (all modules, α = 2r) with an LR sweep of at least 2 LRs: "
-        "max / min of their best LRs (rows.best_lrs). Bootstrap as for best_lr (documents shared by every LR, seeds "
-        f"resampled, argmax again): agree if the spread is <= {RANK_SPREAD:g}x in >= 95% of replicates, disagree if "
-        "above in >= 95%, else inconclusive (Holm-corrected). A best LR at the edge of its sweep is only a bound: "
-        "such a replicate counts only if the bound alone decides.",
+        "max / min of their best LRs, each fitted as for best_lr. Bootstrap as for best_lr (documents shared by every "
+        f"LR, seeds resampled, fitted again): agree if the spread is <= {RANK_SPREAD:g}x in >= 95% of replicates, "
+        "disagree if above in >= 95%, else inconclusive (Holm-corrected). A best LR at the edge of its sweep is only "
+        "a bound: such a replicate counts only if the bound alone decides.",
         "best-LR spread over ranks (max / min)")
     sweeps = lr_sweeps(study.points())
     ladders: dict[tuple[str, str], list[LrSweep]] = {}
@@ -67,18 +67,20 @@ def regret_best_lr_rank_independent(study: Study) -> Claim:
         if draws is None:
             continue
         used += ladder
-        best = np.stack(draws.best, axis=1)  # (B, ranks)
+        best = np.stack(draws.fitted, axis=1)  # (B, ranks)
         spread = best.max(axis=1) / best.min(axis=1)  # (B,)
-        low, high = (np.stack(b, axis=1) for b in zip(*(bounds(d, s.lrs) for d, s in zip(draws.best, ladder))))
+        low, high = np.stack(draws.low, axis=1), np.stack(draws.high, axis=1)  # (B, ranks): where each can lie
         with np.errstate(divide="ignore", invalid="ignore"):
             most = high.max(axis=1) / low.min(axis=1)  # (B,): the widest spread the bounds allow
             least = np.maximum(low.max(axis=1) / high.min(axis=1), 1.0)  # the narrowest
-        observed = [s.best for s in ladder]
+        observed = draws.observed
         comparisons.append(bootstrap_comparison(
             f"best LR across LoRA ranks {', '.join(str(s.first.rank) for s in ladder)} ({setting})",
             "best-LR spread", max(observed) / min(observed), spread, most <= RANK_SPREAD * (1 + TOL), draws.n,
             draws.seeds, least > RANK_SPREAD * (1 + TOL), setting=setting, optimizer=optimizer,
-            best_lrs={str(s.first.rank): s.best for s in ladder}, lrs={str(s.first.rank): s.lrs for s in ladder},
+            best_lrs={str(s.first.rank): s.best for s in ladder},
+            fitted_lrs={str(s.first.rank): f for s, f in zip(ladder, observed)},
+            lrs={str(s.first.rank): s.lrs for s in ladder},
             at_sweep_edge=[s.group for s in ladder if s.at_edge]))
     claim.notes += edge_note(used) + grid_note(used)
     if used:

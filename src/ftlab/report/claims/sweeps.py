@@ -11,9 +11,11 @@ source documents.
 A best LR is an argmax over a sweep (select.lr_sweeps), so it has no paired difference to bootstrap; instead each
 replicate resamples the learning tasks' documents (one draw for every LR of every sweep given, so the sweeps stay
 paired) and each LR's seeds, recomputes each LR's learning at its sweep's duration and takes the argmax again
-(best_lr_draws). A finding about best LRs (a ratio of two, a spread over ranks) is then decided by the share of
-replicates inside the paper's range (bootstrap_comparison). The LR grid bounds the resolution: a best LR is known
-only to the grid's step, and one at the edge of its sweep may lie beyond it (edge_note, grid_note say so).
+(best_lr_draws), fitted by a parabola in log LR through the argmax and its neighbours (fit_best: the grid alone
+knows a best LR only to its step). A finding about best LRs (a ratio of two, a spread over ranks) is then decided by
+the share of replicates inside the paper's range (bootstrap_comparison). One at the edge of its sweep may lie beyond
+it: a bound, which decides only where the bound alone does (edge_note, grid_note say so). The fit assumes the curve
+is a parabola near its top; its model error is not in the interval.
 """
 
 from __future__ import annotations
@@ -40,37 +42,71 @@ SHARE = 0.95  # a bootstrap verdict needs this share of its replicates on one si
 class Draws:
     """Each sweep's best LR in every bootstrap replicate, and what the replicates resampled."""
 
-    best: list[np.ndarray]  # per sweep: (n_boot,) best LR of each replicate
+    best: list[np.ndarray]  # per sweep: (n_boot,) the argmax LR of each replicate
+    fitted: list[np.ndarray]  # per sweep: (n_boot,) the fitted best LR (fit_best), the argmax at an edge
+    low: list[np.ndarray]  # per sweep: (n_boot,) the lowest the true best can be (0 at the sweep's lowest LR)
+    high: list[np.ndarray]  # per sweep: (n_boot,) the highest (inf at the sweep's highest LR)
+    observed: list[float]  # per sweep: the fitted best LR on the data as observed
     n: int  # documents resampled (summed over learning tasks)
     seeds: int  # the fewest seeds of any LR
 
 
+def fit_best(lrs: list[float], learning: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """learning (..., L) at the sweep's LRs -> the best LR (...,) from a parabola in log LR through the argmax and its
+    two neighbours (its vertex lies between them), and the range the true best can lie in: the vertex itself inside
+    the grid; at an edge (no neighbour beyond it to fit), from the edge's LR outwards to 0 or inf."""
+    x = np.log(np.asarray(lrs, dtype=float))
+    i = np.argmax(learning, axis=-1)  # ties: the smaller LR
+    lo_i, hi_i = np.clip(i - 1, 0, len(x) - 1), np.clip(i + 1, 0, len(x) - 1)
+    y0, y1, y2 = (np.take_along_axis(learning, j[..., None], -1)[..., 0] for j in (lo_i, i, hi_i))
+    x0, x1, x2 = x[lo_i], x[i], x[hi_i]
+    num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+    den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vertex = np.exp(np.where(den != 0, x1 - 0.5 * num / np.where(den != 0, den, 1.0), x1))
+    lrs_ = np.asarray(lrs, dtype=float)
+    bottom, top = i == 0, i == len(x) - 1
+    fitted = np.where(bottom | top, lrs_[i], vertex)
+    return fitted, np.where(bottom, 0.0, fitted), np.where(top, np.inf, fitted)
+
+
 def best_lr_draws(study: Study, sweeps: list[LrSweep], n_boot: int = N_BOOT, seed: int = SEED) -> Draws | None:
     """The sweeps' best LRs under a bootstrap over the learning tasks' documents (one draw shared by every LR of every
-    sweep given) and each LR's seeds; None when the rows share no per-example learning values."""
+    sweep given) and each LR's seeds, each fitted (fit_best); None when the rows share no per-example learning
+    values."""
     rows = [r for s in sweeps for rs in s.rows for r in rs]
     found = shared_values(study, rows, "learning")
     if not found:
         return None
     rng = np.random.default_rng(seed)
     learning = np.zeros((n_boot, len(rows)))  # (B, R): each row's learning in each replicate
+    observed = np.zeros(len(rows))  # (R,): on the documents as they are
     for values, weights in found:  # values (R, n), weights (n,) or None
         n = values.shape[1]
+        w = np.ones(n) if weights is None else weights
+        observed += (values * w).sum(-1) / w.sum() / len(found)
         for start in range(0, n_boot, BLOCK):
             count = min(BLOCK, n_boot - start)
             idx = rng.integers(0, n, size=(count, n))  # (b, n): the same documents for every row
             picked = values[:, idx]  # (R, b, n)
             agg = picked.mean(-1) if weights is None else (picked * weights[idx]).sum(-1) / weights[idx].sum(-1)
             learning[start:start + count] += agg.T / len(found)  # mean over tasks, as Row.learning
-    best, col = [], 0
+    draws = Draws([], [], [], [], [], sum(v.shape[1] for v, _ in found),
+                  min(len(rs) for s in sweeps for rs in s.rows))
+    col = 0
     for s in sweeps:
-        per_lr = []
+        per_lr, seen = [], []
         for rs in s.rows:
             pick = col + rng.integers(0, len(rs), size=(n_boot, len(rs)))  # (B, seeds): seeds resampled
             per_lr.append(np.take_along_axis(learning, pick, axis=1).mean(axis=1))  # (B,)
+            seen.append(observed[col:col + len(rs)].mean())
             col += len(rs)
-        best.append(np.asarray(s.lrs)[np.argmax(np.stack(per_lr, axis=1), axis=1)])  # ties: the smaller LR
-    return Draws(best, sum(v.shape[1] for v, _ in found), min(len(rs) for s in sweeps for rs in s.rows))
+        per_lr = np.stack(per_lr, axis=1)  # (B, L)
+        draws.best.append(np.asarray(s.lrs)[np.argmax(per_lr, axis=1)])
+        for out, got in zip((draws.fitted, draws.low, draws.high), fit_best(s.lrs, per_lr)):
+            out.append(got)
+        draws.observed.append(float(fit_best(s.lrs, np.array(seen))[0]))
+    return draws
 
 
 def edge_note(sweeps: list[LrSweep]) -> list[str]:
@@ -105,13 +141,6 @@ def bootstrap_comparison(what: str, instrument: str, estimate: float, draws: np.
                                                                 **detail}, test="share")
 
 
-def bounds(best: np.ndarray, lrs: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Each replicate's best LR as an interval: (lowest possible, highest possible), 0 below the sweep's lowest LR
-    and inf above its highest (the true best may lie beyond an edge)."""
-    low = np.where(best == lrs[0], 0.0, best)
-    return low, np.where(best == lrs[-1], np.inf, best)
-
-
 # ----------------------------------------------------------------------------- best LR: about 10x full FT's
 
 
@@ -120,8 +149,9 @@ def best_lr(study: Study) -> Claim:
         "best_lr", "LoRA's best learning rate is about 10x full finetuning's (code 5e-4 vs 5e-5, math 2e-4 vs 1e-5).",
         PAPER, "Per setting and optimizer, each LoRA group's best LR over plain full FT's (rows.best_lrs: highest "
         "learning at the longest duration all LRs of the group reached), each group with at least 2 LRs tried. "
+        "Each best LR is fitted: a parabola in log LR through the argmax and its two neighbours, its vertex. "
         "Bootstrap (2000 replicates): resample the learning tasks' documents (one draw for every LR of the setting) "
-        "and each LR's seeds, recompute each LR's learning, take each group's argmax and the ratio. Agree if the "
+        "and each LR's seeds, recompute each LR's learning, fit each group's best LR again and the ratio. Agree if the "
         f"ratio lies in [{BAND[0]:g}, {BAND[1]:g}] in >= 95% of replicates, disagree if outside in >= 95%, else "
         "inconclusive (Holm-corrected). A best LR at the edge of its sweep is only a bound (the true best may lie "
         "beyond it): such a replicate counts as inside or outside only if the bound alone decides.",
@@ -139,18 +169,18 @@ def best_lr(study: Study) -> Claim:
         if draws is None:
             continue
         used += [full, *loras]
-        full_low, full_high = bounds(draws.best[0], full.lrs)
-        for lora, best in zip(loras, draws.best[1:]):
-            ratio = best / draws.best[0]  # (B,)
-            lora_low, lora_high = bounds(best, lora.lrs)
+        for k, lora in enumerate(loras, start=1):
+            ratio = draws.fitted[k] / draws.fitted[0]  # (B,)
             with np.errstate(divide="ignore", invalid="ignore"):
-                low, high = lora_low / full_high, lora_high / full_low  # (B,): the ratio's bounds
+                low, high = draws.low[k] / draws.high[0], draws.high[k] / draws.low[0]  # (B,): the ratio's range
             inside = (low >= BAND[0] * (1 - TOL)) & (high <= BAND[1] * (1 + TOL))
             outside = (high < BAND[0] * (1 - TOL)) | (low > BAND[1] * (1 + TOL))
             comparisons.append(bootstrap_comparison(
-                f"{lora.group} / {full.group} best LR ({full.setting})", "best-LR ratio", lora.best / full.best,
-                ratio, inside, draws.n, draws.seeds, outside, setting=full.setting, optimizer=full.optimizer,
-                lora_best_lr=lora.best, full_best_lr=full.best, lora_lrs=lora.lrs, full_lrs=full.lrs,
+                f"{lora.group} / {full.group} best LR ({full.setting})", "best-LR ratio",
+                draws.observed[k] / draws.observed[0], ratio, inside, draws.n, draws.seeds, outside,
+                setting=full.setting, optimizer=full.optimizer,
+                lora_best_lr=lora.best, full_best_lr=full.best, lora_fitted_lr=draws.observed[k],
+                full_fitted_lr=draws.observed[0], lora_lrs=lora.lrs, full_lrs=full.lrs,
                 lora_duration=lora.duration, full_duration=full.duration,
                 at_sweep_edge=[s.group for s in (lora, full) if s.at_edge]))
     claim.notes += edge_note(used) + grid_note(used)
@@ -378,7 +408,8 @@ def _long_budget(study: Study, rows: list[Row], missing: list[str]) -> Compariso
     c.verdict = "agree" if test.low > 0 else "disagree" if test.high < 0 else "inconclusive"
     c.test = "margin"
     c.detail.update(margin=gain.interval.estimate / 2, noninferiority=test.as_dict(),
-                    budget_ratio=long.duration / t_short, lora_budget=long.duration, full_budget=t_short, full_gain=gain.interval.as_dict(), full_gain_to=max(upper), rank=top)
+                    budget_ratio=long.duration / t_short, lora_budget=long.duration, full_budget=t_short,
+                    full_gain=gain.interval.as_dict(), full_gain_to=max(upper), rank=top)
     return c
 
 
