@@ -144,6 +144,14 @@ def ranks_alike(full_above: float):
     return build
 
 
+def ranks_ordered(step: float):
+    """LoRA r=1, 4, 16 and full FT, each forgetting `step` more than the one before (source loss)."""
+    def build(rng):
+        rows = [r for i, k in enumerate((1, 4, 16)) for r in arm(rng, Truth(0.4, 0.2 + i * step), "lora", k)]
+        return study(rng, rows + arm(rng, Truth(0.5, 0.2 + 3 * step)))
+    return build
+
+
 def kl_null(rng):
     """Two methods x 5 training runs x 3 checkpoints; each run its own level of KL and of forgetting, unrelated;
     checkpoints of a run close to it (so pooled as independent they would look correlated within a run)."""
@@ -208,9 +216,12 @@ def calibration_table(count: int = REPLICATES) -> list[dict]:
                   "mde": None})
     order = replicates("ordered_by_rank/one-link", ranks_alike(2 * 2.8 * EVAL_SE), paper.forgetting_ordered_by_rank,
                        count)
-    table.append({"claim": "forgetting_ordered_by_rank (ranks alike, full FT above)", "replicates": count,
-                  "false_positives": sum(c.status == "supported" for c in order), "power": None, "coverage": None,
-                  "mde": None})
+    alike = replicates("ordered_by_rank/alike", ranks_ordered(0.0), paper.forgetting_ordered_by_rank, count // 2)
+    step = float(np.median([c.mde for c in alike]))
+    ordered = replicates("ordered_by_rank/mde", ranks_ordered(step), paper.forgetting_ordered_by_rank, count // 2)
+    table.append({"claim": "forgetting_ordered_by_rank (ranks alike, full FT above; power: every link at the MDE)",
+                  "replicates": count, "false_positives": sum(c.status == "supported" for c in order),
+                  "power": 2 * sum(c.status == "supported" for c in ordered), "coverage": None, "mde": step})
     kl = replicates("kl/null", kl_null, paper.kl_predicts_forgetting, count)
     table.append({"claim": "kl_predicts_forgetting (10 runs x 3 checkpoints, no relation)", "replicates": count,
                   "false_positives": sum(map(called, kl)), "power": None, "coverage": None, "mde": None})
@@ -237,6 +248,8 @@ def test_power_at_the_reported_mde_and_coverage(table):
     difference = table[0]
     count = difference["replicates"]
     assert difference["power"] >= count - within_tolerance(count, 0.20), difference  # >= 80%
+    ordering = next(row for row in table if row["claim"].startswith("forgetting_ordered_by_rank"))
+    assert ordering["power"] // 2 >= count // 2 - within_tolerance(count // 2, 0.20), ordering
     assert difference["coverage"] >= count - within_tolerance(count, 0.07), difference  # >= 93%
     assert difference["mde"] > 2.8 * EVAL_SE  # Holm's level over 2, the runs' variance and t's few df raise it
 
