@@ -9,7 +9,8 @@ An instrument turns a row into per-example values: learning (the learning tasks'
 source benchmarks' headline metrics: the source score), source_loss (held-out source loss per document, weighted
 by its tokens), unique (distinct outputs per problem of a sampled task). Two arms are compared on the documents
 both measured, task by task, and the difference of their aggregates (mean over tasks) gets a paired bootstrap
-interval (ftlab.analysis.statistics); arms with several training seeds resample the seeds too.
+interval (ftlab.analysis.statistics); with 3 or more training seeds per arm, the run-to-run variance is added (a t
+interval); a base model has none.
 A comparison is one of four tests (Comparison.test): "difference" (a difference against zero: the claim's
 comparisons of this kind, with the bootstrap-share ones, are one family corrected by Holm), "share" (a verdict from the
 share of bootstrap replicates, e.g. of an argmax), "margin" (non-inferiority or equivalence against a margin fixed
