@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from ftlab.analysis.statistics import Interval, clustered_spearman, t975, t_sf
+from ftlab.analysis.statistics import Interval, clustered_spearman, t975, t_quantile, t_sf
 from ftlab.report.select import Arm, analysed, arms_by_kind, departures, group_order, rank_ladder, sorted_arms
 from ftlab.report.verdicts import FORGETTING, Claim, Comparison, compare, contrast_arms, decided, prespecified
 from ftlab.results.study import Study
@@ -176,8 +176,9 @@ def _equivalent(study: Study, base: Arm, plain: Arm, reg: Arm, instruments: tupl
     """reg - plain on the first instrument all three arms measured, judged for equivalence against the margin
     EQUIVALENCE_SHARE x |plain - base|, whose uncertainty is carried: both D - share|E| and D + share|E| (D = reg -
     plain, E = plain - base, |E| signed by its estimate) are contrasts of the three arms on the same documents, with
-    their own 95% intervals. Agree if the first lies below 0 and the second above (equivalent: two one-sided tests),
-    disagree if either lies wholly on the wrong side (changed by more than the margin)."""
+    their own intervals. Agree if the first lies below 0 and the second above, each at 5% one-sided (equivalent: two
+    one-sided tests, the 90% interval of the usual TOST), disagree if either's 95% interval lies wholly on the wrong
+    side (changed by more than the margin)."""
     for instrument in instruments:
         c = _compare(study, plain, reg, instrument, 0, what)
         effect = compare(study, base, plain, instrument, 0) if c is not None else None
@@ -188,7 +189,8 @@ def _equivalent(study: Study, base: Arm, plain: Arm, reg: Arm, instruments: tupl
         lower = contrast_arms(study, [base, plain, reg], (-share, -1 + share, 1.0), instrument)  # D + share |E|
         if upper is None or lower is None:
             continue
-        c.verdict = ("agree" if upper.high < 0 < lower.low else
+        one_sided = [i.estimate + sign * t_quantile(0.95, i.df) * i.se for i, sign in ((upper, 1), (lower, -1))]
+        c.verdict = ("agree" if one_sided[0] < 0 < one_sided[1] else  # two one-sided tests at 5% each
                      "disagree" if upper.low > 0 or lower.high < 0 else "inconclusive")
         c.test = "margin"
         e = effect.interval
@@ -219,8 +221,8 @@ def regularization(study: Study) -> Claim:
                   "(weight decay or attention dropout above plain full FT's) - plain full FT, on learning and on "
                   "forgetting (source loss where measured, else source score): an equivalence test with a margin "
                   f"fixed in advance, {EQUIVALENCE_SHARE:g} of plain full FT's own change against the base on that "
-                  "instrument, its uncertainty carried (both one-sided contrasts of the three arms on the same "
-                  "documents, 95% each). Agree if equivalent, disagree if changed by more than the margin. An "
+                  "instrument, its uncertainty carried (two one-sided tests at 5%, contrasts of the three arms on the "
+                  "same documents). Agree if equivalent, disagree if changed by more than the margin (95%). An "
                   "equivalence over every comparison: supported only if all agree (outside Holm's family, which "
                   "tests differences from zero); needs the base model.")
     comparisons, regularized, no_base = [], 0, []
