@@ -116,6 +116,7 @@ def test_best_lr_at_the_edge_of_its_sweep_is_only_a_bound():
     c = best_lr(study(sweep("full", FULL) + sweep("lora", {1e-3: 0.2, 3e-3: 0.3, 1e-2: 0.5})))
     assert c.status == "inconclusive" and c.headline.detail["at_sweep_edge"] == ["LoRA r=4"]
     assert c.headline.detail["share_inside"] == 0.0 and c.headline.detail["share_outside"] == 0.0
+    assert c.headline.what.endswith(": a lower bound (edge of a sweep)")
     assert any("edge of its sweep" in n and "LoRA r=4 0.01 (highest of 3 tried" in n for n in c.notes)
     c = best_lr(study(sweep("full", FULL) + sweep("lora", {1e-1: 0.2, 3e-1: 0.3, 1.0: 0.5})))
     assert c.status == "contradicted"  # at least 1000x: outside [3, 30] whatever lies beyond the edge

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ftlab.analysis.statistics import BLOCK, LEVEL, N_BOOT, SEED, Interval
-from ftlab.report.select import LrSweep, analysed, arms, best_lr_rows, lr_sweeps, plain_full, plain_lora
+from ftlab.report.select import (LrSweep, analysed, arms, best_lr_rows, departures, lr_sweeps, plain_full,
+                                 plain_lora)
 from ftlab.report.verdicts import Claim, Comparison, compare, contrast_arms, decided, shared_values
 from ftlab.results.study import Row, Study
 
@@ -147,8 +148,8 @@ def bootstrap_comparison(what: str, instrument: str, estimate: float, draws: np.
 def best_lr(study: Study) -> Claim:
     claim = Claim(
         "best_lr", "LoRA's best learning rate is about 10x full finetuning's (code 5e-4 vs 5e-5, math 2e-4 vs 1e-5).",
-        PAPER, "Per setting and optimizer, each LoRA group's best LR over plain full FT's (rows.best_lrs: highest "
-        "learning at the longest duration all LRs of the group reached), each group with at least 2 LRs tried. "
+        PAPER, "Per setting and optimizer, each LoRA group's best LR over plain full FT's (headline: the plainest "
+        "highest rank), at the longest duration all LRs of the group reached, each group with at least 2 LRs tried. "
         "Each best LR is fitted: a parabola in log LR through the argmax and its two neighbours, its vertex. "
         "Bootstrap (2000 replicates): resample the learning tasks' documents (one draw for every LR of the setting) "
         "and each LR's seeds, recompute each LR's learning, fit each group's best LR again and the ratio. Agree if the "
@@ -163,8 +164,8 @@ def best_lr(study: Study) -> Claim:
     for key, full in sweeps.items():
         if key not in full_groups:
             continue
-        loras = [s for s in sweeps.values() if s.setting == full.setting and s.optimizer == full.optimizer
-                 and s.first.method == "lora"]
+        loras = sorted((s for s in sweeps.values() if s.setting == full.setting and s.optimizer == full.optimizer
+                        and s.first.method == "lora"), key=lambda s: (departures(s.first), -(s.first.rank or 0)))
         draws = best_lr_draws(study, [full, *loras]) if loras else None
         if draws is None:
             continue
@@ -176,7 +177,7 @@ def best_lr(study: Study) -> Claim:
             inside = (low >= BAND[0] * (1 - TOL)) & (high <= BAND[1] * (1 + TOL))
             outside = (high < BAND[0] * (1 - TOL)) | (low > BAND[1] * (1 + TOL))
             comparisons.append(bootstrap_comparison(
-                f"{lora.group} / {full.group} best LR ({full.setting})", "best-LR ratio",
+                f"{lora.group} / {full.group} best LR ({full.setting})" + _bound(lora, full), "best-LR ratio",
                 draws.observed[k] / draws.observed[0], ratio, inside, draws.n, draws.seeds, outside,
                 setting=full.setting, optimizer=full.optimizer,
                 lora_best_lr=lora.best, full_best_lr=full.best, lora_fitted_lr=draws.observed[k],
@@ -186,6 +187,15 @@ def best_lr(study: Study) -> Claim:
     claim.notes += edge_note(used) + grid_note(used)
     return decided(claim, comparisons, "not enough data: needs an LR sweep (learning at 2 or more LRs) of plain full "
                    "FT and of a LoRA group in one setting and optimizer; " + _sweeps_found(sweeps))
+
+
+def _bound(lora: LrSweep, full: LrSweep) -> str:
+    """What an edge makes of the ratio LoRA / full FT: a lower bound, an upper bound, or nothing known."""
+    above = (lora.at_edge and lora.best == lora.lrs[-1]) or (full.at_edge and full.best == full.lrs[0])
+    below = (lora.at_edge and lora.best == lora.lrs[0]) or (full.at_edge and full.best == full.lrs[-1])
+    if above and below:
+        return ": both at their sweeps' edges, so no bound"
+    return ": a lower bound (edge of a sweep)" if above else ": an upper bound (edge of a sweep)" if below else ""
 
 
 def _sweeps_found(sweeps: dict[tuple[str, str], LrSweep]) -> str:
