@@ -214,13 +214,15 @@ class Claim:
                          + (", Holm-corrected" if len(family) > 1 else "") + ")" + links + spread)
         sampled = [c for c in self.comparisons if c.test != "exact" and np.isfinite(c.interval.p)]
         if sampled and not all(c.interval.runs for c in sampled):
-            fewest = min(c.interval.seeds for c in sampled)
-            self.sentence += (f"; rests on evaluation noise only ({fewest} training seed{'s' if fewest > 1 else ''}"
-                              f", fewer than {MIN_SEEDS})")
-            self.notes.append(f"fewer than {MIN_SEEDS} training seeds: the intervals hold the evaluation's noise, not "
-                              "the variation between training runs, so a verdict says how these runs differ, not how "
-                              f"training runs of these configurations would (list {MIN_SEEDS} or more seeds: in the "
-                              "experiment for that)")
+            fewest = min(c.interval.seeds for c in sampled if not c.interval.runs)
+            self.sentence += "; rests on evaluation noise only (" + (
+                f"{fewest} training seed{'s' if fewest > 1 else ''}, fewer than {MIN_SEEDS})" if fewest < MIN_SEEDS
+                else "its intervals do not resample the training runs)")
+            if fewest < MIN_SEEDS:
+                self.notes.append(f"fewer than {MIN_SEEDS} training seeds: the intervals hold the evaluation's noise, "
+                                  "not the variation between training runs, so a verdict says how these runs differ, "
+                                  f"not how training runs of these configurations would (list {MIN_SEEDS} or more "
+                                  "seeds: in the experiment for that)")
         elif sampled:
             self.sentence += "; the variation between training runs included"
         return self

@@ -308,7 +308,8 @@ def _k90_against(arm: Arm, rank: int, width: int, what: str) -> Comparison:
     df = len(k90s) - 1
     p = min(1.0, 2 * t_sf(abs(mean - need) / se, df)) if se > 0 else float("nan")
     interval = Interval(mean - need, mean - need - half, mean - need + half, se,
-                        len(arm.rows[0].spectrum.matrices), len(k90s), p, df if df else float("inf"))
+                        len(arm.rows[0].spectrum.matrices), len(k90s), p, df if df else float("inf"),
+                        runs=len(k90s) > 1)  # a t interval over the seeds
     verdict = "agree" if interval.low >= 0 else "disagree" if interval.high < 0 else "inconclusive"
     return Comparison(what, "k90", +1, interval, verdict,
                       {"setting": arm.setting, "duration": arm.duration, "k90": mean, "lora_rank": rank,

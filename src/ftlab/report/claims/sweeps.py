@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ftlab.analysis.statistics import BLOCK, LEVEL, N_BOOT, SEED, Interval
+from ftlab.analysis.statistics import BLOCK, LEVEL, MIN_SEEDS, N_BOOT, SEED, Interval
 from ftlab.report.select import (LrSweep, analysed, arms, best_lr_rows, departures, lr_sweeps, plain_full,
                                  plain_lora)
 from ftlab.report.verdicts import Claim, Comparison, compare, contrast_arms, decided, shared_values
@@ -137,7 +137,8 @@ def bootstrap_comparison(what: str, instrument: str, estimate: float, draws: np.
     verdict = "agree" if share >= SHARE else "disagree" if out >= SHARE else "inconclusive"
     finite = draws[np.isfinite(draws)]
     low, high = np.quantile(finite, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2]) if len(finite) else (np.nan, np.nan)
-    interval = Interval(float(estimate), float(low), float(high), float("nan"), n, seeds, 1 - max(share, out))
+    interval = Interval(float(estimate), float(low), float(high), float("nan"), n, seeds, 1 - max(share, out),
+                        runs=seeds >= MIN_SEEDS)  # each LR's seeds are resampled
     return Comparison(what, instrument, +1, interval, verdict, {"share_inside": share, "share_outside": out,
                                                                 **detail}, test="share")
 
