@@ -216,12 +216,12 @@ def calibration_table(count: int = REPLICATES) -> list[dict]:
                   "mde": None})
     order = replicates("ordered_by_rank/one-link", ranks_alike(2 * 2.8 * EVAL_SE), paper.forgetting_ordered_by_rank,
                        count)
-    alike = replicates("ordered_by_rank/alike", ranks_ordered(0.0), paper.forgetting_ordered_by_rank, count // 2)
-    step = float(np.median([c.mde for c in alike]))
-    ordered = replicates("ordered_by_rank/mde", ranks_ordered(step), paper.forgetting_ordered_by_rank, count // 2)
+    alike = replicates("ordered_by_rank/alike", ranks_ordered(0.0), paper.forgetting_ordered_by_rank, count // 4)
+    step = float(np.median([c.mde for c in alike]))  # the MDE it reports (a pilot's median)
+    ordered = replicates("ordered_by_rank/mde", ranks_ordered(step), paper.forgetting_ordered_by_rank, count)
     table.append({"claim": "forgetting_ordered_by_rank (ranks alike, full FT above; power: every link at the MDE)",
                   "replicates": count, "false_positives": sum(c.status == "supported" for c in order),
-                  "power": 2 * sum(c.status == "supported" for c in ordered), "coverage": None, "mde": step})
+                  "power": sum(c.status == "supported" for c in ordered), "coverage": None, "mde": step})
     kl = replicates("kl/null", kl_null, paper.kl_predicts_forgetting, count)
     table.append({"claim": "kl_predicts_forgetting (10 runs x 3 checkpoints, no relation)", "replicates": count,
                   "false_positives": sum(map(called, kl)), "power": None, "coverage": None, "mde": None})
@@ -249,7 +249,7 @@ def test_power_at_the_reported_mde_and_coverage(table):
     count = difference["replicates"]
     assert difference["power"] >= count - within_tolerance(count, 0.20), difference  # >= 80%
     ordering = next(row for row in table if row["claim"].startswith("forgetting_ordered_by_rank"))
-    assert ordering["power"] // 2 >= count // 2 - within_tolerance(count // 2, 0.20), ordering
+    assert ordering["power"] >= count - within_tolerance(count, 0.20), ordering
     assert difference["coverage"] >= count - within_tolerance(count, 0.07), difference  # >= 93%
     assert difference["mde"] > 2.8 * EVAL_SE  # Holm's level over 2, the runs' variance and t's few df raise it
 
