@@ -245,12 +245,15 @@ def claims_html(claims: list[Claim]) -> str:
     shared_html = ('<p class="meta">Notes said of several findings:</p><ol class="meta">'
                    + "".join(f"<li>{esc(n)}</li>" for n in shared) + "</ol>") if shared else ""
     return ('<section id="claims"><h2>Does this study reproduce the published findings?</h2>'
-            '<p class="meta">One row per finding. Each comparison gets a paired 95% bootstrap interval (over the '
-            'examples both checkpoints were evaluated on, and over training seeds where there are several) and '
-            'agrees, disagrees or is inconclusive; a finding is supported with significant agreements and no '
-            'significant disagreement, contradicted the reverse, mixed with both, inconclusive when nothing is '
-            'significant. Headline: the comparison the verdict leads with, b - a. MDE: the minimal detectable effect '
-            'of its instrument here (2.8 x the standard error, median over the finding\'s comparisons on it). '
+            '<p class="meta">One row per finding. Each comparison gets a paired 95% interval (a bootstrap over the '
+            'examples both checkpoints were evaluated on; with 3 or more training seeds per arm, a t interval that '
+            'adds the variation between runs; with fewer, the verdict rests on evaluation noise only and says so) '
+            'and agrees, disagrees or is inconclusive, Holm-corrected within the finding; non-inferiority and '
+            'equivalence are tested against margins fixed in advance. A finding is supported with significant '
+            'agreements and no significant disagreement (an equivalence: every comparison agreeing; an ordering: '
+            'most links agreeing), contradicted the reverse, mixed with both, inconclusive otherwise. Headline: the '
+            'comparison the design fixes in advance, b - a. MDE: the effect detected with 80% power at Holm\'s '
+            'level, median over the finding\'s comparisons in the headline\'s setting and instrument. '
             'Forgetting: the base model\'s source score minus the checkpoint\'s, or the rise of its held-out source '
             'loss (higher = more forgotten). Notes said of several findings are numbered below the table.</p>'
             + table(["finding (whose)", "verdict", "agree / disagree / inconclusive", "headline difference [95%]",
@@ -261,20 +264,22 @@ def claims_html(claims: list[Claim]) -> str:
 
 def _instruments_html(rows: list[Power]) -> str:
     """The instruments section of the page."""
-    resolved = {None: "–", True: "yes: |effect| ≥ MDE", False: '<span class="tie">no: |effect| &lt; MDE</span>'}
     cells = []
     for p in rows:
         effect = "not measured" if p.full is None else esc(
             p.full.text() + (" (not significant)" if p.full.verdict == "inconclusive" else ""))
         cells.append([esc(INSTRUMENTS[p.instrument]), esc(p.setting or "–"), str(p.comparisons), esc(num(p.mde)),
-                      effect, esc(num(p.full.interval.mde if p.full else None)), resolved[p.resolved]])
+                      effect, esc(num(p.full.interval.mde if p.full else None)),
+                      esc(p.resolution) if p.resolved is not False
+                      else f'<span class="tie">{esc(p.resolution)}</span>'])
     return ('<section id="instruments"><h2>Instruments: what this study can detect</h2>'
             '<p class="meta">Minimal detectable effect (MDE): the true difference a paired comparison detects with '
-            '80% power at 5% (two-sided), 2.8 x its bootstrap standard error; here the median over the study\'s '
-            'comparisons on the instrument in the setting. Beside it, plain full FT (best learning rate, longest '
-            'duration) against the base model, paired over the same documents: where the MDE exceeds that effect the '
-            'instrument cannot resolve the forgetting (or learning) full FT causes, and a verdict read on it says '
-            'little.</p>'
+            '80% power at the level Holm\'s correction holds it to in its claim (2.8 standard errors alone, 3.6 '
+            'among nine); here the median over the study\'s comparisons on the instrument in the setting. Beside it, '
+            'plain full FT (best learning rate, longest duration) against the base model, paired over the same '
+            'documents: unless that effect\'s 95% interval clears the MDE the instrument cannot resolve the '
+            'forgetting (or learning) full FT causes, and a verdict read on it says little. No spread (standard '
+            'error 0): not estimable.</p>'
             + table(["instrument", "setting", "comparisons", "MDE (median)", "plain full FT vs base [95%]",
                      "that comparison's MDE", "resolves full FT's effect?"], cells, "instruments",
                     frozenset({2, 3, 5}))
