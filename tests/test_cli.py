@@ -1,5 +1,6 @@
 """The command's habits: where output may go (checked before anything is written), --version, a closed pipe,
-SIGTERM as Ctrl-C, the closing line of a run, and an lm-eval task offline."""
+SIGTERM as Ctrl-C, the closing line of a run, an lm-eval task offline, a wrong type's message, an adapter given as
+model.name, and a sequence longer than the model's positions."""
 
 import json
 import os
@@ -116,3 +117,30 @@ def test_the_hub_check_is_quick_and_says_why(monkeypatch):
     assert "127.0.0.1:9 is not reachable" in hub_offline()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub_offline() == "HF_HUB_OFFLINE is set"
+
+
+# ------------------------------------------------------------------ smaller habits: one "got", an adapter, positions
+
+
+def test_a_wrong_type_says_what_it_got_once(tmp_path, cfg, capsys):
+    assert main(["train", str(cfg), *RUN, "train.epochs=[1,2]", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "train.epochs" in err and err.count("got [1, 2]") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_adapter_as_model_name_names_itself_and_its_base(tmp_path, cfg, capsys):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/llama-base",
+                                                             "peft_type": "LORA"}))
+    assert main(["train", str(cfg), *RUN, f"model.name={adapter}", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{adapter} is a PEFT adapter" in err and "/models/llama-base" in err and "model_type" not in err, err
+
+
+def test_a_seq_len_past_the_models_positions_is_refused(tmp_path, cfg, capsys):
+    assert main(["train", str(cfg), *RUN, "data.seq_len=100000", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "data.seq_len: 100000 tokens, but this model has" in err and "positions" in err, err
+    assert not (tmp_path / "run").exists()

@@ -75,7 +75,7 @@ def test_a_change_is_flagged_when_real_and_at_least_the_scores_own_noise(tmp_pat
     spec = get_task("math_loss")  # perplexity: loss, token-weighted
     for name, values in cases.items():
         for model, rows in (("adapter", base), (name, values)):
-            directory = tmp_path / MODELS_DIR / model / "eval_samples"
+            directory = CheckpointFiles(CheckpointFiles(tmp_path).merge_models / model).samples_dir
             directory.mkdir(parents=True, exist_ok=True)
             write_jsonl(directory / "math_loss.jsonl", records(rows, tokens))
     found = {name: _task(tmp_path, spec, "adapter", name) for name in cases}

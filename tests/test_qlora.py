@@ -284,3 +284,71 @@ def test_the_plan_predicts_a_qlora_runs_memory(base_dir):
         train_step(model, micro, optimizer, params, 1.0, autocast, chunked)
     print(f"plan {plan.training / 2**20:.2f} MiB, measured {(resident + live.peak) / 2**20:.2f} MiB")
     assert abs(plan.training / (resident + live.peak) - 1) < 0.10, (plan, resident, live.peak)
+
+
+STUDY = """
+name: qlora-vs-lora
+model:
+  name: tiny
+  tiny: {hidden_size: 64, layers: 1, heads: 2, kv_heads: 2, intermediate_size: 128, max_position: 320}
+defaults:
+  train: {optimizer: adamw, global_batch: 8, micro_batch: 8, seed: 0, warmup: 1}
+  data: {eval_max_examples: 8}
+settings:
+  - name: math-ift
+    data: {regime: ift, path: "builtin:math-ift", seq_len: 320}
+    durations: [0.005]
+    learning: [math_solution]
+    lr: {lora: 1.0e-2}
+methods:
+  - {name: lora, ranks: [2]}
+  - {name: qlora, ranks: [2]}
+forgetting: [source_loss]
+eval: {limit: 6}
+analyses: {spectrum: false, kl: false, diversity: [], merge: true}
+"""
+
+
+@needs_bnb
+def test_a_study_compares_qlora_with_lora_and_checks_each_merge(tmp_path):
+    """methods: qlora beside lora in an experiment: QLoRA trains at LoRA's LR, is evaluated on its 4-bit base, the
+    report's cost section compares the two (learning and forgetting with paired intervals, time and memory), and
+    analyses.merge writes each adapter's merge check."""
+    import csv
+
+    from ftlab.experiment.study import run_experiment
+    from ftlab.results.store import Store
+    from ftlab.rundir import CheckpointFiles, StudyLayout
+
+    exp = tmp_path / "qlora.yaml"
+    exp.write_text(STUDY)
+    root = run_experiment(exp, tmp_path / "study")
+    with Store(StudyLayout(root).store) as store:
+        runs = {name: r for name, r in store.runs().items() if not name.startswith("(base)")}
+    assert {n: r.status for n, r in runs.items()} == {"math-ift/lora-r2/epochs-0.005": "done",
+                                                      "math-ift/qlora-r2/epochs-0.005": "done"}
+    assert runs["math-ift/qlora-r2/epochs-0.005"].lr == runs["math-ift/lora-r2/epochs-0.005"].lr == 1e-2
+    for name in runs:
+        check = json.loads(CheckpointFiles(root / "runs" / name / "final").merge_check.read_text())
+        assert check["kind"] == name.split("/")[1].split("-")[0]
+        assert {t["task"] for c in check["comparisons"] for t in c["tasks"]} == {"math_solution", "source_loss"}
+    with open(root / "report" / "qlora_vs_lora.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["qlora"], row["lora"], row["forgetting_instrument"]) == ("QLoRA r=2", "LoRA r=2", "source_loss")
+    for name in ("learning", "forgetting"):
+        assert float(row[f"{name}_low"]) <= float(row[f"{name}_estimate"]) <= float(row[f"{name}_high"])
+    assert float(row["qlora_wall_s"]) > 0 and float(row["lora_peak_memory_gb"]) > 0
+    page = (root / "report.html").read_text()
+    assert 'id="qlora"' in page and "QLoRA r=2 vs LoRA r=2" in page
+
+
+def test_eval_engine_vllm_without_vllm_is_refused_before_the_study_starts(tmp_path, capsys):
+    from ftlab.cli import main
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here: the refusal is for where it is not")
+    exp = tmp_path / "qlora.yaml"
+    exp.write_text(STUDY)
+    assert main(["run", str(exp), "--out", str(tmp_path / "study"), "eval.engine=vllm"]) == 2
+    assert "vLLM is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()

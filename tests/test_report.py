@@ -292,8 +292,8 @@ def test_the_claims_table_shows_counts_interval_and_mde(report, study_dir):
             assert [line[k] for k in ("estimate", "low", "high")] == [str(x) for x in i] and i[1] <= i[0] <= i[2]
         assert line["mde"] == ("" if c["mde"] is None else str(c["mde"]))
     learns = next(c for c in data["claims"] if c["id"] == "learns_less")
-    # LoRA r=1 learns 0.36 against full FT's 0.6 at 4 epochs: the largest gap, 96 of 400 problems, every one paired
-    assert learns["headline"]["estimate"] == pytest.approx(-0.24) and learns["headline"]["high"] < -0.19
+    # the headline is fixed in advance, not the largest gap: the highest rank, LoRA r=16, against full FT at 4 epochs
+    assert learns["headline"]["what"] == "LoRA r=16 vs full FT at 4 epochs", learns["headline"]
 
 
 def test_every_status_has_its_colour():
@@ -528,7 +528,8 @@ def test_report_opens_in_headless_chromium(report):
 
 
 def test_an_instrument_with_no_spread_does_not_resolve_a_zero_effect():
-    """Every model gives every sample a distinct answer (unique at its ceiling): effect 0, MDE 0, not resolved."""
+    """Every model gives every sample a distinct answer (unique at its ceiling): effect 0, SE 0: not estimable; an
+    effect resolves only when its interval, not its point estimate, clears the MDE."""
     from ftlab.analysis.statistics import Interval
     from ftlab.report.instruments import Power
     from ftlab.report.verdicts import Comparison
@@ -537,5 +538,6 @@ def test_an_instrument_with_no_spread_does_not_resolve_a_zero_effect():
         interval = Interval(estimate, estimate - 1.96 * se, estimate + 1.96 * se, se, 32)
         return Power("unique", 9, 2.8 * se, "math-ift", Comparison("full FT vs base", "unique", -1, interval, "x"))
 
-    assert power(0.0, 0.0).resolved is False
+    assert power(0.0, 0.0).resolved is None and power(0.0, 0.0).resolution == "no spread: not estimable"
     assert power(-0.5, 0.1).resolved is True and power(-0.1, 0.1).resolved is False
+    assert power(-0.35, 0.1).resolved is False  # |effect| 0.35 >= MDE 0.28, but its interval reaches 0.154

@@ -125,3 +125,60 @@ def test_a_paired_difference_carries_its_bootstrap_p():
     a = binary(300, 0.4, rng)
     assert paired_difference(a, np.where(rng.random(300) < 0.3, 1.0, a)).p < 0.001
     assert paired_difference(a, a.copy()).p == 1.0
+
+
+def test_student_t_without_scipy():
+    from ftlab.analysis.statistics import t_quantile, t_sf
+
+    for df, q in ((1, 12.706205), (2, 4.302653), (4, 2.776445), (9, 2.262157), (30, 2.042272)):
+        assert t_quantile(0.975, df) == pytest.approx(q, abs=1e-5)
+        assert t_sf(q, df) == pytest.approx(0.025, abs=1e-7)
+    assert t_quantile(0.975, float("inf")) == pytest.approx(1.959964, abs=1e-6)
+    assert t_sf(-1.0, 4) == pytest.approx(1 - t_sf(1.0, 4))
+
+
+def test_three_seeds_add_the_run_to_run_variance_with_a_t_interval_and_two_do_not():
+    """Run shifts as large as the effect: with 3 seeds per arm they are estimated (Welch's df, a t interval); with 2
+    the interval is the evaluation noise alone, and says so (runs False)."""
+    rng = np.random.default_rng(11)
+    doc = rng.random(200)
+
+    def arm(level, seeds):
+        return np.stack([doc + level + 0.05 * rng.standard_normal() + 0.1 * rng.standard_normal(200)
+                         for _ in range(seeds)])
+
+    three = paired_difference(arm(0.0, 3), arm(0.05, 3))
+    assert three.runs and three.seeds == 3 and 2 <= three.df < 30
+    assert three.high - three.estimate == pytest.approx(three.estimate - three.low)
+    from ftlab.analysis.statistics import t_quantile
+    assert three.high - three.low == pytest.approx(2 * t_quantile(0.975, three.df) * three.se)
+    two = paired_difference(arm(0.0, 2), arm(0.05, 2))
+    assert not two.runs and two.df == float("inf") and two.se < three.se
+    base = paired_difference(arm(0.0, 1), arm(0.05, 3), fixed=(True, False))  # a base model: no run variance
+    assert base.runs and base.seeds == 3
+
+
+def test_a_contrast_of_three_arms_on_the_same_documents():
+    from ftlab.analysis.statistics import contrast
+
+    rng = np.random.default_rng(12)
+    a, b, c = (rng.random(150) + k for k in (0.0, 0.5, 0.6))
+    i = contrast([([a[None], b[None], c[None]], None)], (0.25, -1.25, 1.0))  # c - b - 0.25 (b - a)
+    assert i.estimate == pytest.approx(c.mean() - b.mean() - 0.25 * (b.mean() - a.mean()))
+    d = paired_difference(b, c)
+    assert contrast([([b[None], c[None]], None)], (-1.0, 1.0)).estimate == pytest.approx(d.estimate)
+
+
+def test_holm_never_counts_a_test_without_a_p():
+    from ftlab.analysis.statistics import holm
+
+    assert holm([float("nan"), 0.001]) == [False, True]
+
+
+def test_classify_rules_for_equivalences_and_orderings():
+    assert classify(["agree", "inconclusive"], "all")[0] == "inconclusive"
+    assert classify(["agree", "agree"], "all")[0] == "supported"
+    assert classify(["disagree", "inconclusive"], "all")[0] == "contradicted"
+    assert classify(["agree", "inconclusive", "inconclusive"], "most")[0] == "inconclusive"
+    assert classify(["agree", "agree", "inconclusive"], "most")[0] == "supported"
+    assert classify(["agree", "disagree", "agree"], "most")[0] == "mixed"

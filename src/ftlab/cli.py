@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("merge-check", help="each LoRA checkpoint merged into its base (fp32, bf16) against the "
                        "adapter: largest logit difference, each task's score change with its 95% interval")
     p.add_argument("target", help="a run directory (its LoRA checkpoints) or an adapter directory")
-    p.add_argument("--tasks", help="comma-separated tasks or suites (default: those the checkpoint's eval.json holds)")
+    p.add_argument("--tasks", help="comma-separated tasks or suites (default: those the checkpoint was evaluated on)")
     p.add_argument("--data-dir", help="folder holding the paper suite's original files (see README)")
     p.add_argument("--base", help="base model for an adapter (default: the one it names)")
     p.add_argument("--device", default="auto")

@@ -47,14 +47,14 @@ from ftlab import domains
 from ftlab.analysis.statistics import level_interval, paired_difference
 from ftlab.config import ModelConfig
 from ftlab.errors import FtlabError
-from ftlab.evaluate.harness import RESULTS, example_values, evaluate_into, read_results
+from ftlab.evaluate.harness import example_values, evaluate_into, read_results
 from ftlab.evaluate.lm import LM
 from ftlab.evaluate.tasks import LM_EVAL_PREFIX, REGISTRY, TaskSpec, resolve_tasks
 from ftlab.evaluate.targets import resolve
 from ftlab.io import read_json, read_jsonl, write_json
 from ftlab.model import load_adapter, load_model, nf4_dtype, resolve_device
 from ftlab.progress import Progress
-from ftlab.rundir import CheckpointFiles, is_adapter
+from ftlab.rundir import EVAL, CheckpointFiles, is_adapter
 
 VERSION = 1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -94,7 +94,7 @@ def _specs(ckpt: Path, tasks: list[str] | None, limit: int | None) -> list[TaskS
     if tasks is None:
         tasks = list(dict.fromkeys(s["task"] for s in read_results(ckpt)["scores"] if s["task"] in REGISTRY))
         if not tasks:
-            raise FtlabError(f"{ckpt}: no evaluated task to check (its {RESULTS} has none); name them: --tasks ...")
+            raise FtlabError(f"{ckpt}: no evaluated task to check (its {EVAL} has none); name them: --tasks ...")
     specs = resolve_tasks(tasks, limit)
     refused = [s for s in specs if isinstance(s, str)]
     if refused:

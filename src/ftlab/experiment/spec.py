@@ -52,7 +52,7 @@ class Setting:
 class MethodEntry:
     """One line of the methods grid; a list of ranks or alphas expands into one method per value."""
 
-    name: Literal["full", "lora"] = "lora"
+    name: Literal["full", "lora", "qlora"] = "lora"  # qlora: LoRA on the base in 4-bit NF4 (method.name qlora)
     ranks: list[int] = field(default_factory=list)  # LoRA ranks (empty for full FT)
     alphas: list[float] = field(default_factory=list)  # empty: alpha = 2r (the paper); else one method per alpha
     targets: str | list[str] = "all"  # all | attn | mlp | module names
@@ -87,6 +87,8 @@ class EvalOptions:
     limit: int | None = None  # first N documents of each task (a quick look)
     batch_size: int = 32
     device: str = "auto"
+    engine: Literal["hf", "vllm"] = "hf"  # what samples the generation tasks (ftlab eval --engine)
+    vllm_memory: float = 0.5  # engine vllm on a GPU: the share of its memory the engine takes
 
 
 @dataclass
@@ -96,6 +98,7 @@ class Analyses:
     diversity: list[str] = field(default_factory=list)  # sampled tasks to measure diversity on (e.g. math_sampled)
     kl: bool = True  # KL(base || finetuned) on target prompts
     kl_prompts: int = 64
+    merge: bool = False  # each LoRA checkpoint merged (fp32, bf16) against its adapter (ftlab merge-check)
 
 
 @dataclass
@@ -356,7 +359,7 @@ def _methods(entry: MethodEntry, i: int) -> list[tuple[str, dict, float | None]]
     out = []
     for r in entry.ranks:
         for alpha in entry.alphas or [None]:
-            method = {"name": "lora", "rank": r, "alpha": alpha, "targets": entry.targets, **entry.options}
+            method = {"name": entry.name, "rank": r, "alpha": alpha, "targets": entry.targets, **entry.options}
             label = method_label(from_dict(MethodConfig, method, f"{where}.options"))
             if entry.label:
                 label += f"-{entry.label}"
@@ -378,8 +381,10 @@ def _lr(exp: ExperimentConfig, s: Setting, label: str, method: dict, entry_lr: f
     the paper lowers r=256's LR whatever the targets), by its name (lora, full); else methods[].lr, else
     defaults.train.lr."""
     name = method["name"]
-    rank_key = f"lora-r{method['rank']}" if name == "lora" else name
-    for key in dict.fromkeys((label, rank_key, name)):
+    keys = (label, name) if name == "full" else (label, f"{name}-r{method['rank']}", name)
+    if name == "qlora":  # QLoRA trains a LoRA adapter: LoRA's LR unless the setting names QLoRA's
+        keys += (f"lora-r{method['rank']}", "lora")
+    for key in dict.fromkeys(keys):
         if key in s.lr:
             value = s.lr[key]
             if value == SWEEP:

@@ -30,6 +30,8 @@ import yaml
 
 from ftlab.analysis.diversity import diversity_into
 from ftlab.analysis.kl import kl_into
+from ftlab.analysis.merge import Options as MergeOptions
+from ftlab.analysis.merge import merge_check_into
 from ftlab.analysis.spectrum import BaseFactors, spectrum_into
 from ftlab.builtin import PROMPT_DOMAINS
 from ftlab.config import read_mapping
@@ -38,13 +40,14 @@ from ftlab.evaluate import heldout
 from ftlab.evaluate.harness import read_results
 from ftlab.evaluate.targets import Evaluator
 from ftlab.evaluate.tasks import get_task, resolve_tasks
+from ftlab.evaluate.vllm_engine import require_vllm
 from ftlab.experiment.launch import RUN_ERRORS, failure_reason, train_plan
 from ftlab.experiment.ray_backend import RayOptions, require_ray, run_on_ray
 from ftlab.experiment.spec import ExperimentConfig, RunPlan, learning_tasks, load_experiment, plan_runs, same_training
 from ftlab.experiment.tracking import Tracker
 from ftlab.experiment.tracking import require as require_tracking
 from ftlab.io import copy_dir, write_text
-from ftlab.model import prepare_base
+from ftlab.model import nf4_dtype, prepare_base
 from ftlab.plan.study import check_study
 from ftlab.report import write_report
 from ftlab.report.select import best_lrs
@@ -52,7 +55,7 @@ from ftlab.results.index import base_record, index_training, measure_base, measu
 from ftlab.results.records import FINISHED, STARTED, base_run
 from ftlab.results.store import Store
 from ftlab.results.study import load_study
-from ftlab.rundir import RunLayout, StudyLayout
+from ftlab.rundir import RunLayout, StudyLayout, is_adapter
 
 
 def saved_experiment(root: Path) -> dict:
@@ -112,6 +115,8 @@ def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] =
     require_tracking(exp.tracking)  # a missing backend fails before the study directory is made
     if ray is not None:
         require_ray()  # so does a missing Ray
+    if exp.eval.engine == "vllm":
+        require_vllm()  # and a missing vLLM
     check_study(exp, exp_path, out, nproc, ray is not None)  # every input, and each run's memory: printed, refused
     study = StudyDir(out, exp_path, list(overrides))
     store = Store(study.layout.store)
@@ -303,7 +308,7 @@ class Runner:
         if self.store.has_checkpoint(plan.name, ckpt.name):
             return
         self.phase(plan, "evaluating")
-        self._evaluator().evaluate(ckpt, self._specs(plan), self.exp.eval.data_dir)
+        self._evaluator(ckpt).evaluate(ckpt, self._specs(plan), self.exp.eval.data_dir)
         self.phase(plan, "analysing")
         self.analyse(plan, ckpt)
         result = measure_checkpoint(plan.name, ckpt, duration)
@@ -324,23 +329,36 @@ class Runner:
     def analyse(self, plan: RunPlan, ckpt: Path) -> None:
         """The analyse stage, beside the checkpoint's evaluation: its spectrum, its samples of the diversity tasks
         (final models, as the paper) and its KL to the base (none of these for an LR sweep's runs: they are there to
-        pick an LR), then the diversity of every sampled task it was evaluated on. Each is reused when there."""
+        pick an LR), then the diversity of every sampled task it was evaluated on; with analyses.merge, a LoRA
+        checkpoint merged into its base against the adapter (merge_check.json). Each is reused when there."""
         a = self.exp.analyses
         if plan.group != "lr-sweep":
             if a.spectrum:
                 spectrum_into(self._base_model_dir(plan), ckpt, singular_values=a.singular_values, factors=self.factors)
             if ckpt.name == "final" and plan.diversity:
-                self._evaluator().evaluate(ckpt, [get_task(t) for t in plan.diversity], self.exp.eval.data_dir)
+                self._evaluator(ckpt).evaluate(ckpt, [get_task(t) for t in plan.diversity], self.exp.eval.data_dir)
             if a.kl and plan.kl_domain:
-                kl_into(self._evaluator(), ckpt, plan.kl_domain, a.kl_prompts)
+                kl_into(self._evaluator(ckpt), ckpt, plan.kl_domain, a.kl_prompts)
+            if a.merge and is_adapter(ckpt):
+                self.release_evaluator()  # the check loads its own models, in fp32 and in bf16
+                e = self.exp.eval
+                own = [t for t in self._tasks(plan) if not isinstance(t, str)]  # lm_eval tasks keep no records
+                merge_check_into(ckpt, self._base_model_dir(plan), own, MergeOptions(e.data_dir, e.device, e.batch_size))
         diversity_into(ckpt)
 
     # ------------------------------------------------------------------ the base model
 
-    def _evaluator(self):
+    def _evaluator(self, ckpt: Path | None = None) -> Evaluator:
+        """The evaluator for `ckpt` (None: the base): the base as evaluation loads it, or in 4-bit NF4 for a QLoRA
+        adapter (one of the two held at a time); its generation tasks sample on eval.engine."""
+        four_bit = nf4_dtype(ckpt) if ckpt is not None and is_adapter(ckpt) else None
+        if self.evaluator is not None and self.evaluator.base_4bit != four_bit:
+            self.release_evaluator()
         if self.evaluator is None:
-            self.evaluator = Evaluator(self._base_model_dir(self.plans[0]), self.exp.eval.device,
-                                       self.exp.eval.batch_size)
+            e = self.exp.eval
+            ranks = [p.cfg.method.rank for p in self.plans if p.cfg.method.adapter]
+            self.evaluator = Evaluator(self._base_model_dir(self.plans[0]), e.device, e.batch_size, engine=e.engine,
+                                       vllm_memory=e.vllm_memory, base_4bit=four_bit, lora_rank=max(ranks, default=0))
         return self.evaluator
 
     def release_evaluator(self) -> None:
@@ -348,6 +366,7 @@ class Runner:
         evaluation loads it again (seconds, against a run's minutes or hours)."""
         if self.evaluator is None:
             return
+        self.evaluator.close()
         self.evaluator = None
         gc.collect()  # the model's modules refer to each other (PEFT wrappers): free them now, not at some later gc
         if torch.cuda.is_available():

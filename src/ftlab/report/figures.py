@@ -34,8 +34,8 @@ from ftlab.errors import FtlabError
 from ftlab.report.advice import pareto
 from ftlab.report.claims.paper import kl_points
 from ftlab.report.measures import Measures, Point, Value, empty_record
-from ftlab.report.select import (Arm, arms, best_arms, best_lr_rows, best_lrs, duration_text, group_order, longest,
-                                 lr_sweeps, plain_full)
+from ftlab.report.select import (Arm, analysed, arms, best_arms, best_lr_rows, best_lrs, duration_text, group_order,
+                                 longest, lr_sweeps, plain_full)
 from ftlab.results.study import Row, Study
 from ftlab.rundir import SPECTRUM, RunLayout
 
@@ -107,7 +107,7 @@ def png(fig) -> bytes:
 
 def colours(rows: list[Row]) -> dict[str, Any]:
     """group -> colour: plain full FT red, regularized full FT oranges (weight decay) and greens (dropout),
-    LoRA groups blues from light (smallest rank) to dark."""
+    LoRA groups blues from light (smallest rank) to dark, QLoRA groups purples."""
     from matplotlib import colormaps
 
     plain = {r.group for r in plain_full(rows)}
@@ -117,8 +117,9 @@ def colours(rows: list[Row]) -> dict[str, Any]:
     drop = [g for g in full_other if "attn-drop" in g]
     for names, cmap in ((wd, "Oranges"), (drop, "Greens")):
         out.update({g: colormaps[cmap](0.45 + 0.45 * i / max(len(names) - 1, 1)) for i, g in enumerate(names)})
-    lora = sorted({(r.rank or 0, r.group) for r in rows if r.method == "lora"})
-    out.update({g: colormaps["Blues"](0.35 + 0.6 * i / max(len(lora) - 1, 1)) for i, (_, g) in enumerate(lora)})
+    for method, cmap in (("lora", "Blues"), ("qlora", "Purples")):
+        groups = sorted({(r.rank or 0, r.group) for r in rows if r.method == method})
+        out.update({g: colormaps[cmap](0.35 + 0.6 * i / max(len(groups) - 1, 1)) for i, (_, g) in enumerate(groups)})
     return out
 
 
@@ -207,7 +208,7 @@ class _Dot:
 def _candidates(study: Study) -> tuple[list[Arm], set[tuple]]:
     """Every arm but regularized full FT's, in a fixed order, and the keys (setting, group, lr) of each group's
     best learning rate."""
-    points = study.points()
+    points = analysed(study)
     regularized = {id(r) for r in points if r.method == "full"} - {id(r) for r in plain_full(points)}
     rows = [r for r in points if id(r) not in regularized]
     best = {(s, g, lr) for (s, g), lr in best_lrs([r for r in rows if r.learning is not None]).items()}
@@ -326,7 +327,7 @@ def duration(m: Measures) -> Plot:
                 "Plain full FT and each LoRA group at its best learning rate: learning, source score and (where "
                 "measured) the held-out source loss's rise over the base, against training duration (log scale); "
                 "error bars: 95% bootstrap intervals over the examples (and seeds).")
-    plain = {id(r) for r in plain_full(m.study.points())}
+    plain = {id(r) for r in plain_full(analysed(m.study))}
     found = [a for a in best_arms(m.study) if a.rows[0].method == "lora" or id(a.rows[0]) in plain]
     groups = {(a.setting, a.label) for a in found}
     if not any(sum((a.setting, a.label) == g for a in found) >= 2 for g in groups):
@@ -341,7 +342,7 @@ def regularization(m: Measures) -> Plot:
                 "Learning, source score and (where measured) the source-loss rise over the base against training "
                 "duration for plain full FT, full FT with weight decay or attention dropout (dashed), and LoRA (best "
                 "learning rate of each); error bars: 95% bootstrap intervals.")
-    points = m.study.points()
+    points = analysed(m.study)
     plain = {id(r) for r in plain_full(points)}
     regularized = {(r.setting, r.group) for r in points if r.method == "full" and id(r) not in plain}
     settings = {s for s, _ in regularized}
@@ -444,10 +445,10 @@ def _spectrum_run(study: Study, need_values: bool = False) -> list[Row]:
         return bool(r.spectrum and r.spectrum.matrices) and (
             not need_values or any(m.singular_values for m in r.spectrum.matrices))
 
-    rows = [r for r in study.points() if ok(r)]
+    rows = [r for r in analysed(study) if ok(r)]
     if not rows:
         return []
-    plain, best = {id(r) for r in plain_full(rows)}, {id(r) for r in best_lr_rows(study.points())}
+    plain, best = {id(r) for r in plain_full(rows)}, {id(r) for r in best_lr_rows(analysed(study))}
     runs = sorted({r.run for r in rows})
     run = max(runs, key=lambda n: (any(r.method == "full" for r in rows if r.run == n),
                                    any(id(r) in plain for r in rows if r.run == n),
@@ -547,10 +548,10 @@ def kl_forgetting(m: Measures) -> Plot:
                 "Each dot a checkpoint: x = KL divergence of the finetuned model from the base on target prompts "
                 "(nats/token), y = forgetting as the KL finding reads it (claims.paper.kl_points): the held-out "
                 "source-loss rise over the base where enough checkpoints have it, else the source-score drop. "
-                "ρ: Spearman rank correlation.")
-    settings = sorted({r.setting for r in m.study.points() if r.kl is not None})
-    found = [(s, *kl_points(m.study, s)) for s in settings]
-    found = [(s, measure, points) for s, measure, points in found if points]
+                "ρ: Spearman rank correlation over the setting's checkpoints (the finding's own is within methods).")
+    settings = sorted({r.setting for r in analysed(m.study) if r.kl is not None})
+    found = [(s, measure, [(p[4], p[1]) for p in points]) for s in settings
+             for measure, points in [kl_points(m.study, s)] if points]
     if not found:
         plot.skipped = "not enough data: no checkpoint has both KL and forgetting (the base must be evaluated)"
         return plot
@@ -583,7 +584,7 @@ def diversity(m: Measures) -> Plot:
     from matplotlib.patches import Patch
 
     study = m.study
-    rows = [r for r in best_lr_rows(study.points()) if r.diversity is not None]
+    rows = [r for r in best_lr_rows(analysed(study)) if r.diversity is not None]
     if not rows and not any(b.diversity for b in study.bases):
         plot.skipped = "not enough data: no checkpoint has its diversity measured (a sampled task)"
         return plot

@@ -5,11 +5,13 @@ finetuning has on it.
 
 An instrument (ftlab.report.verdicts.INSTRUMENTS) turns a checkpoint into per-example values. Its minimal detectable
 effect (MDE) here is the median, over the study's comparisons on it in one setting (every claim's, each counted
-once; settings differ in tasks, so in scale), of 2.8 x the comparison's bootstrap standard error: the true difference
-a two-sided 5% test detects with 80% power (ftlab.analysis.statistics). Beside it, the observed effect of plain full
-FT (best learning rate, its longest duration with the instrument measured) against the base model, paired over the
-same documents: an instrument whose MDE exceeds that effect cannot tell the forgetting full FT causes from noise, let
-alone LoRA's smaller share of it.
+once; settings differ in tasks, so in scale), of each comparison's MDE at the level Holm's correction holds it to in
+its claim's family (2.8 standard errors alone, 3.6 among nine: ftlab.analysis.statistics). Beside it, the observed
+effect of plain full FT (best learning rate, its longest duration with the instrument measured) against the base
+model, paired over the same documents. The instrument resolves that effect when the effect's 95% interval clears the
+MDE (its bound nearest 0 is at least the MDE; a point estimate alone is too noisy to say): one that does not cannot
+tell the forgetting full FT causes from noise, let alone LoRA's smaller share of it. An instrument with no spread
+(every checkpoint at its floor or ceiling: standard error 0) has no MDE: not estimable.
 """
 
 from __future__ import annotations
@@ -32,19 +34,35 @@ class Power:
 
     instrument: str
     comparisons: int  # the study's comparisons on it (in the setting)
-    mde: float | None  # median over them of 2.8 x SE
+    mde: float | None  # median over them of the MDE at each one's Holm level (None: no spread)
     setting: str | None = None
     full: Comparison | None = None  # plain full FT - base
 
     @property
+    def estimable(self) -> bool:
+        """Whether the instrument has a detectable effect at all: no spread (standard error 0) has none."""
+        mde = self.mde if self.mde is not None else (self.full.interval.mde if self.full else float("nan"))
+        return bool(np.isfinite(mde) and mde > 0)
+
+    @property
     def resolved(self) -> bool | None:
-        """Whether full FT's effect is at least the detectable effect (its own MDE without study comparisons); an
-        effect of zero is never resolved (an instrument at its floor or ceiling shows no spread, and an MDE of 0)."""
-        if self.full is None:
+        """Whether full FT's effect clears the detectable effect (its own MDE without study comparisons): the bound
+        of its 95% interval nearest 0 is at least the MDE. None when unmeasured or not estimable (no spread)."""
+        if self.full is None or not self.estimable:
             return None
         mde = self.mde if self.mde is not None else self.full.interval.mde
-        effect = abs(self.full.interval.estimate)
-        return effect > 0 and effect >= mde
+        i = self.full.interval
+        nearest = 0.0 if i.low <= 0 <= i.high else min(abs(i.low), abs(i.high))
+        return nearest >= mde
+
+    @property
+    def resolution(self) -> str:
+        """The table's answer in words."""
+        if self.full is None:
+            return "–"
+        if not self.estimable:
+            return "no spread: not estimable"
+        return ("yes: its interval clears the MDE" if self.resolved else "no: its interval reaches below the MDE")
 
     def record(self) -> dict:
         i = self.full.interval if self.full else None
@@ -53,7 +71,7 @@ class Power:
                 "full_vs_base": self.full.what if self.full else None, "effect": i and i.estimate,
                 "effect_low": i and i.low, "effect_high": i and i.high, "effect_mde": i and i.mde,
                 "significant": self.full.verdict != "inconclusive" if self.full else None,
-                "resolved": self.resolved}
+                "resolved": self.resolved, "estimable": self.estimable}
 
 
 def _distinct(claims: list[Claim]) -> list[Comparison]:
@@ -81,9 +99,11 @@ def _full_effect(m: Measures, setting: str, arms: list[Arm], instrument: str) ->
 
 
 def _mde(comparisons: list[Comparison]) -> tuple[int, float | None]:
-    """(how many, the median of 2.8 x SE) over comparisons with a finite standard error."""
-    mdes = [c.interval.mde for c in comparisons if np.isfinite(c.interval.mde)]
-    return len(mdes), (pystats.median(mdes) if mdes else None)
+    """(how many, the median MDE at each one's Holm level) over comparisons with a standard error; None when none
+    has a spread."""
+    found = [c for c in comparisons if np.isfinite(c.interval.se)]
+    mdes = [m for m in (c.interval.mde_at(c.family) for c in found) if np.isfinite(m)]
+    return len(found), (pystats.median(mdes) if mdes else None)
 
 
 def powers(m: Measures, claims: list[Claim]) -> list[Power]:

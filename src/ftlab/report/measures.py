@@ -7,7 +7,7 @@ them.
     v.text()                                   # "0.54 [0.5, 0.58]"
 
 An arm (ftlab.report.verdicts) is one configuration at one duration, a row per training seed. Its score on an
-instrument is verdicts.level (a bootstrap over examples and seeds); its forgetting is the paired difference against
+instrument is verdicts.level (a bootstrap over examples, with 3+ seeds their variance too); its forgetting is the paired difference against
 the setting's base model (verdicts.compare): the rise of the held-out source loss (nats/token) where the setting
 measured it per document, else the drop of the source score. Without per-example values a number keeps its point
 estimate (the rows' mean) and has no interval.

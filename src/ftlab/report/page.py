@@ -45,12 +45,12 @@ from ftlab.io import write_text
 from ftlab.report import advice, instruments
 from ftlab.report.advice import Advice
 from ftlab.report.claims import check_claims
-from ftlab.report.figures import CONTENT_PX, SMALL_PX, Plot, cost, cost_points, draw_all
+from ftlab.report.figures import CONTENT_PX, SMALL_PX, Plot, cost, cost_of, cost_points, draw_all
 from ftlab.report.instruments import Power
 from ftlab.report.measures import FORGETTING_WORDS, Measures
-from ftlab.report.select import duration_text
+from ftlab.report.select import analysed, duration_text, sorted_arms
 from ftlab.report.summary import Summary, budget_words, no_answer, summarize
-from ftlab.report.verdicts import INSTRUMENTS, Claim
+from ftlab.report.verdicts import INSTRUMENTS, Claim, Comparison, compare
 from ftlab.results.index import study_of
 from ftlab.results.store import Store
 from ftlab.results.study import Row, Study
@@ -125,6 +125,9 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
     write_text(data_dir / "instruments.csv", csv_text([p.record() for p in powers]))
     write_text(data_dir / "pareto_front.csv", csv_text(recommendation["front"]))
     write_text(data_dir / "budgets.csv", csv_text(recommendation["budgets"]))
+    qlora = qlora_records(study)
+    if qlora:
+        write_text(data_dir / "qlora_vs_lora.csv", csv_text(qlora))
     for p in [*plots, cost_plot]:
         target = data_dir / f"{p.id}.csv"
         if p.skipped is None:
@@ -132,8 +135,8 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
         elif target.exists():
             target.unlink()
     body = [claims_html(claims), _instruments_html(powers), _recommendation_html(advised, forgetting_budget),
-            _cost_html(m, cost_plot, data_dir.name), _figures_html(plots, data_dir.name), _rows_html(study),
-            _missing_html(study), _glossary_html()]
+            _cost_html(m, cost_plot, data_dir.name, _qlora_html(qlora)), _figures_html(plots, data_dir.name),
+            _rows_html(study), _missing_html(study), _glossary_html()]
     write_text(page, render(study, body, data_dir.name, answer))
     return page
 
@@ -337,12 +340,15 @@ def claims_html(claims: list[Claim]) -> str:
     shared_html = ('<p class="meta">Notes said of several findings:</p><ol class="meta">'
                    + "".join(f"<li>{esc(n)}</li>" for n in shared) + "</ol>") if shared else ""
     return ('<section id="claims"><h2>Does this study reproduce the published findings?</h2>'
-            '<p class="meta">One row per finding. Each comparison gets a paired 95% bootstrap interval (over the '
-            'examples both checkpoints were evaluated on, and over training seeds where there are several) and '
-            'agrees, disagrees or is inconclusive; a finding is supported with significant agreements and no '
-            'significant disagreement, contradicted the reverse, mixed with both, inconclusive when nothing is '
-            'significant. Headline: the comparison the verdict leads with, b - a. MDE: the minimal detectable effect '
-            'of its instrument here (2.8 x the standard error, median over the finding\'s comparisons on it). '
+            '<p class="meta">One row per finding. Each comparison gets a paired 95% interval (a bootstrap over the '
+            'examples both checkpoints were evaluated on; with 3 or more training seeds per arm, a t interval that '
+            'adds the variation between runs; with fewer, the verdict rests on evaluation noise only and says so) '
+            'and agrees, disagrees or is inconclusive, Holm-corrected within the finding; non-inferiority and '
+            'equivalence are tested against margins fixed in advance. A finding is supported with significant '
+            'agreements and no significant disagreement (an equivalence: every comparison agreeing; an ordering: '
+            'most links agreeing), contradicted the reverse, mixed with both, inconclusive otherwise. Headline: the '
+            'comparison the design fixes in advance, b - a. MDE: the effect detected with 80% power at Holm\'s '
+            'level, median over the finding\'s comparisons in the headline\'s setting and instrument. '
             'Forgetting: the base model\'s source score minus the checkpoint\'s, or the rise of its held-out source '
             'loss (higher = more forgotten). Notes said of several findings are numbered below the table.</p>'
             + table(["finding (whose)", "verdict", "agree / disagree / inconclusive", "headline difference [95%]",
@@ -353,20 +359,22 @@ def claims_html(claims: list[Claim]) -> str:
 
 def _instruments_html(rows: list[Power]) -> str:
     """The instruments section of the page."""
-    resolved = {None: "–", True: "yes: |effect| ≥ MDE", False: '<span class="tie">no: |effect| &lt; MDE</span>'}
     cells = []
     for p in rows:
         effect = "not measured" if p.full is None else esc(
             p.full.text() + (" (not significant)" if p.full.verdict == "inconclusive" else ""))
         cells.append([esc(INSTRUMENTS[p.instrument]), esc(p.setting or "–"), str(p.comparisons), esc(num(p.mde)),
-                      effect, esc(num(p.full.interval.mde if p.full else None)), resolved[p.resolved]])
+                      effect, esc(num(p.full.interval.mde if p.full else None)),
+                      esc(p.resolution) if p.resolved is not False
+                      else f'<span class="tie">{esc(p.resolution)}</span>'])
     return ('<section id="instruments"><h2>Instruments: what this study can detect</h2>'
             '<p class="meta">Minimal detectable effect (MDE): the true difference a paired comparison detects with '
-            '80% power at 5% (two-sided), 2.8 x its bootstrap standard error; here the median over the study\'s '
-            'comparisons on the instrument in the setting. Beside it, plain full FT (best learning rate, longest '
-            'duration) against the base model, paired over the same documents: where the MDE exceeds that effect the '
-            'instrument cannot resolve the forgetting (or learning) full FT causes, and a verdict read on it says '
-            'little.</p>'
+            '80% power at the level Holm\'s correction holds it to in its claim (2.8 standard errors alone, 3.6 '
+            'among nine); here the median over the study\'s comparisons on the instrument in the setting. Beside it, '
+            'plain full FT (best learning rate, longest duration) against the base model, paired over the same '
+            'documents: unless that effect\'s 95% interval clears the MDE the instrument cannot resolve the '
+            'forgetting (or learning) full FT causes, and a verdict read on it says little. No spread (standard '
+            'error 0): not estimable.</p>'
             + table(["instrument", "setting", "comparisons", "MDE (median)", "plain full FT vs base [95%]",
                      "that comparison's MDE", "resolves full FT's effect?"], cells, "instruments",
                     frozenset({2, 3, 5}))
@@ -449,10 +457,10 @@ def _figures_html(plots: list[Plot], data_dir: str) -> str:
     return "".join(out)
 
 
-def _cost_html(m: Measures, plot: Plot, data_dir: str) -> str:
+def _cost_html(m: Measures, plot: Plot, data_dir: str, qlora: str = "") -> str:
     head = '<section id="cost"><h2>Cost beside quality</h2>'
     if plot.png is None:
-        return f'{head}<p id="skipped-cost">{esc(plot.skipped)}</p></section>\n'
+        return f'{head}<p id="skipped-cost">{esc(plot.skipped)}</p>{qlora}</section>\n'
     rows = []
     for p, c in cost_points(m):
         rows.append([esc(p.name), esc(p.learning.text() if p.learning else "–"),
@@ -466,7 +474,63 @@ def _cost_html(m: Measures, plot: Plot, data_dir: str) -> str:
             'it).</p>' + _figure_html(plot, data_dir)
             + table(["configuration", "learning [95%]", "forgetting [95%]", "forgetting measure", "device-hours",
                      "tokens/s", "peak memory, GB", "trainable params", "total params", "device"], rows, "cost",
-                    frozenset({4, 5, 6, 7, 8})) + "</section>\n")
+                    frozenset({4, 5, 6, 7, 8})) + qlora + "</section>\n")
+
+
+# ----------------------------------------------------------------------------- QLoRA against LoRA
+
+
+def qlora_records(study: Study) -> list[dict]:
+    """Each QLoRA arm against the LoRA arm that differs from it only by the 4-bit base (same setting, rank, options,
+    optimizer, LR and duration), where the study trained both: learning and forgetting as QLoRA - LoRA with their
+    paired 95% intervals over the documents both measured, and the training cost of each (means over seeds)."""
+    found = dict(sorted_arms([r for r in analysed(study) if r.method in ("lora", "qlora")]))
+    out = []
+    for (setting, group, optimizer, lr, duration), qlora in found.items():
+        twin = found.get((setting, group.replace("QLoRA", "LoRA", 1), optimizer, lr, duration))
+        if qlora.rows[0].method != "qlora" or twin is None:
+            continue
+        forgetting = "source_loss" if all(r.source_loss is not None for r in qlora.rows + twin.rows) else "source"
+        record = {"setting": setting, "qlora": qlora.label, "lora": twin.label, "duration": qlora.when}
+        for name, instrument in (("learning", "learning"), ("forgetting", forgetting)):
+            c: Comparison | None = compare(study, twin, qlora, instrument, expected=-1)
+            record[f"{name}_instrument"] = instrument
+            for key in ("estimate", "low", "high"):
+                record[f"{name}_{key}"] = getattr(c.interval, key) if c is not None else None
+        for arm, side in ((qlora, "qlora"), (twin, "lora")):
+            spent = cost_of(arm)
+            record.update({f"{side}_{key}": spent[key] for key in ("wall_s", "peak_memory_gb")})
+        out.append(record)
+    return out
+
+
+def _qlora_html(records: list[dict]) -> str:
+    """The QLoRA-against-LoRA table of the cost section ("" when the study trained no QLoRA beside its LoRA)."""
+    if not records:
+        return ""
+
+    def diff(r: dict, name: str) -> str:
+        if r[f"{name}_estimate"] is None:
+            return "–"
+        low, high = r[f"{name}_low"], r[f"{name}_high"]
+        verdict = "differs" if low > 0 or high < 0 else "no difference resolved"
+        return f"{r[f'{name}_estimate']:+.3g} [{low:+.3g}, {high:+.3g}] ({verdict})"
+
+    def ratio(r: dict, key: str) -> str:
+        q, lo = r[f"qlora_{key}"], r[f"lora_{key}"]
+        return "–" if q is None or not lo else f"{q / lo:.2f}x"
+
+    rows = [[esc(r["setting"]), esc(f"{r['qlora']} vs {r['lora']}"), esc(r["duration"]), esc(diff(r, "learning")),
+             esc(diff(r, "forgetting") + f" ({INSTRUMENTS[r['forgetting_instrument']].split(':')[0]})"),
+             esc(ratio(r, "wall_s")), esc(ratio(r, "peak_memory_gb"))] for r in records]
+    return ('<h3 id="qlora">QLoRA against LoRA</h3><p class="meta">QLoRA trains the same adapter on a base held in '
+            '4-bit NF4. Each difference is QLoRA - LoRA with its paired 95% interval over the documents both '
+            'measured (forgetting: a source-loss rise is positive, a source-score drop negative); time and peak '
+            'memory are QLoRA / LoRA (on the CPU the 4-bit layers dequantize in every pass: slower, and the memory '
+            'saving shows only where weights dominate). Both are evaluated on their own base: QLoRA on the 4-bit '
+            'one it trained on.</p>'
+            + table(["setting", "arms", "duration", "learning, QLoRA - LoRA", "forgetting, QLoRA - LoRA",
+                     "time", "peak memory"], rows, "qlora", frozenset({3, 4, 5, 6})))
 
 
 def _count(x: float | None) -> str:

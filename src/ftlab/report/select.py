@@ -106,8 +106,11 @@ def rank_ladder(lora: list[Arm]) -> list[Arm]:
 
 
 def analysed(study: Study) -> list[Row]:
-    """The rows a finding compares: all but an LR sweep's runs (grp "lr-sweep": measured on learning only, at one
-    duration, to pick the LR the grid trains at)."""
+    """The one selection of rows every finding, figure and the advice compare (the grid, regularization and plain
+    runs): all but an LR sweep's runs (grp "lr-sweep": measured on learning only, at one duration, to pick the LR
+    the grid trains at). A sweep run shares its group, LR and duration with a grid run at the picked LR; pooled, the
+    two would pass for two seeds of one arm (and, with no source loss, hide that arm's forgetting). Only lr_sweeps
+    reads the sweep's runs."""
     return [r for r in study.points() if r.grp != "lr-sweep"]
 
 
@@ -205,8 +208,8 @@ def group_order(r: Row) -> tuple:
 
 def arms_by_kind(study: Study) -> dict[Where, dict[str, list[Arm]]]:
     """(setting, optimizer, duration) -> {"full": plain full FT, "lora": LoRA groups, "regularized": other full FT},
-    each group at its best LR."""
-    rows = best_lr_rows(study.points())
+    each group at its best LR (the rows of analysed: never an LR sweep's)."""
+    rows = best_lr_rows(analysed(study))
     plain = {id(r) for r in plain_full(rows)}
     out: dict[Where, dict[str, list[Arm]]] = {}
     for (setting, _, optimizer, _, duration), arm in sorted_arms(rows):
@@ -217,12 +220,12 @@ def arms_by_kind(study: Study) -> dict[Where, dict[str, list[Arm]]]:
 
 
 def best_arms(study: Study) -> list[Arm]:
-    """The arms of each group's best learning rate (best_lr_rows), every duration, in a fixed order."""
+    """The arms of each group's best learning rate (best_lr_rows of analysed), every duration, in a fixed order."""
     def order(item: tuple) -> tuple:
         setting, _, optimizer, lr, duration = item[0]
         return (setting, *group_order(item[1].rows[0]), optimizer, lr or 0.0,
                 -math.inf if duration is None else duration)
-    return [arm for _, arm in sorted(arms(best_lr_rows(study.points())).items(), key=order)]
+    return [arm for _, arm in sorted(arms(best_lr_rows(analysed(study))).items(), key=order)]
 
 
 def longest(arms_: list[Arm]) -> list[Arm]:
@@ -241,7 +244,7 @@ def longest(arms_: list[Arm]) -> list[Arm]:
 def reference_arms(study: Study) -> dict[str, list[Arm]]:
     """setting -> plain full FT at its best learning rate, longest duration first (AdamW before other optimizers):
     the reference the instruments and the forgetting budgets are read against."""
-    plain = {id(r) for r in plain_full(study.points())}
+    plain = {id(r) for r in plain_full(analysed(study))}
     out: dict[str, list[Arm]] = {}
     for arm in best_arms(study):
         if id(arm.rows[0]) in plain:

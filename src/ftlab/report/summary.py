@@ -197,13 +197,12 @@ def _caveats(m: Measures, powers: list[Power]) -> list[str]:
         out.append("cost measured on a CPU: device-hours and memory do not carry over to a GPU (`ftlab plan` "
                    "predicts a GPU's)")
     for p in powers:
-        if p.resolved is False:
+        where = f" in {p.setting}" if p.setting else ""
+        if p.full is not None and not p.estimable:
+            out.append(f"{NAMES[p.instrument]}{where} has no spread (every example of the base and of full FT "
+                       "scores the same): not measurable with this instrument here")
+        elif p.resolved is False:
             mde = p.mde if p.mde is not None else p.full.interval.mde
-            where = f" in {p.setting}" if p.setting else ""
-            if mde == 0 and p.full.interval.estimate == 0:
-                out.append(f"{NAMES[p.instrument]}{where} has no spread (every example of the base and of full FT "
-                           "scores the same): not measurable with this instrument here")
-            else:
-                out.append(f"{NAMES[p.instrument]}{where} cannot resolve full FT's effect (detectable {mde:.2g}, "
-                           f"full FT - base {p.full.interval.estimate:+.2g}): read its verdicts with care")
+            out.append(f"{NAMES[p.instrument]}{where} cannot resolve full FT's effect (detectable {mde:.2g}, "
+                       f"full FT - base {p.full.interval.estimate:+.2g}): read its verdicts with care")
     return out

@@ -9,22 +9,31 @@ An instrument turns a row into per-example values: learning (the learning tasks'
 source benchmarks' headline metrics: the source score), source_loss (held-out source loss per document, weighted
 by its tokens), unique (distinct outputs per problem of a sampled task). Two arms are compared on the documents
 both measured, task by task, and the difference of their aggregates (mean over tasks) gets a paired bootstrap
-interval (ftlab.analysis.statistics); arms with several training seeds resample the seeds too.
-A claim is supported with significant agreements and no significant disagreement, contradicted the reverse,
-mixed with both, inconclusive when nothing is significant, not enough data with no comparison.
+interval (ftlab.analysis.statistics); with 3 or more training seeds per arm, the run-to-run variance is added (a t
+interval); a base model has none.
+A comparison is one of four tests (Comparison.test): "difference" (a difference against zero: the claim's
+comparisons of this kind, with the bootstrap-share ones, are one family corrected by Holm), "share" (a verdict from the
+share of bootstrap replicates, e.g. of an argmax), "margin" (non-inferiority or equivalence against a margin fixed
+before the data are seen: its own test at 5%, outside Holm's family, which is about zero) and "exact" (a measure
+without sampling noise). A claim is decided by its rule (statistics.classify): "any" comparison agreeing and none
+disagreeing, "all" agreeing (an equivalence), or "most" links of an ordering agreeing; not enough data with no
+comparison. Its headline is fixed by the design, never picked by its estimate (prespecified), and its detectable
+effect is at Holm's level over its family, in the headline's setting.
 """
 
 from __future__ import annotations
 
+import math
 import statistics as pystats
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
-from ftlab.analysis.statistics import Interval, Part, classify, holm, level_interval, paired_difference_of
+from ftlab.analysis.statistics import (MIN_SEEDS, Interval, Part, Rule, classify, contrast, holm, level_interval,
+                                      paired_difference_of, t_sf)
 from ftlab.report.select import Arm, Measured
-from ftlab.results.study import Study
+from ftlab.results.study import Row, Study
 
 InstrumentName = Literal["learning", "source", "source_loss", "unique"]
 FORGETTING = ("source_loss", "source")  # the forgetting instruments, the one with power first
@@ -34,6 +43,10 @@ INSTRUMENTS: dict[str, str] = {  # name -> what it measures, in words (the repor
     "source_loss": "source loss: held-out source-domain loss, nats per token (higher = more forgotten)",
     "unique": "unique outputs per problem among a sampled task's samples (lower = less diverse)",
 }
+Test = Literal["difference", "share", "margin", "exact"]
+CORRECTED = ("difference", "share")  # the tests Holm's correction covers
+
+
 def _examples(m: Measured, instrument: str, study: Study) -> dict[str, dict[str, tuple[float, float]]]:
     """key -> per-document (value, weight) of one row under an instrument."""
     if instrument == "unique":
@@ -89,15 +102,19 @@ class Comparison:
     interval: Interval
     verdict: str  # agree | disagree | inconclusive
     detail: dict = field(default_factory=dict)  # setting, duration, arms' own values, ...
+    test: Test = "difference"  # what decides the verdict (the module's docstring)
+    family: int = 1  # the tests Holm's correction counted it among (1: outside any family)
 
     def as_dict(self) -> dict:
         return {"what": self.what, "instrument": self.instrument, "expected": self.expected, "verdict": self.verdict,
-                **self.interval.as_dict(), **self.detail}
+                "test": self.test, **self.interval.as_dict(), "mde": self.interval.mde_at(self.family),
+                "family": self.family, **self.detail}
 
     def text(self) -> str:
         """"LoRA r=16 vs full FT at 2 epochs: learning -0.05 [-0.08, -0.02]": the comparison in words."""
         i = self.interval
-        return f"{self.what}: {self.instrument} {i.estimate:+.3g} [{i.low:+.3g}, {i.high:+.3g}]"
+        margin = f" (margin {self.detail['margin']:.3g})" if "margin" in self.detail else ""
+        return f"{self.what}: {self.instrument} {i.estimate:+.3g} [{i.low:+.3g}, {i.high:+.3g}]{margin}"
 
 
 def compare(study: Study, a: Arm, b: Arm, instrument: str, expected: int, what: str | None = None,
@@ -106,16 +123,42 @@ def compare(study: Study, a: Arm, b: Arm, instrument: str, expected: int, what: 
     found = parts(study, a, b, instrument)
     if not found:
         return None
-    interval = paired_difference_of(found)
+    interval = paired_difference_of(found, fixed=(not isinstance(a.rows[0], Row), not isinstance(b.rows[0], Row)))
     return Comparison(what or f"{b.label} vs {a.label}", instrument, expected, interval, interval.verdict(expected),
                       {"setting": a.setting, "duration": b.duration, **detail})
 
 
 def fixed(what: str, instrument: str, expected: int, estimate: float, low: float, high: float, n: int,
           verdict: str, **detail) -> Comparison:
-    """A comparison whose interval and verdict come from elsewhere (a deterministic measure, an argmax's bootstrap)."""
+    """A comparison whose interval and verdict come from elsewhere (a deterministic measure, a test's fixture)."""
     se = (high - low) / (2 * 1.959964) if high > low else 0.0
-    return Comparison(what, instrument, expected, Interval(estimate, low, high, se, n), verdict, detail)
+    if se == 0:  # no sampling noise: outside Holm's family
+        return Comparison(what, instrument, expected, Interval(estimate, low, high, se, n), verdict, detail, "exact")
+    p = min(1.0, 2 * t_sf(abs(estimate) / se, math.inf))
+    return Comparison(what, instrument, expected, Interval(estimate, low, high, se, n, p=p), verdict, detail)
+
+
+def contrast_arms(study: Study, arms: list[Arm], coefs: tuple[float, ...], instrument: str) -> Interval | None:
+    """sum_k coefs[k] x arm k's score on an instrument, over the documents every arm measured (None if none): a
+    margin test's statistic (statistics.contrast), e.g. reg - plain - 0.25 (plain - base)."""
+    rows = [r for a in arms for r in a.rows]
+    found = shared_values(study, rows, instrument)
+    if not found:
+        return None
+    cuts = np.cumsum([0] + [len(a.rows) for a in arms])
+    tasks = [([values[cuts[k]:cuts[k + 1]] for k in range(len(arms))], w) for values, w in found]
+    return contrast(tasks, coefs, fixed=tuple(not isinstance(a.rows[0], Row) for a in arms))
+
+
+def prespecified(comparisons: list[Comparison]) -> Comparison | None:
+    """The headline fixed by the design, not by the data: in the first setting (by name), the first comparison the
+    check lists at that setting's longest duration (each check lists its primary comparison first)."""
+    if not comparisons:
+        return None
+    setting = min(str(c.detail.get("setting", "")) for c in comparisons)
+    here = [c for c in comparisons if str(c.detail.get("setting", "")) == setting]
+    longest = max((c.detail.get("duration") for c in here if c.detail.get("duration") is not None), default=None)
+    return next(c for c in here if longest is None or c.detail.get("duration") == longest)
 
 
 @dataclass
@@ -131,38 +174,57 @@ class Claim:
     sentence: str = ""  # the verdict's numbers in words
     counts: dict = field(default_factory=lambda: {"agree": 0, "disagree": 0, "inconclusive": 0})
     headline: Comparison | None = None  # the comparison the sentence leads with
-    mde: float | None = None  # minimal detectable effect: median over the comparisons on the headline's instrument
+    mde: float | None = None  # detectable effect at Holm's level: median over the headline's setting and instrument
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # caveats: one seed only, the miniature departs from the paper
 
-    def decide(self, comparisons: list[Comparison | None], empty: str, headline: Comparison | None = None) -> Claim:
-        """Status, counts, headline (default: the comparison with the largest |estimate|) and sentence.
+    def decide(self, comparisons: list[Comparison | None], empty: str, headline: Comparison | None = None,
+               rule: Rule = "any") -> Claim:
+        """Status, counts, headline (default: prespecified) and sentence.
 
-        The comparisons that test a difference against zero are one family: a verdict counts as significant only
-        if it survives Holm's correction over the family (family-wise 95%), so that among a grid's many
-        comparisons the ~5% that a null effect makes look significant by chance do not decide the claim. One that
-        does not is counted inconclusive, with detail["holm"] saying so; its 95% interval is shown as it is."""
+        The comparisons that test a difference against zero (and those decided by a bootstrap share) are one
+        family: a verdict counts as significant only if it survives Holm's correction over the family (family-wise
+        95%), so that among a grid's many comparisons the ~5% that a null effect makes look significant by chance
+        do not decide the claim. One that does not is counted inconclusive, with detail["holm"] saying so; its 95%
+        interval is shown as it is. Margin tests (non-inferiority, equivalence) are outside the family."""
         self.comparisons = [c for c in comparisons if c is not None]
-        family = [c for c in self.comparisons if c.expected != 0 and np.isfinite(c.interval.p)]
+        family = [c for c in self.comparisons if c.test in CORRECTED]
         for c, kept in zip(family, holm([c.interval.p for c in family])):
+            c.family = len(family)
             if c.verdict != "inconclusive" and not kept:
                 c.verdict = "inconclusive"
                 c.detail["holm"] = f"not significant after Holm's correction over {len(family)} comparisons"
-        self.status, self.counts = classify([c.verdict for c in self.comparisons])
+        self.status, self.counts = classify([c.verdict for c in self.comparisons], rule)
         if not self.comparisons:
             self.sentence = empty
             return self
-        self.headline = headline or max(self.comparisons, key=lambda c: abs(c.interval.estimate))
-        mdes = [c.interval.mde for c in self.comparisons  # the headline's instrument: MDEs of two scales don't mix
-                if c.instrument == self.headline.instrument and np.isfinite(c.interval.mde)]
-        self.mde = pystats.median(mdes) if mdes else None
-        self.sentence = (f"{self.headline.text()}; {self.counts['agree']} agree, {self.counts['disagree']} "
+        self.headline = headline or prespecified(self.comparisons)
+        h = self.headline
+        mdes = [c.interval.mde_at(c.family) for c in self.comparisons  # scales of instruments and settings differ
+                if c.instrument == h.instrument and c.detail.get("setting") == h.detail.get("setting")
+                and np.isfinite(c.interval.se)]  # a bootstrap share or a correlation: no standard error
+        finite = [m for m in mdes if np.isfinite(m)]
+        self.mde = pystats.median(finite) if finite else None
+        spread = "" if not mdes else (f"; detectable {self.mde:.2g}" if self.mde is not None
+                                      else "; detectable: no spread, not estimable")
+        links = (f"; {self.counts['agree']} of {len(self.comparisons)} links resolved in the paper's order"
+                 if rule == "most" else "")
+        self.sentence = (f"{h.text()}; {self.counts['agree']} agree, {self.counts['disagree']} "
                          f"disagree, {self.counts['inconclusive']} inconclusive at 95% (of {len(self.comparisons)}"
-                         + (", Holm-corrected" if len(family) > 1 else "") + ")"
-                         + (f"; detectable {self.mde:.2g}" if self.mde is not None else ""))
-        if self.comparisons and max(c.interval.seeds for c in self.comparisons) == 1:
-            self.notes.append("one training seed: the intervals hold the evaluation's noise, not the variation "
-                              "between training runs (list seeds: in the experiment for that)")
+                         + (", Holm-corrected" if len(family) > 1 else "") + ")" + links + spread)
+        sampled = [c for c in self.comparisons if c.test != "exact" and np.isfinite(c.interval.p)]
+        if sampled and not all(c.interval.runs for c in sampled):
+            fewest = min(c.interval.seeds for c in sampled if not c.interval.runs)
+            self.sentence += "; rests on evaluation noise only (" + (
+                f"{fewest} training seed{'s' if fewest > 1 else ''}, fewer than {MIN_SEEDS})" if fewest < MIN_SEEDS
+                else "its intervals do not resample the training runs)")
+            if fewest < MIN_SEEDS:
+                self.notes.append(f"fewer than {MIN_SEEDS} training seeds: the intervals hold the evaluation's noise, "
+                                  "not the variation between training runs, so a verdict says how these runs differ, "
+                                  f"not how training runs of these configurations would (list {MIN_SEEDS} or more "
+                                  "seeds: in the experiment for that)")
+        elif sampled:
+            self.sentence += "; the variation between training runs included"
         return self
 
     def note_contradictions(self, shown: int = 3) -> Claim:
@@ -186,11 +248,11 @@ class Claim:
 
 
 def decided(claim: Claim, comparisons: list[Comparison | None], empty: str,
-            headline: Comparison | None = None) -> Claim:
+            headline: Comparison | None = None, rule: Rule = "any") -> Claim:
     """What every finding's check ends with: Claim.decide; where forgetting was read on both of its instruments,
     how many comparisons each; the instrument the headline (and the MDE) is on, when the claim names none; and the
     comparisons that contradict the paper, noted."""
-    claim.decide(comparisons, empty, headline)
+    claim.decide(comparisons, empty, headline, rule)
     used = {c.instrument for c in claim.comparisons}
     if len(used & set(FORGETTING)) > 1:
         n = {i: sum(c.instrument == i for c in claim.comparisons) for i in FORGETTING}

@@ -134,7 +134,7 @@ def run_record(name: str, setting: str, group: str, label: str, cfg: RunConfig, 
                reason: str | None = None) -> RunRecord:
     """A run's row: its place in the study and its configuration (cfg: the resolved RunConfig)."""
     m, t = cfg.method, cfg.train
-    lora = m.name == "lora"
+    lora = m.adapter  # LoRA or QLoRA
     return RunRecord(name, setting, group, label, m.name, cfg.data.regime, rank=m.rank if lora else None,
                      alpha=cfg.lora_alpha() if lora else None,
                      targets=(m.targets if isinstance(m.targets, str) else ",".join(m.targets)) if lora else "",

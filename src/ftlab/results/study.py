@@ -104,7 +104,7 @@ class Row:
 
     run: str  # the run's name (a study's runs/<setting>/<method>/..., or a folder relative to the report root)
     checkpoint: str  # "final" or the name under checkpoints/ ("epochs-2")
-    method: str  # "full" or "lora"
+    method: str  # "full", "lora" or "qlora"
     setting: str = ""  # rows compare within one setting
     label: str = ""  # the study's method label: full, lora-r16, full-wd0.1, lora-r16-attn ...
     grp: str = ""  # what the run is in its study: grid, regularization, lr-sweep (run: a plain ftlab train run)
@@ -143,8 +143,8 @@ class Row:
     @property
     def group(self) -> str:
         """What a learning-rate sweep varies over: everything but lr and seed ("LoRA r=16", "full FT wd=0.0001")."""
-        if self.method == "lora":
-            label = f"LoRA r={self.rank}"
+        if self.method in ("lora", "qlora"):
+            label = f"{'QLoRA' if self.method == 'qlora' else 'LoRA'} r={self.rank}"
             if self.alpha is not None and self.rank is not None and self.alpha != 2 * self.rank:
                 label += f" α={self.alpha:g}"
             if self.targets and self.targets != "all":

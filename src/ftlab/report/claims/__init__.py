@@ -7,12 +7,15 @@ The registry: the findings of "LoRA Learns Less and Forgets Less" (Biderman et a
 those checked in side studies (sweeps, IFT against CPT, long budgets; claims/sweeps.py) and those of
 "LoRA Without Regret" (Schulman et al. 2025; claims/regret.py). Every check compares arms (the seeds of
 one configuration at one duration) of one setting and one optimizer with paired intervals (ftlab.report.verdicts)
-and classifies each comparison as agreeing, disagreeing or inconclusive at 95%:
-    supported        significant agreements and no significant disagreement
-    contradicted     significant disagreements and no significant agreement
-    mixed            both
-    inconclusive     comparisons, none significant
+and classifies each comparison as agreeing, disagreeing or inconclusive at 95% (Holm-corrected within the finding;
+margin tests outside that family):
+    supported        significant agreements and no significant disagreement (an equivalence: every comparison
+                     agreeing; an ordering: most of its links)
+    contradicted     the reverse
+    mixed            both agreements and disagreements
+    inconclusive     otherwise
     not enough data  nothing to compare (the sentence says what is missing)
+Below three training seeds per arm a verdict rests on evaluation noise only, and its sentence says so.
 """
 
 from __future__ import annotations

@@ -11,9 +11,11 @@ source documents.
 A best LR is an argmax over a sweep (select.lr_sweeps), so it has no paired difference to bootstrap; instead each
 replicate resamples the learning tasks' documents (one draw for every LR of every sweep given, so the sweeps stay
 paired) and each LR's seeds, recomputes each LR's learning at its sweep's duration and takes the argmax again
-(best_lr_draws). A finding about best LRs (a ratio of two, a spread over ranks) is then decided by the share of
-replicates inside the paper's range (bootstrap_comparison). The LR grid bounds the resolution: a best LR is known
-only to the grid's step, and one at the edge of its sweep may lie beyond it (edge_note, grid_note say so).
+(best_lr_draws), fitted by a parabola in log LR through the argmax and its neighbours (fit_best: the grid alone
+knows a best LR only to its step). A finding about best LRs (a ratio of two, a spread over ranks) is then decided by
+the share of replicates inside the paper's range (bootstrap_comparison). One at the edge of its sweep may lie beyond
+it: a bound, which decides only where the bound alone does (edge_note, grid_note say so). The fit assumes the curve
+is a parabola near its top; its model error is not in the interval.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ftlab.analysis.statistics import BLOCK, LEVEL, N_BOOT, SEED, Interval
-from ftlab.report.select import LrSweep, analysed, arms, best_lr_rows, lr_sweeps, plain_full, plain_lora
-from ftlab.report.verdicts import Claim, Comparison, compare, decided, shared_values
+from ftlab.analysis.statistics import BLOCK, LEVEL, MIN_SEEDS, N_BOOT, SEED, Interval
+from ftlab.report.select import (LrSweep, analysed, arms, best_lr_rows, departures, lr_sweeps, plain_full,
+                                 plain_lora)
+from ftlab.report.verdicts import Claim, Comparison, compare, contrast_arms, decided, shared_values
 from ftlab.results.study import Row, Study
 
 PAPER = "Biderman et al. 2024"
@@ -40,37 +43,71 @@ SHARE = 0.95  # a bootstrap verdict needs this share of its replicates on one si
 class Draws:
     """Each sweep's best LR in every bootstrap replicate, and what the replicates resampled."""
 
-    best: list[np.ndarray]  # per sweep: (n_boot,) best LR of each replicate
+    best: list[np.ndarray]  # per sweep: (n_boot,) the argmax LR of each replicate
+    fitted: list[np.ndarray]  # per sweep: (n_boot,) the fitted best LR (fit_best), the argmax at an edge
+    low: list[np.ndarray]  # per sweep: (n_boot,) the lowest the true best can be (0 at the sweep's lowest LR)
+    high: list[np.ndarray]  # per sweep: (n_boot,) the highest (inf at the sweep's highest LR)
+    observed: list[float]  # per sweep: the fitted best LR on the data as observed
     n: int  # documents resampled (summed over learning tasks)
     seeds: int  # the fewest seeds of any LR
 
 
+def fit_best(lrs: list[float], learning: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """learning (..., L) at the sweep's LRs -> the best LR (...,) from a parabola in log LR through the argmax and its
+    two neighbours (its vertex lies between them), and the range the true best can lie in: the vertex itself inside
+    the grid; at an edge (no neighbour beyond it to fit), from the edge's LR outwards to 0 or inf."""
+    x = np.log(np.asarray(lrs, dtype=float))
+    i = np.argmax(learning, axis=-1)  # ties: the smaller LR
+    lo_i, hi_i = np.clip(i - 1, 0, len(x) - 1), np.clip(i + 1, 0, len(x) - 1)
+    y0, y1, y2 = (np.take_along_axis(learning, j[..., None], -1)[..., 0] for j in (lo_i, i, hi_i))
+    x0, x1, x2 = x[lo_i], x[i], x[hi_i]
+    num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+    den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vertex = np.exp(np.where(den != 0, x1 - 0.5 * num / np.where(den != 0, den, 1.0), x1))
+    lrs_ = np.asarray(lrs, dtype=float)
+    bottom, top = i == 0, i == len(x) - 1
+    fitted = np.where(bottom | top, lrs_[i], vertex)
+    return fitted, np.where(bottom, 0.0, fitted), np.where(top, np.inf, fitted)
+
+
 def best_lr_draws(study: Study, sweeps: list[LrSweep], n_boot: int = N_BOOT, seed: int = SEED) -> Draws | None:
     """The sweeps' best LRs under a bootstrap over the learning tasks' documents (one draw shared by every LR of every
-    sweep given) and each LR's seeds; None when the rows share no per-example learning values."""
+    sweep given) and each LR's seeds, each fitted (fit_best); None when the rows share no per-example learning
+    values."""
     rows = [r for s in sweeps for rs in s.rows for r in rs]
     found = shared_values(study, rows, "learning")
     if not found:
         return None
     rng = np.random.default_rng(seed)
     learning = np.zeros((n_boot, len(rows)))  # (B, R): each row's learning in each replicate
+    observed = np.zeros(len(rows))  # (R,): on the documents as they are
     for values, weights in found:  # values (R, n), weights (n,) or None
         n = values.shape[1]
+        w = np.ones(n) if weights is None else weights
+        observed += (values * w).sum(-1) / w.sum() / len(found)
         for start in range(0, n_boot, BLOCK):
             count = min(BLOCK, n_boot - start)
             idx = rng.integers(0, n, size=(count, n))  # (b, n): the same documents for every row
             picked = values[:, idx]  # (R, b, n)
             agg = picked.mean(-1) if weights is None else (picked * weights[idx]).sum(-1) / weights[idx].sum(-1)
             learning[start:start + count] += agg.T / len(found)  # mean over tasks, as Row.learning
-    best, col = [], 0
+    draws = Draws([], [], [], [], [], sum(v.shape[1] for v, _ in found),
+                  min(len(rs) for s in sweeps for rs in s.rows))
+    col = 0
     for s in sweeps:
-        per_lr = []
+        per_lr, seen = [], []
         for rs in s.rows:
             pick = col + rng.integers(0, len(rs), size=(n_boot, len(rs)))  # (B, seeds): seeds resampled
             per_lr.append(np.take_along_axis(learning, pick, axis=1).mean(axis=1))  # (B,)
+            seen.append(observed[col:col + len(rs)].mean())
             col += len(rs)
-        best.append(np.asarray(s.lrs)[np.argmax(np.stack(per_lr, axis=1), axis=1)])  # ties: the smaller LR
-    return Draws(best, sum(v.shape[1] for v, _ in found), min(len(rs) for s in sweeps for rs in s.rows))
+        per_lr = np.stack(per_lr, axis=1)  # (B, L)
+        draws.best.append(np.asarray(s.lrs)[np.argmax(per_lr, axis=1)])
+        for out, got in zip((draws.fitted, draws.low, draws.high), fit_best(s.lrs, per_lr)):
+            out.append(got)
+        draws.observed.append(float(fit_best(s.lrs, np.array(seen))[0]))
+    return draws
 
 
 def edge_note(sweeps: list[LrSweep]) -> list[str]:
@@ -89,15 +126,21 @@ def grid_note(sweeps: list[LrSweep]) -> list[str]:
 
 
 def bootstrap_comparison(what: str, instrument: str, estimate: float, draws: np.ndarray, inside: np.ndarray,
-                         n: int, seeds: int, **detail) -> Comparison:
-    """A comparison decided by the share of bootstrap replicates inside the paper's range (`inside`, boolean per
-    replicate): agree with >= 95% inside, disagree with >= 95% outside, else inconclusive. The interval is the
+                         n: int, seeds: int, outside: np.ndarray | None = None, **detail) -> Comparison:
+    """A comparison decided by the share of bootstrap replicates surely inside the paper's range (`inside`, boolean
+    per replicate) or surely outside it (`outside`; default: not inside): agree with >= 95% inside, disagree with
+    >= 95% outside, else inconclusive; its p (1 - the larger share) enters the claim's Holm family. A replicate whose
+    best LR lies at the edge of its sweep is a bound, in neither unless the bound alone decides. The interval is the
     replicates' 95% percentile interval; no standard error (hence no detectable effect) for an argmax's ratio."""
     share = float(np.mean(inside))
-    verdict = "agree" if share >= SHARE else "disagree" if 1 - share >= SHARE else "inconclusive"
-    low, high = np.quantile(draws, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
-    return Comparison(what, instrument, +1, Interval(float(estimate), float(low), float(high), float("nan"), n, seeds),
-                      verdict, {"share_inside": share, **detail})
+    out = float(np.mean(~inside if outside is None else outside))
+    verdict = "agree" if share >= SHARE else "disagree" if out >= SHARE else "inconclusive"
+    finite = draws[np.isfinite(draws)]
+    low, high = np.quantile(finite, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2]) if len(finite) else (np.nan, np.nan)
+    interval = Interval(float(estimate), float(low), float(high), float("nan"), n, seeds, 1 - max(share, out),
+                        runs=seeds >= MIN_SEEDS)  # each LR's seeds are resampled
+    return Comparison(what, instrument, +1, interval, verdict, {"share_inside": share, "share_outside": out,
+                                                                **detail}, test="share")
 
 
 # ----------------------------------------------------------------------------- best LR: about 10x full FT's
@@ -106,12 +149,15 @@ def bootstrap_comparison(what: str, instrument: str, estimate: float, draws: np.
 def best_lr(study: Study) -> Claim:
     claim = Claim(
         "best_lr", "LoRA's best learning rate is about 10x full finetuning's (code 5e-4 vs 5e-5, math 2e-4 vs 1e-5).",
-        PAPER, "Per setting and optimizer, each LoRA group's best LR over plain full FT's (rows.best_lrs: highest "
-        "learning at the longest duration all LRs of the group reached), each group with at least 2 LRs tried. "
+        PAPER, "Per setting and optimizer, each LoRA group's best LR over plain full FT's (headline: the plainest "
+        "highest rank), at the longest duration all LRs of the group reached, each group with at least 2 LRs tried. "
+        "Each best LR is fitted: a parabola in log LR through the argmax and its two neighbours, its vertex. "
         "Bootstrap (2000 replicates): resample the learning tasks' documents (one draw for every LR of the setting) "
-        "and each LR's seeds, recompute each LR's learning, take each group's argmax and the ratio. Agree if the "
+        "and each LR's seeds, recompute each LR's learning, fit each group's best LR again and the ratio. Agree if the "
         f"ratio lies in [{BAND[0]:g}, {BAND[1]:g}] in >= 95% of replicates, disagree if outside in >= 95%, else "
-        "inconclusive; a best LR at the edge of its sweep is flagged.", "best-LR ratio (LoRA / full FT)")
+        "inconclusive (Holm-corrected). A best LR at the edge of its sweep is only a bound (the true best may lie "
+        "beyond it): such a replicate counts as inside or outside only if the bound alone decides.",
+        "best-LR ratio (LoRA / full FT)")
     points = study.points()
     sweeps = lr_sweeps(points)
     full_groups = {(r.setting, r.group) for r in plain_full(points)}
@@ -119,24 +165,38 @@ def best_lr(study: Study) -> Claim:
     for key, full in sweeps.items():
         if key not in full_groups:
             continue
-        loras = [s for s in sweeps.values() if s.setting == full.setting and s.optimizer == full.optimizer
-                 and s.first.method == "lora"]
+        loras = sorted((s for s in sweeps.values() if s.setting == full.setting and s.optimizer == full.optimizer
+                        and s.first.method == "lora"), key=lambda s: (departures(s.first), -(s.first.rank or 0)))
         draws = best_lr_draws(study, [full, *loras]) if loras else None
         if draws is None:
             continue
         used += [full, *loras]
-        for lora, best in zip(loras, draws.best[1:]):
-            ratio = best / draws.best[0]  # (B,)
-            inside = (ratio >= BAND[0] * (1 - TOL)) & (ratio <= BAND[1] * (1 + TOL))
+        for k, lora in enumerate(loras, start=1):
+            ratio = draws.fitted[k] / draws.fitted[0]  # (B,)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                low, high = draws.low[k] / draws.high[0], draws.high[k] / draws.low[0]  # (B,): the ratio's range
+            inside = (low >= BAND[0] * (1 - TOL)) & (high <= BAND[1] * (1 + TOL))
+            outside = (high < BAND[0] * (1 - TOL)) | (low > BAND[1] * (1 + TOL))
             comparisons.append(bootstrap_comparison(
-                f"{lora.group} / {full.group} best LR ({full.setting})", "best-LR ratio", lora.best / full.best,
-                ratio, inside, draws.n, draws.seeds, setting=full.setting, optimizer=full.optimizer,
-                lora_best_lr=lora.best, full_best_lr=full.best, lora_lrs=lora.lrs, full_lrs=full.lrs,
+                f"{lora.group} / {full.group} best LR ({full.setting})" + _bound(lora, full), "best-LR ratio",
+                draws.observed[k] / draws.observed[0], ratio, inside, draws.n, draws.seeds, outside,
+                setting=full.setting, optimizer=full.optimizer,
+                lora_best_lr=lora.best, full_best_lr=full.best, lora_fitted_lr=draws.observed[k],
+                full_fitted_lr=draws.observed[0], lora_lrs=lora.lrs, full_lrs=full.lrs,
                 lora_duration=lora.duration, full_duration=full.duration,
                 at_sweep_edge=[s.group for s in (lora, full) if s.at_edge]))
     claim.notes += edge_note(used) + grid_note(used)
     return decided(claim, comparisons, "not enough data: needs an LR sweep (learning at 2 or more LRs) of plain full "
                    "FT and of a LoRA group in one setting and optimizer; " + _sweeps_found(sweeps))
+
+
+def _bound(lora: LrSweep, full: LrSweep) -> str:
+    """What an edge makes of the ratio LoRA / full FT: a lower bound, an upper bound, or nothing known."""
+    above = (lora.at_edge and lora.best == lora.lrs[-1]) or (full.at_edge and full.best == full.lrs[0])
+    below = (lora.at_edge and lora.best == lora.lrs[0]) or (full.at_edge and full.best == full.lrs[-1])
+    if above and below:
+        return ": both at their sweeps' edges, so no bound"
+    return ": a lower bound (edge of a sweep)" if above else ": an upper bound (edge of a sweep)" if below else ""
 
 
 def _sweeps_found(sweeps: dict[tuple[str, str], LrSweep]) -> str:
@@ -304,9 +364,10 @@ def high_rank_long_cpt(study: Study) -> Claim:
         "budget).", PAPER,
         "Per CPT setting and optimizer (best LR of each group): the highest plain LoRA rank at its longest budget T "
         "vs plain full FT at its largest budget T' <= T/4, on learning (LoRA - full FT, paired 95% interval). "
-        "Non-inferiority with margin m = half of full FT's learning gain from T' to its largest budget <= T (0 if "
-        "it did not gain): agree if the interval's lower bound > -m, disagree if its upper bound < -m, else "
-        "inconclusive.", "learning")
+        "Non-inferiority with the margin fixed in advance as half of full FT's learning gain g from T' to its "
+        "largest budget <= T, its uncertainty carried: the contrast LoRA - full FT(T') + g / 2 of the three arms on "
+        "the same documents, 95% interval; agree if it lies above 0, disagree if below, else inconclusive (a margin "
+        "test, outside Holm's family).", "learning")
     rows = [r for r in best_lr_rows(analysed(study)) if r.regime == "cpt"]
     comparisons, missing = [], []
     for setting, optimizer in sorted({(r.setting, r.optimizer) for r in rows}):
@@ -314,9 +375,9 @@ def high_rank_long_cpt(study: Study) -> Claim:
         found = _long_budget(study, here, missing)
         if found is not None:
             comparisons.append(found)
-            if found.detail["margin"] == 0:
+            if found.detail["margin"] <= 0:
                 claim.notes.append(f"{setting}: full FT learned no more at its longer budget than at the shorter, so "
-                                   "the margin is 0: agreeing needs LoRA to learn at least as much")
+                                   "the margin is not positive: agreeing needs LoRA to learn more")
     return decided(claim, comparisons, "not enough data: needs a CPT setting with plain LoRA and plain full FT, the "
                    "full FT at a budget <= a quarter of LoRA's longest and at a longer one" +
                    "".join(f"; {m}" for m in missing))
@@ -350,11 +411,16 @@ def _long_budget(study: Study, rows: list[Row], missing: list[str]) -> Compariso
     if c is None or gain is None:
         missing.append(f"{long.setting}: no per-example learning values shared by the arms")
         return None
-    margin = max(gain.interval.estimate / 2, 0.0)
-    i = c.interval
-    c.verdict = "agree" if i.low > -margin else "disagree" if i.high < -margin else "inconclusive"
-    c.detail.update(margin=margin, budget_ratio=long.duration / t_short, lora_budget=long.duration,
-                    full_budget=t_short, full_gain=gain.interval.as_dict(), full_gain_to=max(upper), rank=top)
+    short_arm, upper_arm = budgets[t_short], budgets[max(upper)]
+    test = contrast_arms(study, [short_arm, upper_arm, long], (-1.5, 0.5, 1.0), "learning")  # L - F' + (F - F') / 2
+    if test is None:
+        missing.append(f"{long.setting}: no per-example learning values shared by the three arms")
+        return None
+    c.verdict = "agree" if test.low > 0 else "disagree" if test.high < 0 else "inconclusive"
+    c.test = "margin"
+    c.detail.update(margin=gain.interval.estimate / 2, noninferiority=test.as_dict(),
+                    budget_ratio=long.duration / t_short, lora_budget=long.duration, full_budget=t_short,
+                    full_gain=gain.interval.as_dict(), full_gain_to=max(upper), rank=top)
     return c
 
 
