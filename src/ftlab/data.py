@@ -15,13 +15,13 @@ import torch
 
 from ftlab.config import DataConfig
 from ftlab.errors import DataError
-from ftlab.packing import IGNORE, PackedText, load_cpt_eval
+from ftlab.packing import IGNORE, PackedText, load_cpt_eval, load_text_sample
 from ftlab.records import read_records
 from ftlab.text_tokens import encode_spans
 
 __all__ = [
-    "IGNORE", "Example", "PackedText", "collate", "detect_format", "load_cpt_eval", "load_ift", "model_inputs",
-    "pack_examples", "prompt_response", "read_records", "tokenize_example",
+    "IGNORE", "Example", "PackedText", "collate", "detect_format", "load_cpt_eval", "load_ift", "load_text_sample",
+    "model_inputs", "pack_examples", "prompt_response", "read_records", "tokenize_example",
 ]
 
 ALPACA_PROMPT = (

@@ -163,8 +163,8 @@ def run_cost(run_dir: Path) -> dict:
 def index_training(store: Store, run: str, run_dir: Path) -> None:
     """What training a run wrote beside its checkpoints: its cost and its curve (the metrics log)."""
     store.put_cost(run, run_cost(run_dir))
-    store.put_curve(run, [CurvePoint(run, r["step"], r.get("tokens"), r.get("loss"), r.get("eval_loss"), r.get("lr"))
-                          for r in read_metrics(run_dir)])
+    store.put_curve(run, [CurvePoint(run, r["step"], r.get("tokens"), r.get("loss"), r.get("eval_loss"), r.get("lr"),
+                                     r.get("source_loss")) for r in read_metrics(run_dir)])
 
 
 def setting_of(cfg: RunConfig) -> str:
