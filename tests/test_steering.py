@@ -74,3 +74,95 @@ def test_the_early_stop_fires_at_the_step_the_budget_is_crossed(pairs, source, t
 def test_bad_steering_keys_name_the_key(pairs, tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=key):
         tiny_config(pairs, tmp_path / "run", *overrides)
+
+
+# ----------------------------------------------------------------------------- interpolation and intruder scaling
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A full-FT run and a LoRA run of the tiny model (a few seconds each): their final checkpoints and base."""
+    from conftest import write_pairs
+
+    root = tmp_path_factory.mktemp("steer")
+    pairs = write_pairs(root / "pairs.jsonl")
+    full = train(tiny_config(pairs, root / "full", "method.name=full", "train.lr=1e-2", "train.epochs=1"))
+    lora = train(tiny_config(pairs, root / "lora", "method.name=lora", "method.rank=4", "train.lr=3e-2",
+                             "train.epochs=1"))
+    return {"full": full / "final", "lora": lora / "final", "base": full / "base", "pairs": pairs}
+
+
+def logits(directory):
+    from ftlab.model import load_trained
+
+    model, _ = load_trained(directory)
+    ids = torch.arange(3, 40).view(1, -1)  # (1, 37)
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_interpolation_at_0_is_the_base_and_at_1_the_finetuned_model(trained, tmp_path, method):
+    from ftlab.analysis.steering import interpolate
+
+    ckpt, base = trained[method], trained["base"]
+    at0 = interpolate(base, ckpt, 0.0, tmp_path / "a0")
+    at1 = interpolate(base, ckpt, 1.0, tmp_path / "a1")
+    half = interpolate(base, ckpt, 0.5, tmp_path / "a05")
+    base_logits, ft_logits = logits(base), logits(ckpt)
+    assert not torch.equal(base_logits, ft_logits)
+    assert torch.equal(logits(at0), base_logits)
+    assert torch.equal(logits(at1), ft_logits)
+    between = logits(half)
+    assert not torch.equal(between, base_logits) and not torch.equal(between, ft_logits)
+    info = json.loads((half / "ftlab.json").read_text())
+    assert info["steer"] == {"kind": "interp", "factor": 0.5, "of": "final"}
+    assert info["step"] == json.loads((ckpt / "ftlab.json").read_text())["step"]
+
+
+def test_interpolated_lora_weights_are_a_times_delta_w(trained, tmp_path):
+    from ftlab.analysis.spectrum_sources import open_checkpoint
+    from ftlab.analysis.steering import interpolate
+
+    ckpt, base = trained["lora"], trained["base"]
+    source = open_checkpoint(base, ckpt)
+    steered = open_checkpoint(base, interpolate(base, ckpt, 0.25, tmp_path / "a"))
+    for name in source.names:
+        _, _, delta = source.load(name)
+        _, _, scaled = steered.load(name)
+        assert torch.allclose(scaled, 0.25 * delta, rtol=1e-5, atol=1e-7), name
+
+
+def test_intruder_scaling_by_1_is_the_identity_and_scales_only_intruders(trained, tmp_path):
+    from safetensors.torch import load_file as load
+
+    from ftlab.analysis.spectrum_sources import open_checkpoint
+    from ftlab.analysis.steering import intruder_scaled, scale_intruders
+
+    ckpt, base = trained["lora"], trained["base"]
+    source = open_checkpoint(base, ckpt)
+    merged = load(scale_intruders(base, ckpt, 1.0, tmp_path / "f1") / "model.safetensors")
+    base_weights = load(base / "model.safetensors")
+    assert merged.keys() == base_weights.keys()
+    for name in merged:
+        if name in source.lora:
+            _, w_ft, _ = source.load(name)
+            assert torch.equal(merged[name], w_ft), name  # W_base + ΔW, exactly
+        else:
+            assert torch.equal(merged[name], base_weights[name]), name
+    # the merged model computes what the adapter does
+    assert torch.allclose(logits(tmp_path / "f1"), logits(ckpt), atol=1e-4)
+
+    # a planted intruder: W_base's weakest right singular vector v sent to a direction orthogonal to all of W_base's
+    # left ones; its singular vector in W_ft is then v exactly, the rest stay W_base's (cos 1): f scales W_ft v vᵀ
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g))  # (16, 16) orthonormal
+    r, _ = torch.linalg.qr(torch.randn(12, 12, generator=g))  # (12, 12) orthonormal
+    w_base = q[:, :12] @ torch.diag(torch.linspace(10, 1, 12)) @ r.T  # (16, 12), left singular vectors q[:, :12]
+    v = r[:, 11]  # (12,): σ = 1
+    w_ft = w_base + 20.0 * torch.outer(q[:, 14], v)
+    scaled, found = intruder_scaled(w_base, w_ft, 0.7)
+    assert found == 1
+    assert torch.allclose(scaled, w_ft - 0.3 * torch.outer(w_ft @ v, v), atol=1e-4)
+    same, _ = intruder_scaled(w_base, w_ft, 1.0)
+    assert torch.equal(same, w_ft)
