@@ -4,6 +4,7 @@ import json
 import random
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -166,3 +167,48 @@ def test_intruder_scaling_by_1_is_the_identity_and_scales_only_intruders(trained
     assert torch.allclose(scaled, w_ft - 0.3 * torch.outer(w_ft @ v, v), atol=1e-4)
     same, _ = intruder_scaled(w_base, w_ft, 1.0)
     assert torch.equal(same, w_ft)
+
+
+# ----------------------------------------------------------------------------- forgetting at matched learning
+
+
+def test_at_learning_reads_the_curve_linearly():
+    from ftlab.analysis.steering import Point, at_learning
+
+    curve = [Point(0.0, 0.0), Point(1.0, 2.0), Point(3.0, 3.0)]
+    assert at_learning(curve, 0.5) == pytest.approx(1.0)
+    assert at_learning(curve, 2.0) == pytest.approx(2.5)
+    assert at_learning(curve, 3.0) == pytest.approx(3.0)
+    assert at_learning(curve, 3.5) is None and at_learning(curve, -0.1) is None
+    # a curve that turns back: the first segment that reaches the level
+    assert at_learning([Point(0, 0), Point(2, 4), Point(1, 10)], 1.5) == pytest.approx(3.0)
+
+
+def test_matched_learning_equals_the_analytic_value_on_synthetic_curves():
+    from ftlab.analysis.steering import matched_learning
+
+    rng = np.random.default_rng(0)
+
+    def docs(levels, n):  # per-document values whose (weighted) means are exactly `levels`, one row per model
+        noise = rng.normal(0, 0.3, size=n)
+        noise -= noise.mean()
+        return np.array([lv + noise for lv in levels])
+
+    # reference: learning 2.0, forgetting 1.0; the curve (base, a = 0.5, a = 1): learning 0, 1, 3, forgetting 0, 2, 3
+    learning = [(docs([2.0, 0.0, 1.0, 3.0], 60), None)]
+    forgetting = [(docs([1.0, 0.0, 2.0, 3.0], 80), None)]
+    got = matched_learning(learning, forgetting)
+    assert got.estimate == pytest.approx(2.5 - 1.0)  # the curve at learning 2 is halfway from (1, 2) to (3, 3)
+    assert got.low < 1.5 < got.high and got.n == 140
+
+    # the same documents every model scores alike: no noise, the interval is the point
+    flat = matched_learning([(np.array([[2.0] * 5, [0.0] * 5, [4.0] * 5]), None)],
+                            [(np.array([[0.5] * 7, [0.0] * 7, [2.0] * 7]), np.arange(1.0, 8.0))])
+    assert (flat.estimate, flat.low, flat.high) == pytest.approx((0.5, 0.5, 0.5))  # curve at 2: 1.0; minus 0.5
+    # two tasks: levels are their mean
+    two = matched_learning([(np.array([[2.0], [0.0], [4.0]]), None), (np.array([[2.0], [0.0], [4.0]]), None)],
+                           [(np.array([[0.0], [0.0], [1.0]]), None)])
+    assert two.estimate == pytest.approx(0.5)
+    # a curve that never reaches the reference's learning
+    assert matched_learning([(np.array([[5.0] * 3, [0.0] * 3, [1.0] * 3]), None)],
+                            [(np.array([[0.0] * 3, [0.0] * 3, [1.0] * 3]), None)]) is None

@@ -5,6 +5,7 @@ learning.
     scale_intruders(base, ckpt, f, out)     # LoRA: W_ft with its intruder dimensions scaled by f, a merged model
     steer_into(base, ckpt, "interp", 0.5)   # either, into the run's steered/<ckpt>+interp-0.5 (kept when whole)
     at_learning(curve, level)               # a method's forgetting at a given learning, along its curve
+    matched_learning(learning, forgetting)  # that against a reference model's own, with a bootstrap interval
 
 Interpolation (WiSE-FT's weight averaging) is torch.lerp(W_base, W_ft, a) in fp32: exactly the base at a = 0 and
 exactly the finetuned weights at a = 1. A LoRA adapter scaled by a is scale·(a·B)@A = a·ΔW: its lora_B tensors are
@@ -24,10 +25,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ftlab.analysis.spectrum_math import left_factors
-from ftlab.analysis.spectrum_sources import Checkpoint, open_checkpoint
+from ftlab.analysis.spectrum_sources import open_checkpoint
+from ftlab.analysis.statistics import LEVEL, N_BOOT, SEED, Interval
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.io import fresh_dir, publish_dir, write_json
 from ftlab.rundir import INFO, RunLayout, base_of, base_reference, is_adapter, read_info
@@ -220,3 +223,56 @@ def at_learning(curve: list[Point], level: float) -> float | None:
             t = (level - p.learning) / (q.learning - p.learning)
             return p.forgetting + t * (q.forgetting - p.forgetting)
     return None
+
+
+Parts = list[tuple[np.ndarray, np.ndarray | None]]  # per task: values (models, n) on shared documents, weights (n,)
+
+
+def _levels(parts: Parts, draws: list[np.ndarray] | None = None) -> np.ndarray:
+    """Each model's level: the mean over tasks of its (weighted) mean over documents, (models,); or per replicate,
+    (R, models), with draws[i] (R, n_i) the documents each replicate takes of task i."""
+    out = 0.0
+    for i, (values, weights) in enumerate(parts):
+        if draws is None:
+            w = np.ones(values.shape[1]) if weights is None else weights
+            out = out + (values * w).sum(axis=1) / w.sum()
+        else:
+            idx = draws[i]  # (R, n)
+            v = values[:, idx]  # (models, R, n)
+            w = np.ones(idx.shape) if weights is None else weights[idx]  # (R, n)
+            out = out + ((v * w).sum(axis=2) / w.sum(axis=1)).T  # (R, models)
+    return out / len(parts)
+
+
+def _at_each(learning: np.ndarray, forgetting: np.ndarray) -> np.ndarray:
+    """Per replicate (rows of (R, models) arrays; model 0 the reference, 1.. the curve): the curve's forgetting at
+    the reference's learning minus the reference's (nan where the curve does not reach it)."""
+    out = np.full(len(learning), np.nan)
+    for r in range(len(learning)):
+        curve = [Point(float(x), float(y)) for x, y in zip(learning[r, 1:], forgetting[r, 1:])]
+        read = at_learning(curve, float(learning[r, 0]))
+        if read is not None:
+            out[r] = read - forgetting[r, 0]
+    return out
+
+
+def matched_learning(learning: Parts, forgetting: Parts, n_boot: int = N_BOOT, seed: int = SEED) -> Interval | None:
+    """A reference model (row 0 of every part) against a curve of models (rows 1.., in curve order) at matched
+    learning: the curve's forgetting read at the reference's learning (at_learning) minus the reference's own, with
+    a bootstrap interval that resamples the documents of both instruments (so the learning level read at moves
+    too). None where the curve does not reach the reference's learning. Replicates where it does not are left out
+    of the interval; `n` counts the documents."""
+    estimate = _at_each(_levels(learning)[None], _levels(forgetting)[None])[0]
+    if np.isnan(estimate):
+        return None
+    rng = np.random.default_rng(seed)
+    draw = [rng.integers(0, v.shape[1], size=(n_boot, v.shape[1])) for v, _ in learning]
+    draw_f = [rng.integers(0, v.shape[1], size=(n_boot, v.shape[1])) for v, _ in forgetting]
+    diffs = _at_each(_levels(learning, draw), _levels(forgetting, draw_f))
+    diffs = diffs[~np.isnan(diffs)]
+    if len(diffs) < 2:
+        return None
+    low, high = np.quantile(diffs, [(1 - LEVEL) / 2, 1 - (1 - LEVEL) / 2])
+    p = min(1.0, 2 * min(float((diffs <= 0).mean()), float((diffs >= 0).mean())))
+    n = sum(v.shape[1] for v, _ in learning + forgetting)
+    return Interval(float(estimate), float(low), float(high), float(diffs.std(ddof=1)), n, 1, p)

@@ -31,6 +31,7 @@ import yaml
 from ftlab.analysis.diversity import diversity_into
 from ftlab.analysis.kl import kl_into
 from ftlab.analysis.spectrum import BaseFactors, spectrum_into
+from ftlab.analysis.steering import check_factors, steer_into
 from ftlab.builtin import PROMPT_DOMAINS
 from ftlab.config import read_mapping
 from ftlab.errors import ConfigError, FtlabError
@@ -108,6 +109,8 @@ def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] =
     exp = load_experiment(exp_path, list(overrides))
     plans = plan_runs(exp, out)  # every run validated before anything starts
     check_tasks(exp)
+    check_factors("analyses.interpolation", exp.analyses.interpolation)
+    check_factors("analyses.intruders", exp.analyses.intruders)
     require_tracking(exp.tracking)  # a missing backend fails before the study directory is made
     if ray is not None:
         require_ray()  # so does a missing Ray
@@ -287,6 +290,7 @@ class Runner:
         self.tracker.log_run(plan, run.path)
         for ckpt, duration in self._checkpoints(plan, run):
             self.evaluate_checkpoint(plan, ckpt, duration)
+        self.steer(plan, run)
         self.record(plan, "done")
         index_training(self.store, plan.name, run.path)
 
@@ -308,6 +312,26 @@ class Runner:
         result = measure_checkpoint(plan.name, ckpt, duration)
         self.store.put_checkpoint(result)
         self.tracker.log_checkpoint(plan, result)
+
+    def steer(self, plan: RunPlan, run: RunLayout) -> None:
+        """Steering without training (analyses.interpolation, analyses.intruders) of a grid run's final checkpoint
+        (analyses.steer: all, every checkpoint): each steered copy written into the run's steered/
+        (ftlab.analysis.steering), evaluated on every task of the setting and stored as a steered row. DoRA is not
+        steered (its change is not linear in B), nor a full or QLoRA run's intruders."""
+        a, m = self.exp.analyses, plan.cfg.method
+        if plan.group != "grid" or m.dora:
+            return
+        kinds = [("interp", f) for f in a.interpolation]
+        kinds += [("intruders", f) for f in a.intruders if m.name == "lora"]
+        checkpoints = self._checkpoints(plan, run)
+        for ckpt, duration in checkpoints[-1:] if a.steer == "final" else checkpoints:
+            for kind, factor in kinds:
+                if self.store.has_checkpoint(plan.name, run.steered_checkpoint(ckpt.name, kind, factor).name):
+                    continue
+                self.phase(plan, "analysing")
+                steered = steer_into(self._base_model_dir(plan), ckpt, kind, factor)
+                self._evaluator().evaluate(steered, self._tasks(plan), self.exp.eval.data_dir)
+                self.store.put_checkpoint(measure_checkpoint(plan.name, steered, duration))
 
     def _specs(self, plan: RunPlan) -> list:
         """The tasks a checkpoint is evaluated on: _tasks, but an LR sweep's runs only learning (they are there to

@@ -124,7 +124,7 @@ def _without_examples(study: Study) -> dict:
     curves tables hold them)."""
     data = dataclasses.asdict(study)
     data.pop("curves")
-    for row in data["rows"] + data["bases"]:
+    for row in data["rows"] + data["bases"] + data["steered"]:
         row.pop("examples", None)
     return data
 

@@ -37,8 +37,10 @@ def measure_checkpoint(run: str, directory: Path, duration: float, name: str | N
     """Everything the artefacts of one checkpoint (or a base model's evaluation directory) hold."""
     files = CheckpointFiles(directory)
     info = read_info(files.path)
+    steer = info.get("steer") or {}
     result = CheckpointResult(CheckpointRecord(run, name or files.path.name, str(files.path), info.get("step"),
-                                               info.get("tokens"), info.get("epoch"), duration))
+                                               info.get("tokens"), info.get("epoch"), duration, steer.get("kind"),
+                                               steer.get("factor"), steer.get("of")))
     if files.eval.exists():
         _evaluation(result, files)
     if files.spectrum.exists():

@@ -92,6 +92,11 @@ class CheckpointRecord:
     tokens: int | None = None
     epoch: float | None = None
     duration: float = 0.0  # the duration it stands for, in the run's unit (epochs or tokens)
+    # a checkpoint changed without training (ftlab.analysis.steering): interp (a of the way from the base) or
+    # intruders (intruder dimensions scaled), by `factor`, of the checkpoint `steered_from`; null for a trained one
+    steer: str | None = None
+    factor: float | None = None
+    steered_from: str | None = None
 
 
 @dataclass(slots=True)
