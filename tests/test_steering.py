@@ -212,3 +212,82 @@ def test_matched_learning_equals_the_analytic_value_on_synthetic_curves():
     # a curve that never reaches the reference's learning
     assert matched_learning([(np.array([[5.0] * 3, [0.0] * 3, [1.0] * 3]), None)],
                             [(np.array([[0.0] * 3, [0.0] * 3, [1.0] * 3]), None)]) is None
+
+
+# ----------------------------------------------------------------------------- in a study, end to end
+
+
+STUDY = """
+name: steer
+model:
+  name: tiny
+  tiny: {hidden_size: 32, layers: 1, heads: 2, kv_heads: 2, intermediate_size: 64, max_position: 320}
+defaults:
+  train: {optimizer: adamw, global_batch: 8, micro_batch: 8, seed: 0, warmup: 1, eval_every: 1}
+  data: {eval_max_examples: 8, source_eval: "builtin:source-cpt"}
+  output: {resume_every: 2}
+settings:
+  - name: math-ift
+    data: {regime: ift, path: "builtin:math-ift", seq_len: 320}
+    durations: [0.005, 0.01]      # epochs: 2 and 4 steps of 8 examples
+    durations_as: checkpoints
+    learning: [math_solution]
+    lr: {full: 1.0e-3, lora: 1.0e-2}
+methods:
+  - {name: full}
+  - {name: lora, ranks: [2]}
+forgetting: [source_loss]
+eval: {limit: 4}
+analyses: {spectrum: false, kl: false, diversity: [], interpolation: [0.5], intruders: [0.7]}
+"""
+
+
+def test_a_study_steers_its_runs_and_reports_the_findings(tmp_path):
+    from ftlab.experiment.study import run_experiment
+    from ftlab.report.claims import check_claims
+    from ftlab.results.store import Store
+    from ftlab.results.study import load_study
+
+    exp, out = tmp_path / "steer.yaml", tmp_path / "study"
+    exp.write_text(STUDY)
+    run_experiment(exp, out)
+    with Store(out / "results.sqlite") as store:
+        study = load_study(store)
+    steered = {(r.run, r.checkpoint): r for r in study.steered}
+    assert set(steered) == {("math-ift/full/epochs-0.01", "final+interp-0.5"),
+                            ("math-ift/lora-r2/epochs-0.01", "final+interp-0.5"),
+                            ("math-ift/lora-r2/epochs-0.01", "final+intruders-0.7")}
+    assert all(r.learning is not None and r.source_loss is not None for r in steered.values())
+    assert {r.steered_from for r in steered.values()} == {"final"}
+    assert not any("+" in r.checkpoint for r in study.rows)  # steered rows stay out of every trained comparison
+    full = next(r for r in study.rows if r.run == "math-ift/full/epochs-0.01" and r.checkpoint == "final")
+    half = steered["math-ift/full/epochs-0.01", "final+interp-0.5"]
+    assert half.source_loss != full.source_loss and half.duration == full.duration
+    # the curves table holds the source loss at every step, the base's at step 0
+    curve = study.curves["math-ift/full/epochs-0.01"]
+    assert [p.step for p in curve] == list(range(5)) and all(p.source_loss is not None for p in curve)
+
+    claims = {c.id: c for c in check_claims(study)}
+    for name in ("forgets_less_matched_learning", "interpolation_front", "intruder_repair",
+                 "early_stop_tracks_learning"):
+        assert claims[name].comparisons, (name, claims[name].sentence)
+    page = (out / "report.html").read_text()
+    assert 'id="steering"' in page and 'id="fig-steering_plane"' in page and 'id="fig-forgetting_curves"' in page
+    assert (out / "report" / "steering_plane.csv").read_text().count("final+interp-0.5") == 2
+
+    run_experiment(exp, out, report=False)  # again: nothing is steered or measured twice
+    with Store(out / "results.sqlite") as store:
+        assert len(load_study(store).steered) == 3
+
+
+def test_bad_steering_factors_name_the_key(tmp_path, capsys):
+    import yaml
+
+    from ftlab.cli import main
+
+    data = yaml.safe_load(STUDY)
+    data["analyses"]["interpolation"] = [0.5, -1]
+    exp = tmp_path / "bad.yaml"
+    exp.write_text(yaml.safe_dump(data))
+    assert main(["run", str(exp), "--out", str(tmp_path / "study")]) == 2
+    assert "analyses.interpolation[1]" in capsys.readouterr().err
