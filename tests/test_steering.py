@@ -291,3 +291,61 @@ def test_bad_steering_factors_name_the_key(tmp_path, capsys):
     exp.write_text(yaml.safe_dump(data))
     assert main(["run", str(exp), "--out", str(tmp_path / "study")]) == 2
     assert "analyses.interpolation[1]" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+def write_docs(path, words, n=60, seed=0):
+    rng = random.Random(seed)
+    path.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(12))}) + "\n"
+                            for _ in range(n)))
+    return path
+
+
+def test_cpt_replay_draws_the_fraction_asked_and_resumes_exactly(tmp_path):
+    from ftlab.batches import CPTSteps
+    from ftlab.model import byte_tokenizer
+    from ftlab.train import build_data
+
+    main = write_docs(tmp_path / "main.jsonl", ["abc", "bca", "cab"])
+    replay = write_docs(tmp_path / "replay.jsonl", ["XYZ", "ZYX"], n=5)  # shorter: read again from its start
+    cfg = tiny_config(main, tmp_path / "run", "data.regime=cpt", "data.eval_fraction=0", "train.global_batch=8",
+                      "train.micro_batch=8", "data.replay.fraction=0.3", f"data.replay.source={replay}")
+    tok = byte_tokenizer()
+    steps, _ = build_data(cfg, tok)
+    assert isinstance(steps, CPTSteps)
+    replay_ids = set(tok("XYZ", add_special_tokens=False)["input_ids"])  # letters the main text never holds
+    seqs = [s for _ in range(100) for batch in steps.next_step() for s in batch["input_ids"].tolist()]
+    replayed = sum(bool(set(s) & replay_ids) for s in seqs)
+    n, p = len(seqs), 0.3
+    assert n > 700 and abs(replayed - n * p) <= 4 * (n * p * (1 - p)) ** 0.5, replayed
+    space = set(tok(" ", add_special_tokens=False)["input_ids"])
+    assert all(not (set(s) & replay_ids) or set(s) <= replay_ids | space | {tok.eos_token_id, tok.pad_token_id}
+               for s in seqs)  # a sequence is from one source
+
+    saved = steps.state()
+    after = [torch.cat([b["input_ids"] for b in steps.next_step()]) for _ in range(7)]
+    resumed, _ = build_data(cfg, tok)
+    resumed.load_state(json.loads(json.dumps(saved)))
+    assert all(torch.equal(a, torch.cat([b["input_ids"] for b in resumed.next_step()])) for a in after)
+
+
+def test_ift_replay_mixes_the_fraction_asked_with_loss_on_every_token(pairs, tmp_path):
+    from ftlab.data import IGNORE
+    from ftlab.model import byte_tokenizer
+    from ftlab.train import build_data
+
+    replay = write_docs(tmp_path / "replay.jsonl", ["XYZ", "ZYX"], n=200)
+    cfg = tiny_config(pairs, tmp_path / "run", "data.replay.fraction=0.25", f"data.replay.source={replay}")
+    steps, _ = build_data(cfg, byte_tokenizer())
+    replayed = [e for e in steps.examples if e.labels[1:] == e.input_ids[1:]]
+    assert len(steps.examples) == 86 + 29 and len(replayed) == 29  # round(0.25 / 0.75 * 86) of 115
+    assert all(e.labels[0] == IGNORE for e in replayed)
+    plain, _ = build_data(tiny_config(pairs, tmp_path / "plain"), byte_tokenizer())
+    assert not any(e.labels[1:] == e.input_ids[1:] for e in plain.examples)
+
+
+def test_a_run_with_builtin_replay_trains(pairs, tmp_path):
+    run = train(tiny_config(pairs, tmp_path / "run", "data.replay.fraction=0.1", "train.epochs=0.5"))
+    assert (run / "data" / "source-cpt-train.jsonl").exists() and (run / "final").exists()

@@ -28,7 +28,7 @@ from ftlab.builtin import BUILTIN_PREFIX
 from ftlab.checkpoint import save_checkpoint
 from ftlab.config import OutputConfig, RunConfig
 from ftlab.data import (IGNORE, PackedText, collate, load_cpt_eval, load_ift, load_text_sample, model_inputs,
-                        pack_examples)
+                        pack_examples, replay_examples)
 from ftlab.distributed import SINGLE, World
 from ftlab.errors import ConfigError, FtlabError, TrainingError
 from ftlab.io import fresh_dir, publish_dir
@@ -276,6 +276,11 @@ def build_data(cfg: RunConfig, tokenizer):
     mb = cfg.train.micro_batch
     if cfg.data.regime == "ift":
         train, held_out = load_ift(cfg.data, tokenizer, cfg.train.seed)
+        replayed = replay_examples(cfg.data, tokenizer, cfg.train.seed, len(train))
+        if replayed:
+            print(f"ftlab: replay: {len(replayed)} sequences of {cfg.data.replay.source} mixed into {len(train)} "
+                  f"examples ({len(replayed) / (len(train) + len(replayed)):.1%})", flush=True)
+            train = train + replayed
         if cfg.data.packing:  # held-out examples stay one per sequence: their loss per token is the same either way
             n = len(train)
             train = pack_examples(train, cfg.data.seq_len, cfg.train.seed)
@@ -284,9 +289,13 @@ def build_data(cfg: RunConfig, tokenizer):
         eval_batches = [collate(held_out[i:i + mb], pad) for i in range(0, len(held_out), mb)]
         return IFTSteps(train, cfg, pad), eval_batches
     packed = PackedText(cfg.data, tokenizer, "train", cfg.train.seed)
+    replay = None
+    if cfg.data.replay.fraction > 0:
+        source = replace(cfg.data, path=cfg.data.replay.source, eval_path=None, eval_fraction=0.0, text_field="text")
+        replay = PackedText(source, tokenizer, "train", cfg.train.seed)
     seqs = load_cpt_eval(cfg.data, tokenizer, cfg.train.seed)  # may be empty: eval_fraction 0 or tiny data
     eval_batches = [stack(seqs[i:i + mb]) for i in range(0, len(seqs), mb)]
-    return CPTSteps(packed, cfg), eval_batches
+    return CPTSteps(packed, cfg, replay), eval_batches
 
 
 def to_device(micro: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
