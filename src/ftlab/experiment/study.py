@@ -314,12 +314,15 @@ class Runner:
         self.tracker.log_checkpoint(plan, result)
 
     def steer(self, plan: RunPlan, run: RunLayout) -> None:
-        """Steering without training (analyses.interpolation, analyses.intruders) of a grid run's final checkpoint
-        (analyses.steer: all, every checkpoint): each steered copy written into the run's steered/
-        (ftlab.analysis.steering), evaluated on every task of the setting and stored as a steered row. DoRA is not
-        steered (its change is not linear in B), nor a full or QLoRA run's intruders."""
+        """Steering without training (analyses.interpolation, analyses.intruders) of a grid run at its setting's
+        longest duration, its final checkpoint (analyses.steer: all, every checkpoint of every grid run): each
+        steered copy written into the run's steered/ (ftlab.analysis.steering), evaluated on the setting's learning
+        tasks and its forgetting tasks (only those of the held-out source loss where the study measures it: the
+        instrument the steering findings read, at a fraction of the benchmarks' cost), and stored as a steered row.
+        DoRA is not steered (its change is not linear in B), nor a full or QLoRA run's intruders."""
         a, m = self.exp.analyses, plan.cfg.method
-        if plan.group != "grid" or m.dora:
+        longest = max(d for s in self.exp.settings if s.name == plan.setting for d in s.durations)
+        if plan.group != "grid" or m.dora or (a.steer == "final" and plan.durations[-1] != longest):
             return
         kinds = [("interp", f) for f in a.interpolation]
         kinds += [("intruders", f) for f in a.intruders if m.name == "lora"]
@@ -330,8 +333,16 @@ class Runner:
                     continue
                 self.phase(plan, "analysing")
                 steered = steer_into(self._base_model_dir(plan), ckpt, kind, factor)
-                self._evaluator().evaluate(steered, self._tasks(plan), self.exp.eval.data_dir)
+                self._evaluator().evaluate(steered, self._steer_tasks(plan), self.exp.eval.data_dir)
                 self.store.put_checkpoint(measure_checkpoint(plan.name, steered, duration))
+
+    def _steer_tasks(self, plan: RunPlan) -> list:
+        """What a steered checkpoint is evaluated on: the learning tasks, and the forgetting tasks of the held-out
+        source loss where the study has one (else every forgetting task)."""
+        learning = resolve_tasks(plan.learning, self.exp.eval.limit)
+        forgetting = [t for t in resolve_tasks(self.exp.forgetting, self.exp.eval.limit) if t not in learning]
+        losses = [t for t in forgetting if not isinstance(t, str) and t.role == "source_loss"]
+        return learning + (losses or forgetting)
 
     def _specs(self, plan: RunPlan) -> list:
         """The tasks a checkpoint is evaluated on: _tasks, but an LR sweep's runs only learning (they are there to
