@@ -349,3 +349,71 @@ def test_ift_replay_mixes_the_fraction_asked_with_loss_on_every_token(pairs, tmp
 def test_a_run_with_builtin_replay_trains(pairs, tmp_path):
     run = train(tiny_config(pairs, tmp_path / "run", "data.replay.fraction=0.1", "train.epochs=0.5"))
     assert (run / "data" / "source-cpt-train.jsonl").exists() and (run / "final").exists()
+
+
+# ----------------------------------------------------------------------------- the findings on synthetic studies
+
+
+def synthetic():
+    """Rows and a base whose per-document means are exactly the levels set (test_findings' helpers)."""
+    from test_findings import TOKENS, base, docs, row
+
+    b = base("s")
+    b.learning, b.learning_tasks = 0.2, ["learn"]
+    b.examples["learn/token_accuracy"] = docs(0.2, "base-learn")
+    b.source_loss = 2.5
+    return row, b, docs, TOKENS
+
+
+def test_the_matched_learning_findings_read_the_analytic_values():
+    from ftlab.report.claims.steering import forgets_less_matched_learning, interpolation_front
+    from test_findings import study
+
+    row, b, docs, tokens = synthetic()
+    full1 = row(method="full", d=1, learn=0.6, loss=2.9)
+    full2 = row(method="full", d=2, learn=0.9, loss=3.4)
+    lora = row(method="lora", d=2, learn=0.75, loss=2.8)
+    half = row(method="full", d=2, learn=0.6, loss=2.6, run=full2.run)
+    half.checkpoint, half.steer, half.factor, half.steered_from = "final+interp-0.5", "interp", 0.5, "final"
+    s = study([full1, full2, lora], [b])
+    s.steered = [half]
+
+    matched = forgets_less_matched_learning(s)
+    # full FT's duration curve at LoRA's learning 0.75: halfway from (0.6, 2.9) to (0.9, 3.4): 3.15; minus LoRA's 2.8
+    assert matched.headline.interval.estimate == pytest.approx(0.35)
+    assert matched.status == "supported" and matched.headline.instrument == "source_loss at matched learning"
+    front = interpolation_front(s)
+    # the interpolation curve base (0.2, 2.5) -> a = 0.5 (0.6, 2.6) -> full (0.9, 3.4) at 0.75: 2.6 + 0.5 * 0.8 = 3.0
+    assert front.headline.interval.estimate == pytest.approx(3.0 - 2.8)
+    assert front.status == "contradicted"  # interpolated full FT forgot more than LoRA here
+
+    half.examples["learn/token_accuracy"] = docs(0.8, half.run + "x")  # a = 0.5 learns more: read before it
+    front = interpolation_front(s)  # base (0.2, 2.5) -> (0.8, 2.6) at 0.75: 2.5 + 0.1 * 0.55 / 0.6
+    assert front.headline.interval.estimate == pytest.approx(2.5 + 0.1 * 0.55 / 0.6 - 2.8)
+    assert front.status == "supported"
+
+
+def test_the_replay_and_intruder_findings_compare_what_they_say():
+    from ftlab.report.claims.steering import intruder_repair, replay_prevents_forgetting
+    from test_findings import study
+
+    row, b, _, _ = synthetic()
+    plain = row(setting="s", method="full", learn=0.6, loss=3.0)
+    replayed = row(setting="s-replay", method="full", learn=0.6, loss=2.7)
+    plain.data = replayed.data = "builtin:math-ift"
+    replayed.replay = 0.01
+    b2 = synthetic()[1]
+    b2.setting, b2.run = "s-replay", "(base)/s-replay"
+    claim = replay_prevents_forgetting(study([plain, replayed], [b, b2]))
+    assert claim.status == "supported" and claim.headline.interval.estimate == pytest.approx(-0.3)
+    replayed.data = "elsewhere.jsonl"  # other data: nothing to compare
+    assert replay_prevents_forgetting(study([plain, replayed], [b, b2])).status == "not enough data"
+
+    lora = row(method="lora", learn=0.5, loss=2.9)
+    scaled = row(method="lora", learn=0.49, loss=2.8, run=lora.run)
+    scaled.checkpoint, scaled.steer, scaled.factor, scaled.steered_from = "final+intruders-0.7", "intruders", 0.7, "final"
+    s = study([lora], [b])
+    s.steered = [scaled]
+    repair = intruder_repair(s)
+    assert repair.status == "supported" and repair.headline.interval.estimate == pytest.approx(-0.1)
+    assert any("learning -0.01" in n for n in repair.notes)

@@ -348,7 +348,7 @@ def _figure_html(p: Plot, data_dir: str) -> str:
 
 
 STEERING_CLAIMS = ("forgets_less_matched_learning", "interpolation_front", "intruder_repair",
-                   "early_stop_tracks_learning")  # ftlab.report.claims.steering's findings, shown again here
+                   "early_stop_tracks_learning", "replay_prevents_forgetting")  # ftlab.report.claims.steering's findings, shown again here
 
 
 def steering_html(study: Study, claims: list[Claim], plots: list[Plot], data_dir: str) -> str:

@@ -12,6 +12,8 @@
 - early_stop_tracks_learning (Kalajdzievski 2024): along a run's training, forgetting (the rise of the source loss,
   data.source_eval) rises with learning (the fall of the held-out learning loss): stopping early avoids
   forgetting only by learning less.
+- replay_prevents_forgetting (Bethune et al. 2025): a setting whose training mixes in source text (data.replay)
+  forgets less than the same groups on the same data without it.
 
 Forgetting at matched learning (ftlab.analysis.steering.matched_learning): the curve's forgetting is read linearly
 between the two consecutive models whose learning brackets the reference's; its interval resamples the documents
@@ -26,7 +28,7 @@ import numpy as np
 
 from ftlab.analysis.statistics import spearman_interval
 from ftlab.analysis.steering import matched_learning
-from ftlab.report.select import Arm, Measured, arms_by_kind, duration_text
+from ftlab.report.select import Arm, Measured, arms_by_kind, best_lr_rows, duration_text, group_order
 from ftlab.report.verdicts import Claim, Comparison, compare, decided, fixed, shared_values
 from ftlab.results.study import Row, Study
 
@@ -202,4 +204,32 @@ def early_stop_tracks_learning(study: Study) -> Claim:
                    f"(data.source_eval, train.eval_every), {MIN_POINTS} evaluations or more")
 
 
-STEERING_CHECKS = (forgets_less_matched_learning, interpolation_front, intruder_repair, early_stop_tracks_learning)
+def replay_prevents_forgetting(study: Study) -> Claim:
+    claim = Claim("replay_prevents_forgetting", "Mixing a little source-domain data into finetuning (replay) prevents "
+                  "most forgetting.", "Bethune et al. 2025",
+                  "Each group at its best LR in a setting with data.replay against the same group, at the same "
+                  "duration, in a setting on the same data and regime without replay (first seeds): the source loss's "
+                  "difference replay - none over the same documents (paired bootstrap, 95%; agree if below 0), else "
+                  "the source score's (agree if above 0); the change in learning is noted.")
+    rows = best_lr_rows(study.points())
+    rows = [r for r in rows if r.seed == min(x.seed for x in rows)]
+    plain = {(r.regime, r.data, r.group, r.optimizer, r.duration): r for r in rows if not r.replay}
+    comparisons = []
+    for r in sorted((r for r in rows if r.replay), key=lambda r: (r.setting, group_order(r), r.duration or 0.0)):
+        none = plain.get((r.regime, r.data, r.group, r.optimizer, r.duration))
+        if none is None:
+            continue
+        a, b = Arm(none.group, [none]), Arm(f"{r.group} replay {r.replay:g}", [r])
+        what = f"{b.label} vs none at {_where(study, r)} ({r.setting} vs {none.setting})"
+        c = compare(study, a, b, "source_loss", -1, what) or compare(study, a, b, "source", +1, what)
+        learned = compare(study, a, b, "learning", 0)
+        if c is not None and learned is not None:
+            i = learned.interval
+            claim.notes.append(f"{what}: learning {i.estimate:+.3g} [{i.low:+.3g}, {i.high:+.3g}]")
+        comparisons.append(c)
+    return decided(claim, comparisons, "not enough data: needs a setting with data.replay beside one on the same "
+                   "data without it, the same groups measured in both")
+
+
+STEERING_CHECKS = (forgets_less_matched_learning, interpolation_front, intruder_repair, early_stop_tracks_learning,
+                   replay_prevents_forgetting)
