@@ -52,7 +52,7 @@ from ftlab.results.index import base_record, index_training, measure_base, measu
 from ftlab.results.records import FINISHED, STARTED, base_run
 from ftlab.results.store import Store
 from ftlab.results.study import load_study
-from ftlab.rundir import RunLayout, StudyLayout
+from ftlab.rundir import RunLayout, StudyLayout, read_info, read_metrics
 
 
 def saved_experiment(root: Path) -> dict:
@@ -295,9 +295,16 @@ class Runner:
         index_training(self.store, plan.name, run.path)
 
     def _checkpoints(self, plan: RunPlan, run: RunLayout) -> list[tuple[Path, float]]:
-        """(checkpoint dir, the duration it stands for): named checkpoints that are durations, then final/."""
+        """(checkpoint dir, the duration it stands for): named checkpoints that are durations, then final/. A run
+        that train.stop_at_forgetting stopped has the checkpoints it reached, and its final/ stands for the duration
+        it trained (epochs or tokens at the stop)."""
         unit = plan.cfg.train.unit
-        return [(run.checkpoint(unit, d), d) for d in plan.durations[:-1]] + [(run.final, plan.durations[-1])]
+        listed = [(run.checkpoint(unit, d), d) for d in plan.durations[:-1]] + [(run.final, plan.durations[-1])]
+        if not any("stopped" in r for r in read_metrics(run.path)[-1:]):
+            return listed
+        info = read_info(run.final)
+        return [(c, d) for c, d in listed[:-1] if c.exists()] + [(run.final, info["epoch" if unit == "epochs" else
+                                                                                   "tokens"])]
 
     def evaluate_checkpoint(self, plan: RunPlan, ckpt: Path, duration: float) -> None:
         """Evaluate and analyse one checkpoint of a trained run into its directory, then index it (unless the store
