@@ -33,7 +33,7 @@ from ftlab.analysis.spectrum_sources import open_checkpoint
 from ftlab.analysis.statistics import LEVEL, N_BOOT, SEED, Interval
 from ftlab.errors import ConfigError, FtlabError
 from ftlab.io import fresh_dir, publish_dir, write_json
-from ftlab.rundir import INFO, RunLayout, base_of, base_reference, is_adapter, read_info
+from ftlab.rundir import INFO, RunLayout, base_of, base_reference, is_adapter, read_info, run_root
 from ftlab.weights import check_files, manifest
 
 KINDS = ("interp", "intruders")
@@ -53,8 +53,10 @@ def check_factors(key: str, factors: list[float]) -> None:
 def steer_into(base: str | Path, ckpt: Path, kind: str, factor: float) -> Path:
     """The steered copy of a run's checkpoint, in <run>/steered/ (reused when whole: its files match their
     checksums and it records the same steer)."""
-    out = RunLayout(ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent).steered_checkpoint(
-        ckpt.name, kind, factor)
+    root = run_root(ckpt)
+    if root is None:
+        raise FtlabError(f"{ckpt}: not a checkpoint of an ftlab run (final/ or checkpoints/<name> of a run directory)")
+    out = RunLayout(root).steered_checkpoint(ckpt.name, kind, factor)
     if out.exists():
         try:
             check_files(out)
