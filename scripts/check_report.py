@@ -30,7 +30,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SECTIONS = ("summary", "claims", "instruments", "recommendation", "cost", "figures", "runs",
+SECTIONS = ("summary", "claims", "instruments", "recommendation", "cost", "steering", "figures", "runs",
             "missing", "glossary")  # ids ftlab.report writes (ftlab.report.page.SECTIONS; a test keeps the two equal)
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 

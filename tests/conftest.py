@@ -77,6 +77,7 @@ NUMERICAL = {
     "test_qlora.py": ["test_the_4bit_base", "test_qlora_gradients", "test_a_qlora_run", "test_ftlab_eval_of_a_qlora",
                       "test_the_spectrum_of_a_qlora"],
     "test_merge_check.py": ["test_merged_models_against_the_adapter"],
+    "test_steering.py": ["test_interpolated_lora_weights", "test_intruder_scaling"],
 }
 
 

@@ -7,6 +7,7 @@ numbers (plus the packer's state for CPT), saved with every resumable state.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -57,17 +58,43 @@ class IFTSteps:
         self._order = self._permutation(self.epoch)
 
 
+def replay_draw(seed: int, index: int) -> float:
+    """A uniform number in [0, 1) for the index-th sequence of a CPT run: below data.replay.fraction, the sequence is
+    replayed source text. A hash, so a resumed run draws the same."""
+    digest = hashlib.sha256(f"replay\0{seed}\0{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 class CPTSteps:
-    def __init__(self, packed: PackedText, cfg: RunConfig):
-        self.packed, self.cfg = packed, cfg
-        self.epoch = 0
+    """The packed stream in order; with data.replay, each sequence is drawn from the replay source's own packed
+    stream instead with probability fraction (replay_draw; that stream starts again when it runs out). An epoch is
+    one pass over the training data."""
+
+    def __init__(self, packed: PackedText, cfg: RunConfig, replay: PackedText | None = None):
+        self.packed, self.cfg, self.replay = packed, cfg, replay
+        self.epoch, self.drawn = 0, 0  # drawn: sequences taken so far, both sources
         self._it = iter(self.packed)
+        self._replay_it = iter(self.replay) if replay is not None else None
 
     def _next_sequence(self) -> dict[str, torch.Tensor] | None:
+        if self.replay is not None:
+            self.drawn += 1
+            if replay_draw(self.cfg.train.seed, self.drawn - 1) < self.cfg.data.replay.fraction:
+                return self._next_replayed()
         try:
             return next(self._it)
         except StopIteration:
             return None
+
+    def _next_replayed(self) -> dict[str, torch.Tensor]:
+        seq = next(self._replay_it, None)
+        if seq is None:
+            self.replay.restart()
+            self._replay_it = iter(self.replay)
+            seq = next(self._replay_it, None)
+            if seq is None:
+                raise RuntimeError("the replay stream is empty")
+        return seq
 
     def next_step(self) -> list[dict[str, torch.Tensor]]:
         g, mb = self.cfg.train.global_batch, self.cfg.train.micro_batch
@@ -87,12 +114,19 @@ class CPTSteps:
         return [stack(seqs[i:i + mb]) for i in range(0, len(seqs), mb)]
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "packer": self.packed.state()}
+        saved = {"epoch": self.epoch, "packer": self.packed.state()}
+        if self.replay is not None:
+            saved.update(drawn=self.drawn, replay=self.replay.state())
+        return saved
 
     def load_state(self, state: dict) -> None:
         self.epoch = state["epoch"]
         self.packed.load_state(state["packer"])
         self._it = iter(self.packed)
+        if self.replay is not None:
+            self.drawn = state["drawn"]
+            self.replay.load_state(state["replay"])
+            self._replay_it = iter(self.replay)
 
 
 def stack(seqs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -107,7 +141,8 @@ def make_plan(cfg: RunConfig, steps) -> Plan:
         per_step = steps.tokens_per_epoch() / spe
     else:
         per_step = float(t.global_batch * cfg.data.seq_len)
-        spe = math.ceil(steps.packed.count_sequences() / t.global_batch) if t.epochs is not None else None
+        sequences = steps.packed.count_sequences() / (1 - cfg.data.replay.fraction) if t.epochs is not None else 0
+        spe = math.ceil(sequences / t.global_batch) if t.epochs is not None else None  # replayed ones included
     if t.epochs is not None:
         total = max(1, round(t.epochs * spe))
     elif isinstance(steps, CPTSteps):

@@ -56,6 +56,14 @@ class ModelConfig:
 
 
 @dataclass
+class ReplayConfig:
+    """Source-domain documents mixed into training (replay), against forgetting."""
+
+    source: str = "builtin:source-cpt"  # raw text (text/JSONL {"text"} file or directory, or builtin:source-cpt)
+    fraction: float = 0.0  # share of training sequences (CPT) or examples (IFT) drawn from it; 0: no replay
+
+
+@dataclass
 class DataConfig:
     """Training data: instruction pairs (IFT) or raw text (CPT)."""
 
@@ -73,6 +81,11 @@ class DataConfig:
     eval_max_examples: int = 256  # cap on held-out examples (IFT) or sequences (CPT) scored per evaluation
     text_field: str = "text"  # JSONL key holding raw text (CPT)
     packing: bool = False  # IFT: several examples per sequence, attention within each example, loss on responses
+    # source-domain text whose held-out loss measures forgetting during training (its first eval_max_examples
+    # sequences, at the held-out evaluations): builtin:source-cpt (the shipped base's domain), a text/JSONL file
+    # or a directory; null: not measured
+    source_eval: str | None = None
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
 
 @dataclass
@@ -120,6 +133,9 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16-autocast"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     log_every: int = 1  # steps between metrics.jsonl lines
     eval_every: int = 0  # steps between held-out loss evaluations (0: at checkpoints and the end)
+    # stop the run once the source loss (data.source_eval) rises more than this over the base's (nats/token), read
+    # every eval_every steps; the step that crosses it is the run's last (final/ is its model); null: never
+    stop_at_forgetting: float | None = None
     keep_states: list[int] = field(default_factory=list)  # steps whose resumable state is kept in <run>/kept/
     loss: Literal["auto", "chunked", "full"] = "auto"  # chunked: no full-vocabulary logits (auto: on CUDA)
     # recompute each block's activations in backward: less memory, ~1/3 more compute; auto: on when the run's
@@ -390,6 +406,9 @@ def resolve_paths(cfg: RunConfig, base_dir: Path) -> None:
     cfg.data.path = resolve_path(cfg.data.path, base_dir) if cfg.data.path else cfg.data.path
     if cfg.data.eval_path is not None:
         cfg.data.eval_path = resolve_path(cfg.data.eval_path, base_dir)
+    if cfg.data.source_eval is not None:
+        cfg.data.source_eval = resolve_path(cfg.data.source_eval, base_dir)
+    cfg.data.replay.source = resolve_path(cfg.data.replay.source, base_dir)
     if cfg.model.tiny.tokenizer is not None:
         cfg.model.tiny.tokenizer = resolve_path(cfg.model.tiny.tokenizer, base_dir)
     if cfg.model.name != "tiny" and any((p / cfg.model.name).is_dir() for p in (Path("."), Path(base_dir))):
@@ -443,11 +462,26 @@ def validate_data(cfg: RunConfig) -> None:
     if d.eval_path is not None:
         _need(d.eval_path.startswith(HUB_PREFIX) or Path(d.eval_path).exists(), "data.eval_path",
               f"{d.eval_path} does not exist")
+    if d.source_eval is not None:
+        _need_text(d.source_eval, "data.source_eval")
+    _need(0 <= d.replay.fraction < 1, "data.replay.fraction", f"must be in [0, 1), got {d.replay.fraction}")
+    if d.replay.fraction > 0:
+        _need_text(d.replay.source, "data.replay.source")
     if d.regime == "cpt":
         _need(d.format in ("auto", "text"), "data.format", f"CPT reads raw text; got format {d.format!r}")
         _need(not d.packing, "data.packing", "is for IFT examples; CPT text is always packed")
     else:
         _need(d.format != "text", "data.format", "text is for data.regime=cpt; IFT needs prompt/response pairs")
+
+
+def _need_text(path: str, key: str) -> None:
+    """A raw-text source: builtin:<a cpt kind>, or a file or directory that exists."""
+    if path.startswith(BUILTIN_PREFIX):
+        kind = path.removeprefix(BUILTIN_PREFIX)
+        texts = [k for k in DATA_KINDS if k.endswith("-cpt")]
+        _need(kind in texts, key, f"unknown built-in text {kind!r}; expected one of builtin:{', builtin:'.join(texts)}")
+    else:
+        _need(Path(path).exists(), key, f"{path} does not exist")
 
 
 def validate_method(cfg: RunConfig) -> None:
@@ -496,6 +530,11 @@ def validate_train(cfg: RunConfig) -> None:
     _need(t.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
     _need(t.log_every >= 1, "train.log_every", "must be >= 1")
     _need(t.eval_every >= 0, "train.eval_every", "must be >= 0")
+    if t.stop_at_forgetting is not None:
+        _need(t.stop_at_forgetting > 0, "train.stop_at_forgetting", f"must be > 0 (nats/token), got {t.stop_at_forgetting}")
+        _need(cfg.data.source_eval is not None, "train.stop_at_forgetting",
+              "needs data.source_eval (the source text whose loss it watches), e.g. data.source_eval=builtin:source-cpt")
+        _need(t.eval_every >= 1, "train.stop_at_forgetting", "needs train.eval_every >= 1 (how often it is read)")
     _need(all(k >= 1 for k in t.keep_states), "train.keep_states", f"steps must be >= 1, got {t.keep_states}")
     _need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), "train.device",
           f"expected auto, cpu, cuda or cuda:N, got {t.device!r}")

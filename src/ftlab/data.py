@@ -9,19 +9,20 @@ Raw-text packing for continued pretraining (CPT) lives in `packing.py`; it is re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 import torch
 
 from ftlab.config import DataConfig
 from ftlab.errors import DataError
-from ftlab.packing import IGNORE, PackedText, load_cpt_eval
+from ftlab.packing import IGNORE, PackedText, load_cpt_eval, load_text_sample
 from ftlab.records import read_records
 from ftlab.text_tokens import encode_spans
 
 __all__ = [
-    "IGNORE", "Example", "PackedText", "collate", "detect_format", "load_cpt_eval", "load_ift", "model_inputs",
-    "pack_examples", "prompt_response", "read_records", "tokenize_example",
+    "IGNORE", "Example", "PackedText", "collate", "detect_format", "load_cpt_eval", "load_ift", "load_text_sample",
+    "model_inputs", "pack_examples", "prompt_response", "read_records", "replay_examples", "tokenize_example",
 ]
 
 ALPACA_PROMPT = (
@@ -223,6 +224,26 @@ def load_ift(cfg: DataConfig, tokenizer, seed: int) -> tuple[list[Example], list
         flush=True,
     )
     return train, held_out
+
+
+def replay_examples(cfg: DataConfig, tokenizer, seed: int, n_train: int) -> list[Example]:
+    """data.replay for IFT: round(fraction / (1 - fraction) · n_train) sequences of the replay source's raw text
+    (data.seq_len tokens each, packed as CPT packs text, the source read again from its start when it runs out),
+    loss on every token; mixed into the n_train training examples they are `fraction` of them. [] without replay."""
+    fraction = cfg.replay.fraction
+    if fraction == 0:
+        return []
+    n = round(fraction / (1 - fraction) * n_train)
+    source = replace(cfg, path=cfg.replay.source, eval_path=None, eval_fraction=0.0, text_field="text")
+    out = []
+    for seq in itertools.islice(itertools.cycle(PackedText(source, tokenizer, "train", seed)), n):
+        length = int(seq["attention_mask"].sum())
+        ids = seq["input_ids"][:length].tolist()
+        out.append(Example(ids, [IGNORE] + ids[1:]))  # packed behind another example, its first token is not a
+        # target of that example's last (pack_examples)
+    if len(out) < n:
+        raise DataError(f"data.replay.source: {cfg.replay.source} holds no text")
+    return out
 
 
 def pack_examples(examples: list[Example], seq_len: int, seed: int) -> list[Example]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -145,3 +146,10 @@ def document_text(record: dict, field: str, where: str) -> str:
 def load_cpt_eval(cfg: DataConfig, tokenizer, seed: int) -> list[dict[str, torch.Tensor]]:
     """The first cfg.eval_max_examples sequences of the eval split (held-out loss)."""
     return list(itertools.islice(PackedText(cfg, tokenizer, "eval", seed), cfg.eval_max_examples))
+
+
+def load_text_sample(path: str, cfg: DataConfig, tokenizer, seed: int) -> list[dict[str, torch.Tensor]]:
+    """The first cfg.eval_max_examples sequences (data.seq_len tokens) of the raw text at `path`, every document
+    read (none held out): a fixed sample whose loss is measured as a run trains (data.source_eval)."""
+    whole = replace(cfg, path=path, eval_path=None, eval_fraction=0.0, text_field="text")
+    return list(itertools.islice(PackedText(whole, tokenizer, "train", seed), cfg.eval_max_examples))

@@ -108,6 +108,7 @@ class RunLayout:
         self.pissa_init = self.path / "pissa-init"
         self.checkpoints = self.path / "checkpoints"
         self.final = self.path / "final"
+        self.steered = self.path / "steered"
         self.state = self.path / "state"
         self.kept = self.path / "kept"
         self.base_eval = self.path / "base_eval"
@@ -117,6 +118,11 @@ class RunLayout:
     def checkpoint(self, unit: str, value: float) -> Path:
         """checkpoints/<unit>-<value>: the checkpoint saved when the run reached `value` (epochs or tokens)."""
         return self.checkpoints / duration_name(unit, value)
+
+    def steered_checkpoint(self, checkpoint: str, kind: str, factor: float) -> Path:
+        """steered/<checkpoint>+<kind>-<factor>: a checkpoint changed without training (ftlab.analysis.steering:
+        interp, intruders), evaluated like a checkpoint; its name is its row's in the store."""
+        return self.steered / f"{checkpoint}+{kind}-{factor:g}"
 
     def builtin_data(self, kind: str, split: str) -> Path:
         return self.data / f"{kind}-{split}.jsonl"
@@ -224,6 +230,8 @@ def weights_remedy(directory: str | Path) -> str:
     if directory.parent.name == "checkpoints" and RunLayout(directory.parent.parent).config_yaml.exists():
         return (f"delete {directory}; a checkpoint saved before the end of a run is made again only by training "
                 "the run again (into a new --out)")
+    if directory.parent.name == "steered":
+        return f"delete {directory}; `ftlab run` on its study writes it again from the checkpoint it steers"
     return f"replace {directory} with an intact copy of the model (copy or download it again)"
 
 
@@ -231,7 +239,7 @@ def run_root(checkpoint: str | Path) -> Path | None:
     """The run a checkpoint belongs to (final/ or checkpoints/<name>/ of a folder holding config.yaml), else None."""
     checkpoint = Path(checkpoint).absolute()
     for root in (checkpoint.parent, checkpoint.parent.parent):
-        if RunLayout(root).config_yaml.exists() and checkpoint.parent.name in (root.name, "checkpoints"):
+        if RunLayout(root).config_yaml.exists() and checkpoint.parent.name in (root.name, "checkpoints", "steered"):
             return root
     return None
 

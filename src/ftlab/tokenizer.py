@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ftlab import domains
 from ftlab.builtin import BUILTIN_PREFIX
-from ftlab.config import DataConfig
+from ftlab.config import DataConfig, from_dict, to_dict
 from ftlab.errors import FtlabError
 from ftlab.model import TINY_CHAT_TEMPLATE
 from ftlab.records import read_records
@@ -63,12 +63,12 @@ def corpus(cfg: DataConfig) -> Iterator[str]:
 def save_bpe(cfg: DataConfig, vocab_size: int, directory: Path) -> None:
     """Train on `corpus(cfg)` in a single-threaded child process and save the tokenizer to `directory`."""
     env = {**os.environ, "RAYON_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "ftlab.tokenizer", json.dumps(cfg.__dict__), str(vocab_size), str(directory)]
+    args = [sys.executable, "-m", "ftlab.tokenizer", json.dumps(to_dict(cfg)), str(vocab_size), str(directory)]
     done = subprocess.run(args, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise FtlabError(f"training the tokenizer failed: {done.stderr.strip().splitlines()[-1:]}")
 
 
 if __name__ == "__main__":  # the child of save_bpe: DATA_CONFIG_JSON VOCAB_SIZE DIRECTORY
-    data = DataConfig(**json.loads(sys.argv[1]))
+    data = from_dict(DataConfig, json.loads(sys.argv[1]))
     train_bpe(corpus(data), int(sys.argv[2])).save_pretrained(sys.argv[3])

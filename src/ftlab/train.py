@@ -27,7 +27,8 @@ from ftlab.batches import CPTSteps, IFTSteps, checkpoint_due, count_inputs, make
 from ftlab.builtin import BUILTIN_PREFIX
 from ftlab.checkpoint import save_checkpoint
 from ftlab.config import OutputConfig, RunConfig
-from ftlab.data import IGNORE, PackedText, collate, load_cpt_eval, load_ift, model_inputs, pack_examples
+from ftlab.data import (IGNORE, PackedText, collate, load_cpt_eval, load_ift, load_text_sample, model_inputs,
+                        pack_examples, replay_examples)
 from ftlab.distributed import SINGLE, World
 from ftlab.errors import ConfigError, FtlabError, TrainingError
 from ftlab.io import fresh_dir, publish_dir
@@ -234,12 +235,52 @@ def eval_loss(model, batches: list[dict[str, torch.Tensor]], autocast) -> float:
     return float(total) / max(count, 1)
 
 
+@dataclass
+class HeldOut:
+    """What a run measures on held-out data as it trains, as micro-batches on the device: the learning data's loss
+    (eval_loss) and, with data.source_eval, the source text's (source_loss: the forgetting measure)."""
+
+    learning: list[dict[str, torch.Tensor]]
+    source: list[dict[str, torch.Tensor]]
+
+    def measure(self, model, autocast) -> dict:
+        losses = {"eval_loss": round(eval_loss(model, self.learning, autocast), 6) if self.learning else None}
+        if self.source:
+            losses["source_loss"] = round(eval_loss(model, self.source, autocast), 6)
+        return losses
+
+
+def source_batches(cfg: RunConfig, tokenizer) -> list[dict[str, torch.Tensor]]:
+    """The fixed sample of source text whose loss measures forgetting (data.source_eval), in micro-batches; [] when
+    unset."""
+    if cfg.data.source_eval is None:
+        return []
+    seqs = load_text_sample(cfg.data.source_eval, cfg.data, tokenizer, cfg.train.seed)
+    if not seqs:
+        raise ConfigError(f"data.source_eval: {cfg.data.source_eval} holds no text")
+    return [stack(seqs[i:i + cfg.train.micro_batch]) for i in range(0, len(seqs), cfg.train.micro_batch)]
+
+
+def crossed_budget(budget: float | None, base: float | None, losses: dict) -> str | None:
+    """Why the run stops here, when its source loss has risen more than train.stop_at_forgetting over the base's;
+    else None."""
+    now = losses.get("source_loss")
+    if budget is None or base is None or now is None or now - base <= budget:
+        return None
+    return f"source loss rose {now - base:.4f} nats/token over the base's ({base:.4f}), past the budget {budget}"
+
+
 def build_data(cfg: RunConfig, tokenizer):
     """(step source, held-out micro-batches) for the regime."""
     pad = tokenizer.pad_token_id
     mb = cfg.train.micro_batch
     if cfg.data.regime == "ift":
         train, held_out = load_ift(cfg.data, tokenizer, cfg.train.seed)
+        replayed = replay_examples(cfg.data, tokenizer, cfg.train.seed, len(train))
+        if replayed:
+            print(f"ftlab: replay: {len(replayed)} sequences of {cfg.data.replay.source} mixed into {len(train)} "
+                  f"examples ({len(replayed) / (len(train) + len(replayed)):.1%})", flush=True)
+            train = train + replayed
         if cfg.data.packing:  # held-out examples stay one per sequence: their loss per token is the same either way
             n = len(train)
             train = pack_examples(train, cfg.data.seq_len, cfg.train.seed)
@@ -248,9 +289,13 @@ def build_data(cfg: RunConfig, tokenizer):
         eval_batches = [collate(held_out[i:i + mb], pad) for i in range(0, len(held_out), mb)]
         return IFTSteps(train, cfg, pad), eval_batches
     packed = PackedText(cfg.data, tokenizer, "train", cfg.train.seed)
+    replay = None
+    if cfg.data.replay.fraction > 0:
+        source = replace(cfg.data, path=cfg.data.replay.source, eval_path=None, eval_fraction=0.0, text_field="text")
+        replay = PackedText(source, tokenizer, "train", cfg.train.seed)
     seqs = load_cpt_eval(cfg.data, tokenizer, cfg.train.seed)  # may be empty: eval_fraction 0 or tiny data
     eval_batches = [stack(seqs[i:i + mb]) for i in range(0, len(seqs), mb)]
-    return CPTSteps(packed, cfg), eval_batches
+    return CPTSteps(packed, cfg, replay), eval_batches
 
 
 def to_device(micro: list[dict[str, torch.Tensor]], device: torch.device) -> list[dict[str, torch.Tensor]]:
@@ -383,16 +428,17 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
     if cfg.data.packing:
         check_packing_isolates(model, autocast, device)
 
-    step, tokens = 0, 0
+    step, tokens, source_base, stopped = 0, 0, None, None
     saved = state.resumable_state(run.state, world, device)  # a damaged latest state: the one before it
     if saved is not None:
         progress = state.load_state(saved, model, optimizer, world, device, cfg.train.seed)
         step, tokens = progress["step"], progress["tokens"]
+        source_base, stopped = progress.get("source_base"), progress.get("stopped")
         steps.load_state(progress["loader"])
-        done = "already complete" if step >= plan.total_steps else "resuming"
+        done = "already complete" if step >= plan.total_steps or progress.get("stopped") else "resuming"
         print(f"ftlab: {done}: {run.path} at step {step}/{plan.total_steps} ({tokens:,} tokens)", flush=True)
     run.truncate_log(step if saved is not None else -1)  # a fresh start clears a log left by a killed run
-    eval_batches = to_device(eval_batches, device)
+    held = HeldOut(to_device(eval_batches, device), to_device(source_batches(cfg, tokenizer), device))
 
     def save(directory: Path, step: int) -> None:
         info = {"step": step, "tokens": tokens, "epoch": step / plan.steps_per_epoch if plan.steps_per_epoch else None,
@@ -403,9 +449,12 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
 
     run.write_plan(plan.total_steps, plan.tokens_per_step)
     print(f"ftlab: {plan.total_steps} steps of {cfg.train.global_batch} sequences "
-          f"(~{plan.tokens_per_step:,.0f} tokens each), {len(eval_batches)} held-out batches", flush=True)
-    if step == 0 and eval_batches:  # the base model's held-out loss, for comparison
-        run.log({"step": 0, "tokens": 0, "eval_loss": round(eval_loss(model, eval_batches, autocast), 6)})
+          f"(~{plan.tokens_per_step:,.0f} tokens each), {len(held.learning)} held-out batches"
+          + (f", {len(held.source)} of source text" if held.source else ""), flush=True)
+    if step == 0 and (held.learning or held.source):  # the base model's held-out losses, for comparison
+        base = held.measure(model, autocast)
+        source_base = base.get("source_loss")
+        run.log({"step": 0, "tokens": 0, **base})
     model.train()
     bar = Progress(plan.total_steps, initial=step) if world.main else None
     source = Prefetch(steps, plan.total_steps - step, device)
@@ -415,7 +464,7 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
         cost.training()
     window_tokens, window_start = 0, time.perf_counter()
     try:
-        while step < plan.total_steps:
+        while step < plan.total_steps and not stopped:
             lr = set_lr(optimizer, lr_factor(step, plan.total_steps, cfg.train))
             batch = source.next()
             result = train_step(model, batch.micro, optimizer, params, cfg.train.grad_clip, autocast, chunked, world)
@@ -429,9 +478,12 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
             record = {"step": step, "tokens": tokens, "loss": round(result.loss, 6), "lr": lr,
                       "grad_norm": round(result.grad_norm, 6), "tokens_per_s": round(tok_per_s, 1)}
             due = checkpoint_due(cfg, plan, step, tokens_before, tokens)
-            last = step == plan.total_steps
-            if due or last or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
-                record["eval_loss"] = round(eval_loss(model, eval_batches, autocast), 6) if eval_batches else None
+            if due or step == plan.total_steps or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
+                record.update(held.measure(model, autocast))
+                if stopped := crossed_budget(cfg.train.stop_at_forgetting, source_base, record):
+                    record["stopped"] = stopped
+                    print(f"ftlab: stopping at step {step}: {stopped}", flush=True)
+            last = step == plan.total_steps or stopped is not None
             if step % cfg.train.log_every == 0 or "eval_loss" in record:
                 run.log(record)
             if bar is not None:
@@ -443,7 +495,8 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
                 save(run.final, step)
             keep = step in cfg.train.keep_states
             if last or due or keep or states.due(step):
-                states.save(run, step, model, optimizer, {"tokens": tokens, "loader": batch.loader}, keep)
+                states.save(run, step, model, optimizer, {"tokens": tokens, "loader": batch.loader,
+                                                          "source_base": source_base, "stopped": stopped}, keep)
                 if cost is not None:
                     cost.saved(time.perf_counter() - saving)
                     cost.write()
@@ -452,7 +505,7 @@ def _train(cfg: RunConfig, run: RunDir, world: World, device: torch.device) -> N
         source.close()
     if bar is not None:
         bar.close()
-    if step >= plan.total_steps and cfg.output.save_final:
+    if (step >= plan.total_steps or stopped) and cfg.output.save_final:
         damage = final_damage(run.final) if world.main else None
         if distributed.agree(damage is not None, world, device):  # every rank takes part in gathering it
             if damage:
@@ -475,17 +528,25 @@ def final_damage(final: Path) -> str | None:
 
 
 def _materialize_builtin_data(cfg: RunConfig, run: RunDir) -> RunConfig:
-    """data.path builtin:<kind> -> JSONL files of that built-in domain in <run>/data (train and held-out)."""
-    if not cfg.data.path.startswith(BUILTIN_PREFIX):
-        return cfg
-    kind = cfg.data.path.removeprefix(BUILTIN_PREFIX)
-    files = {}
-    for split in ("train", "heldout"):
-        files[split] = run.builtin_data(kind, split)
-        if not files[split].exists():
-            files[split].parent.mkdir(parents=True, exist_ok=True)
-            domains.write_jsonl(kind, split, files[split])
-    data = replace(cfg.data, path=str(files["train"]), eval_path=cfg.data.eval_path or str(files["heldout"]))
+    """Built-in data named in the config -> JSONL files of that domain in <run>/data: data.path builtin:<kind> (train
+    and held-out), data.source_eval (held-out: the documents the source_loss task scores) and data.replay.source
+    (train)."""
+    data = cfg.data
+
+    def written(name: str, split: str) -> str:
+        kind = name.removeprefix(BUILTIN_PREFIX)
+        path = run.builtin_data(kind, split)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            domains.write_jsonl(kind, split, path)
+        return str(path)
+
+    if data.path.startswith(BUILTIN_PREFIX):
+        data = replace(data, path=written(data.path, "train"), eval_path=data.eval_path or written(data.path, "heldout"))
+    if data.source_eval is not None and data.source_eval.startswith(BUILTIN_PREFIX):
+        data = replace(data, source_eval=written(data.source_eval, "heldout"))
+    if data.replay.fraction > 0 and data.replay.source.startswith(BUILTIN_PREFIX):
+        data = replace(data, replay=replace(data.replay, source=written(data.replay.source, "train")))
     return replace(cfg, data=data)
 
 

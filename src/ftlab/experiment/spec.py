@@ -99,6 +99,12 @@ class Analyses:
     kl: bool = True  # KL(base || finetuned) on target prompts
     kl_prompts: int = 64
     merge: bool = False  # each LoRA checkpoint merged (fp32, bf16) against its adapter (ftlab merge-check)
+    # steering without training (ftlab.analysis.steering), on the grid's runs: each checkpoint moved a of the way
+    # from the base (full FT W_base + a·ΔW, LoRA the adapter scaled by a), e.g. [0.25, 0.5, 0.75]; LoRA checkpoints
+    # with their intruder dimensions scaled by each factor, e.g. [0.7]; on the runs' final checkpoints or all
+    interpolation: list[float] = field(default_factory=list)
+    intruders: list[float] = field(default_factory=list)
+    steer: Literal["final", "all"] = "final"
 
 
 @dataclass

@@ -33,6 +33,7 @@ from ftlab.analysis.kl import kl_into
 from ftlab.analysis.merge import Options as MergeOptions
 from ftlab.analysis.merge import merge_check_into
 from ftlab.analysis.spectrum import BaseFactors, spectrum_into
+from ftlab.analysis.steering import check_factors, steer_into
 from ftlab.builtin import PROMPT_DOMAINS
 from ftlab.config import read_mapping
 from ftlab.errors import ConfigError, FtlabError
@@ -55,7 +56,7 @@ from ftlab.results.index import base_record, index_training, measure_base, measu
 from ftlab.results.records import FINISHED, STARTED, base_run
 from ftlab.results.store import Store
 from ftlab.results.study import load_study
-from ftlab.rundir import RunLayout, StudyLayout, is_adapter
+from ftlab.rundir import RunLayout, StudyLayout, is_adapter, read_info, read_metrics
 
 
 def saved_experiment(root: Path) -> dict:
@@ -112,6 +113,8 @@ def run_experiment(exp_path: str | Path, out: str | Path, overrides: list[str] =
     exp = load_experiment(exp_path, list(overrides))
     plans = plan_runs(exp, out)  # every run validated before anything starts
     check_tasks(exp)
+    check_factors("analyses.interpolation", exp.analyses.interpolation)
+    check_factors("analyses.intruders", exp.analyses.intruders)
     require_tracking(exp.tracking)  # a missing backend fails before the study directory is made
     if ray is not None:
         require_ray()  # so does a missing Ray
@@ -293,13 +296,21 @@ class Runner:
         self.tracker.log_run(plan, run.path)
         for ckpt, duration in self._checkpoints(plan, run):
             self.evaluate_checkpoint(plan, ckpt, duration)
+        self.steer(plan, run)
         self.record(plan, "done")
         index_training(self.store, plan.name, run.path)
 
     def _checkpoints(self, plan: RunPlan, run: RunLayout) -> list[tuple[Path, float]]:
-        """(checkpoint dir, the duration it stands for): named checkpoints that are durations, then final/."""
+        """(checkpoint dir, the duration it stands for): named checkpoints that are durations, then final/. A run
+        that train.stop_at_forgetting stopped has the checkpoints it reached, and its final/ stands for the duration
+        it trained (epochs or tokens at the stop)."""
         unit = plan.cfg.train.unit
-        return [(run.checkpoint(unit, d), d) for d in plan.durations[:-1]] + [(run.final, plan.durations[-1])]
+        listed = [(run.checkpoint(unit, d), d) for d in plan.durations[:-1]] + [(run.final, plan.durations[-1])]
+        if not any("stopped" in r for r in read_metrics(run.path)[-1:]):
+            return listed
+        info = read_info(run.final)
+        return [(c, d) for c, d in listed[:-1] if c.exists()] + [(run.final, info["epoch" if unit == "epochs" else
+                                                                                   "tokens"])]
 
     def evaluate_checkpoint(self, plan: RunPlan, ckpt: Path, duration: float) -> None:
         """Evaluate and analyse one checkpoint of a trained run into its directory, then index it (unless the store
@@ -314,6 +325,37 @@ class Runner:
         result = measure_checkpoint(plan.name, ckpt, duration)
         self.store.put_checkpoint(result)
         self.tracker.log_checkpoint(plan, result)
+
+    def steer(self, plan: RunPlan, run: RunLayout) -> None:
+        """Steering without training (analyses.interpolation, analyses.intruders) of a grid run at its setting's
+        longest duration, its final checkpoint (analyses.steer: all, every checkpoint of every grid run): each
+        steered copy written into the run's steered/ (ftlab.analysis.steering), evaluated on the setting's learning
+        tasks and its forgetting tasks (only those of the held-out source loss where the study measures it: the
+        instrument the steering findings read, at a fraction of the benchmarks' cost), and stored as a steered row.
+        DoRA is not steered (its change is not linear in B), nor a full or QLoRA run's intruders."""
+        a, m = self.exp.analyses, plan.cfg.method
+        longest = max(d for s in self.exp.settings if s.name == plan.setting for d in s.durations)
+        if plan.group != "grid" or m.dora or (a.steer == "final" and plan.durations[-1] != longest):
+            return
+        kinds = [("interp", f) for f in a.interpolation]
+        kinds += [("intruders", f) for f in a.intruders if m.name == "lora"]
+        checkpoints = self._checkpoints(plan, run)
+        for ckpt, duration in checkpoints[-1:] if a.steer == "final" else checkpoints:
+            for kind, factor in kinds:
+                if self.store.has_checkpoint(plan.name, run.steered_checkpoint(ckpt.name, kind, factor).name):
+                    continue
+                self.phase(plan, "analysing")
+                steered = steer_into(self._base_model_dir(plan), ckpt, kind, factor)
+                self._evaluator(steered).evaluate(steered, self._steer_tasks(plan), self.exp.eval.data_dir)
+                self.store.put_checkpoint(measure_checkpoint(plan.name, steered, duration))
+
+    def _steer_tasks(self, plan: RunPlan) -> list:
+        """What a steered checkpoint is evaluated on: the learning tasks, and the forgetting tasks of the held-out
+        source loss where the study has one (else every forgetting task)."""
+        learning = resolve_tasks(plan.learning, self.exp.eval.limit)
+        forgetting = [t for t in resolve_tasks(self.exp.forgetting, self.exp.eval.limit) if t not in learning]
+        losses = [t for t in forgetting if not isinstance(t, str) and t.role == "source_loss"]
+        return learning + (losses or forgetting)
 
     def _specs(self, plan: RunPlan) -> list:
         """The tasks a checkpoint is evaluated on: _tasks, but an LR sweep's runs only learning (they are there to

@@ -631,3 +631,110 @@ FIGURES = (tradeoff, tradeoff_loss, duration, regularization, lr_sweep, k90_laye
 def draw_all(m: Measures) -> list[Plot]:
     """Every figure of the figures section, in order; skipped ones included (with their reason)."""
     return [draw(m) for draw in FIGURES]
+
+
+# ============================================================ steering forgetting (the page's section of its own)
+
+def _forgetting_of(r, on_loss: bool) -> float | None:
+    """A row's forgetting on the plane: its source-loss rise over the base (on_loss), else its source-score drop."""
+    if on_loss:
+        return None if r.source_loss is None or r.base_source_loss is None else r.source_loss - r.base_source_loss
+    return r.forgetting
+
+
+def steering_plane(m: Measures) -> Plot:
+    plot = Plot("steering_plane", "Steering forgetting: learning vs forgetting, trained and steered",
+                "Each group at its best learning rate (first seed): solid, its checkpoints by duration from the base "
+                "(star); dashed, its final checkpoint interpolated toward the base (W_base + a·ΔW; LoRA: the adapter "
+                "scaled by a; small dots, labelled a); x, the LoRA checkpoint with its intruder dimensions scaled. "
+                "x = forgetting: the source-loss rise over the base (nats/token) where measured, else the source "
+                "score's drop; right = more forgotten.")
+    study = m.study
+    rows = [min(a.rows, key=lambda r: r.seed) for a in best_arms(study)]
+    steered = [s for s in study.steered if any(s.run == r.run for r in rows)]
+    settings = sorted({r.setting for r in steered})
+    if not settings:
+        plot.skipped = "not enough data: no checkpoint was steered (analyses.interpolation, analyses.intruders)"
+        return plot
+    palette = colours(rows)
+    fig, axes = grid(len(settings), 6.5, 4.6)
+    for ax, setting in zip(axes, settings):
+        base = study.base_of(setting)
+        on_loss = base is not None and base.source_loss is not None
+        here = [r for r in rows if r.setting == setting]
+        for group, grows in by_group(here).items():
+            grows = sorted(grows, key=lambda r: r.duration or 0.0)
+            points = [(x, r.learning, r) for r in grows
+                      if (x := _forgetting_of(r, on_loss)) is not None and r.learning is not None]
+            start = [(0.0, base.learning)] if base is not None and base.learning is not None else []
+            line = start + [(x, y) for x, y, _ in points]
+            ax.plot([x for x, _ in line], [y for _, y in line], "-", color=palette[group], lw=1.2)
+            ax.scatter([x for x, _, _ in points], [y for _, y, _ in points], color=palette[group], edgecolor="black",
+                       linewidth=0.5, label=group, zorder=3)
+            for x, y, r in points:
+                plot.table.append({"setting": setting, "group": group, "run": r.run, "checkpoint": r.checkpoint,
+                                   "steer": "", "factor": None, "duration": r.duration, "learning": y,
+                                   "forgetting": x})
+            for r in grows:
+                mine = sorted((s for s in steered if s.run == r.run and s.steered_from == r.checkpoint),
+                              key=lambda s: (s.steer, s.factor or 0.0))
+                interp = [(x, s.learning, s) for s in mine if s.steer == "interp"
+                          if (x := _forgetting_of(s, on_loss)) is not None and s.learning is not None]
+                own = _forgetting_of(r, on_loss)
+                if interp and own is not None and r.learning is not None:
+                    line = start + [(x, y) for x, y, _ in interp] + [(own, r.learning)]
+                    ax.plot([x for x, _ in line], [y for _, y in line], "--", color=palette[group], lw=1)
+                    for x, y, s in interp:
+                        ax.scatter([x], [y], s=14, color=palette[group], zorder=3)
+                        ax.annotate(f"{s.factor:g}", (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+                for s in mine:
+                    x = _forgetting_of(s, on_loss)
+                    if s.steer == "intruders" and x is not None and s.learning is not None:
+                        ax.scatter([x], [s.learning], marker="x", s=50, color=palette[group], zorder=4)
+                    if x is not None and s.learning is not None:
+                        plot.table.append({"setting": setting, "group": group, "run": s.run,
+                                           "checkpoint": s.checkpoint, "steer": s.steer, "factor": s.factor,
+                                           "duration": s.duration, "learning": s.learning, "forgetting": x})
+        if base is not None and base.learning is not None:
+            ax.scatter([0.0], [base.learning], marker="*", s=260, color=BASE, edgecolor="black", label="base",
+                       zorder=4)
+        ax.set(title=setting, ylabel="learning",
+               xlabel="source-loss rise over the base, nats/token" if on_loss else "forgetting (source score drop)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    plot.png = png(fig)
+    return plot
+
+
+def forgetting_curves(m: Measures) -> Plot:
+    plot = Plot("forgetting_curves", "Forgetting during training",
+                "Each run that measured the source loss as it trained (data.source_eval, every train.eval_every "
+                "steps): left, its held-out learning loss; right, its source loss's rise over the base's (step 0), "
+                "nats/token, against the optimizer step. A run stopped by train.stop_at_forgetting ends where its "
+                "rise crossed the budget.")
+    curves = {run: [p for p in points if p.source_loss is not None]
+              for run, points in sorted(m.study.curves.items())}
+    curves = {run: points for run, points in curves.items() if len(points) >= 2 and points[0].step == 0}
+    if not curves:
+        plot.skipped = "not enough data: no run measured the source loss as it trained (data.source_eval)"
+        return plot
+    fig = figure(11, 4.2)
+    ax_l, ax_f = fig.subplots(1, 2)
+    for run, points in curves.items():
+        steps = [p.step for p in points]
+        rise = [p.source_loss - points[0].source_loss for p in points]
+        learned = [(p.step, p.eval_loss) for p in points if p.eval_loss is not None]
+        ax_l.plot([s for s, _ in learned], [v for _, v in learned], "-", lw=1, label=run)
+        ax_f.plot(steps, rise, "-", lw=1, label=run)
+        plot.table += [{"run": run, "step": p.step, "tokens": p.tokens, "eval_loss": p.eval_loss,
+                        "source_loss": p.source_loss, "source_loss_rise": r} for p, r in zip(points, rise)]
+    ax_l.set(title="held-out learning loss", xlabel="step", ylabel="nats/token")
+    ax_f.set(title="source-loss rise over the base", xlabel="step", ylabel="nats/token")
+    for ax in (ax_l, ax_f):
+        ax.grid(alpha=0.3)
+    ax_f.legend(fontsize=6, loc="best")
+    plot.png = png(fig)
+    return plot
+
+
+STEERING_FIGURES = (steering_plane, forgetting_curves)  # the steering section's figures, in order

@@ -45,7 +45,7 @@ from ftlab.io import write_text
 from ftlab.report import advice, instruments
 from ftlab.report.advice import Advice
 from ftlab.report.claims import check_claims
-from ftlab.report.figures import CONTENT_PX, SMALL_PX, Plot, cost, cost_of, cost_points, draw_all
+from ftlab.report.figures import CONTENT_PX, SMALL_PX, STEERING_FIGURES, Plot, cost, cost_of, cost_points, draw_all
 from ftlab.report.instruments import Power
 from ftlab.report.measures import FORGETTING_WORDS, Measures
 from ftlab.report.select import analysed, duration_text, sorted_arms
@@ -56,7 +56,7 @@ from ftlab.results.store import Store
 from ftlab.results.study import Row, Study
 from ftlab.rundir import StudyLayout
 
-SECTIONS = ("summary", "claims", "instruments", "recommendation", "cost", "figures", "runs",
+SECTIONS = ("summary", "claims", "instruments", "recommendation", "cost", "steering", "figures", "runs",
             "missing", "glossary")  # the page's section ids (scripts/check_report.py checks them)
 GLOSSARY = (  # the terms the page uses, in a sentence each
     ("learning", "the mean headline metric of a setting's learning tasks on its held-out examples (higher = learned "
@@ -103,6 +103,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
     m = Measures(study)
     plots = draw_all(m)
     cost_plot = cost(m)
+    steering = [draw(m) for draw in STEERING_FIGURES]
     powers = instruments.powers(m, claims)
     advised = advice.advise(m, forgetting_budget)
     answer = summarize(m, claims, advised, powers, _failed(study_dir))
@@ -115,7 +116,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
         {"ftlab_version": __version__, "study": _without_examples(study), "claims": [c.as_dict() for c in claims],
          "instruments": [p.record() for p in powers], "recommendation": recommendation,
          "figures": [{"id": p.id, "title": p.title, "skipped": p.skipped, "table": p.table}
-                     for p in [*plots, cost_plot]]},
+                     for p in [*plots, cost_plot, *steering]]},
         indent=1, default=str) + "\n")
     write_text(summary_file(page), answer.text() + "\n")
     write_text(data_dir / "rows.csv", csv_text([row_record(r) for r in study.rows], ROW_COLUMNS))
@@ -128,14 +129,15 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
     qlora = qlora_records(study)
     if qlora:
         write_text(data_dir / "qlora_vs_lora.csv", csv_text(qlora))
-    for p in [*plots, cost_plot]:
+    for p in [*plots, cost_plot, *steering]:
         target = data_dir / f"{p.id}.csv"
         if p.skipped is None:
             write_text(target, csv_text(p.table))
         elif target.exists():
             target.unlink()
     body = [claims_html(claims), _instruments_html(powers), _recommendation_html(advised, forgetting_budget),
-            _cost_html(m, cost_plot, data_dir.name, _qlora_html(qlora)), _figures_html(plots, data_dir.name),
+            _cost_html(m, cost_plot, data_dir.name, _qlora_html(qlora)),
+            steering_html(study, claims, steering, data_dir.name), _figures_html(plots, data_dir.name),
             _rows_html(study), _missing_html(study), _glossary_html()]
     write_text(page, render(study, body, data_dir.name, answer))
     return page
@@ -179,7 +181,7 @@ def _without_examples(study: Study) -> dict:
     curves tables hold them)."""
     data = dataclasses.asdict(study)
     data.pop("curves")
-    for row in data["rows"] + data["bases"]:
+    for row in data["rows"] + data["bases"] + data["steered"]:
         row.pop("examples", None)
     return data
 
@@ -444,6 +446,32 @@ def _figure_html(p: Plot, data_dir: str) -> str:
             f'<img src="{src}" alt="{esc(p.title)}" width="{width}" height="{height}" data-small-px="{small:.1f}">'
             f'<figcaption>{esc(p.caption)} Data: <code>{esc(data_dir)}/{esc(p.id)}.csv</code>.</figcaption>'
             f'</figure>')
+
+
+STEERING_CLAIMS = ("forgets_less_matched_learning", "interpolation_front", "intruder_repair",
+                   "early_stop_tracks_learning", "replay_prevents_forgetting")  # ftlab.report.claims.steering's findings, shown again here
+
+
+def steering_html(study: Study, claims: list[Claim], plots: list[Plot], data_dir: str) -> str:
+    """The steering section: what moved a model along the learning-forgetting plane without more training
+    (interpolation toward the base, intruder dimensions scaled) and during it (the source loss as it trained, early
+    stops), the findings on it, and every steered checkpoint's numbers."""
+    out = ['<section id="steering"><h2>Steering forgetting</h2><p class="meta">Checkpoints moved toward the base '
+           '(analyses.interpolation), LoRA checkpoints with their intruder dimensions scaled (analyses.intruders), '
+           'and the source loss measured as each run trained (data.source_eval; train.stop_at_forgetting stops a '
+           'run at a budget). Findings (also in the claims above):</p><ul>']
+    out += [f'<li><a href="#claim-{esc(c.id)}">{esc(c.finding)}</a>: <b>{esc(c.status)}</b>. {esc(c.sentence)}</li>'
+            for c in claims if c.id in STEERING_CLAIMS]
+    out.append("</ul>")
+    out += [_figure_html(p, data_dir) for p in plots if p.png is not None]
+    out += [f'<p class="meta" id="skipped-{esc(p.id)}"><b>{esc(p.title)}</b>: {esc(p.skipped)}</p>'
+            for p in plots if p.png is None]
+    if study.steered:
+        rows = [[esc(r.run), esc(r.steered_from), esc(r.steer), esc(num(r.factor)), esc(num(r.learning)),
+                 esc(num(r.source_loss)), esc(num(r.forgetting))] for r in study.steered]
+        out.append(table(["run", "checkpoint", "steer", "factor", "learning", "source loss", "forgetting"], rows))
+    out.append("</section>\n")
+    return "".join(out)
 
 
 def _figures_html(plots: list[Plot], data_dir: str) -> str:

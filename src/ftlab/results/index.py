@@ -37,8 +37,10 @@ def measure_checkpoint(run: str, directory: Path, duration: float, name: str | N
     """Everything the artefacts of one checkpoint (or a base model's evaluation directory) hold."""
     files = CheckpointFiles(directory)
     info = read_info(files.path)
+    steer = info.get("steer") or {}
     result = CheckpointResult(CheckpointRecord(run, name or files.path.name, str(files.path), info.get("step"),
-                                               info.get("tokens"), info.get("epoch"), duration))
+                                               info.get("tokens"), info.get("epoch"), duration, steer.get("kind"),
+                                               steer.get("factor"), steer.get("of")))
     if files.eval.exists():
         _evaluation(result, files)
     if files.spectrum.exists():
@@ -163,8 +165,8 @@ def run_cost(run_dir: Path) -> dict:
 def index_training(store: Store, run: str, run_dir: Path) -> None:
     """What training a run wrote beside its checkpoints: its cost and its curve (the metrics log)."""
     store.put_cost(run, run_cost(run_dir))
-    store.put_curve(run, [CurvePoint(run, r["step"], r.get("tokens"), r.get("loss"), r.get("eval_loss"), r.get("lr"))
-                          for r in read_metrics(run_dir)])
+    store.put_curve(run, [CurvePoint(run, r["step"], r.get("tokens"), r.get("loss"), r.get("eval_loss"), r.get("lr"),
+                                     r.get("source_loss")) for r in read_metrics(run_dir)])
 
 
 def setting_of(cfg: RunConfig) -> str:

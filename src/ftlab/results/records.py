@@ -14,7 +14,7 @@ from __future__ import annotations
 import typing
 from dataclasses import dataclass, field, fields
 
-SCHEMA_VERSION = "2"  # meta "schema": a store of another version is refused with what to do
+SCHEMA_VERSION = "3"  # meta "schema": a store of another version is refused with what to do
 STARTED = "started"  # meta: when `ftlab run` last started on the study (time.time()): `ftlab status` times from it
 BASE = "(base)"  # runs.name of a setting's base model: "(base)/<setting>", its one checkpoint "base"
 
@@ -92,6 +92,11 @@ class CheckpointRecord:
     tokens: int | None = None
     epoch: float | None = None
     duration: float = 0.0  # the duration it stands for, in the run's unit (epochs or tokens)
+    # a checkpoint changed without training (ftlab.analysis.steering): interp (a of the way from the base) or
+    # intruders (intruder dimensions scaled), by `factor`, of the checkpoint `steered_from`; null for a trained one
+    steer: str | None = None
+    factor: float | None = None
+    steered_from: str | None = None
 
 
 @dataclass(slots=True)
@@ -191,6 +196,7 @@ class CurvePoint:
     loss: float | None = None  # training loss of the step (mean per target token)
     eval_loss: float | None = None  # held-out loss, at the steps it was measured
     lr: float | None = None
+    source_loss: float | None = None  # held-out source-text loss (data.source_eval: forgetting), where measured
 
 
 @dataclass(slots=True)

@@ -139,6 +139,11 @@ class Row:
     kl: float | None = None  # KL(base || finetuned) on target prompts, nats per token
     cost: Cost = field(default_factory=Cost)
     duplicate_of: str | None = None  # the checkpoint with the same step (final = last checkpoint); analyses skip it
+    data: str = ""  # its training data (data.path as the run's config names it)
+    replay: float = 0.0  # the share of replayed source text in its training (data.replay.fraction)
+    steer: str = ""  # a steered row (Study.steered): interp or intruders (ftlab.analysis.steering)
+    factor: float | None = None  # its interpolation weight a or intruder factor
+    steered_from: str = ""  # the checkpoint it steers ("final")
 
     @property
     def group(self) -> str:
@@ -207,6 +212,9 @@ class Study:
     missing: list[str] = field(default_factory=list)  # "runs/x/checkpoints/epochs-2: not evaluated", ...
     tasks: dict[str, TaskInfo] = field(default_factory=dict)
     curves: dict[str, list[CurvePoint]] = field(default_factory=dict)  # run -> its logged steps, in order
+    # checkpoints changed without training (interpolated toward the base, intruders scaled): rows of their own, in
+    # no finding, figure or advice that reads `rows` (ftlab.report.claims.steering reads them)
+    steered: list[Row] = field(default_factory=list)
 
     def points(self) -> list[Row]:
         """The rows analyses use: all but duplicates (final/ saved at the same step as a listed checkpoint)."""
@@ -247,11 +255,15 @@ def load_study(store: Store, root: str | Path = "") -> Study:
         extra = analyses.get(key, {})
         row.kl = extra.get("kl", {}).get("kl")
         row.diversity = _pick_diversity(extra, tasks)
-        rows[c.run].append(row)
+        if c.steer:
+            row.steer, row.factor, row.steered_from = c.steer, c.factor, c.steered_from or ""
+            study.steered.append(row)
+        else:
+            rows[c.run].append(row)
     for run_rows in rows.values():
         _mark_duplicates(run_rows)
         study.rows.extend(run_rows)
-    for row in study.rows:
+    for row in study.rows + study.steered:
         base = study.base_of(row.setting)
         if base is not None:
             row.base_learning = _mean_of(base.scores, row.learning_tasks, tasks)
@@ -267,8 +279,9 @@ def load_study(store: Store, root: str | Path = "") -> Study:
 
 def _row(run: RunRecord, c: CheckpointRecord, scores, stderr, examples, spectrum) -> Row:
     """A checkpoint's row: its run's configuration and its own numbers."""
+    data = json.loads(run.config or "{}").get("data", {})
     return Row(run=c.run, checkpoint=c.name, method=run.method, setting=run.setting, label=run.label, grp=run.grp,
-               rank=run.rank, alpha=run.alpha, targets=run.targets or "", variant=run.variant or "", lr=run.lr,
+               data=data.get("path", ""), replay=(data.get("replay") or {}).get("fraction", 0.0), rank=run.rank, alpha=run.alpha, targets=run.targets or "", variant=run.variant or "", lr=run.lr,
                weight_decay=run.weight_decay or 0.0, attention_dropout=run.attention_dropout or 0.0,
                optimizer=run.optimizer or "", seed=run.seed or 0, regime=run.regime, duration=c.duration,
                duration_unit=run.duration_unit or "epochs", step=c.step, tokens=c.tokens, scores=scores,
