@@ -180,7 +180,7 @@ def test_precision_reaches_the_base_dtype_through_the_run_config(pairs, tmp_path
 
     loaded = []
     monkeypatch.setattr(train_module, "resolve_device", lambda name: CUDA)
-    monkeypatch.setattr(train_module, "load_model", lambda cfg, device, dtype, name: loaded.append(dtype) or
+    monkeypatch.setattr(train_module, "load_model", lambda cfg, device, dtype, name, **_: loaded.append(dtype) or
                         (_ for _ in ()).throw(RuntimeError("stop after loading")))
     for precision, expected in (("fp32", torch.float32), ("auto", torch.bfloat16), ("bf16-autocast", torch.bfloat16)):
         cfg = tiny_config(pairs, tmp_path / precision, "method.name=lora", "method.rank=4",
