@@ -76,7 +76,8 @@ NUMERICAL = {
     "test_gsm8k.py": ["test_parity_with_lm_eval"],
     "test_qlora.py": ["test_the_4bit_base", "test_qlora_gradients", "test_a_qlora_run", "test_ftlab_eval_of_a_qlora",
                       "test_the_spectrum_of_a_qlora"],
-    "test_merge_check.py": ["test_merged_models_against_the_adapter"],
+    # not test_merge_check.py: its bf16 merge multiplies in bf16, which torch 2.13 refuses under a forced
+    # ATEN_CPU_CAPABILITY below an AVX-512 CPU's ("pack_vnni2 is only supported when avx512 is supported")
     "test_steering.py": ["test_interpolated_lora_weights", "test_intruder_scaling"],
 }
 
