@@ -531,7 +531,7 @@ def test_an_instrument_with_no_spread_does_not_resolve_a_zero_effect():
     """Every model gives every sample a distinct answer (unique at its ceiling): effect 0, SE 0: not estimable; an
     effect resolves only when its interval, not its point estimate, clears the MDE."""
     from ftlab.analysis.statistics import Interval
-    from ftlab.report.instruments import Power
+    from ftlab.report.measures import Power
     from ftlab.report.verdicts import Comparison
 
     def power(estimate, se):

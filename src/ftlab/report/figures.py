@@ -33,9 +33,9 @@ from ftlab.analysis.statistics import spearman
 from ftlab.errors import FtlabError
 from ftlab.report.advice import pareto
 from ftlab.report.claims.paper import kl_points
-from ftlab.report.measures import Measures, Point, Value, empty_record
+from ftlab.report.measures import Measures, Value, cost_points, empty_record
 from ftlab.report.select import (Arm, analysed, arms, best_arms, best_lr_rows, best_lrs, duration_text, group_order,
-                                 longest, lr_sweeps, plain_full)
+                                 lr_sweeps, plain_full)
 from ftlab.results.study import Row, Study
 from ftlab.rundir import SPECTRUM, RunLayout
 
@@ -140,23 +140,6 @@ def by_group(rows: list[Row]) -> dict[str, list[Row]]:
 SHORT = {"source_loss": "source-loss rise", "source": "source-score drop"}  # forgetting's y label
 COST_AXES = (("device_hours", "device-hours", "device-hours (training wall time)"),
              ("peak_memory_gb", "peak memory", "peak memory, GB"))  # (cost key, short name, axis label)
-
-
-def cost_of(arm: Arm) -> dict:
-    """An arm's cost: the mean over its seeds' runs (device and parameters: the first run's)."""
-    def mean(key: str) -> float | None:
-        values = [getattr(r.cost, key) for r in arm.rows if getattr(r.cost, key) is not None]
-        return float(np.mean(values)) if values else None
-    first = arm.rows[0].cost  # the seeds share the configuration: its device and sizes
-    return {"wall_s": mean("wall_s"), "device_hours": mean("device_hours"), "tokens_per_s": mean("tokens_per_s"),
-            "peak_memory_gb": mean("peak_memory_gb"), "device": first.device,
-            "trainable_params": first.trainable_params, "total_params": first.total_params}
-
-
-def cost_points(m: Measures) -> list[tuple[Point, dict]]:
-    """(point, cost) of each group at its best learning rate and longest duration, in the figures' order."""
-    found = sorted(longest(best_arms(m.study)), key=lambda a: (a.setting, *group_order(a.rows[0])))
-    return [(m.point(a), cost_of(a)) for a in found]
 
 
 def cost(m: Measures) -> Plot:

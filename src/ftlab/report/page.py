@@ -9,7 +9,7 @@ The page (OUT, default DIR/report.html) works offline in any browser: figures ar
 the CSS is inline, there is no script and no link outside the file. Its sections: a header (study directory, runs,
 checkpoints, ftlab version); the claims (ftlab.report.claims: per finding its verdict, the counts of agreeing,
 disagreeing and inconclusive comparisons, the headline difference with its 95% interval, the minimal detectable
-effect, notes and rule); the instruments (ftlab.report.instruments: each one's detectable effect beside full FT's
+effect, notes and rule); the instruments (ftlab.report.measures: each one's detectable effect beside full FT's
 effect on it); the recommendation (ftlab.report.advice: the learning-forgetting Pareto front and forgetting budgets);
 the cost view and the figures (ftlab.report.figures; skipped ones listed with the reason); one table row per
 (run, checkpoint); and what is missing. This module writes every part of the page and every export.
@@ -42,14 +42,12 @@ from pathlib import Path
 from ftlab import __version__
 from ftlab.errors import FtlabError
 from ftlab.io import write_text
-from ftlab.report import advice, instruments
-from ftlab.report.advice import Advice
+from ftlab.report import advice, measures
+from ftlab.report.advice import Advice, Summary, budget_words, no_answer, summarize
 from ftlab.report.claims import check_claims
-from ftlab.report.figures import CONTENT_PX, SMALL_PX, STEERING_FIGURES, Plot, cost, cost_of, cost_points, draw_all
-from ftlab.report.instruments import Power
-from ftlab.report.measures import FORGETTING_WORDS, Measures
+from ftlab.report.figures import CONTENT_PX, SMALL_PX, STEERING_FIGURES, Plot, cost, draw_all
+from ftlab.report.measures import FORGETTING_WORDS, Measures, Power, cost_of, cost_points
 from ftlab.report.select import analysed, duration_text, sorted_arms
-from ftlab.report.summary import Summary, budget_words, no_answer, summarize
 from ftlab.report.verdicts import INSTRUMENTS, Claim, Comparison, compare
 from ftlab.results.index import study_of
 from ftlab.results.store import Store
@@ -104,7 +102,7 @@ def write_report(study_dir: str | Path, out: str | Path | None = None,
     plots = draw_all(m)
     cost_plot = cost(m)
     steering = [draw(m) for draw in STEERING_FIGURES]
-    powers = instruments.powers(m, claims)
+    powers = measures.powers(m, claims)
     advised = advice.advise(m, forgetting_budget)
     answer = summarize(m, claims, advised, powers, _failed(study_dir))
     page = Path(out) if out is not None else StudyLayout(study_dir).report
