@@ -138,9 +138,10 @@ def interpolation_front(study: Study) -> Claim:
     comparisons, unreached = [], 0
     for row in lora_rows(study):
         final, base = finals.get((row.setting, row.optimizer)), study.base_of(row.setting)
-        if final is None or base is None or len(interpolation_curve(study, final)) < 2:
+        curve = interpolation_curve(study, final) if final is not None else []
+        if base is None or len(curve) < 2:
             continue
-        c = at_matched_learning(study, row, [base, *interpolation_curve(study, final)], -1,
+        c = at_matched_learning(study, row, [base, *curve], -1,
                                 f"interpolated full FT vs {row.group} at the learning of {row.group} at "
                                 f"{_where(study, row)}")
         unreached += c is None
